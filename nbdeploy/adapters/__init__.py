@@ -1,0 +1,40 @@
+"""Framework detection: which adapter handles a model object, without importing frameworks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UnsupportedModelError
+from .base import Adapter, Converted
+
+SUPPORTED = ("scikit-learn estimators and Pipelines (numeric features), XGBoost and LightGBM "
+             "(scikit-learn API), PyTorch nn.Module, ONNX files or onnx.ModelProto")
+
+
+def _adapters() -> list[type[Adapter]]:
+    # Order matters: XGBoost/LightGBM wrappers are also scikit-learn estimators.
+    from .boosters import LightGBMAdapter, XGBoostAdapter
+    from .onnx_file import OnnxAdapter
+    from .sklearn import SklearnAdapter
+    from .torch import TorchAdapter
+
+    return [OnnxAdapter, XGBoostAdapter, LightGBMAdapter, TorchAdapter, SklearnAdapter]
+
+
+def detect(model: Any, *, task: str | None = None) -> Adapter:
+    """Return the adapter for ``model`` or raise :class:`UnsupportedModelError`."""
+    if task not in (None, "classifier", "regressor"):
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError(f"Unknown task {task!r}.", hint="Use task='classifier' or 'regressor'.")
+    for cls in _adapters():
+        if cls.matches(model):
+            return cls(model, task=task)
+    t = type(model)
+    raise UnsupportedModelError(
+        f"nbdeploy cannot convert a {t.__module__}.{t.__qualname__}.",
+        hint=f"Supported: {SUPPORTED}. For other models, export to ONNX yourself and pass the "
+             f".onnx path.")
+
+
+__all__ = ["Adapter", "Converted", "detect", "SUPPORTED"]

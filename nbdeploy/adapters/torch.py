@@ -1,0 +1,98 @@
+"""PyTorch ``nn.Module`` models, exported with ``torch.onnx.export``."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError
+from .base import Adapter, Converted, class_modules, squeeze_value
+
+OPSET = 17
+
+
+class TorchAdapter(Adapter):
+    """Classifiers are assumed to return logits ([N, k], k > 1); one output column means regression.
+
+    Pass ``task="regressor"`` for multi-target regression.
+    """
+
+    framework = "pytorch"
+
+    @classmethod
+    def matches(cls, obj: Any) -> bool:
+        return any(m.startswith("torch.nn") for m in class_modules(obj))
+
+    def _raw(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        self.model.eval()
+        try:
+            param = next(self.model.parameters())
+            dtype, device = param.dtype, param.device
+        except StopIteration:
+            dtype, device = torch.float32, "cpu"
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(np.asarray(X, dtype=np.float32)).to(device=device, dtype=dtype))
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out.detach().to("cpu", torch.float64).numpy()
+
+    def task(self) -> str:
+        if self._task:
+            return self._task
+        if getattr(self, "_probe_width", None) is None:
+            raise RuntimeError("call probe() first")
+        return "classifier" if self._probe_width > 1 else "regressor"
+
+    def probe(self, X: np.ndarray) -> None:
+        out = self._raw(X[:2])
+        self._probe_width = 1 if out.ndim == 1 else int(out.shape[1])
+
+    def n_features(self):
+        for m in self.model.modules():
+            n = getattr(m, "in_features", None)
+            if n is not None:
+                return int(n)
+        return None
+
+    def classes(self):
+        if self.task() != "classifier":
+            return None
+        return list(range(self._probe_width))
+
+    def to_onnx(self, X, *, feature_names=None, opset=None) -> Converted:
+        import torch
+
+        self.model.eval()
+        dummy = torch.from_numpy(np.asarray(X[:2], dtype=np.float32))
+        buf = io.BytesIO()
+        try:
+            torch.onnx.export(self.model, (dummy,), buf, input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "N"}, "output": {0: "N"}},
+                              opset_version=opset or OPSET, dynamo=False)
+        except Exception as exc:
+            raise ConversionError(f"torch.onnx.export failed for {self.model_type}: {exc}",
+                                  hint="The forward() must take one float tensor [N, features] and "
+                                       "return a tensor; data-dependent Python control flow is not "
+                                       "traceable.") from exc
+        import onnx
+
+        onx = onnx.load_model_from_string(buf.getvalue())
+        task = self.task()
+        spec = {"task": task, "input_mode": "tensor", "input_names": ["input"],
+                "classes": self.classes(),
+                "outputs": {"probabilities": "output"} if task == "classifier" else {"value": "output"},
+                "postprocess": "softmax" if task == "classifier" else "none"}
+        return Converted(onx, spec, converter="torch.onnx")
+
+    def predict(self, X):
+        raw = self._raw(X)
+        if self.task() == "classifier":
+            z = raw - raw.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            return {"label": p.argmax(axis=1), "probabilities": p}
+        return {"value": squeeze_value(raw)}

@@ -1,0 +1,124 @@
+"""Run an ONNX model and normalise its outputs (used in the notebook and in the bundle).
+
+A *spec* (plain JSON, stored in the bundle as ``model/spec.json``) says how to
+feed the graph and read its outputs::
+
+    {"task": "classifier" | "regressor",
+     "input_mode": "tensor" | "columns",     # one 2-D input, or one [N,1] input per feature
+     "input_names": ["input"],
+     "n_features": 30, "dtype": "float32", "feature_names": [...],
+     "classes": [0, 1] | null,                # class labels for classifiers
+     "outputs": {"label": "label", "probabilities": "probabilities"} | {"value": "variable"},
+     "postprocess": "none" | "softmax" | "sigmoid"}
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def make_session(model: Any, *, providers: list[str] | None = None, threads: int | None = None):
+    """Create an onnxruntime session from a path or serialized bytes."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: shape warnings from converters are noise
+    if providers is None:
+        providers = ["CPUExecutionProvider"]
+    if isinstance(model, (str, os.PathLike)):
+        model = os.fspath(model)
+    return ort.InferenceSession(model, sess_options=opts, providers=providers)
+
+
+class OnnxModel:
+    """An onnxruntime session plus the spec that says what its outputs mean."""
+
+    def __init__(self, model: Any, spec: dict, *, providers: list[str] | None = None,
+                 threads: int | None = None, session=None):
+        self.spec = spec
+        self.session = session if session is not None else make_session(
+            model, providers=providers, threads=threads)
+        self.task = spec["task"]
+        self.input_mode = spec.get("input_mode", "tensor")
+        self.input_names = list(spec.get("input_names") or [self.session.get_inputs()[0].name])
+        self.n_features = int(spec["n_features"])
+        outs = spec.get("outputs") or {}
+        available = [o.name for o in self.session.get_outputs()]
+        if self.task == "classifier":
+            self._label_out = outs.get("label") if outs.get("label") in available else None
+            self._proba_out = outs.get("probabilities") or available[-1]
+            self._out_names = [n for n in (self._label_out, self._proba_out) if n]
+        else:
+            self._value_out = outs.get("value") or available[0]
+            self._out_names = [self._value_out]
+        self.classes = spec.get("classes")
+        self._classes_arr = np.asarray(self.classes) if self.classes is not None else None
+        self.postprocess = spec.get("postprocess", "none")
+        in_type = self.session.get_inputs()[0].type
+        self._in_dtype = np.float16 if "float16" in in_type else (
+            np.float64 if "double" in in_type else np.float32)
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers onnxruntime actually assigned to this session."""
+        return list(self.session.get_providers())
+
+    def feeds(self, X: np.ndarray) -> dict:
+        X = np.asarray(X, dtype=self._in_dtype)
+        if self.input_mode == "columns":
+            return {name: X[:, i:i + 1] for i, name in enumerate(self.input_names)}
+        return {self.input_names[0]: X}
+
+    def run(self, X: np.ndarray) -> dict:
+        """Return numpy arrays: ``{"label", "probabilities"}`` or ``{"value"}``."""
+        raw = self.session.run(self._out_names, self.feeds(X))
+        if self.task == "classifier":
+            proba = np.asarray(raw[-1], dtype=np.float64)
+            if proba.ndim == 1:
+                proba = proba.reshape(-1, 1)
+            if self.postprocess == "softmax":
+                proba = _softmax(proba)
+            elif self.postprocess == "sigmoid":
+                p = 1.0 / (1.0 + np.exp(-proba[:, 0]))
+                proba = np.stack([1 - p, p], axis=1)
+            if proba.shape[1] == 1:  # single-column positive-class probability
+                proba = np.concatenate([1 - proba, proba], axis=1)
+            if self._label_out is not None:
+                label = np.asarray(raw[0]).reshape(-1)
+            else:
+                idx = proba.argmax(axis=1)
+                label = self._classes_arr[idx] if self._classes_arr is not None else idx
+            return {"label": label, "probabilities": proba}
+        value = np.asarray(raw[0], dtype=np.float64)
+        if value.ndim == 2 and value.shape[1] == 1:
+            value = value[:, 0]
+        return {"value": value}
+
+    def output_matrix(self, X: np.ndarray) -> np.ndarray:
+        """A float matrix for explainers and verification: probabilities or values [N, k]."""
+        out = self.run(X)
+        if self.task == "classifier":
+            return out["probabilities"]
+        v = out["value"]
+        return v.reshape(len(v), -1)
+
+    def predict(self, X: np.ndarray) -> dict:
+        """JSON-ready prediction body."""
+        out = self.run(X)
+        if self.task == "classifier":
+            return {"predictions": out["label"].tolist(),
+                    "probabilities": np.round(out["probabilities"], 7).tolist()}
+        return {"predictions": out["value"].tolist()}

@@ -1,0 +1,132 @@
+"""verify: run the native and the ONNX model on the same sample and compare."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import VerificationError
+from .report import kv_table
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When ONNX output counts as equal to the native model's.
+
+    Regressors: |onnx - native| <= atol + rtol * |native| everywhere.
+    Classifiers: labels agree on at least ``min_label_agreement`` of the rows and probabilities
+    differ by at most ``proba_atol`` (float32 inputs can flip a tree split near a threshold,
+    which moves one tree's vote; a real conversion bug moves far more).
+    """
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    proba_atol: float = 1e-2
+    min_label_agreement: float = 0.995
+
+
+@dataclass
+class VerifyReport:
+    task: str
+    rows: int
+    max_abs_diff: float
+    max_rel_diff: float
+    passed: bool
+    label_agreement: float | None = None
+    mismatched_rows: list[int] = field(default_factory=list)
+    native_metric: float | None = None      # accuracy (classifier) or RMSE (regressor) vs labels
+    onnx_metric: float | None = None
+    metric: str | None = None
+    tolerance: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        s = f"max |Δ| {self.max_abs_diff:.2e}, max rel {self.max_rel_diff:.2e}"
+        if self.label_agreement is not None:
+            s += f", labels agree {self.label_agreement:.1%}"
+        return ("PASS: " if self.passed else "FAIL: ") + s + f" on {self.rows} rows"
+
+    def _repr_html_(self) -> str:
+        return kv_table({k: v for k, v in self.to_dict().items() if k != "tolerance"})
+
+
+def _labels_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+    if a.dtype.kind in "iuf" and b.dtype.kind in "iuf":
+        return a.astype(np.float64) == b.astype(np.float64)
+    return a.astype(str) == b.astype(str)
+
+
+def compare(task: str, native: dict, candidate: dict, *, labels=None,
+            tolerance: Tolerance = Tolerance()) -> VerifyReport:
+    """Compare two normalised outputs (``{"label","probabilities"}`` or ``{"value"}``)."""
+    if task == "classifier":
+        a, b = np.asarray(native["probabilities"]), np.asarray(candidate["probabilities"])
+    else:
+        a, b = np.asarray(native["value"], dtype=np.float64), np.asarray(candidate["value"], dtype=np.float64)
+    a = a.reshape(len(a), -1)
+    b = b.reshape(len(b), -1)
+    if a.shape != b.shape:
+        raise VerificationError(
+            f"The ONNX model returns shape {list(b.shape)} but the native model returns {list(a.shape)}.",
+            hint="The converted graph does not compute the same thing; check the model's outputs.")
+    diff = np.abs(a - b)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / np.maximum(np.abs(a), 1e-12)).max()) if diff.size else 0.0
+    if task == "classifier":
+        within = max_abs <= tolerance.proba_atol
+    else:
+        within = bool(np.all(diff <= tolerance.atol + tolerance.rtol * np.abs(a)))
+    rep = VerifyReport(task=task, rows=int(len(a)), max_abs_diff=max_abs, max_rel_diff=max_rel,
+                       passed=within, tolerance=asdict(tolerance))
+    if task == "classifier":
+        eq = _labels_equal(native["label"], candidate["label"])
+        rep.label_agreement = float(eq.mean())
+        rep.mismatched_rows = [int(i) for i in np.where(~eq)[0][:20]]
+        rep.passed = bool(within and rep.label_agreement >= tolerance.min_label_agreement)
+    if labels is not None:
+        y = np.asarray(labels).reshape(-1)
+        if len(y) != len(a):
+            from .errors import InvalidInputError
+
+            raise InvalidInputError(f"labels has {len(y)} entries but the sample has {len(a)} rows.",
+                                    hint="Pass the labels that belong to the sample rows.",
+                                    expected=len(a), received=len(y))
+        if task == "classifier":
+            rep.metric = "accuracy"
+            rep.native_metric = float(_labels_equal(native["label"], y).mean())
+            rep.onnx_metric = float(_labels_equal(candidate["label"], y).mean())
+        else:
+            rep.metric = "rmse"
+            yy = y.astype(np.float64).reshape(len(y), -1)
+            rep.native_metric = float(np.sqrt(np.mean((a - yy) ** 2)))
+            rep.onnx_metric = float(np.sqrt(np.mean((b - yy) ** 2)))
+    return rep
+
+
+def verify(converted, *, labels=None, tolerance: Tolerance = Tolerance(), raise_on_fail: bool = True,
+           onnx_model=None) -> VerifyReport:
+    """Run the native model and onnxruntime on ``converted.X`` and compare.
+
+    Raises :class:`VerificationError` with the numbers when they disagree.
+    """
+    from .runtime.model import OnnxModel
+
+    X = converted.X
+    model = onnx_model if onnx_model is not None else converted.onnx_model
+    session = OnnxModel(model.SerializeToString(), converted.spec)
+    native = converted.adapter.predict(X)
+    rep = compare(converted.spec["task"], native, session.run(X), labels=labels, tolerance=tolerance)
+    if raise_on_fail and not rep.passed:
+        raise VerificationError(
+            f"The ONNX model does not match the native {converted.framework} model: {rep.summary()} "
+            + (f" (tolerance: probabilities within {tolerance.proba_atol}, labels agree on ≥ "
+               f"{tolerance.min_label_agreement:.1%}" if rep.label_agreement is not None
+               else f" (tolerance atol={tolerance.atol}, rtol={tolerance.rtol}")
+            + ")" + (f"; first mismatched rows: {rep.mismatched_rows[:5]}" if rep.mismatched_rows else ""),
+            hint="Check for unsupported options in the converter, or loosen the tolerance with "
+                 "deploy(..., tolerance=Tolerance(atol=..., rtol=...)) if the difference is acceptable.")
+    return rep
