@@ -1,0 +1,675 @@
+"""A small client for the OCI distribution API: pull a base image, push an image.
+
+No daemon is needed: blobs are plain files in a local content-addressed store
+(see :mod:`nbdeploy.image`), and this module moves them over HTTP.
+
+Rules kept on purpose:
+
+* HTTPS by default; plain HTTP only for loopback hosts or with ``insecure=True``.
+* Blobs the registry already has are not uploaded again (HEAD, then a cross-repo
+  mount when the base came from the same registry).
+* The manifest is PUT last, so a tag never points at a partial image.
+* Credentials (docker ``config.json`` or ``NBDEPLOY_REGISTRY_USER`` /
+  ``NBDEPLOY_REGISTRY_PASSWORD``) never appear in logs, errors or results.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+from urllib.parse import urlencode, urljoin, urlparse
+
+from .errors import InvalidInputError, RegistryError
+
+log = logging.getLogger(__name__)
+
+DOCKER_HUB = "registry-1.docker.io"
+_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+
+MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MT_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+_MANIFEST_ACCEPT = ", ".join([MT_OCI_MANIFEST, MT_OCI_INDEX, MT_DOCKER_MANIFEST, MT_DOCKER_LIST])
+
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+# --- references ---------------------------------------------------------------------------------
+
+_REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed image reference: ``registry/repository[:tag][@digest]``."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, ref: str) -> "Reference":
+        """Parse a reference the way docker does (``python:3.11`` is Docker Hub's ``library/python``)."""
+        if not isinstance(ref, str) or not ref.strip():
+            raise InvalidInputError("An image reference must be a non-empty string.",
+                                    hint="Example: registry.example.com/team/model:1.0", received=repr(ref))
+        text = ref.strip()
+        if "://" in text:
+            raise InvalidInputError(f"An image reference has no URL scheme: {text!r}.",
+                                    hint="Drop the 'http://' or 'https://' prefix, e.g. localhost:5000/model:1.0")
+        digest = None
+        if "@" in text:
+            text, digest = text.split("@", 1)
+            if not _DIGEST_RE.match(digest):
+                raise InvalidInputError(f"Invalid digest in image reference {ref!r}.",
+                                        hint="A digest looks like sha256:<64 hex characters>.")
+        first, _, rest = text.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+            registry, path = first, rest
+        else:
+            registry, path = DOCKER_HUB, text
+        tag = None
+        last = path.rsplit("/", 1)[-1]
+        if ":" in last:
+            path, tag = path.rsplit(":", 1)
+            if not _TAG_RE.match(tag):
+                raise InvalidInputError(f"Invalid tag {tag!r} in image reference {ref!r}.",
+                                        hint="Tags use letters, digits, '_', '.' and '-' (at most 128).")
+        if registry in _HUB_ALIASES:
+            registry = DOCKER_HUB
+            if "/" not in path:
+                path = "library/" + path
+        if not _REPO_RE.match(path):
+            raise InvalidInputError(f"Invalid repository name {path!r} in image reference {ref!r}.",
+                                    hint="Repository names are lowercase letters, digits and separators ('.', '_', '-', '/').")
+        if tag is None and digest is None:
+            tag = "latest"
+        return cls(registry, path, tag, digest)
+
+    @property
+    def reference(self) -> str:
+        """What goes after ``/manifests/``: the digest if pinned, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    @property
+    def name(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ``::1`` (with or without a port)."""
+    h = host
+    if h.startswith("["):
+        h = h[1:h.index("]")]
+    elif h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+# --- credentials --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Credentials:
+    """A user name and secret. ``repr`` hides the secret so it never lands in a log."""
+
+    username: str
+    password: str = field(repr=False)
+    source: str = "explicit"
+
+    def __repr__(self) -> str:  # pragma: no cover - trivial
+        return f"Credentials(username={self.username!r}, password='***', source={self.source!r})"
+
+
+def _docker_config_path() -> Path:
+    base = os.environ.get("DOCKER_CONFIG")
+    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
+
+
+def resolve_credentials(registry: str, credentials: "Credentials | tuple[str, str] | None" = None) -> Credentials | None:
+    """Credentials for ``registry``: explicit, else env vars, else docker ``config.json`` ``auths``."""
+    if credentials is not None:
+        if isinstance(credentials, Credentials):
+            return credentials
+        user, pw = credentials
+        return Credentials(user, pw, "explicit")
+    user = os.environ.get("NBDEPLOY_REGISTRY_USER")
+    pw = os.environ.get("NBDEPLOY_REGISTRY_PASSWORD")
+    if user and pw is not None:
+        return Credentials(user, pw, "environment")
+    path = _docker_config_path()
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("Ignoring unreadable docker config %s: %s", path, type(exc).__name__)
+        return None
+    auths = cfg.get("auths") or {}
+    keys = {registry, f"https://{registry}", f"http://{registry}"}
+    if registry == DOCKER_HUB:
+        keys |= {"https://index.docker.io/v1/", "index.docker.io", "docker.io", "https://index.docker.io/v1"}
+    for key, entry in auths.items():
+        if key.rstrip("/") in {k.rstrip("/") for k in keys} or urlparse(key).netloc == registry:
+            if not isinstance(entry, dict):
+                continue
+            if entry.get("auth"):
+                try:
+                    decoded = base64.b64decode(entry["auth"]).decode()
+                    user, _, pw = decoded.partition(":")
+                except Exception:
+                    log.warning("Ignoring malformed 'auth' entry for %s in %s", registry, path)
+                    continue
+                return Credentials(user, pw, f"docker config ({path})")
+            if entry.get("username") and entry.get("password") is not None:
+                return Credentials(entry["username"], entry["password"], f"docker config ({path})")
+    if cfg.get("credsStore") or (cfg.get("credHelpers") or {}).get(registry):
+        log.info("Docker credential helpers are not supported; set NBDEPLOY_REGISTRY_USER/PASSWORD instead.")
+    return None
+
+
+# --- HTTP client --------------------------------------------------------------------------------
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """Parse ``WWW-Authenticate: Bearer realm="...",service="...",scope="..."``."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = dict((k.lower(), v) for k, v in re.findall(r'(\w+)\s*=\s*"([^"]*)"', rest))
+    for k, v in re.findall(r'(\w+)\s*=\s*([^",\s]+)', rest):
+        params.setdefault(k.lower(), v)
+    return scheme.lower(), params
+
+
+class RegistryClient:
+    """Talks to one registry. Handles anonymous, basic and bearer-token auth, and retries."""
+
+    def __init__(self, registry: str, *, insecure: bool | None = None,
+                 credentials: "Credentials | tuple[str, str] | None" = None,
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.5,
+                 verify: bool | str = True):
+        import requests
+
+        self.registry = registry
+        self.host = "registry-1.docker.io" if registry == DOCKER_HUB else registry
+        if insecure is None:
+            insecure = is_loopback(self.host)
+        self.scheme = "http" if insecure else "https"
+        self.base = f"{self.scheme}://{self.host}"
+        self.credentials = resolve_credentials(registry, credentials)
+        self.timeout = timeout
+        self.retries = max(1, retries)
+        self.backoff = backoff
+        self.session = requests.Session()
+        self.session.verify = verify
+        self.session.headers["User-Agent"] = f"nbdeploy/{_nbdeploy_version()}"
+        self._auth_header: str | None = None
+        self._scope_tokens: dict[str, str] = {}
+
+    # -- low level --
+
+    def _url(self, path: str) -> str:
+        return path if path.startswith("http") else f"{self.base}{path}"
+
+    def _auth_for(self, response, scope: str) -> str | None:
+        """Answer a 401 challenge; returns the Authorization header value to use."""
+        header = response.headers.get("WWW-Authenticate", "")
+        scheme, params = _parse_challenge(header)
+        if scheme == "basic":
+            if not self.credentials:
+                raise RegistryError(f"Registry {self.registry} requires a login.",
+                                    hint=_LOGIN_HINT.format(registry=self.registry))
+            raw = f"{self.credentials.username}:{self.credentials.password}".encode()
+            return "Basic " + base64.b64encode(raw).decode()
+        if scheme == "bearer":
+            realm = params.get("realm")
+            if not realm:
+                raise RegistryError(f"Registry {self.registry} sent a bearer challenge without a realm.")
+            query = {"service": params["service"]} if params.get("service") else {}
+            if scope:
+                query["scope"] = scope
+            auth = (self.credentials.username, self.credentials.password) if self.credentials else None
+            resp = self._send("GET", realm + ("&" if "?" in realm else "?") + urlencode(query),
+                              auth=auth, _allow_auth=False)
+            if resp.status_code in (401, 403):
+                raise RegistryError(
+                    f"Registry {self.registry} refused the credentials"
+                    f"{' from ' + self.credentials.source if self.credentials else ' (anonymous)'}"
+                    f" (HTTP {resp.status_code} from its token service).",
+                    hint=_LOGIN_HINT.format(registry=self.registry))
+            if resp.status_code != 200:
+                raise RegistryError(f"Token service of {self.registry} answered HTTP {resp.status_code}.")
+            body = resp.json()
+            token = body.get("token") or body.get("access_token")
+            if not token:
+                raise RegistryError(f"Token service of {self.registry} returned no token.")
+            return f"Bearer {token}"
+        raise RegistryError(f"Registry {self.registry} asks for an unsupported auth scheme {scheme!r}.")
+
+    def _send(self, method: str, url: str, *, data=None, headers=None, stream=False,
+              auth=None, _allow_auth=True, rewind: Callable[[], object] | None = None):
+        """One request with retries on connection errors and transient statuses."""
+        import requests
+
+        last_exc: Exception | None = None
+        for attempt in range(self.retries):
+            if attempt and rewind is not None:
+                data = rewind()
+            try:
+                resp = self.session.request(method, url, data=data, headers=headers, stream=stream,
+                                            auth=auth, timeout=self.timeout, allow_redirects=True)
+            except requests.exceptions.SSLError as exc:
+                raise RegistryError(
+                    f"TLS error talking to {self.registry}: {type(exc).__name__}.",
+                    hint="If this registry speaks plain HTTP on a trusted network, pass insecure=True; "
+                         "for a private CA set REQUESTS_CA_BUNDLE.") from None
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as exc:
+                last_exc = exc
+                log.debug("%s %s failed (%s), attempt %d/%d", method, _redact(url), type(exc).__name__,
+                          attempt + 1, self.retries)
+                if attempt + 1 < self.retries:
+                    time.sleep(self.backoff * (2 ** attempt))
+                continue
+            if resp.status_code in _RETRY_STATUS and attempt + 1 < self.retries:
+                log.debug("%s %s -> HTTP %d, retrying", method, _redact(url), resp.status_code)
+                resp.close()
+                time.sleep(self.backoff * (2 ** attempt))
+                continue
+            return resp
+        raise RegistryError(
+            f"Cannot reach registry {self.registry} ({self.base}) after {self.retries} attempts: "
+            f"{type(last_exc).__name__}.",
+            hint="Check the registry address and that it is running; "
+                 "for a plain-HTTP registry outside localhost pass insecure=True.") from None
+
+    def request(self, method: str, path: str, *, scope: str = "", data=None, headers=None,
+                stream=False, rewind: Callable[[], object] | None = None, ok: Iterable[int] = (200,)):
+        """A request with auth: retries once after answering a 401 challenge."""
+        url = self._url(path)
+        hdrs = dict(headers or {})
+        token = self._scope_tokens.get(scope) or self._auth_header
+        if token:
+            hdrs["Authorization"] = token
+        resp = self._send(method, url, data=data, headers=hdrs, stream=stream, rewind=rewind)
+        if resp.status_code == 401:
+            resp.close()
+            token = self._auth_for(resp, scope)
+            if token.startswith("Basic"):
+                self._auth_header = token
+            else:
+                self._scope_tokens[scope] = token
+            hdrs["Authorization"] = token
+            if rewind is not None:
+                data = rewind()
+            resp = self._send(method, url, data=data, headers=hdrs, stream=stream, rewind=rewind)
+            if resp.status_code == 401:
+                raise RegistryError(
+                    f"Registry {self.registry} rejected the credentials"
+                    f"{' from ' + self.credentials.source if self.credentials else ' (none given)'} "
+                    f"for {method} {urlparse(url).path}.",
+                    hint=_LOGIN_HINT.format(registry=self.registry))
+        if resp.status_code == 403:
+            raise RegistryError(f"Registry {self.registry} denied {method} {urlparse(url).path} (HTTP 403).",
+                                hint="The account may lack push/pull rights on this repository.")
+        return resp
+
+    # -- API --
+
+    def check(self) -> None:
+        """GET /v2/ — raises a clear error if the registry is unreachable or refuses us."""
+        resp = self.request("GET", "/v2/")
+        if resp.status_code != 200:
+            raise RegistryError(f"{self.base}/v2/ answered HTTP {resp.status_code}; is this an OCI registry?")
+
+    def get_manifest(self, repo: str, reference: str, *, accept: str = _MANIFEST_ACCEPT) -> tuple[bytes, str, str]:
+        """Return (raw bytes, media type, digest) of a manifest or index; NotFound -> RegistryError."""
+        resp = self.request("GET", f"/v2/{repo}/manifests/{reference}", scope=f"repository:{repo}:pull",
+                            headers={"Accept": accept})
+        if resp.status_code == 404:
+            raise RegistryError(f"Image {self.registry}/{repo}:{reference} not found (HTTP 404).",
+                                hint="Check the repository name and tag.")
+        if resp.status_code != 200:
+            raise RegistryError(f"GET manifest {repo}:{reference} from {self.registry} failed: "
+                                f"HTTP {resp.status_code} {_short(resp.text)}")
+        raw = resp.content
+        media = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        try:
+            media = json.loads(raw).get("mediaType") or media
+        except ValueError:
+            raise RegistryError(f"Manifest of {repo}:{reference} is not JSON.") from None
+        return raw, media, "sha256:" + hashlib.sha256(raw).hexdigest()
+
+    def manifest_exists(self, repo: str, reference: str) -> str | None:
+        """Digest of the manifest a tag points at, or None."""
+        resp = self.request("HEAD", f"/v2/{repo}/manifests/{reference}", scope=f"repository:{repo}:pull",
+                            headers={"Accept": _MANIFEST_ACCEPT})
+        if resp.status_code == 200:
+            return resp.headers.get("Docker-Content-Digest") or "unknown"
+        return None
+
+    def blob_exists(self, repo: str, digest: str) -> bool:
+        resp = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull")
+        return resp.status_code == 200
+
+    def get_blob(self, repo: str, digest: str, dest: Path) -> Path:
+        """Download a blob to ``dest`` (atomically), verifying its digest."""
+        dest = Path(dest)
+        if dest.exists():
+            return dest
+        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull", stream=True)
+        if resp.status_code != 200:
+            raise RegistryError(f"GET blob {digest[:19]} of {repo} failed: HTTP {resp.status_code}.")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in resp.iter_content(1 << 20):
+                    h.update(chunk)
+                    fh.write(chunk)
+            if "sha256:" + h.hexdigest() != digest:
+                raise RegistryError(f"Blob {digest[:19]} of {repo} did not match its digest (corrupt download).")
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return dest
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Cross-repository mount; True if the registry mounted it (no upload needed)."""
+        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/?" + urlencode({"mount": digest, "from": from_repo}),
+                            scope=f"repository:{repo}:pull,push repository:{from_repo}:pull")
+        if resp.status_code == 201:
+            return True
+        if resp.status_code == 202 and resp.headers.get("Location"):
+            # The registry opened an upload session instead; cancel it politely.
+            try:
+                self.request("DELETE", urljoin(self.base + "/", resp.headers["Location"]),
+                             scope=f"repository:{repo}:pull,push")
+            except RegistryError:
+                pass
+        return False
+
+    def upload_blob(self, repo: str, path: Path, digest: str, *, chunk_size: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> None:
+        """Upload a blob: monolithic PUT, or PATCH chunks then PUT when ``chunk_size`` is set."""
+        scope = f"repository:{repo}:pull,push"
+        path = Path(path)
+        size = path.stat().st_size
+        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", scope=scope)
+        if resp.status_code != 202 or not resp.headers.get("Location"):
+            raise RegistryError(f"Starting an upload to {self.registry}/{repo} failed: "
+                                f"HTTP {resp.status_code} {_short(resp.text)}")
+        location = urljoin(self.base + "/", resp.headers["Location"])
+        if chunk_size and size > chunk_size:
+            sent = 0
+            with open(path, "rb") as fh:
+                while sent < size:
+                    chunk = fh.read(chunk_size)
+                    end = sent + len(chunk) - 1
+                    r = self.request("PATCH", location, scope=scope, data=chunk, headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{sent}-{end}", "Content-Length": str(len(chunk))})
+                    if r.status_code != 202:
+                        raise RegistryError(f"Uploading a chunk of {digest[:19]} to {self.registry}/{repo} "
+                                            f"failed: HTTP {r.status_code} {_short(r.text)}")
+                    location = urljoin(self.base + "/", r.headers.get("Location", location))
+                    sent = end + 1
+                    if progress:
+                        progress(sent, size)
+            r = self.request("PUT", _with_query(location, digest=digest), scope=scope,
+                             headers={"Content-Length": "0"})
+        else:
+            fh = open(path, "rb")
+
+            def rewind():
+                fh.seek(0)
+                return fh
+
+            try:
+                r = self.request("PUT", _with_query(location, digest=digest), scope=scope, data=fh,
+                                 rewind=rewind, headers={"Content-Type": "application/octet-stream",
+                                                         "Content-Length": str(size)})
+            finally:
+                fh.close()
+            if progress:
+                progress(size, size)
+        if r.status_code not in (201, 204):
+            raise RegistryError(f"Finishing the upload of {digest[:19]} to {self.registry}/{repo} failed: "
+                                f"HTTP {r.status_code} {_short(r.text)}")
+
+    def put_manifest(self, repo: str, tag: str, raw: bytes, media_type: str) -> str:
+        resp = self.request("PUT", f"/v2/{repo}/manifests/{tag}", scope=f"repository:{repo}:pull,push",
+                            data=raw, headers={"Content-Type": media_type})
+        if resp.status_code not in (200, 201):
+            raise RegistryError(f"PUT manifest {repo}:{tag} to {self.registry} failed: "
+                                f"HTTP {resp.status_code} {_short(resp.text)}")
+        return resp.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+_LOGIN_HINT = ("Check the user name and password: set NBDEPLOY_REGISTRY_USER and NBDEPLOY_REGISTRY_PASSWORD, "
+               "or log in so that ~/.docker/config.json has an 'auths' entry for {registry}.")
+
+
+def _with_query(url: str, **params) -> str:
+    return url + ("&" if "?" in url else "?") + urlencode(params)
+
+
+def _redact(url: str) -> str:
+    p = urlparse(url)
+    return f"{p.scheme}://{p.hostname}{(':' + str(p.port)) if p.port else ''}{p.path}"
+
+
+def _short(text: str, n: int = 200) -> str:
+    text = (text or "").strip().replace("\n", " ")
+    return text[:n] + ("…" if len(text) > n else "")
+
+
+def _nbdeploy_version() -> str:
+    from ._version import __version__
+
+    return __version__
+
+
+# --- pull ---------------------------------------------------------------------------------------
+
+@dataclass
+class PulledImage:
+    """A base image fetched into the local blob store."""
+
+    ref: Reference
+    manifest_digest: str
+    config: dict
+    config_digest: str
+    layers: list[dict]  # descriptors: mediaType, digest, size (blobs are in the store)
+
+
+def select_platform(index: dict, platform: str = "linux/amd64") -> dict:
+    """Pick the manifest descriptor for ``os/arch[/variant]`` from an index / manifest list."""
+    want = platform.split("/")
+    for desc in index.get("manifests", []):
+        p = desc.get("platform") or {}
+        have = [p.get("os"), p.get("architecture")] + ([p["variant"]] if len(want) > 2 and p.get("variant") else [])
+        if have[: len(want)] == want[: len(have)] and have[:2] == want[:2]:
+            return desc
+    found = sorted({f"{(d.get('platform') or {}).get('os')}/{(d.get('platform') or {}).get('architecture')}"
+                    for d in index.get("manifests", [])})
+    raise RegistryError(f"The base image has no {platform} variant.", hint=f"It offers: {', '.join(found) or 'none'}.")
+
+
+def pull(ref: str | Reference, blob_store: Path, *, platform: str = "linux/amd64",
+         insecure: bool | None = None, credentials=None, client: RegistryClient | None = None) -> PulledImage:
+    """Fetch manifest, config and layer blobs of ``ref`` (for ``platform``) into ``blob_store``."""
+    r = ref if isinstance(ref, Reference) else Reference.parse(ref)
+    c = client or RegistryClient(r.registry, insecure=insecure, credentials=credentials)
+    raw, media, digest = c.get_manifest(r.repository, r.reference)
+    manifest = json.loads(raw)
+    if media in (MT_OCI_INDEX, MT_DOCKER_LIST) or "manifests" in manifest:
+        desc = select_platform(manifest, platform)
+        raw, media, digest = c.get_manifest(r.repository, desc["digest"])
+        manifest = json.loads(raw)
+    if manifest.get("schemaVersion") != 2 or "config" not in manifest:
+        raise RegistryError(f"Unsupported manifest format for {r} ({media}).",
+                            hint="Use a base image published with a Docker v2 or OCI manifest.")
+    store = Path(blob_store)
+    cfg_digest = manifest["config"]["digest"]
+    cfg_path = c.get_blob(r.repository, cfg_digest, store / cfg_digest.replace(":", "/"))
+    config = json.loads(cfg_path.read_bytes())
+    for layer in manifest["layers"]:
+        mt = layer.get("mediaType", "")
+        if "zstd" in mt or "foreign" in mt or "nondistributable" in mt:
+            raise RegistryError(f"Base image layer type {mt} is not supported.")
+        c.get_blob(r.repository, layer["digest"], store / layer["digest"].replace(":", "/"))
+    cfg_platform = f"{config.get('os')}/{config.get('architecture')}"
+    if cfg_platform != "/".join(platform.split("/")[:2]):
+        raise RegistryError(f"Base image {r} is {cfg_platform}, not {platform}.",
+                            hint="Pick a base image built for the target platform.")
+    return PulledImage(r, digest, config, cfg_digest, list(manifest["layers"]))
+
+
+# --- push ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PushResult:
+    """Where an image landed. ``str(result)`` is ``registry/repo:tag@sha256:...``."""
+
+    ref: str
+    digest: str
+    uploaded: tuple[str, ...]
+    skipped: tuple[str, ...]
+    bytes_uploaded: int
+    seconds: float
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.ref}@{self.digest}"
+
+    def __str__(self) -> str:
+        return self.pinned
+
+    def to_dict(self) -> dict:
+        return {"ref": self.ref, "digest": self.digest, "pinned": self.pinned,
+                "uploaded": list(self.uploaded), "skipped": list(self.skipped),
+                "bytes_uploaded": self.bytes_uploaded, "seconds": round(self.seconds, 3)}
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return (f"<div><b>Pushed</b> <code>{html.escape(self.pinned)}</code><br>"
+                f"{len(self.uploaded)} blob(s) uploaded ({self.bytes_uploaded / 1e6:.1f} MB), "
+                f"{len(self.skipped)} already there; {self.seconds:.1f} s</div>")
+
+
+def push_image(image, ref: str | Reference, *, insecure: bool | None = None, credentials=None,
+               chunk_size: int | None = None, progress: Callable[[str, int, int], None] | None = None,
+               client: RegistryClient | None = None) -> PushResult:
+    """Push an :class:`nbdeploy.image.OCIImage` to ``ref``; the manifest goes last.
+
+    ``progress(digest, done_bytes, total_bytes)`` is called as blobs upload.
+    """
+    r = ref if isinstance(ref, Reference) else Reference.parse(ref)
+    if r.digest and not r.tag:
+        raise InvalidInputError(f"Push needs a tag, not only a digest: {r}.", hint="Example: registry/model:1.0")
+    tag = r.tag or "latest"
+    c = client or RegistryClient(r.registry, insecure=insecure, credentials=credentials)
+    t0 = time.perf_counter()
+    c.check()
+    uploaded, skipped, nbytes = [], [], 0
+    base = getattr(image, "base_ref", None)
+    mount_from = None
+    if base:
+        try:
+            b = Reference.parse(base)
+            if b.registry == r.registry and b.repository != r.repository:
+                mount_from = b.repository
+        except InvalidInputError:
+            pass
+    for digest, path in image.blobs():
+        if c.blob_exists(r.repository, digest):
+            skipped.append(digest)
+            continue
+        if mount_from and digest in getattr(image, "base_layer_digests", ()) and \
+                c.mount_blob(r.repository, digest, mount_from):
+            skipped.append(digest)
+            continue
+        size = Path(path).stat().st_size
+        log.info("uploading %s (%.1f MB) to %s/%s", digest[:19], size / 1e6, r.registry, r.repository)
+        c.upload_blob(r.repository, path, digest, chunk_size=chunk_size,
+                      progress=(lambda done, total, d=digest: progress(d, done, total)) if progress else None)
+        uploaded.append(digest)
+        nbytes += size
+    raw, media = image.manifest_bytes, image.manifest_media_type
+    digest = c.put_manifest(r.repository, tag, raw, media)
+    want = "sha256:" + hashlib.sha256(raw).hexdigest()
+    if digest != want:
+        raise RegistryError(f"The registry stored manifest {digest}, expected {want}.")
+    return PushResult(f"{r.registry}/{r.repository}:{tag}", digest, tuple(uploaded), tuple(skipped), nbytes,
+                      time.perf_counter() - t0)
+
+
+# --- local builders (bentoml containerize) --------------------------------------------------------
+
+LOCAL_BUILDERS = ("docker", "podman", "buildah")
+
+
+def detect_builder() -> str | None:
+    """The first local container builder on PATH, or None."""
+    for name in LOCAL_BUILDERS:
+        if shutil.which(name):
+            return name
+    return None
+
+
+def containerize(tag: str, ref: str, *, builder: str | None = None, push: bool = True) -> str:
+    """Build with ``bentoml containerize`` using a local builder (docker/podman/buildah).
+
+    Returns the image reference. Needs the builder to reach the base image's registry.
+    """
+    import subprocess
+    import sys
+
+    name = builder or detect_builder()
+    if not name:
+        raise RegistryError("No local container builder (docker, podman, buildah) was found.",
+                            hint="Use the daemonless builder instead: push(..., builder='oci').")
+    if name not in LOCAL_BUILDERS:
+        raise InvalidInputError(f"Unknown builder {name!r}.", expected=list(LOCAL_BUILDERS), received=name)
+    cmd = [sys.executable, "-m", "bentoml", "containerize", str(tag), "--backend", name, "-t", ref]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RegistryError(f"bentoml containerize with {name} failed (exit {proc.returncode}).",
+                            hint=_short(proc.stderr[-2000:], 600))
+    if push:
+        pcmd = [name, "push", ref] if name != "buildah" else ["buildah", "push", ref, f"docker://{ref}"]
+        proc = subprocess.run(pcmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RegistryError(f"{name} push {ref} failed (exit {proc.returncode}).",
+                                hint=_short(proc.stderr[-2000:], 600))
+    return ref
