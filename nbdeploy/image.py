@@ -528,13 +528,15 @@ def build_image(bento, *, base: "str | OCIImage | None" = DEFAULT_BASE, platform
                 python_version: str = "3.11", insecure: bool | None = None, credentials=None,
                 home: str | Path | None = None, source: str | None = None, port: int = PORT,
                 env: dict[str, str] | None = None, labels: dict[str, str] | None = None,
-                pip_args: Iterable[str] = ()) -> OCIImage:
+                pip_args: Iterable[str] = (), base_env_credentials: bool = False) -> OCIImage:
     """Build the OCI image of a bento without a daemon.
 
     ``bento``: a tag (``name:version``), a ``bentoml.Bento`` or a built bento directory.
     ``base``: an image reference pulled from its registry (default ``python:3.11-slim``), an
     :class:`OCIImage`, or None for an empty base (the image then needs its own Python).
     ``python_version`` must match the base image's Python: wheels are chosen for it.
+    ``credentials`` / ``insecure`` are for the base image's registry; the
+    ``NBDEPLOY_REGISTRY_*`` env vars are used for it only if ``base_env_credentials``.
     """
     from ._version import __version__
     from .registry import pull
@@ -562,7 +564,8 @@ def build_image(bento, *, base: "str | OCIImage | None" = DEFAULT_BASE, platform
     elif isinstance(base, OCIImage):
         base_config, base_layers = json.loads(base.config_bytes), list(base.layers)
     else:
-        pulled = pull(base, store, platform=platform, insecure=insecure, credentials=credentials)
+        pulled = pull(base, store, platform=platform, insecure=insecure, credentials=credentials,
+                      use_env=base_env_credentials)
         base_ref = f"{pulled.ref}@{pulled.manifest_digest}" if not pulled.ref.digest else str(pulled.ref)
         base_config = pulled.config
         diff_ids = base_config.get("rootfs", {}).get("diff_ids", [])

@@ -154,8 +154,13 @@ def _docker_config_path() -> Path:
     return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
 
 
-def resolve_credentials(registry: str, credentials: "Credentials | tuple[str, str] | None" = None) -> Credentials | None:
-    """Credentials for ``registry``: explicit, else env vars, else docker ``config.json`` ``auths``."""
+def resolve_credentials(registry: str, credentials: "Credentials | tuple[str, str] | None" = None, *,
+                        use_env: bool = True) -> Credentials | None:
+    """Credentials for ``registry``: explicit, else env vars (if ``use_env``), else docker ``config.json`` ``auths``.
+
+    The env vars name no registry, so callers only use them for the push target (never
+    to pull a base image from another registry, which would send them to a third party).
+    """
     if credentials is not None:
         if isinstance(credentials, Credentials):
             return credentials
@@ -163,7 +168,7 @@ def resolve_credentials(registry: str, credentials: "Credentials | tuple[str, st
         return Credentials(user, pw, "explicit")
     user = os.environ.get("NBDEPLOY_REGISTRY_USER")
     pw = os.environ.get("NBDEPLOY_REGISTRY_PASSWORD")
-    if user and pw is not None:
+    if use_env and user and pw is not None:
         return Credentials(user, pw, "environment")
     path = _docker_config_path()
     try:
@@ -213,7 +218,7 @@ class RegistryClient:
     def __init__(self, registry: str, *, insecure: bool | None = None,
                  credentials: "Credentials | tuple[str, str] | None" = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5,
-                 verify: bool | str = True):
+                 verify: bool | str = True, use_env: bool = True):
         import requests
 
         self.registry = registry
@@ -222,7 +227,7 @@ class RegistryClient:
             insecure = is_loopback(self.host)
         self.scheme = "http" if insecure else "https"
         self.base = f"{self.scheme}://{self.host}"
-        self.credentials = resolve_credentials(registry, credentials)
+        self.credentials = resolve_credentials(registry, credentials, use_env=use_env)
         self.timeout = timeout
         self.retries = max(1, retries)
         self.backoff = backoff
@@ -525,10 +530,11 @@ def select_platform(index: dict, platform: str = "linux/amd64") -> dict:
 
 
 def pull(ref: str | Reference, blob_store: Path, *, platform: str = "linux/amd64",
-         insecure: bool | None = None, credentials=None, client: RegistryClient | None = None) -> PulledImage:
+         insecure: bool | None = None, credentials=None, use_env: bool = False,
+         client: RegistryClient | None = None) -> PulledImage:
     """Fetch manifest, config and layer blobs of ``ref`` (for ``platform``) into ``blob_store``."""
     r = ref if isinstance(ref, Reference) else Reference.parse(ref)
-    c = client or RegistryClient(r.registry, insecure=insecure, credentials=credentials)
+    c = client or RegistryClient(r.registry, insecure=insecure, credentials=credentials, use_env=use_env)
     raw, media, digest = c.get_manifest(r.repository, r.reference)
     manifest = json.loads(raw)
     if media in (MT_OCI_INDEX, MT_DOCKER_LIST) or "manifests" in manifest:
@@ -673,3 +679,38 @@ def containerize(tag: str, ref: str, *, builder: str | None = None, push: bool =
             raise RegistryError(f"{name} push {ref} failed (exit {proc.returncode}).",
                                 hint=_short(proc.stderr[-2000:], 600))
     return ref
+
+
+# --- the one call front ends use ------------------------------------------------------------------
+
+def push(bento, ref: str, *, builder: str = "oci", base: "str | None" = None, insecure: bool | None = None,
+         credentials=None, chunk_size: int | None = None,
+         progress: Callable[[str, int, int], None] | None = None, **build_kwargs) -> PushResult:
+    """Build the image of ``bento`` and push it to ``ref``; returns where it landed (``ref@sha256:...``).
+
+    ``builder``: ``"oci"`` (default) builds without a daemon (:func:`nbdeploy.image.build_image`);
+    ``"bentoml"`` runs ``bentoml containerize`` with a detected local builder, or name one
+    (``"docker"``, ``"podman"``, ``"buildah"``); ``"auto"`` uses a local builder when one exists.
+    ``insecure`` and ``credentials`` apply to the target registry and to the base image's.
+    """
+    r = Reference.parse(ref)
+    if builder == "auto":
+        builder = "bentoml" if detect_builder() else "oci"
+    if builder in ("bentoml",) + LOCAL_BUILDERS:
+        t0 = time.perf_counter()
+        target = f"{r.name}:{r.tag or 'latest'}"
+        containerize(str(bento), target, builder=None if builder == "bentoml" else builder)
+        c = RegistryClient(r.registry, insecure=insecure, credentials=credentials)
+        digest = c.manifest_exists(r.repository, r.tag or "latest") or "unknown"
+        return PushResult(target, digest, (), (), 0, time.perf_counter() - t0)
+    if builder != "oci":
+        raise InvalidInputError(f"Unknown builder {builder!r}.", expected=["oci", "bentoml", "auto", *LOCAL_BUILDERS],
+                                received=builder)
+    from .image import DEFAULT_BASE, build_image
+
+    base = base or DEFAULT_BASE
+    # Target credentials go to the base's registry only when it is the same registry.
+    same = isinstance(base, str) and Reference.parse(base).registry == r.registry
+    image = build_image(bento, base=base, insecure=insecure if same else None,
+                        credentials=credentials if same else None, base_env_credentials=same, **build_kwargs)
+    return push_image(image, r, insecure=insecure, credentials=credentials, chunk_size=chunk_size, progress=progress)

@@ -1,0 +1,178 @@
+"""bundle: render the service template and build a bento in the local BentoML store.
+
+A bundle is a plain folder: ``service.py`` (from ``templates/``), ``nbdeploy_runtime/`` (a
+copy of :mod:`nbdeploy.runtime`), ``model/`` (ONNX + JSON + .npy), ``plots/`` (PNG) and a
+pinned ``requirements.txt``.  Nothing in it is pickled.  The bento is built from a staging
+folder and only appears in the store once BentoML has finished writing it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import secrets
+import shutil
+import string
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata as _md
+from pathlib import Path
+from typing import Callable
+
+from ._version import __version__
+from .errors import BundleError
+from .schema import validate_name
+
+TEMPLATES = Path(__file__).parent / "templates"
+RUNTIME = Path(__file__).parent / "runtime"
+
+
+def _version_of(dist: str) -> str | None:
+    try:
+        return _md.version(dist)
+    except _md.PackageNotFoundError:
+        return None
+
+
+def new_version() -> str:
+    """Sortable, unique bento version: UTC time plus a random suffix."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def requirements(*, device: str = "cpu", explain: bool = False) -> list[str]:
+    """Pinned requirements of the served bundle: only what its code imports."""
+    ort = "onnxruntime-gpu" if device == "cuda" else "onnxruntime"
+    ort_version = _version_of(ort) or _version_of("onnxruntime")
+    reqs = [f"bentoml=={_version_of('bentoml')}", f"{ort}=={ort_version}",
+            f"numpy=={_version_of('numpy')}"]
+    if explain:
+        for dist in ("shap", "lime", "scikit-learn", "scipy"):
+            v = _version_of(dist)
+            if v:
+                reqs.append(f"{dist}=={v}")
+    return reqs
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the served bundle runs (chosen from benchmark numbers by the pipeline)."""
+
+    device: str = "cpu"
+    workers: int = 1
+    threads: int | None = 1
+    max_rows: int = 10_000
+    max_body_bytes: int = 16 * 1024 * 1024
+    timeout_s: float = 30.0
+    max_concurrency: int | None = None
+    allow_cpu_fallback: bool = False
+
+    @property
+    def providers(self) -> list[str]:
+        if self.device == "cuda":
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def runtime_config(self) -> dict:
+        return {"model_file": "model.onnx", "providers": self.providers, "threads": self.threads,
+                "max_rows": self.max_rows, "max_body_bytes": self.max_body_bytes,
+                "device": self.device, "allow_cpu_fallback": self.allow_cpu_fallback}
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass
+class BundleInfo:
+    """A built bento."""
+
+    tag: str
+    path: str
+    name: str
+    version: str
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"tag": self.tag, "path": self.path, "name": self.name, "version": self.version}
+
+
+def _class_name(name: str) -> str:
+    parts = [p for p in "".join(c if c.isalnum() else " " for c in name).split() if p]
+    cls = "".join(p[:1].upper() + p[1:] for p in parts) or "Model"
+    if cls[0].isdigit():
+        cls = "Model" + cls
+    return cls + "Service"
+
+
+def render_service(name: str, config: ServeConfig, description: str) -> str:
+    tmpl = string.Template((TEMPLATES / "service.py.tmpl").read_text(encoding="utf-8"))
+    resources = {"gpu": 1} if config.device == "cuda" else {"cpu": "1"}
+    traffic = {"timeout": config.timeout_s}
+    if config.max_concurrency:
+        traffic["max_concurrency"] = config.max_concurrency
+    return tmpl.substitute(
+        nbdeploy_version=__version__, name=name, workers=int(config.workers),
+        resources=repr(resources), traffic=repr(traffic), class_name=_class_name(name),
+        description=description.replace('"""', "'''"))
+
+
+def stage(ctx: Path, *, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
+          config: ServeConfig, extra: Callable[[Path], None] | None = None,
+          plots: list[Path] | None = None) -> list[str]:
+    """Write every file of the bundle into ``ctx``; return the include list for BentoML."""
+    model_dir = ctx / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.onnx").write_bytes(onnx_bytes)
+    (model_dir / "spec.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    (model_dir / "config.json").write_text(json.dumps(config.runtime_config(), indent=1), encoding="utf-8")
+    if extra is not None:
+        extra(model_dir)
+    (model_dir / "metadata.json").write_text(json.dumps(metadata, indent=1, default=str), encoding="utf-8")
+    rt = ctx / "nbdeploy_runtime"
+    rt.mkdir()
+    for src in sorted(RUNTIME.glob("*.py")):
+        shutil.copyfile(src, rt / src.name)
+    if plots:
+        (ctx / "plots").mkdir()
+        for p in plots:
+            shutil.copyfile(p, ctx / "plots" / Path(p).name)
+    explain = (model_dir / "explain").is_dir()
+    (ctx / "requirements.txt").write_text(
+        "\n".join(requirements(device=config.device, explain=explain)) + "\n", encoding="utf-8")
+    (ctx / "service.py").write_text(render_service(name, config, metadata.get("description", "")),
+                                    encoding="utf-8")
+    return ["service.py", "requirements.txt", "nbdeploy_runtime/*.py", "model/**", "plots/*.png"]
+
+
+def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
+          config: ServeConfig = ServeConfig(), extra: Callable[[Path], None] | None = None,
+          plots: list[Path] | None = None, version: str | None = None) -> BundleInfo:
+    """Stage the bundle in a temporary folder and build it into the BentoML store."""
+    validate_name(name)
+    version = version or new_version()
+    tag = f"{name}:{version}"
+    metadata = dict(metadata, name=name, version=version, tag=tag)
+    with tempfile.TemporaryDirectory(prefix="nbdeploy-build-") as tmp:
+        ctx = Path(tmp)
+        include = stage(ctx, name=name, onnx_bytes=onnx_bytes, spec=spec, metadata=metadata,
+                        config=config, extra=extra, plots=plots)
+        try:
+            import bentoml
+
+            bento = bentoml.bentos.build(
+                service=f"service:{_class_name(name)}", name=name, version=version,
+                build_ctx=str(ctx), include=include,
+                description=metadata.get("description"),
+                labels={"created-by": "nbdeploy", "nbdeploy-version": __version__,
+                        "framework": str(metadata.get("framework", "")),
+                        "task": str(spec.get("task", "")),
+                        "variant": str((metadata.get("optimize") or {}).get("chosen", "fp32"))},
+                python={"requirements_txt": "requirements.txt", "lock_packages": False},
+            )
+        except Exception as exc:
+            raise BundleError(f"BentoML could not build the bundle {tag}: {type(exc).__name__}: {exc}",
+                              hint="Nothing was added to the store. Check the message above; "
+                                   "`bentoml list` shows the bundles that exist.") from exc
+    return BundleInfo(tag=str(bento.tag), path=str(bento.path), name=name, version=version)

@@ -1,0 +1,166 @@
+"""The ``nbdeploy`` command line: a thin front end over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from .errors import NbdeployError
+
+
+def _print_event(ev) -> None:
+    if ev.state == "running" and ev.fraction is None:
+        print(f"  {ev.step:<9} ...", flush=True)
+    elif ev.state in ("done", "failed", "skipped"):
+        mark = {"done": "ok", "failed": "FAILED", "skipped": "skip"}[ev.state]
+        print(f"  {ev.step:<9} {mark:<6} {ev.elapsed_s:6.2f}s  {ev.summary}", flush=True)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(port=args.port, keep_serving=args.keep_serving, progress=_print_event)
+
+
+def cmd_list(args) -> int:
+    from .serve import list_servers
+    from .store import list_bundles
+
+    bundles = list_bundles(args.name)
+    servers = list_servers()
+    if args.json:
+        print(json.dumps({"bundles": [b.to_dict() for b in bundles],
+                          "servers": [s.to_dict() for s in servers]}, indent=1))
+        return 0
+    print(f"{'BUNDLE':<45} {'CREATED':<26} {'VARIANT':<13} {'SIZE':>9}")
+    for b in bundles:
+        print(f"{b.tag:<45} {b.created[:25]:<26} {b.variant or '-':<13} {b.size_bytes / 1024:8.0f}K")
+    if not bundles:
+        print("(no bundles yet: try `nbdeploy demo`)")
+    print(f"\n{'SERVER':<30} {'TAG':<45} {'URL':<28} HEALTH")
+    for s in servers:
+        print(f"{s.id:<30} {s.tag:<45} {s.url:<28} {s.health()}")
+    if not servers:
+        print("(no running servers)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import start
+
+    h = start(args.tag, port=args.port, host=args.host)
+    print(f"serving {h.tag} at {h.url} (pid {h.pid}); stop with: nbdeploy stop {h.name}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from .serve import stop
+
+    for h in stop(args.name):
+        print(f"stopped {h.tag} at {h.url}")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from .errors import NotFoundError
+    from .serve import find
+
+    found = find(args.name)
+    if not found:
+        raise NotFoundError(f"No running server matches {args.name!r}.", hint="See `nbdeploy list`.")
+    for h in found:
+        print(h.logs(tail=args.tail))
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from .store import delete
+
+    print(f"deleted {delete(args.tag)}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .store import prune
+
+    removed = prune(args.name, keep=args.keep)
+    print("\n".join(f"deleted {t}" for t in removed) or "nothing to delete")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .store import read_report
+
+    print(json.dumps(read_report(args.tag), indent=1, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
+    p = argparse.ArgumentParser(prog="nbdeploy",
+                                description="Deploy notebook models as verified, explained BentoML bundles.")
+    p.add_argument("--version", action="version", version=f"nbdeploy {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="train a RandomForest on breast-cancer data, deploy, serve, query, stop")
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--keep-serving", action="store_true", help="leave the server running")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("list", help="bundles in the store and running servers")
+    s.add_argument("name", nargs="?", help="only this bundle's versions")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("serve", help="serve a bundle in the background with `bentoml serve`")
+    s.add_argument("tag", help="NAME or NAME:VERSION")
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--host", default="127.0.0.1")
+    s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("stop", help="stop the servers of a bundle (name, tag or server id)")
+    s.add_argument("name")
+    s.set_defaults(fn=cmd_stop)
+
+    s = sub.add_parser("logs", help="print a running server's log")
+    s.add_argument("name")
+    s.add_argument("--tail", type=int, default=200)
+    s.set_defaults(fn=cmd_logs)
+
+    s = sub.add_parser("delete", help="delete one bundle version")
+    s.add_argument("tag", help="NAME:VERSION")
+    s.set_defaults(fn=cmd_delete)
+
+    s = sub.add_parser("prune", help="delete old versions of a bundle")
+    s.add_argument("name")
+    s.add_argument("--keep", type=int, default=3)
+    s.set_defaults(fn=cmd_prune)
+
+    s = sub.add_parser("report", help="print a bundle's model card (JSON)")
+    s.add_argument("tag")
+    s.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.fn(args) or 0)
+    except NbdeployError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Kubernetes manifests for a bundle image: Deployment, Service, HorizontalPodAutoscaler.
+
+The Deployment probes BentoML's ``/readyz`` and ``/livez`` on port 3000, requests
+resources, runs as the image's non-root user, and asks for ``nvidia.com/gpu`` when the
+bundle needs a GPU. The autoscaler is ``autoscaling/v2`` on CPU utilisation.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+from .errors import InvalidInputError
+
+PORT = 3000
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
+
+
+def k8s_name(tag: str) -> str:
+    """A DNS-1035 label from a bento tag (``Iris_Model:v3`` -> ``iris-model``)."""
+    name = str(tag).split(":", 1)[0].lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", name).strip("-")
+    if not name or not name[0].isalpha():
+        name = "nb-" + name
+    return name[:63].rstrip("-")
+
+
+def _quantity(value, what: str) -> str:
+    s = str(value)
+    if not _QUANTITY.match(s):
+        raise InvalidInputError(f"{what} {s!r} is not a Kubernetes quantity.",
+                                hint="Examples: cpu '500m' or '1'; memory '512Mi' or '2Gi'.")
+    return s
+
+
+def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: str | None = None,
+                  replicas: int = 1, gpu: bool | int = False,
+                  cpu_request: str = "500m", memory_request: str = "512Mi",
+                  cpu_limit: str | None = "2", memory_limit: str | None = "2Gi",
+                  min_replicas: int = 1, max_replicas: int = 5, target_cpu: int = 70,
+                  port: int = PORT, service_type: str = "ClusterIP",
+                  env: dict[str, str] | None = None) -> list[dict]:
+    """Manifests (as dicts) that run ``image`` (the bento ``tag``) on Kubernetes.
+
+    ``gpu``: True or a count adds an ``nvidia.com/gpu`` limit. ``image`` should be pinned
+    (``ref@sha256:...``, as :func:`nbdeploy.registry.push` returns) so rollouts are exact.
+    """
+    if not image or not isinstance(image, str):
+        raise InvalidInputError("An image reference is required.", hint="Push first: nbdeploy push TAG REF.")
+    for label, v in (("replicas", replicas), ("min_replicas", min_replicas), ("max_replicas", max_replicas)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if label == "replicas" else 1):
+            raise InvalidInputError(f"{label} must be a positive integer.", received=v)
+    if min_replicas > max_replicas:
+        raise InvalidInputError("min_replicas is larger than max_replicas.",
+                                expected=f"<= {max_replicas}", received=min_replicas)
+    if not (isinstance(target_cpu, int) and 1 <= target_cpu <= 100):
+        raise InvalidInputError("target_cpu is a utilisation percentage between 1 and 100.", received=target_cpu)
+    if service_type not in ("ClusterIP", "NodePort", "LoadBalancer"):
+        raise InvalidInputError("Unknown service type.", expected=["ClusterIP", "NodePort", "LoadBalancer"],
+                                received=service_type)
+    app = name or k8s_name(tag)
+    if not re.match(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", app):
+        raise InvalidInputError(f"Invalid Kubernetes name {app!r}.",
+                                hint="Lowercase letters, digits and '-', starting with a letter, at most 63.")
+    version = str(tag).split(":", 1)[1] if ":" in str(tag) else "latest"
+    labels = {"app.kubernetes.io/name": app, "app.kubernetes.io/managed-by": "nbdeploy"}
+    version_label = re.sub(r"[^A-Za-z0-9_.-]", "-", version)[:63].strip("-_.")
+    meta = {"name": app, "labels": dict(labels)}
+    if namespace:
+        meta["namespace"] = namespace
+    requests = {"cpu": _quantity(cpu_request, "cpu_request"), "memory": _quantity(memory_request, "memory_request")}
+    limits = {}
+    if cpu_limit:
+        limits["cpu"] = _quantity(cpu_limit, "cpu_limit")
+    if memory_limit:
+        limits["memory"] = _quantity(memory_limit, "memory_limit")
+    if gpu:
+        limits["nvidia.com/gpu"] = int(gpu)
+    probe = lambda path, delay, period, fails: {  # noqa: E731
+        "httpGet": {"path": path, "port": "http"},
+        "initialDelaySeconds": delay, "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": fails}
+    container = {
+        "name": "bento",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "env": [{"name": "BENTOML_PORT", "value": str(port)}]
+               + [{"name": k, "value": str(v)} for k, v in sorted((env or {}).items())],
+        "resources": {"requests": requests, **({"limits": limits} if limits else {})},
+        "startupProbe": probe("/livez", 2, 2, 60),
+        "readinessProbe": probe("/readyz", 0, 5, 3),
+        "livenessProbe": probe("/livez", 0, 10, 3),
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    pod_spec: dict = {"containers": [container],
+                      "securityContext": {"runAsUser": 1034, "runAsGroup": 1034, "fsGroup": 1034}}
+    if gpu:
+        pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": app}},
+            "template": {"metadata": {"labels": {**labels, **({"app.kubernetes.io/version": version_label}
+                                                              if version_label else {})},
+                                      "annotations": {"nbdeploy/bento": str(tag)}},
+                         "spec": pod_spec},
+        },
+    }
+    service = {
+        "apiVersion": "v1", "kind": "Service", "metadata": copy.deepcopy(meta),
+        "spec": {"type": service_type, "selector": {"app.kubernetes.io/name": app},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+    }
+    hpa = {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": copy.deepcopy(meta),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": app},
+            "minReplicas": min_replicas, "maxReplicas": max_replicas,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": target_cpu}}}],
+        },
+    }
+    return [deployment, service, hpa]
+
+
+def to_yaml(manifests: list[dict]) -> str:
+    """A multi-document YAML string (``kubectl apply -f`` reads it)."""
+    import yaml
+
+    return yaml.safe_dump_all(manifests, sort_keys=False, default_flow_style=False)
+
+
+def write_manifests(manifests: list[dict], path: str | Path) -> Path:
+    """Write all manifests to one YAML file (or ``DIR/<name>.yaml`` if ``path`` is a directory)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / f"{manifests[0]['metadata']['name']}.yaml"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(to_yaml(manifests))
+    return p

@@ -1,0 +1,403 @@
+"""The Deployment: runs detect -> convert -> verify -> benchmark/quantize -> explain -> bundle
+(-> serve -> push) in order, keeps every result, and emits progress events.
+
+Every front end (magic, widget, CLI, server extension) is a thin layer over this module.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import platform
+import re
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ._version import __version__
+from .errors import InvalidInputError, NbdeployError
+from .report import kv_table, section, table
+from .verify import Tolerance
+
+STEPS = ("detect", "convert", "verify", "benchmark", "quantize", "explain", "bundle", "serve", "push")
+QUANTIZE_CHOICES = ("auto", "none", "int8-dynamic", "int8-static", "fp16")
+EXPLAIN_METHODS = ("shap", "lime")
+
+
+@dataclass
+class StepEvent:
+    """One change of one step's state, sent to progress listeners."""
+
+    step: str
+    state: str                      # pending | running | done | failed | skipped
+    elapsed_s: float = 0.0
+    summary: str = ""
+    fraction: float | None = None   # progress inside a long step, 0..1
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "state": self.state, "elapsed_s": round(self.elapsed_s, 3),
+                "summary": self.summary, "fraction": self.fraction}
+
+
+def default_name(model: Any) -> str:
+    if isinstance(model, (str, Path)):
+        base = Path(model).stem
+    else:
+        base = type(model).__name__
+    name = re.sub(r"[^a-z0-9._-]+", "-", base.lower()).strip("-._") or "model"
+    return name[:63]
+
+
+def _parse_explain(explain: Any) -> tuple[str, ...]:
+    if explain in (None, False, "none", "", ()):
+        return ()
+    items = explain.split(",") if isinstance(explain, str) else list(explain)
+    items = tuple(i.strip().lower() for i in items if str(i).strip())
+    bad = [i for i in items if i not in EXPLAIN_METHODS]
+    if bad:
+        raise InvalidInputError(f"Unknown explanation method(s) {bad}.",
+                                hint="Use explain='shap', 'lime', 'shap,lime' or 'none'.",
+                                expected=list(EXPLAIN_METHODS), received=bad)
+    return items
+
+
+class Deployment:
+    """A model on its way to (or in) production.  Create it with :func:`nbdeploy.deploy`."""
+
+    def __init__(self, model: Any, sample: Any, *, labels: Any = None, name: str | None = None,
+                 task: str | None = None, quantize: str = "auto", explain: Any = ("shap", "lime"),
+                 device: str = "cpu", tolerance: Tolerance | None = None,
+                 quantize_tolerance: float | None = None, benchmark_budget_s: float = 20.0,
+                 feature_names: list[str] | None = None,
+                 progress: Callable[[StepEvent], None] | Iterable[Callable] | None = None):
+        from .schema import validate_name
+
+        if quantize not in QUANTIZE_CHOICES:
+            raise InvalidInputError(f"Unknown quantize option {quantize!r}.",
+                                    hint=f"Use one of {', '.join(QUANTIZE_CHOICES)}.",
+                                    expected=list(QUANTIZE_CHOICES), received=quantize)
+        if device not in ("cpu", "cuda"):
+            raise InvalidInputError(f"Unknown device {device!r}.", hint="Use device='cpu' or 'cuda'.",
+                                    expected=["cpu", "cuda"], received=device)
+        self.model = model
+        self.sample = sample
+        self.labels = labels
+        self.name = validate_name(name) if name is not None else default_name(model)
+        self.task = task
+        self.quantize = quantize
+        self.explain_methods = _parse_explain(explain)
+        self.device = device
+        self.tolerance = tolerance or Tolerance()
+        self.quantize_tolerance = quantize_tolerance
+        self.benchmark_budget_s = benchmark_budget_s
+        self.feature_names = feature_names
+        if progress is None:
+            self._listeners: list[Callable] = []
+        elif callable(progress):
+            self._listeners = [progress]
+        else:
+            self._listeners = list(progress)
+        self.steps: dict[str, StepEvent] = {s: StepEvent(s, "pending") for s in STEPS}
+        self.converted = None
+        self.verify_report = None
+        self.optimized = None
+        self.explanation = None
+        self.bundle = None
+        self.server = None
+        self.pushed = None
+        self.error: NbdeployError | None = None
+        self.error_traceback: str | None = None
+        self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    # -- events ------------------------------------------------------------------------------
+    def add_listener(self, fn: Callable[[StepEvent], None]) -> None:
+        self._listeners.append(fn)
+
+    def _emit(self, ev: StepEvent) -> None:
+        self.steps[ev.step] = ev
+        for fn in list(self._listeners):
+            try:
+                fn(ev)
+            except Exception:  # a broken view must never break the deployment
+                pass
+
+    def _run_step(self, step: str, fn: Callable[[Callable[[float, str], None]], str]) -> None:
+        t0 = time.perf_counter()
+        self._emit(StepEvent(step, "running"))
+
+        def progress(fraction: float, message: str = "") -> None:
+            self._emit(StepEvent(step, "running", time.perf_counter() - t0, message,
+                                 max(0.0, min(1.0, float(fraction)))))
+
+        try:
+            summary = fn(progress)
+        except Exception as exc:
+            err = exc if isinstance(exc, NbdeployError) else NbdeployError(
+                f"{step} failed: {type(exc).__name__}: {exc}",
+                hint="This looks like a bug in nbdeploy or a library it uses; the traceback "
+                     "is in Deployment.error_traceback.")
+            if err is not exc:
+                err.__cause__ = exc
+            self.error = err
+            self.error_traceback = traceback.format_exc()
+            self._emit(StepEvent(step, "failed", time.perf_counter() - t0, err.message))
+            if err is exc:
+                raise
+            raise err from exc
+        self._emit(StepEvent(step, "done", time.perf_counter() - t0, summary or ""))
+
+    def _skip(self, step: str, why: str) -> None:
+        self._emit(StepEvent(step, "skipped", 0.0, why))
+
+    # -- the pipeline ------------------------------------------------------------------------
+    def run(self, *, build: bool = True) -> "Deployment":
+        """Run every step up to and including the bundle."""
+        self._run_step("detect", self._detect)
+        self._run_step("convert", self._convert)
+        self._run_step("verify", self._verify)
+        self._optimize_steps()
+        if self.explain_methods:
+            self._run_step("explain", self._explain)
+        else:
+            self._skip("explain", "explain='none'")
+        if build:
+            self._run_step("bundle", self._bundle)
+        else:
+            self._skip("bundle", "build=False")
+        return self
+
+    def _detect(self, progress) -> str:
+        from .adapters import detect
+
+        self._adapter = detect(self.model, task=self.task)
+        return f"{self._adapter.framework} ({self._adapter.model_type})"
+
+    def _convert(self, progress) -> str:
+        from .convert import convert
+
+        self.converted = convert(self.model, self.sample, task=self.task,
+                                 feature_names=self.feature_names)
+        c = self.converted
+        return (f"{c.spec['task']}, {c.schema.n_features} features, ONNX "
+                f"{len(c.onnx_bytes) / 1024:.0f} KiB via {c.converter}")
+
+    def _verify(self, progress) -> str:
+        from .verify import verify
+
+        self.verify_report = verify(self.converted, labels=self.labels, tolerance=self.tolerance)
+        return self.verify_report.summary()
+
+    def _optimize_steps(self) -> None:
+        try:
+            from .quantize import optimize
+        except ImportError:
+            self._skip("benchmark", "benchmark module not available")
+            self._skip("quantize", "quantization module not available")
+            return
+        t0 = time.perf_counter()
+        self._emit(StepEvent("benchmark", "running"))
+
+        def progress(fraction: float, message: str = "") -> None:
+            self._emit(StepEvent("benchmark", "running", time.perf_counter() - t0, message,
+                                 max(0.0, min(1.0, float(fraction)))))
+
+        def run(_progress) -> str:
+            kwargs = dict(labels=self.labels, quantize=self.quantize, device=self.device,
+                          time_budget_s=self.benchmark_budget_s, progress=progress)
+            if self.quantize_tolerance is not None:
+                kwargs["tolerance"] = self.quantize_tolerance
+            self.optimized = optimize(self.converted, **kwargs)
+            return getattr(self.optimized, "benchmark_summary", lambda: "measured")() \
+                if callable(getattr(self.optimized, "benchmark_summary", None)) else "measured"
+
+        self._run_step("benchmark", run)
+        self._emit(StepEvent("quantize", "done", 0.0,
+                             f"chose {self.optimized.chosen}: {self.optimized.reason}"))
+
+    def _explain(self, progress) -> str:
+        try:
+            from .explain import explain
+        except ImportError:
+            return "explanation module not available"
+        self.explanation = explain(self.converted, onnx_model=self.chosen_model,
+                                   methods=self.explain_methods, progress=progress)
+        summary = getattr(self.explanation, "summary", None)
+        return summary() if callable(summary) else "explained"
+
+    @property
+    def chosen_model(self):
+        if self.optimized is not None:
+            return self.optimized.chosen_model
+        return self.converted.onnx_model if self.converted else None
+
+    @property
+    def chosen_spec(self) -> dict:
+        if self.optimized is not None and getattr(self.optimized, "chosen_spec", None):
+            return self.optimized.chosen_spec
+        return self.converted.spec
+
+    @property
+    def chosen_variant(self) -> str:
+        return self.optimized.chosen if self.optimized is not None else "fp32"
+
+    def serve_config(self):
+        from .bundle import ServeConfig
+
+        hints = getattr(self.optimized, "serving", None) or {}
+        return ServeConfig(device=self.device, threads=hints.get("threads", 1) or 1)
+
+    def _bundle(self, progress) -> str:
+        from . import bundle as _bundle
+        from .drift import write_baseline
+
+        config = self.serve_config()
+        with tempfile.TemporaryDirectory(prefix="nbdeploy-plots-") as tmp:
+            plots: list[Path] = []
+            for result in (self.optimized, self.explanation):
+                save = getattr(result, "save_plots", None)
+                if callable(save):
+                    plots.extend(Path(p) for p in save(tmp))
+            progress(0.3, "rendering service")
+
+            def extra(model_dir: Path) -> None:
+                write_baseline(model_dir, self.converted.X, self.converted.schema.feature_names)
+                write = getattr(self.explanation, "write_artifacts", None)
+                if callable(write):
+                    write(model_dir)
+
+            metadata = self.to_dict(include_bundle=False)
+            metadata["serving"] = config.to_dict()
+            metadata["description"] = (f"{self.converted.framework} {self.converted.spec['task']} "
+                                       f"deployed with nbdeploy {__version__}")
+            self.bundle = _bundle.build(name=self.name, onnx_bytes=self.chosen_model.SerializeToString(),
+                                        spec=self.chosen_spec, metadata=metadata, config=config,
+                                        extra=extra, plots=plots)
+        return self.bundle.tag
+
+    # -- after the pipeline --------------------------------------------------------------------
+    @property
+    def tag(self) -> str | None:
+        return self.bundle.tag if self.bundle else None
+
+    @property
+    def path(self) -> str | None:
+        return self.bundle.path if self.bundle else None
+
+    def serve(self, port: int | None = None, *, host: str = "127.0.0.1", timeout: float = 90.0):
+        """Serve the bundle with ``bentoml serve`` in the background; returns a ServerHandle."""
+        from .serve import start
+
+        if self.bundle is None:
+            raise NbdeployError("This deployment has no bundle yet.",
+                                hint="Run the pipeline first: nbdeploy.deploy(model, sample).")
+        t0 = time.perf_counter()
+        self._emit(StepEvent("serve", "running"))
+        try:
+            self.server = start(self.tag, port=port, host=host, timeout=timeout)
+        except NbdeployError as exc:
+            self._emit(StepEvent("serve", "failed", time.perf_counter() - t0, exc.message))
+            raise
+        self._emit(StepEvent("serve", "done", time.perf_counter() - t0, self.server.url))
+        return self.server
+
+    def stop(self) -> None:
+        """Stop the server this deployment started (if any)."""
+        if self.server is not None:
+            self.server.stop()
+            self._emit(StepEvent("serve", "skipped", 0.0, "stopped"))
+
+    def predict(self, X: Any) -> dict:
+        """Predict in-process with the bundled ONNX variant (same code as the server)."""
+        from .runtime.model import OnnxModel
+        from .schema import as_matrix
+
+        spec = self.chosen_spec
+        M = as_matrix(X, what="input", n_features=int(spec["n_features"]))
+        return OnnxModel(self.chosen_model.SerializeToString(), spec).predict(M)
+
+    # -- reporting -------------------------------------------------------------------------------
+    def to_dict(self, *, include_bundle: bool = True) -> dict:
+        c = self.converted
+        d: dict[str, Any] = {
+            "name": self.name,
+            "created": self.created,
+            "framework": c.framework if c else None,
+            "model_type": c.adapter.model_type if c else None,
+            "task": c.spec["task"] if c else None,
+            "input_schema": c.schema.to_dict() if c else None,
+            "classes": c.spec.get("classes") if c else None,
+            "convert": c.to_dict() if c else None,
+            "verify": self.verify_report.to_dict() if self.verify_report else None,
+            "optimize": self.optimized.to_dict() if self.optimized is not None else None,
+            "chosen_variant": self.chosen_variant,
+            "explain": self.explanation.to_dict() if self.explanation is not None else None,
+            "device": self.device,
+            "steps": [e.to_dict() for e in self.steps.values()],
+            "versions": _versions(),
+        }
+        if self.error is not None:
+            d["error"] = self.error.to_dict()
+        if include_bundle:
+            d["bundle"] = self.bundle.to_dict() if self.bundle else None
+            d["tag"] = self.tag
+            d["server"] = self.server.to_dict() if self.server and self.server.is_alive() else None
+        return d
+
+    def _repr_html_(self) -> str:
+        rows = [(e.step, e.state, f"{e.elapsed_s:.2f}s" if e.elapsed_s else "", e.summary)
+                for e in self.steps.values()]
+        parts = [f"<b>nbdeploy deployment {html.escape(self.name)}</b>",
+                 table(rows, ["step", "state", "time", "result"])]
+        if self.converted:
+            parts.append(section("Model", kv_table({
+                "framework": self.converted.framework, "task": self.converted.spec["task"],
+                "features": self.converted.schema.n_features, "bento tag": self.tag,
+                "path": self.path, "variant": self.chosen_variant})))
+        if self.error is not None:
+            parts.append(f"<p style='color:#b00'>{html.escape(str(self.error))}</p>")
+        return "".join(parts)
+
+    def __repr__(self) -> str:
+        lines = [f"Deployment {self.name!r} tag={self.tag}"]
+        for e in self.steps.values():
+            lines.append(f"  {e.step:<9} {e.state:<8} {e.summary}")
+        return "\n".join(lines)
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {"nbdeploy": __version__, "python": platform.python_version()}
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnx", "bentoml", "skl2onnx", "onnxmltools",
+                 "scikit-learn", "numpy", "shap", "lime"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def deploy(model: Any, sample: Any, *, labels: Any = None, name: str | None = None,
+           serve: bool = False, port: int | None = None, **options: Any) -> Deployment:
+    """Convert, verify, benchmark, quantize, explain and bundle ``model``; optionally serve it.
+
+    ``sample`` is a few hundred rows of real input (ndarray or DataFrame); ``labels`` are
+    optional true targets for accuracy numbers.  Options: ``task``, ``quantize``
+    (auto|none|int8-dynamic|int8-static|fp16), ``explain`` ('shap,lime' or 'none'),
+    ``device`` (cpu|cuda), ``tolerance`` (:class:`nbdeploy.Tolerance`), ``progress``.
+    """
+    d = Deployment(model, sample, labels=labels, name=name, **options)
+    d.run()
+    if serve:
+        d.serve(port=port)
+    return d
+
+
+def load(tag: str) -> dict:
+    """The stored report (model card) of a bundle."""
+    from .store import read_report
+
+    return read_report(tag)

@@ -1,0 +1,224 @@
+"""The served bundle's HTTP API as a Starlette app, mounted into the BentoML service.
+
+Routes: POST /predict, POST /explain, GET /metadata, GET /drift, GET /plots/{name}, and
+GET /nbdeploy/openapi.json.  BentoML itself answers /livez, /readyz (via the service's
+``__is_ready__``) and /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .validation import ClientError, parse_rows
+
+log = logging.getLogger("nbdeploy.runtime")
+
+JSON_TYPES = ("application/json", "text/json")
+
+
+def _read_json(path: Path, default: Any = None) -> Any:
+    if not path.is_file():
+        return default
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class Runtime:
+    """Everything the service needs, loaded from the bundle folder (no pickle, ever)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.model_dir = self.root / "model"
+        self.spec = _read_json(self.model_dir / "spec.json")
+        self.config = _read_json(self.model_dir / "config.json", {}) or {}
+        self.max_rows = int(self.config.get("max_rows", 10_000))
+        self.max_body = int(self.config.get("max_body_bytes", 16 * 1024 * 1024))
+        self.model = None
+        self.providers: list[str] = []
+        self.ready = False
+        self.load_error: str | None = None
+        self._lock = threading.Lock()
+        self.drift = None
+        self.explainer = None
+        self.started = time.time()
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self) -> None:
+        """Create the onnxruntime session; refuse to run on the wrong provider."""
+        from .model import OnnxModel
+
+        wanted = list(self.config.get("providers") or ["CPUExecutionProvider"])
+        model_path = self.model_dir / self.config.get("model_file", "model.onnx")
+        self.model = OnnxModel(model_path, self.spec, providers=wanted,
+                               threads=self.config.get("threads"))
+        self.providers = self.model.providers
+        if wanted[0] != "CPUExecutionProvider" and self.providers[0] != wanted[0]:
+            msg = (f"{wanted[0]} was requested but onnxruntime assigned {self.providers}. "
+                   "Install onnxruntime-gpu with a matching CUDA, or rebuild with device='cpu'.")
+            if not self.config.get("allow_cpu_fallback"):
+                raise RuntimeError(msg)
+            log.warning("%s Falling back to CPU because allow_cpu_fallback is set.", msg)
+        try:
+            from .drift import DriftMonitor
+
+            self.drift = DriftMonitor.from_bundle(self.model_dir)
+        except ImportError:
+            self.drift = None
+        # one warm-up run so the first request does not pay for lazy initialisation
+        self.model.run(np.zeros((1, int(self.spec["n_features"])), dtype=np.float32))
+        self.ready = True
+        log.info("nbdeploy bundle ready on %s", self.providers)
+
+    def metadata(self) -> dict:
+        meta = _read_json(self.model_dir / "metadata.json", {}) or {}
+        meta = dict(meta)
+        versions = dict(meta.get("versions") or {})
+        try:
+            import onnxruntime
+
+            versions["onnxruntime_serving"] = onnxruntime.__version__
+        except Exception:  # pragma: no cover
+            pass
+        meta["versions"] = versions
+        meta["serving"] = dict(meta.get("serving") or {}, providers=self.providers,
+                               ready=self.ready, uptime_s=round(time.time() - self.started, 1),
+                               max_rows=self.max_rows)
+        if "tag" not in meta:
+            meta["tag"] = os.environ.get("BENTOML_BENTO_TAG")
+        return meta
+
+    # -- request handling --------------------------------------------------------------------
+    def predict(self, body: Any) -> dict:
+        X = parse_rows(body, n_features=int(self.spec["n_features"]),
+                       feature_names=self.spec.get("feature_names"), max_rows=self.max_rows)
+        if self.drift is not None:
+            self.drift.observe(X)
+        return self.model.predict(X)
+
+    def explain(self, body: Any) -> dict:
+        if self.explainer is None:
+            with self._lock:
+                if self.explainer is None:
+                    try:
+                        from .explain import ServeExplainer
+                    except ImportError as exc:
+                        raise ClientError(501, "This bundle was built without explanations.",
+                                          hint="Rebuild with explain='shap,lime'.") from exc
+                    self.explainer = ServeExplainer.from_bundle(self.model_dir, self.model, self.config)
+        X = parse_rows(body, n_features=int(self.spec["n_features"]),
+                       feature_names=self.spec.get("feature_names"),
+                       max_rows=self.explainer.max_rows)
+        method = body.get("method", "shap")
+        return self.explainer.explain(X, method=method, options=body)
+
+
+def build_app(runtime: Runtime):
+    """The Starlette app with nbdeploy's routes."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.routing import Route
+
+    def error(exc: ClientError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+    async def read_json(request: Request) -> Any:
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if ctype not in JSON_TYPES:
+            raise ClientError(415, f"Unsupported content type {ctype!r}; this API takes JSON only.",
+                              hint="Send Content-Type: application/json.",
+                              expected="application/json", received=ctype)
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > runtime.max_body:
+            raise ClientError(413, f"Request body of {int(length)} bytes exceeds the limit of "
+                                   f"{runtime.max_body} bytes.",
+                              hint="Send fewer rows per request.", expected=f"<= {runtime.max_body}",
+                              received=int(length))
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > runtime.max_body:
+                raise ClientError(413, f"Request body exceeds the limit of {runtime.max_body} bytes.",
+                                  hint="Send fewer rows per request.")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ClientError(400, f"The request body is not valid JSON: {exc}.",
+                              hint='Send e.g. {"inputs": [[1.0, 2.0]]}.') from exc
+
+    def not_ready() -> JSONResponse:
+        return JSONResponse({"error": "unavailable", "message": "The model is still loading.",
+                             "hint": "Retry after GET /readyz answers 200."}, status_code=503)
+
+    async def predict(request: Request) -> Response:
+        if not runtime.ready:
+            return not_ready()
+        try:
+            body = await read_json(request)
+            rows = body.get("inputs") if isinstance(body, dict) else None
+            if isinstance(rows, list) and len(rows) <= 64:
+                out = runtime.predict(body)         # small: cheaper inline than a thread hop
+            else:
+                out = await run_in_threadpool(runtime.predict, body)
+        except ClientError as exc:
+            return error(exc)
+        return JSONResponse(out)
+
+    async def explain(request: Request) -> Response:
+        if not runtime.ready:
+            return not_ready()
+        try:
+            body = await read_json(request)
+            out = await run_in_threadpool(runtime.explain, body)
+        except ClientError as exc:
+            return error(exc)
+        return JSONResponse(out)
+
+    async def metadata(request: Request) -> Response:
+        return JSONResponse(runtime.metadata())
+
+    async def drift(request: Request) -> Response:
+        if runtime.drift is None:
+            return error(ClientError(404, "This bundle has no drift baseline.",
+                                     hint="Rebuild it with a newer nbdeploy."))
+        return JSONResponse(runtime.drift.report())
+
+    async def plot(request: Request) -> Response:
+        name = request.path_params["name"]
+        plots = runtime.root / "plots"
+        available = sorted(p.name for p in plots.glob("*.png")) if plots.is_dir() else []
+        if name not in available:  # only names we listed ourselves: no path tricks
+            return error(ClientError(404, f"No plot named {name!r}.", expected=available, received=name))
+        return FileResponse(plots / name, media_type="image/png")
+
+    async def plot_list(request: Request) -> Response:
+        plots = runtime.root / "plots"
+        names = sorted(p.name for p in plots.glob("*.png")) if plots.is_dir() else []
+        return JSONResponse({"plots": names})
+
+    async def openapi(request: Request) -> Response:
+        from .openapi import openapi_document
+
+        return JSONResponse(openapi_document(runtime))
+
+    routes = [
+        Route("/predict", predict, methods=["POST"]),
+        Route("/explain", explain, methods=["POST"]),
+        Route("/metadata", metadata, methods=["GET"]),
+        Route("/drift", drift, methods=["GET"]),
+        Route("/plots", plot_list, methods=["GET"]),
+        Route("/plots/{name}", plot, methods=["GET"]),
+        Route("/nbdeploy/openapi.json", openapi, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
