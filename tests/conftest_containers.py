@@ -1,0 +1,314 @@
+"""Fixtures for the container tests: a real registry on loopback, a real base image, real bentos.
+
+Used as a pytest plugin (``pytest_plugins = ["tests.conftest_containers"]`` or imported by
+the test modules). System tools (docker-registry, debootstrap, skopeo, umoci, htpasswd)
+must be installed; without them the tests skip locally and fail under CI (``CI`` set).
+
+The debootstrap root file system is cached under ``$NBDEPLOY_TEST_CACHE`` (default
+``/tmp/nbdeploy-test-cache``) so reruns skip the ≈40 s bootstrap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CACHE = Path(os.environ.get("NBDEPLOY_TEST_CACHE", "/tmp/nbdeploy-test-cache"))
+IN_CI = bool(os.environ.get("CI"))
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip locally, fail under CI: CI installs every tool these tests need."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must provide it; see scripts/ci_containers.sh)")
+    pytest.skip(reason)
+
+
+def need_tools(*names: str) -> None:
+    missing = [n for n in names if not shutil.which(n)]
+    need(not missing, f"missing system tools: {', '.join(missing)}")
+
+
+def need_root() -> None:
+    need(os.geteuid() == 0, "needs root (debootstrap, chroot, mount)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20.0, ok=(200, 401)) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status in ok:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code in ok:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout} s")
+        time.sleep(0.1)
+
+
+class Registry:
+    """Debian's docker-registry (Distribution) on 127.0.0.1:<free port>; can be killed and restarted."""
+
+    def __init__(self, root: Path, *, htpasswd: Path | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.log_path = self.root / "registry.log"
+        self.proc: subprocess.Popen | None = None
+        auth = ""
+        if htpasswd:
+            auth = f"auth:\n  htpasswd:\n    realm: nbdeploy-test\n    path: {htpasswd}\n"
+        (self.root / "config.yml").write_text(textwrap.dedent(f"""\
+            version: 0.1
+            log:
+              level: info
+              accesslog:
+                disabled: false
+            storage:
+              filesystem:
+                rootdirectory: {self.root / 'data'}
+              delete:
+                enabled: true
+            http:
+              addr: {self.host}
+            """) + auth)
+
+    def start(self) -> "Registry":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(self.root / "config.yml")],
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.root)
+        wait_http(f"http://{self.host}/v2/")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the registry dies mid-request, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def access_log(self) -> list[str]:
+        """The access-log lines (``"METHOD URI HTTP/1.1" status ...``)."""
+        return [l for l in self.log_path.read_text(errors="replace").splitlines() if '" ' in l and "HTTP/1.1" in l
+                and not l.startswith("time=")]
+
+    def count(self, method: str, contains: str = "") -> int:
+        return sum(1 for l in self.access_log() if f'"{method} ' in l and contains in l)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    need_tools("docker-registry")
+    reg = Registry(tmp_path_factory.mktemp("registry")).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def fresh_registry(tmp_path):
+    """A registry of its own for tests that kill it or count uploads."""
+    need_tools("docker-registry")
+    reg = Registry(tmp_path / "registry").start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def auth_registry(tmp_path):
+    """A registry with htpasswd (basic) auth; user ``alice``, password in ``.password``."""
+    need_tools("docker-registry", "htpasswd")
+    password = "pw-" + os.urandom(8).hex()
+    htp = tmp_path / "htpasswd"
+    out = subprocess.run(["htpasswd", "-Bbn", "alice", password], capture_output=True, text=True, check=True)
+    htp.write_text(out.stdout)
+    reg = Registry(tmp_path / "registry", htpasswd=htp).start()
+    reg.user, reg.password = "alice", password
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def nbdeploy_home(tmp_path_factory):
+    """One NBDEPLOY_HOME (blob store, dependency-layer cache) for the whole session."""
+    return tmp_path_factory.mktemp("nbdeploy-home")
+
+
+# --- base image ------------------------------------------------------------------------------------
+
+def _bootstrap_rootfs() -> Path:
+    """A Debian bookworm minbase + python3 (3.11) root file system, cached across runs."""
+    dest = CACHE / "bookworm-python3-rootfs"
+    if (dest / "usr" / "bin" / "python3").exists():
+        return dest
+    need_tools("debootstrap")
+    need_root()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="rootfs-", dir=CACHE))
+    try:
+        proc = subprocess.run(["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(tmp)],
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            pytest.fail(f"debootstrap failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+        # Like a slim image: no package caches, docs or man pages.
+        for sub in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man",
+                    "usr/share/locale", "usr/share/info"):
+            p = tmp / sub
+            if p.is_dir():
+                for child in p.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def base_rootfs():
+    return _bootstrap_rootfs()
+
+
+@pytest.fixture(scope="session")
+def base_image_ref(registry, base_rootfs, nbdeploy_home):
+    """The debootstrap root file system as a one-layer OCI image, pushed to the session registry."""
+    from nbdeploy.image import image_from_rootfs
+
+    img = image_from_rootfs(base_rootfs, home=nbdeploy_home, compresslevel=1,
+                            env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                                 "LANG": "C.UTF-8"}, cmd=["python3"])
+    ref = f"{registry.host}/base/bookworm-python3:3.11"
+    img.push(ref)
+    return ref
+
+
+# --- bentos --------------------------------------------------------------------------------------
+
+SERVICE = '''\
+import bentoml
+
+FACTOR = {factor}
+
+
+@bentoml.service
+class Svc:
+    @bentoml.api
+    def predict(self, inputs: list[list[float]]) -> dict:
+        return {{"predictions": [FACTOR * sum(r) for r in inputs]}}
+'''
+
+
+def build_bento(workdir: Path, home: Path, *, version: str, factor: float = 1.0) -> Path:
+    """Build a tiny bento with the real ``bentoml build`` (in a subprocess, its own BENTOML_HOME)."""
+    ctx = workdir / f"ctx-{version}"
+    ctx.mkdir(parents=True, exist_ok=True)
+    (ctx / "service.py").write_text(SERVICE.format(factor=factor))
+    (ctx / "bentofile.yaml").write_text('service: "service:Svc"\nname: tiny\ninclude:\n  - "service.py"\n')
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    proc = subprocess.run([sys.executable, "-m", "bentoml", "build", str(ctx), "--version", version],
+                          capture_output=True, text=True, env=env, cwd=ctx, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    path = home / "bentos" / "tiny" / version
+    assert (path / "bento.yaml").exists(), proc.stdout[-2000:]
+    return path
+
+
+@pytest.fixture(scope="session")
+def bentos(tmp_path_factory):
+    """Two builds of the same service whose 'model' differs (factor 1 vs 2): same requirements."""
+    work = tmp_path_factory.mktemp("bentos")
+    home = work / "bentoml-home"
+    return {"v1": build_bento(work, home, version="v1", factor=1.0),
+            "v2": build_bento(work, home, version="v2", factor=2.0)}
+
+
+# --- running an image --------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def run_bundle(bundle: Path, *, port: int, log_path: Path):
+    """Run an umoci-unpacked bundle's process in a chroot, as its user, with BENTOML_PORT=port.
+
+    Mounts /proc, /dev and the host's /etc/hosts the way a container runtime provides them,
+    and undoes everything on exit.
+    """
+    cfg = json.loads((bundle / "config.json").read_text())
+    proc_cfg = cfg["process"]
+    rootfs = bundle / "rootfs"
+    env = dict(e.split("=", 1) for e in proc_cfg["env"])
+    env["BENTOML_PORT"] = str(port)
+    hosts = rootfs / "etc" / "hosts"
+    if not hosts.exists():
+        hosts.touch()
+    mounts = []
+    try:
+        for args, target in ((["--bind", "/etc/hosts"], hosts), (["-t", "proc", "proc"], rootfs / "proc"),
+                             (["--bind", "/dev"], rootfs / "dev")):
+            subprocess.run(["mount", *args, str(target)], check=True)
+            mounts.append(target)
+        uid, gid = proc_cfg["user"]["uid"], proc_cfg["user"]["gid"]
+        cwd = proc_cfg.get("cwd", "/")
+
+        def enter():
+            os.chroot(rootfs)
+            os.chdir(cwd)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+
+        with open(log_path, "wb") as log:
+            p = subprocess.Popen(proc_cfg["args"], env=env, preexec_fn=enter, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield p
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    finally:
+        for target in reversed(mounts):
+            subprocess.run(["umount", "-l", str(target)], check=False)
