@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -159,7 +160,9 @@ def create_session(model_bytes: bytes, provider: str, *, threads: int | None = N
     from .runtime.model import make_session
 
     providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-    sess = make_session(model_bytes, providers=providers, threads=threads)
+    with warnings.catch_warnings():  # onnxruntime warns about a missing provider; we report it instead
+        warnings.filterwarnings("ignore", message=".*not in available provider names.*")
+        sess = make_session(model_bytes, providers=providers, threads=threads)
     return sess, provider not in sess.get_providers()
 
 

@@ -175,7 +175,7 @@ def _figures(res: OptimizeResult) -> list:
         if not e.points or e.provider not in ("native", res.provider):
             continue
         pts = sorted(e.points, key=lambda p: p.batch_size)
-        label = e.variant + (" (native)" if e.variant == "native" else "")
+        label = f"native ({e.note})" if e.variant == "native" and e.note else e.variant
         ax.plot([p.batch_size for p in pts], [p.p50_ms for p in pts], marker="o", label=label,
                 linestyle="--" if e.variant == "native" else "-")
     ax.set_xscale("log")

@@ -257,6 +257,12 @@ def quantize_variants(converted, *, variants: tuple[str, ...] = VARIANTS, labels
     yv = None if labels is None else np.asarray(labels).reshape(-1)[:MAX_VERIFY_ROWS]
     native = converted.adapter.predict(Xv)
     calib = X[:MAX_CALIBRATION_ROWS] if calibration is None else np.asarray(calibration)
+    if "int8-static" in variants and len(calib) < MIN_CALIBRATION_ROWS:
+        raise InvalidInputError(f"Static int8 calibration needs at least {MIN_CALIBRATION_ROWS} rows; "
+                                f"got {len(calib)}.",
+                                hint=f"Pass at least {MIN_CALIBRATION_ROWS} representative rows (a few "
+                                     "hundred is better), or quantize='int8-dynamic'.",
+                                expected=MIN_CALIBRATION_ROWS, received=int(len(calib)))
     fp32 = VariantResult("fp32", "ok", "the converted model", model=converted.onnx_model,
                          size_bytes=len(converted.onnx_model.SerializeToString()), size_ratio=1.0)
     report = QuantizeReport(task=task, tolerance=asdict(tol), labels_given=labels is not None,
@@ -275,11 +281,6 @@ def quantize_variants(converted, *, variants: tuple[str, ...] = VARIANTS, labels
             continue
         if time.perf_counter() >= deadline:
             res.reason = "time budget exhausted before this variant"
-            continue
-        if name == "int8-static" and len(calib) < MIN_CALIBRATION_ROWS:
-            res.status = "not_applicable"
-            res.reason = (f"static calibration needs at least {MIN_CALIBRATION_ROWS} rows; "
-                          f"the calibration data has {len(calib)}")
             continue
         t0 = time.perf_counter()
         try:
