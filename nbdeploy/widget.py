@@ -1,0 +1,497 @@
+"""The live notebook view of a :class:`~nbdeploy.pipeline.Deployment` (ipywidgets).
+
+One line per pipeline step that updates as :class:`~nbdeploy.pipeline.StepEvent` s arrive, then
+tabs with the results (Summary, Benchmark, Quantization, Explanations, Bundle).  The widget only
+renders what the Deployment already holds and calls its public methods (``serve``, ``stop``,
+``push``, ``export``, ``explanation.explain_row``); it computes nothing itself.
+
+Every piece of state a test may want is a plain attribute: ``step_rows``, ``tabs``, ``status``,
+``serve_button``, ``stop_button``, ``push_button``, ``export_button``, ``curl_snippet``, ...
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import time
+import traceback
+import weakref
+from typing import Any
+
+import ipywidgets as W
+
+from .errors import NbdeployError
+
+STEP_NAMES = ("detect", "convert", "verify", "benchmark", "quantize", "explain", "bundle", "serve",
+              "push")
+ICONS = {"pending": ("○", "#999"), "running": ("◐", "#1f6feb"), "done": ("✔", "#1a7f37"),
+         "failed": ("✘", "#cf222e"), "skipped": ("–", "#999")}
+TAB_TITLES = ("Summary", "Benchmark", "Quantization", "Explanations", "Bundle")
+DEFAULT_URL = "http://127.0.0.1:3000"   # where a plain `bentoml serve TAG` listens
+
+_esc = html.escape
+
+
+def _pre(text: str) -> str:
+    return (f"<pre style='white-space:pre-wrap;margin:0;padding:4px;background:#f6f8fa;"
+            f"user-select:all'>{_esc(text)}</pre>")
+
+
+def error_html(err: BaseException) -> str:
+    """A readable message + hint for an error (HTML, escaped)."""
+    message = getattr(err, "message", None) or str(err) or type(err).__name__
+    hint = getattr(err, "hint", None)
+    out = (f"<div style='color:#cf222e'><b>✘ {_esc(type(err).__name__)}:</b> "
+           f"<span style='white-space:pre-wrap'>{_esc(message)}</span></div>")
+    if hint:
+        out += f"<div><b>Hint:</b> {_esc(hint)}</div>"
+    return out
+
+
+def figure_png(fig: Any) -> bytes:
+    """PNG bytes of a matplotlib figure (closed afterwards so notebooks don't show it twice)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    try:
+        import sys
+
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None:
+            plt.close(fig)
+    except Exception:  # pragma: no cover
+        pass
+    return buf.getvalue()
+
+
+def _figures(result: Any) -> list:
+    fn = getattr(result, "figures", None)
+    if not callable(fn):
+        return []
+    figs = fn()
+    if isinstance(figs, dict):
+        figs = list(figs.values())
+    return list(figs or [])
+
+
+def render(obj: Any) -> list[W.Widget]:
+    """Widgets showing ``obj``: figures become PNG images, results use their ``_repr_html_``."""
+    if obj is None:
+        return []
+    if isinstance(obj, (list, tuple)):
+        return [w for o in obj for w in render(o)]
+    if isinstance(obj, W.Widget):
+        return [obj]
+    if hasattr(obj, "savefig"):
+        return [W.Image(value=figure_png(obj), format="png")]
+    if isinstance(obj, (bytes, bytearray)) and bytes(obj[:8]) == b"\x89PNG\r\n\x1a\n":
+        return [W.Image(value=bytes(obj), format="png")]
+    out: list[W.Widget] = []
+    rh = getattr(obj, "_repr_html_", None)
+    if callable(rh) and not isinstance(obj, type):
+        out.append(W.HTML(rh() or ""))
+    elif isinstance(obj, str):
+        out.append(W.HTML(_pre(obj)))
+    else:
+        data = obj.to_dict() if callable(getattr(obj, "to_dict", None)) else obj
+        try:
+            text = json.dumps(data, indent=2, default=str)
+        except (TypeError, ValueError):
+            text = repr(data)
+        out.append(W.HTML(_pre(text)))
+    for fig in _figures(obj):
+        out.extend(render(fig))
+    return out
+
+
+class StepRow:
+    """One line of the step list: icon, name, time, progress bar, short result."""
+
+    def __init__(self, step: str):
+        self.step = step
+        self.state = "pending"
+        self.elapsed_s = 0.0
+        self.summary = ""
+        self.fraction: float | None = None
+        self.icon = W.HTML(layout=W.Layout(width="1.6em"))
+        self.label = W.HTML(f"<b>{_esc(step)}</b>", layout=W.Layout(width="6.5em"))
+        self.time = W.HTML("", layout=W.Layout(width="4.5em"))
+        self.bar = W.FloatProgress(min=0.0, max=1.0, value=0.0,
+                                   layout=W.Layout(width="9em", visibility="hidden"))
+        self.result = W.HTML("")
+        self.box = W.HBox([self.icon, self.label, self.time, self.bar, self.result],
+                          layout=W.Layout(align_items="center"))
+        self.update("pending")
+
+    def update(self, state: str, elapsed_s: float = 0.0, summary: str = "",
+               fraction: float | None = None) -> None:
+        self.state, self.elapsed_s, self.summary, self.fraction = state, elapsed_s, summary, fraction
+        char, color = ICONS.get(state, ("?", "#999"))
+        self.icon.value = f"<span style='color:{color};font-size:1.1em' title='{state}'>{char}</span>"
+        self.time.value = f"{elapsed_s:.1f}s" if elapsed_s and state != "pending" else ""
+        if state == "running" and fraction is not None:
+            self.bar.value = fraction
+            self.bar.layout.visibility = "visible"
+        elif state != "running":
+            self.bar.layout.visibility = "hidden"
+        short = summary.splitlines()[0] if summary else ""
+        style = "color:#cf222e" if state == "failed" else ("color:#777" if state in ("skipped", "pending") else "")
+        self.result.value = f"<span style='{style}' title='{_esc(summary)}'>{_esc(short[:200])}</span>"
+
+
+class DeployWidget(W.VBox):
+    """Live view of one Deployment.  ``DeployWidget(d)`` listens to ``d``'s events; call
+    :meth:`refresh` after the run (the magic does) to fill the tabs."""
+
+    def __init__(self, deployment: Any = None, *, throttle_s: float = 0.1):
+        self.deployment = None
+        self._throttle_s = throttle_s
+        self._last_fraction_update = 0.0
+        self.title = W.HTML("<b>nbdeploy</b>")
+        self.step_rows: dict[str, StepRow] = {s: StepRow(s) for s in STEP_NAMES}
+        self.status = W.HTML("")
+        self.error_html = W.HTML("")
+        self.traceback_html = W.HTML("")
+        self.traceback = W.Accordion(children=[self.traceback_html], titles=("Traceback",),
+                                     selected_index=None, layout=W.Layout(display="none"))
+
+        # Summary
+        self.summary_html = W.HTML("<i>Results appear here when the pipeline has run.</i>")
+        # Benchmark / Quantization
+        self.benchmark_html = W.HTML("<i>No benchmark yet.</i>")
+        self.benchmark_plots = W.VBox([])
+        self.quantization_html = W.HTML("<i>No quantization yet.</i>")
+        self.quantization_plots = W.VBox([])
+        # Explanations
+        self.explanation_html = W.HTML("<i>No explanation yet.</i>")
+        self.explanation_plots = W.VBox([])
+        self.row_picker = W.BoundedIntText(value=0, min=0, max=0, description="row",
+                                           layout=W.Layout(width="12em"))
+        self.method_picker = W.Dropdown(options=["shap"], description="method",
+                                        layout=W.Layout(width="14em"))
+        self.explain_button = W.Button(description="Explain row", icon="search", disabled=True)
+        self.explain_button.on_click(self._on_explain)
+        self.row_output = W.VBox([])
+        # Bundle
+        self.bundle_html = W.HTML("<i>No bundle yet.</i>")
+        self.curl_snippet = ""
+        self.python_snippet = ""
+        self.snippets_html = W.HTML("")
+        self.serve_button = W.Button(description="Serve", icon="play", button_style="success",
+                                     disabled=True)
+        self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger",
+                                    disabled=True)
+        self.server_html = W.HTML("")
+        self.push_ref = W.Text(placeholder="registry.example.com/team/model:1.0",
+                               description="image ref", layout=W.Layout(width="30em"))
+        self.push_button = W.Button(description="Push", icon="upload", disabled=True)
+        self.export_path = W.Text(placeholder="./exported-bundle", description="path",
+                                  layout=W.Layout(width="30em"))
+        self.export_button = W.Button(description="Export", icon="download", disabled=True)
+        self.action_html = W.HTML("")
+        self.serve_button.on_click(self._on_serve)
+        self.stop_button.on_click(self._on_stop)
+        self.push_button.on_click(self._on_push)
+        self.export_button.on_click(self._on_export)
+
+        self.tabs = W.Tab(children=[
+            W.VBox([self.summary_html]),
+            W.VBox([self.benchmark_html, self.benchmark_plots]),
+            W.VBox([self.quantization_html, self.quantization_plots]),
+            W.VBox([self.explanation_html, self.explanation_plots,
+                    W.HBox([self.row_picker, self.method_picker, self.explain_button]),
+                    self.row_output]),
+            W.VBox([self.bundle_html, self.snippets_html,
+                    W.HBox([self.serve_button, self.stop_button, self.server_html]),
+                    W.HBox([self.push_ref, self.push_button]),
+                    W.HBox([self.export_path, self.export_button]),
+                    self.action_html]),
+        ], titles=TAB_TITLES, layout=W.Layout(display="none"))
+        super().__init__([self.title, W.VBox([r.box for r in self.step_rows.values()]),
+                          self.status, self.error_html, self.traceback, self.tabs])
+        if deployment is not None:
+            self.attach(deployment)
+
+    # -- wiring ----------------------------------------------------------------------------------
+    def attach(self, deployment: Any) -> "DeployWidget":
+        """Listen to ``deployment``'s step events (and show the state it already has)."""
+        self.deployment = deployment
+        _VIEWS[deployment] = self
+        self.title.value = f"<b>nbdeploy</b> · {_esc(str(deployment.name))}"
+        for ev in getattr(deployment, "steps", {}).values():
+            self._apply(ev)
+        deployment.add_listener(self)
+        return self
+
+    def __call__(self, event: Any) -> None:
+        """A progress listener: ``Deployment(..., progress=widget)`` works too."""
+        self.on_event(event)
+
+    def on_event(self, ev: Any) -> None:
+        if ev.state == "running" and ev.fraction is not None:
+            now = time.monotonic()   # don't flood the frontend with tiny progress updates
+            if now - self._last_fraction_update < self._throttle_s:
+                return
+            self._last_fraction_update = now
+        self._apply(ev)
+
+    def _apply(self, ev: Any) -> None:
+        row = self.step_rows.get(ev.step)
+        if row is None:
+            return
+        row.update(ev.state, ev.elapsed_s, ev.summary, ev.fraction)
+        if ev.state == "running":
+            self.status.value = f"<i>{_esc(ev.step)}…</i>"
+        if ev.step == "serve":
+            self._update_server()
+
+    # -- after the run -------------------------------------------------------------------------
+    def refresh(self) -> "DeployWidget":
+        """Fill the tabs from the deployment's results (and show its error, if any)."""
+        d = self.deployment
+        if d is None:
+            return self
+        self.tabs.layout.display = None
+        for name, fill in (("summary", self._fill_summary), ("optimize", self._fill_optimize),
+                           ("explanation", self._fill_explanation), ("bundle", self._fill_bundle)):
+            try:
+                fill(d)
+            except Exception as exc:  # one broken result view must not hide the others
+                self.action_html.value += error_html(
+                    NbdeployError(f"Could not render the {name} results: {type(exc).__name__}: {exc}",
+                                  hint="The results are still on the Deployment object."))
+        if getattr(d, "error", None) is not None:
+            self.show_error(d.error, getattr(d, "error_traceback", None))
+        elif d.tag:
+            total = sum(e.elapsed_s for e in d.steps.values() if e.step not in ("serve", "push"))
+            self.status.value = (f"<span style='color:#1a7f37'>✔ built <code>{_esc(d.tag)}</code> "
+                                 f"in {total:.1f} s</span>")
+        return self
+
+    def show_error(self, err: BaseException, tb: str | None = None) -> None:
+        """Show ``err`` as message + hint; the traceback stays behind a collapsed accordion."""
+        self.status.value = ""
+        self.error_html.value = error_html(err)
+        if tb is None and err.__traceback__ is not None:
+            tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        if tb:
+            self.traceback_html.value = _pre(tb)
+            self.traceback.layout.display = None
+            self.traceback.selected_index = None
+
+    def _fill_summary(self, d: Any) -> None:
+        from .report import kv_table
+
+        c = d.converted
+        info: dict[str, Any] = {"name": d.name}
+        if c is not None:
+            info.update({"framework": c.framework, "model type": c.adapter.model_type,
+                         "task": c.spec.get("task"), "features": c.schema.n_features,
+                         "sample rows": len(c.X), "converter": c.converter})
+            if c.spec.get("classes") is not None:
+                info["classes"] = ", ".join(map(str, c.spec["classes"]))[:200]
+        v = d.verify_report
+        if v is not None:
+            info["verify"] = v.summary()
+            for attr, label in (("native_metric", "native metric"), ("onnx_metric", "ONNX metric")):
+                if getattr(v, attr, None) is not None:
+                    info[label] = getattr(v, attr)
+        if d.optimized is not None:
+            info["chosen variant"] = f"{d.chosen_variant}: {getattr(d.optimized, 'reason', '')}"
+        info["device"] = d.device
+        info["bento tag"] = d.tag
+        info["path"] = d.path
+        self.summary_html.value = kv_table(info)
+
+    def _fill_optimize(self, d: Any) -> None:
+        opt = d.optimized
+        if opt is None:
+            why = d.steps["benchmark"].summary or "not run"
+            self.benchmark_html.value = f"<i>No benchmark: {_esc(why)}</i>"
+            self.quantization_html.value = f"<i>No quantization: {_esc(d.steps['quantize'].summary or why)}</i>"
+            return
+        bench = getattr(opt, "benchmark", None)
+        quant = getattr(opt, "quantization", None)
+        self.benchmark_html.value = (bench._repr_html_() if hasattr(bench, "_repr_html_")
+                                     else opt._repr_html_())
+        head = (f"<p><b>chosen:</b> {_esc(str(getattr(opt, 'chosen', '')))} — "
+                f"{_esc(str(getattr(opt, 'reason', '')))}</p>")
+        self.quantization_html.value = head + (quant._repr_html_() if hasattr(quant, "_repr_html_") else "")
+        bench_imgs, quant_imgs = [], []
+        for fig in _figures(opt):
+            title = _figure_title(fig).lower()
+            target = bench_imgs if ("latency" in title or "throughput" in title or not title) else quant_imgs
+            target.extend(render(fig))
+        self.benchmark_plots.children = bench_imgs
+        self.quantization_plots.children = quant_imgs
+
+    def _fill_explanation(self, d: Any) -> None:
+        ex = d.explanation
+        methods = list(getattr(d, "explain_methods", ()) or ())
+        if ex is None:
+            why = d.steps["explain"].summary or "not run"
+            self.explanation_html.value = f"<i>No explanation: {_esc(why)}</i>"
+            self.explain_button.disabled = True
+            return
+        self.explanation_html.value = ex._repr_html_() if hasattr(ex, "_repr_html_") else ""
+        self.explanation_plots.children = [w for f in _figures(ex) for w in render(f)]
+        n = len(d.converted.X) if d.converted is not None else 1
+        self.row_picker.max = max(0, n - 1)
+        self.method_picker.options = methods or ["shap"]
+        self.explain_button.disabled = not hasattr(ex, "explain_row")
+
+    def _fill_bundle(self, d: Any) -> None:
+        from .report import kv_table
+
+        if d.tag is None:
+            self.bundle_html.value = "<i>No bundle was built.</i>"
+            return
+        self.bundle_html.value = kv_table({"tag": d.tag, "path": d.path,
+                                           "serve it yourself": f"bentoml serve {d.tag}"})
+        self.serve_button.disabled = False
+        self.push_button.disabled = False
+        self.export_button.disabled = False
+        self._update_server()
+
+    # -- the Bundle tab's actions ----------------------------------------------------------------
+    def _server(self):
+        d = self.deployment
+        s = getattr(d, "server", None) if d is not None else None
+        return s if s is not None and s.is_alive() else None
+
+    def _update_server(self) -> None:
+        d = self.deployment
+        if d is None or d.tag is None:
+            return
+        s = self._server()
+        self.serve_button.disabled = s is not None
+        self.stop_button.disabled = s is None
+        if s is not None:
+            self.server_html.value = (f"serving at <a href='{_esc(s.url)}' target='_blank'>"
+                                      f"{_esc(s.url)}</a> (pid {s.pid})")
+        else:
+            self.server_html.value = "<i>not serving</i>"
+        self._update_snippets(s.url if s is not None else None)
+
+    def _update_snippets(self, url: str | None) -> None:
+        d = self.deployment
+        row = [round(float(v), 6) for v in d.converted.X[0]] if d.converted is not None else []
+        base = url or DEFAULT_URL
+        body = json.dumps({"inputs": [row]})
+        note = "" if url else f"# first: bentoml serve {d.tag}   (or press Serve)\n"
+        self.curl_snippet = (f"{note}curl -X POST {base}/predict \\\n"
+                             f"  -H 'Content-Type: application/json' \\\n  -d '{body}'")
+        self.python_snippet = (f"{note}import requests\n\n"
+                               f"r = requests.post(\"{base}/predict\", json={body}, timeout=30)\n"
+                               f"r.raise_for_status()\nprint(r.json())")
+        self.snippets_html.value = ("<b>curl</b>" + _pre(self.curl_snippet) +
+                                    "<b>Python</b>" + _pre(self.python_snippet))
+
+    def _run_action(self, button: W.Button, busy: str, fn) -> Any:
+        """Run a button's action: disable it meanwhile, show errors as message + hint."""
+        button.disabled = True
+        self.action_html.value = f"<i>{_esc(busy)}</i>"
+        try:
+            result = fn()
+        except Exception as exc:
+            self.action_html.value = error_html(exc)
+            return None
+        finally:
+            button.disabled = False
+            self._update_server()
+        return result
+
+    def _on_serve(self, _button=None) -> None:
+        d = self.deployment
+        s = self._run_action(self.serve_button, "starting the server…", lambda: d.serve())
+        if s is not None:
+            self.action_html.value = f"✔ serving at <code>{_esc(s.url)}</code>"
+
+    def _on_stop(self, _button=None) -> None:
+        d = self.deployment
+        url = self._server().url if self._server() else ""
+        done = self._run_action(self.stop_button, "stopping…", lambda: d.stop() or True)
+        if done:
+            self.action_html.value = f"✔ stopped {_esc(url)}"
+
+    def _on_push(self, _button=None) -> None:
+        d = self.deployment
+        ref = self.push_ref.value.strip()
+
+        def push():
+            if not hasattr(type(d), "push"):
+                raise NbdeployError("Pushing is not available in this version of nbdeploy.",
+                                    hint="Upgrade nbdeploy, or build the image from the bundle "
+                                         "with `bentoml containerize` and push it yourself.")
+            if not ref:
+                raise NbdeployError("Enter an image reference to push to.",
+                                    hint="For example registry.example.com/team/model:1.0")
+            return d.push(ref)
+
+        result = self._run_action(self.push_button, f"pushing to {ref}…", push)
+        if result is not None:
+            self.action_html.value = f"✔ pushed to <code>{_esc(ref)}</code>" + "".join(
+                w.value for w in render(result) if isinstance(w, W.HTML))
+
+    def _on_export(self, _button=None) -> None:
+        d = self.deployment
+        path = self.export_path.value.strip()
+
+        def export():
+            if not hasattr(type(d), "export"):
+                raise NbdeployError("Exporting is not available in this version of nbdeploy.",
+                                    hint=f"Use `bentoml export {d.tag} PATH` meanwhile.")
+            if not path:
+                raise NbdeployError("Enter a path to export the bundle to.",
+                                    hint="For example ./my-model.bento")
+            return d.export(path)
+
+        result = self._run_action(self.export_button, f"exporting to {path}…", export)
+        if result is not None:
+            self.action_html.value = f"✔ exported to <code>{_esc(str(result))}</code>"
+
+    def _on_explain(self, _button=None) -> None:
+        d = self.deployment
+        i, method = int(self.row_picker.value), self.method_picker.value
+        result = self._run_action(self.explain_button, f"explaining row {i} with {method}…",
+                                  lambda: d.explanation.explain_row(i, method))
+        if result is not None:
+            self.action_html.value = ""
+            self.row_output.children = [W.HTML(f"<b>row {i}, {_esc(str(method))}</b>"), *render(result)]
+        else:  # the error went to the Bundle tab's message line; show it here too
+            self.row_output.children = [W.HTML(self.action_html.value)]
+            self.action_html.value = ""
+
+
+def _figure_title(fig: Any) -> str:
+    parts = []
+    try:
+        if getattr(fig, "_suptitle", None) is not None:
+            parts.append(fig._suptitle.get_text())
+        for ax in fig.get_axes():
+            parts.append(ax.get_title())
+            parts.append(ax.get_ylabel())
+    except Exception:
+        pass
+    return " ".join(p for p in parts if p)
+
+
+_VIEWS: "weakref.WeakKeyDictionary[Any, DeployWidget]" = weakref.WeakKeyDictionary()
+
+
+def widget_for(deployment: Any) -> DeployWidget:
+    """The widget of ``deployment`` (made, attached and filled on first use)."""
+    w = _VIEWS.get(deployment)
+    if w is None:
+        w = DeployWidget(deployment)
+        w.refresh()
+    return w
+
+
+def show(deployment: Any) -> DeployWidget:
+    """Display the live widget of ``deployment`` in the notebook and return it."""
+    from IPython.display import display
+
+    w = widget_for(deployment)
+    display(w)
+    return w
