@@ -146,6 +146,17 @@ def stage(ctx: Path, *, name: str, onnx_bytes: bytes, spec: dict, metadata: dict
     return ["service.py", "requirements.txt", "nbdeploy_runtime/*.py", "model/**", "plots/*.png"]
 
 
+def _forget_service_modules(ctx: Path | None = None) -> None:
+    """BentoML imports the staged ``service`` module in this process to read its config; drop
+    it afterwards so the next build (another model, same module name) imports its own."""
+    import sys
+
+    for mod in [m for m in sys.modules if m == "service" or m.split(".")[0] == "nbdeploy_runtime"]:
+        del sys.modules[mod]
+    if ctx is not None:
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ctx.resolve()]
+
+
 def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
           config: ServeConfig = ServeConfig(), extra: Callable[[Path], None] | None = None,
           plots: list[Path] | None = None, version: str | None = None) -> BundleInfo:
@@ -158,6 +169,7 @@ def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
         ctx = Path(tmp)
         include = stage(ctx, name=name, onnx_bytes=onnx_bytes, spec=spec, metadata=metadata,
                         config=config, extra=extra, plots=plots)
+        _forget_service_modules()
         try:
             import bentoml
 

@@ -60,6 +60,15 @@ def feature_names_of(obj: Any) -> list[str] | None:
     return None
 
 
+def _numeric_dtype(t: Any) -> bool:
+    try:
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+        return bool(is_numeric_dtype(t) or is_bool_dtype(t))
+    except ImportError:  # pragma: no cover - DataFrames imply pandas
+        return np.issubdtype(np.dtype(t), np.number)
+
+
 def as_matrix(sample: Any, *, what: str = "sample", n_features: int | None = None,
               allow_empty: bool = False) -> np.ndarray:
     """Turn a sample (ndarray, DataFrame, list of rows) into a finite float32 matrix.
@@ -73,8 +82,7 @@ def as_matrix(sample: Any, *, what: str = "sample", n_features: int | None = Non
         if hasattr(sample, "to_numpy"):
             dtypes = getattr(sample, "dtypes", None)
             if dtypes is not None and hasattr(dtypes, "items"):
-                bad = [str(c) for c, t in dtypes.items() if not np.issubdtype(np.dtype(t), np.number)
-                       and not np.issubdtype(np.dtype(t), np.bool_)]
+                bad = [str(c) for c, t in dtypes.items() if not _numeric_dtype(t)]
                 if bad:
                     raise InvalidInputError(
                         f"The {what} has non-numeric columns: {bad[:5]}.",

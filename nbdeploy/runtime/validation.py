@@ -85,7 +85,8 @@ def parse_rows(body: Any, *, n_features: int, feature_names: list[str] | None,
                               expected="list of numbers", received=type(rows[bad]).__name__)
         if len(widths) > 1:
             raise ClientError(400, f"Rows have different lengths {widths[:5]}; every row needs "
-                                   f"{n_features} values.", expected=n_features, received=widths[:5])
+                                   f"{n_features} values.", hint="Send every row with the same columns, in training order.",
+                              expected=n_features, received=widths[:5])
         raise ClientError(400, "Rows must contain only numbers.",
                           hint="Send numbers, not strings, nulls or nested lists.",
                           expected="numbers", received="mixed types")
@@ -131,7 +132,7 @@ def _records_to_rows(records: list, feature_names: list[str] | None) -> list:
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise ClientError(400, f"Row {i} is not an object; do not mix objects and lists.",
-                              expected="object", received=type(rec).__name__)
+                              hint="Send all rows as objects or all as lists.", expected="object", received=type(rec).__name__)
         missing = [f for f in feature_names if f not in rec]
         extra = [k for k in rec if k not in wanted]
         if missing or extra:

@@ -1,0 +1,557 @@
+"""explain: SHAP and LIME for a converted model, in the notebook and for the served bundle.
+
+Which SHAP explainer
+--------------------
+* **Tree ensembles** (scikit-learn forests, extra-trees, decision trees, gradient boosting,
+  XGBoost, LightGBM): exact path-dependent TreeSHAP on the native model.  The output space is
+  the trees' own: probabilities for scikit-learn forest/tree classifiers, the raw margin
+  (log-odds for binary, per-class margins for multi-class) for boosted classifiers, values for
+  regressors.  It is reported as ``output_space``; additivity is checked against the native
+  model's output in that space.  The bundle gets the trees as plain arrays (``trees.npz``)
+  that the served explainer feeds back to ``shap.TreeExplainer``.
+* **Everything else** (linear models, pipelines, PyTorch, ONNX files, kernels...): Shapley
+  values over the chosen ONNX variant with a k-means-summarised, weighted background of the
+  sample (exact over all coalitions for <= 8 features, antithetic permutation sampling
+  otherwise), in probability space for classifiers.  For PyTorch this beats Deep/Gradient
+  explainers here: it explains the graph that is actually served, is exactly additive, and the
+  bundle needs no torch to reproduce it.
+* **LIME**: lime's tabular explainer with quartile discretisation, rebuilt from stored bin
+  statistics (no training rows in the bundle), seeded per row.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import InvalidInputError, missing
+
+_SKLEARN_TREES = {
+    "RandomForestClassifier", "RandomForestRegressor", "ExtraTreesClassifier", "ExtraTreesRegressor",
+    "DecisionTreeClassifier", "DecisionTreeRegressor", "ExtraTreeClassifier", "ExtraTreeRegressor",
+    "GradientBoostingClassifier", "GradientBoostingRegressor",
+    "HistGradientBoostingClassifier", "HistGradientBoostingRegressor",
+}
+_BOOSTER_TREES = {"XGBClassifier", "XGBRegressor", "XGBRFClassifier", "XGBRFRegressor",
+                  "LGBMClassifier", "LGBMRegressor"}
+
+SHAP_MODES = {"shap": "auto", "tree": "tree", "treeshap": "tree", "permutation": "agnostic",
+              "kernel": "agnostic", "agnostic": "agnostic", "exact": "agnostic"}
+
+DEFAULT_ROWS = {"tree": 500, "agnostic": 50}
+
+
+def _import(name: str, why: str):
+    try:
+        return __import__(name)
+    except ImportError as exc:
+        raise missing(name, "explain", why) from exc
+
+
+def _to_onnx_bytes(model: Any) -> Any:
+    if hasattr(model, "SerializeToString"):
+        return model.SerializeToString()
+    return model
+
+
+def _final_estimator(model: Any) -> Any:
+    steps = getattr(model, "steps", None)
+    return steps[-1][1] if steps else model
+
+
+def _alternative_for(adapter: Any) -> str:
+    """Name the explainer that would suit a model TreeSHAP cannot handle."""
+    est = _final_estimator(adapter.model)
+    if adapter.framework == "pytorch":
+        return "shap.DeepExplainer or shap.GradientExplainer (on the native torch module)"
+    if hasattr(est, "coef_"):
+        return "shap.LinearExplainer (exact for linear models)"
+    return "a model-agnostic explainer (permutation/kernel SHAP)"
+
+
+def _tree_support(adapter: Any) -> tuple[bool, str | None]:
+    """(TreeSHAP applies to the native model, reason when it does not)."""
+    model = adapter.model
+    name = type(model).__name__
+    if adapter.framework in ("sklearn", "xgboost", "lightgbm") and (
+            name in _SKLEARN_TREES or name in _BOOSTER_TREES):
+        return True, None
+    final = _final_estimator(model)
+    if final is not model and (type(final).__name__ in _SKLEARN_TREES | _BOOSTER_TREES):
+        return False, (f"the pipeline ends in a tree ensemble ({type(final).__name__}), but its earlier "
+                       "steps transform the inputs, so TreeSHAP would explain transformed features")
+    return False, f"{adapter.model_type} is not a tree ensemble"
+
+
+def _native_output(adapter: Any, Xn: Any, space: str) -> np.ndarray:
+    m = adapter.model
+    if space == "probability":
+        out = m.predict_proba(Xn)
+    elif space == "value":
+        out = m.predict(Xn)
+    elif adapter.framework == "xgboost":
+        out = m.predict(Xn, output_margin=True)
+    elif adapter.framework == "lightgbm":
+        out = m.predict(Xn, raw_score=True)
+    else:
+        out = m.decision_function(Xn)
+    out = np.asarray(out, dtype=np.float64)
+    return out.reshape(out.shape[0], -1)
+
+
+def lime_stats(X: np.ndarray, feature_names: list[str], seed: int = 0) -> dict:
+    """lime's quartile-discretiser statistics of the sample, JSON-ready (no rows kept)."""
+    _import("lime", "for LIME explanations")
+    from lime.lime_tabular import LimeTabularExplainer
+
+    from .runtime.explain import lime_stats_to_json
+
+    X = np.asarray(X, dtype=np.float64)
+    ref = LimeTabularExplainer(X, mode="regression", feature_names=list(feature_names),
+                               discretize_continuous=True, discretizer="quartile", random_state=seed)
+    d = ref.discretizer
+    bins = {f: np.unique(np.percentile(X[:, f], [25, 50, 75])) for f in d.to_discretize}
+    counts = {}
+    disc = d.discretize(X)
+    for f in range(X.shape[1]):
+        values, freq = np.unique(disc[:, f], return_counts=True)
+        counts[f] = (values, freq)
+    stats = {"means": d.means, "stds": d.stds, "mins": d.mins, "maxs": d.maxs, "bins": bins,
+             "feature_values": {f: v for f, (v, _) in counts.items()},
+             "feature_frequencies": {f: c for f, (_, c) in counts.items()}}
+    return lime_stats_to_json(stats)
+
+
+# ---------------------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------------------
+@dataclass
+class ExplainReport:
+    """SHAP values for sample rows, LIME on demand, plots and the bundle's explain artifacts.
+
+    ``shap_values`` is ``[rows, features, outputs]`` in ``output_space``; ``base_values`` is
+    ``[outputs]``; ``outputs`` is the model output per row in that space (from the native model
+    for trees, from the ONNX variant otherwise), so ``base + shap.sum(1) == outputs``.
+    """
+
+    explainer: str                       # "tree" | "exact" | "permutation"
+    task: str
+    feature_names: list[str]
+    output_space: str
+    output_names: list[str]
+    X: np.ndarray
+    shap_values: np.ndarray
+    base_values: np.ndarray
+    outputs: np.ndarray
+    additivity_error: float
+    config: dict
+    methods: list[str]
+    seed: int = 0
+    serve_agreement: float | None = None
+    notes: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    _serve: Any = field(default=None, repr=False)
+    _artifacts: dict = field(default_factory=dict, repr=False)
+    _lime: dict = field(default_factory=dict, repr=False)
+
+    # -- numbers -------------------------------------------------------------------------
+    @property
+    def explained_index(self) -> list[int]:
+        """Output explained for each row by default (positive class / predicted class / value)."""
+        return self._serve._choose_outputs(self.outputs, None)
+
+    def global_importance(self) -> list[dict]:
+        """Mean |SHAP| per feature (averaged over rows and outputs), largest first."""
+        imp = np.abs(self.shap_values).mean(axis=(0, 2))
+        order = np.argsort(-imp, kind="stable")
+        return [{"feature": self.feature_names[i], "mean_abs_shap": float(imp[i])} for i in order]
+
+    def explain_row(self, i: int, method: str = "shap") -> dict:
+        """One row's explanation, shaped like a single-row ``POST /explain`` answer."""
+        if not 0 <= int(i) < len(self.X):
+            raise InvalidInputError(f"Row {i} is out of range: the report explains {len(self.X)} rows.",
+                                    expected=f"0..{len(self.X) - 1}", received=i)
+        i = int(i)
+        if method == "shap":
+            k = self.explained_index[i]
+            return {"method": "shap", "row": i, "explainer": self.explainer,
+                    "feature_names": self.feature_names, "values": self.X[i].tolist(),
+                    "output_space": self.output_space, "explained_output": self.output_names[k],
+                    "base_value": float(self.base_values[k]),
+                    "contributions": self.shap_values[i, :, k].tolist(),
+                    "output": float(self.outputs[i, k])}
+        if method == "lime":
+            if "lime" not in self.methods:
+                raise InvalidInputError("LIME was not requested for this report.",
+                                        hint="Call explain(..., methods=('shap', 'lime')).",
+                                        expected=self.methods, received="lime")
+            if i not in self._lime:
+                r = self._serve.explain(self.X[i:i + 1], "lime", {"seed": self.seed})
+                self._lime[i] = {"method": "lime", "row": i, "feature_names": self.feature_names,
+                                 "values": self.X[i].tolist(), "output_space": r["output_space"],
+                                 "explained_output": r["explained_output"][0],
+                                 "intercept": r["base_values"][0], "contributions": r["contributions"][0],
+                                 "output": r["outputs"][0], "local_prediction": r["local_predictions"][0],
+                                 "score": r["scores"][0], "rules": r["rules"][0],
+                                 "num_samples": r["num_samples"], "seed": self.seed}
+            return dict(self._lime[i])
+        raise InvalidInputError(f"Unknown method {method!r}; allowed: ['shap', 'lime'].",
+                                expected=["shap", "lime"], received=method)
+
+    def to_dict(self, *, max_rows: int = 50) -> dict:
+        """JSON-serialisable summary: explainer, output space, importance, first rows, notes."""
+        idx = self.explained_index
+        n = min(len(self.X), max_rows)
+        return {
+            "explainer": self.explainer, "task": self.task, "output_space": self.output_space,
+            "output_names": self.output_names, "feature_names": self.feature_names,
+            "methods": self.methods, "seed": self.seed, "rows_explained": int(len(self.X)),
+            "base_values": self.base_values.tolist(),
+            "additivity_error": float(self.additivity_error),
+            "serve_agreement": None if self.serve_agreement is None else float(self.serve_agreement),
+            "global_importance": self.global_importance(),
+            "rows": [{"row": i, "explained_output": self.output_names[idx[i]],
+                      "base_value": float(self.base_values[idx[i]]),
+                      "output": float(self.outputs[i, idx[i]]),
+                      "contributions": self.shap_values[i, :, idx[i]].tolist()} for i in range(n)],
+            "lime": [self._lime[i] for i in sorted(self._lime)],
+            "budget": dict(self.config.get("budget") or {}),
+            "notes": list(self.notes), "timings": dict(self.timings),
+        }
+
+    def _repr_html_(self) -> str:
+        imp = self.global_importance()[:10]
+        top = imp[0]["mean_abs_shap"] if imp and imp[0]["mean_abs_shap"] > 0 else 1.0
+        bars = "".join(
+            f"<tr><td>{html.escape(d['feature'])}</td><td style='text-align:right'>{d['mean_abs_shap']:.4g}</td>"
+            f"<td><div style='background:#1f77b4;height:10px;width:{int(160 * d['mean_abs_shap'] / top)}px'>"
+            f"</div></td></tr>" for d in imp)
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        return (f"<div><b>nbdeploy explain</b>: {html.escape(self.explainer)} SHAP on {len(self.X)} rows, "
+                f"output space <code>{html.escape(self.output_space)}</code>, additivity error "
+                f"{self.additivity_error:.2g}; methods {html.escape(', '.join(self.methods))}"
+                f"<table><tr><th>feature</th><th>mean |SHAP|</th><th></th></tr>{bars}</table>"
+                + (f"<ul>{notes}</ul>" if notes else "") + "</div>")
+
+    # -- plots -----------------------------------------------------------------------------
+    def figures(self, *, row: int = 0, max_display: int = 15) -> dict:
+        """matplotlib Figures: SHAP importance bar, SHAP beeswarm, row waterfall, LIME bar."""
+        _import("matplotlib", "for explanation plots")
+        figs = {"shap_importance": self._fig_importance(max_display),
+                "shap_summary": self._fig_beeswarm(max_display),
+                f"shap_row_{row}": self._fig_row(self.explain_row(row, "shap"), max_display)}
+        if "lime" in self.methods:
+            figs[f"lime_row_{row}"] = self._fig_row(self.explain_row(row, "lime"), max_display)
+        return figs
+
+    def save_plots(self, directory: str | Path, *, row: int = 0) -> list[Path]:
+        """Write :meth:`figures` as PNG files (Agg canvas, no pyplot state) and return the paths."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, fig in self.figures(row=row).items():
+            FigureCanvasAgg(fig)
+            path = directory / f"{name}.png"
+            fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+            fig.clf()
+            paths.append(path)
+        return paths
+
+    @staticmethod
+    def _figure(height: float):
+        from matplotlib.figure import Figure
+
+        return Figure(figsize=(7.0, max(2.5, height)))
+
+    def _fig_importance(self, max_display: int):
+        imp = self.global_importance()[:max_display][::-1]
+        fig = self._figure(0.35 * len(imp) + 1.2)
+        ax = fig.add_subplot(111)
+        ax.barh([d["feature"] for d in imp], [d["mean_abs_shap"] for d in imp], color="#1f77b4")
+        ax.set_xlabel(f"mean |SHAP| ({self.output_space})")
+        ax.set_title("Global feature importance")
+        fig.tight_layout()
+        return fig
+
+    def _fig_beeswarm(self, max_display: int):
+        idx = self.explained_index
+        vals = self.shap_values[np.arange(len(self.X)), :, idx]            # [N, F]
+        order = np.argsort(-np.abs(vals).mean(0), kind="stable")[:max_display][::-1]
+        fig = self._figure(0.35 * len(order) + 1.2)
+        ax = fig.add_subplot(111)
+        rng = np.random.default_rng(0)
+        sc = None
+        for y, f in enumerate(order):
+            x = self.X[:, f].astype(np.float64)
+            lo, hi = np.nanpercentile(x, [5, 95]) if len(x) else (0.0, 1.0)
+            c = np.clip((x - lo) / (hi - lo), 0, 1) if hi > lo else np.full(len(x), 0.5)
+            sc = ax.scatter(vals[:, f], y + rng.uniform(-0.3, 0.3, len(x)), c=c, cmap="coolwarm",
+                            s=10, vmin=0, vmax=1, linewidths=0)
+        ax.set_yticks(range(len(order)))
+        ax.set_yticklabels([self.feature_names[f] for f in order])
+        ax.axvline(0, color="#999", lw=0.8)
+        ax.set_xlabel(f"SHAP value ({self.output_space})")
+        ax.set_title("SHAP summary")
+        if sc is not None:
+            cb = fig.colorbar(sc, ax=ax, ticks=[0, 1])
+            cb.ax.set_yticklabels(["low", "high"])
+            cb.set_label("feature value")
+        fig.tight_layout()
+        return fig
+
+    def _fig_row(self, r: dict, max_display: int):
+        contrib = np.asarray(r["contributions"])
+        order = np.argsort(-np.abs(contrib), kind="stable")[:max_display][::-1]
+        fig = self._figure(0.35 * len(order) + 1.4)
+        ax = fig.add_subplot(111)
+        if r["method"] == "lime":
+            labels = [r["rules"][j] for j in order]
+            title = (f"LIME, row {r['row']} ({r['explained_output']}): local prediction "
+                     f"{r['local_prediction']:.4g}, model {r['output']:.4g}")
+        else:
+            labels = [f"{self.feature_names[j]} = {r['values'][j]:.4g}" for j in order]
+            title = (f"SHAP, row {r['row']} ({r['explained_output']}): base {r['base_value']:.4g}"
+                     f" -> output {r['output']:.4g}")
+        ax.barh(labels, contrib[order], color=["#d62728" if v > 0 else "#1f77b4" for v in contrib[order]])
+        ax.axvline(0, color="#999", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("contribution" + (f" ({r['output_space']})" if r.get("output_space") else ""))
+        fig.tight_layout()
+        return fig
+
+    # -- bundle ---------------------------------------------------------------------------
+    def write_artifacts(self, model_dir: str | Path) -> list[Path]:
+        """Write ``model_dir/explain/``: explain_config.json plus npz/npy arrays (no pickle)."""
+        from .runtime.explain import (BACKGROUND_FILE, CONFIG_FILE, EXPLAIN_DIR, TREES_FILE,
+                                      WEIGHTS_FILE, save_trees)
+
+        folder = Path(model_dir) / EXPLAIN_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        if "trees" in self._artifacts:
+            paths.append(save_trees(folder / TREES_FILE, self._artifacts["trees"]))
+        if "background" in self._artifacts:
+            np.save(folder / BACKGROUND_FILE, self._artifacts["background"], allow_pickle=False)
+            np.save(folder / WEIGHTS_FILE, self._artifacts["weights"], allow_pickle=False)
+            paths += [folder / BACKGROUND_FILE, folder / WEIGHTS_FILE]
+        cfg = folder / CONFIG_FILE
+        cfg.write_text(json.dumps(self.config, indent=1), encoding="utf-8")
+        paths.append(cfg)
+        return paths
+
+
+# ---------------------------------------------------------------------------------------
+# the step
+# ---------------------------------------------------------------------------------------
+def _parse_methods(methods: Any) -> tuple[str, list[str]]:
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    methods = [str(m).lower() for m in methods]
+    unknown = [m for m in methods if m not in SHAP_MODES and m != "lime"]
+    if unknown or not methods:
+        raise InvalidInputError(f"Unknown explanation method(s) {unknown or methods}.",
+                                hint="Use 'shap' (automatic), 'tree', 'permutation' and/or 'lime'.",
+                                expected=sorted(set(SHAP_MODES) | {"lime"}), received=methods)
+    modes = {SHAP_MODES[m] for m in methods if m in SHAP_MODES}
+    if len(modes) > 1:
+        modes.discard("auto")
+    if len(modes) > 1:
+        raise InvalidInputError("Ask for one SHAP flavour at a time ('tree' or 'permutation').",
+                                received=methods)
+    mode = modes.pop() if modes else "auto"
+    served = ["shap"] + (["lime"] if "lime" in methods else [])
+    return mode, served
+
+
+def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "lime"),
+            max_background: int = 100, progress: Callable[[float, str], None] | None = None,
+            seed: int = 0, max_rows: int | None = None, budget: dict | None = None) -> ExplainReport:
+    """Explain a converted model with SHAP (and LIME) on its sample.
+
+    ``methods``: "shap" picks TreeSHAP for tree ensembles and model-agnostic SHAP otherwise;
+    "tree" / "permutation" force one (falling back with a note when TreeSHAP cannot apply);
+    "lime" adds LIME.  ``onnx_model`` is the variant the bundle serves (defaults to
+    ``converted.onnx_model``).  ``max_background`` bounds the k-means background,
+    ``max_rows`` the rows explained here (default 500 for trees, 50 otherwise); ``budget``
+    overrides the served cost budget.  ``progress(fraction, message)`` is called as it goes.
+    """
+    from .runtime.explain import (DEFAULT_BUDGET, FORMAT_VERSION, ServeExplainer,
+                                  tree_arrays_from_ensemble)
+    from .runtime.model import OnnxModel
+
+    report = progress or (lambda f, m: None)
+    mode, served_methods = _parse_methods(methods)
+    if int(max_background) < 1:
+        raise InvalidInputError("max_background must be at least 1.", expected=">= 1",
+                                received=max_background)
+    adapter = converted.adapter
+    spec = converted.spec
+    task = spec["task"]
+    names = list(spec.get("feature_names") or [f"x{i}" for i in range(int(spec["n_features"]))])
+    X_all = np.asarray(converted.X, dtype=np.float32)
+    classes = spec.get("classes")
+    onnx = OnnxModel(_to_onnx_bytes(onnx_model if onnx_model is not None else converted.onnx_model), spec)
+    budget = dict(DEFAULT_BUDGET, **(budget or {}))
+    notes: list[str] = []
+    timings: dict = {}
+    t0 = time.perf_counter()
+
+    use_tree = False
+    if mode in ("auto", "tree"):
+        ok, why = _tree_support(adapter)
+        if ok:
+            use_tree = True
+        elif mode == "tree":
+            notes.append(f"TreeSHAP does not apply: {why}. {_alternative_for(adapter)} would; "
+                         "used model-agnostic SHAP over the ONNX model instead.")
+        elif "pipeline ends in a tree" in (why or ""):
+            notes.append(f"TreeSHAP not used: {why}; used model-agnostic SHAP over the ONNX model.")
+    elif _tree_support(adapter)[0]:
+        notes.append("Model-agnostic SHAP was requested for a tree ensemble; TreeSHAP ('tree') "
+                     "would be exact and much faster.")
+    if adapter.framework == "pytorch":
+        notes.append("PyTorch: SHAP over the served ONNX graph (exactly additive, reproducible in the "
+                     "bundle without torch) rather than DeepExplainer/GradientExplainer.")
+
+    config: dict = {"format_version": FORMAT_VERSION, "task": task, "feature_names": names,
+                    "classes": [str(c) for c in classes] if classes is not None else None,
+                    "methods": served_methods, "seed": int(seed), "budget": budget}
+    artifacts: dict = {}
+    tree_phi = tree_base = tree_out = None
+    shap = None
+    if use_tree:
+        shap = _import("shap", "for SHAP explanations")
+        report(0.05, "TreeSHAP: parsing the trees")
+        try:
+            te = shap.TreeExplainer(adapter.model)
+            arrays, meta = tree_arrays_from_ensemble(te.model)
+        except Exception as exc:  # shap refuses some configurations (e.g. multi-class sklearn GBM)
+            use_tree = False
+            notes.append(f"TreeSHAP could not handle {adapter.model_type} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); used model-agnostic SHAP "
+                         "over the ONNX model instead.")
+        else:
+            n_rows = int(max_rows or DEFAULT_ROWS["tree"])
+            rows = X_all[:n_rows]
+            Xn = adapter.native_frame(rows, spec.get("feature_names"))
+            phi = te.shap_values(Xn, check_additivity=False)
+            if isinstance(phi, list):
+                phi = np.stack(phi, axis=-1)
+            phi = np.asarray(phi, dtype=np.float64)
+            tree_phi = phi if phi.ndim == 3 else phi[:, :, None]
+            tree_base = np.asarray(te.expected_value, dtype=np.float64).reshape(-1)
+            if task == "classifier" and meta.get("tree_output") == "probability":
+                space = "probability"
+            elif task == "classifier":
+                space = "log_odds" if tree_phi.shape[2] == 1 else "margin"
+            else:
+                margin = _native_output(adapter, Xn, "margin")
+                value = _native_output(adapter, Xn, "value")
+                space = "value" if np.allclose(margin, value, rtol=1e-5, atol=1e-5) else "margin"
+            native = _native_output(adapter, Xn, space)
+            tree_out = native
+            artifacts["trees"] = arrays
+            config["tree"] = meta
+            config["kind"] = "tree"
+            config["output_space"] = space
+            if task == "classifier":
+                cls = [str(c) for c in classes]
+                config["output_names"] = [cls[-1]] if space == "log_odds" else cls
+            else:
+                config["output_names"] = ["value"] if tree_phi.shape[2] == 1 else \
+                    [f"value_{i}" for i in range(tree_phi.shape[2])]
+            if space in ("log_odds", "margin"):
+                notes.append(f"TreeSHAP explains {adapter.model_type} in margin space "
+                             f"({space}: apply the {'sigmoid' if space == 'log_odds' else 'softmax'} "
+                             "to base + sum(SHAP) to get probabilities).")
+            if space in ("probability", "value"):
+                diff = float(np.max(np.abs(onnx.output_matrix(rows) - native))) if len(rows) else 0.0
+                if diff > 1e-4:
+                    notes.append(f"TreeSHAP explains the native trees; the served ONNX variant's "
+                                 f"outputs differ from them by up to {diff:.3g} on the sample.")
+            timings["shap_s"] = round(time.perf_counter() - t0, 4)
+
+    if not use_tree:
+        n_rows = int(max_rows or DEFAULT_ROWS["agnostic"])
+        rows = X_all[:n_rows]
+        k = int(max_background)
+        if len(X_all) > k:
+            shap = shap or _import("shap", "for the k-means background summary")
+            report(0.05, f"summarising the background to {k} k-means centroids")
+            summary = shap.kmeans(X_all.astype(np.float64), k)
+            bg = np.asarray(summary.data, dtype=np.float32)
+            w = np.asarray(summary.weights, dtype=np.float64)
+        else:
+            bg = X_all.copy()
+            w = np.full(len(bg), 1.0 / len(bg))
+        w = w / w.sum()
+        artifacts["background"], artifacts["weights"] = bg, w
+        config["kind"] = "agnostic"
+        config["background_rows"] = int(len(bg))
+        if task == "classifier":
+            config["output_space"] = "probability"
+            config["output_names"] = [str(c) for c in classes] if classes is not None else None
+        else:
+            config["output_space"] = "value"
+            config["output_names"] = None
+    if "lime" in served_methods:
+        report(0.8 if use_tree else 0.02, "LIME: discretiser statistics")
+        config["lime"] = {"discretizer": "quartile", "stats": lime_stats(X_all, names, seed)}
+    config["notes"] = notes
+    config = json.loads(json.dumps(config))          # exactly what the bundle will read
+    serve = ServeExplainer(onnx, config, trees=artifacts.get("trees"),
+                           background=artifacts.get("background"), weights=artifacts.get("weights"))
+
+    agreement = None
+    if use_tree:
+        report(0.5, "TreeSHAP: checking the exported trees")
+        sphi, sbase, _, _ = serve.shap_values(rows)
+        agreement = float(max(np.max(np.abs(sphi - tree_phi)) if sphi.size else 0.0,
+                              np.max(np.abs(sbase - tree_base))))
+        if agreement > 1e-4:
+            notes.append(f"The exported trees reproduce native TreeSHAP only to {agreement:.2g}.")
+        phi, base, outputs, algo = tree_phi, tree_base, tree_out, "tree"
+    else:
+        t1 = time.perf_counter()
+        if config["output_names"] is None:
+            config["output_names"] = [str(i) for i in range(onnx.output_matrix(rows[:1]).shape[1])]
+            serve.output_names = config["output_names"]
+        chunks = []
+        step = max(1, len(rows) // 20)
+        for s in range(0, len(rows), step):
+            report(0.1 + 0.7 * s / max(1, len(rows)), f"SHAP: rows {s}..{min(len(rows), s + step)}")
+            chunks.append(serve.shap_values(rows[s:s + step], seed=seed))
+        phi = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros((0, len(names), 1))
+        base = chunks[0][1] if chunks else np.zeros(1)
+        outputs = np.concatenate([c[2] for c in chunks]) if chunks else np.zeros((0, 1))
+        algo = chunks[0][3] if chunks else "exact"
+        timings["shap_s"] = round(time.perf_counter() - t1, 4)
+    add_err = float(np.max(np.abs(base[None, :] + phi.sum(axis=1) - outputs))) if len(rows) else 0.0
+    config["explainer"] = algo
+    config["notes"] = notes
+    serve.notes = list(notes)
+    rep = ExplainReport(explainer=algo, task=task, feature_names=names,
+                        output_space=config["output_space"], output_names=config["output_names"],
+                        X=rows, shap_values=phi, base_values=base, outputs=outputs,
+                        additivity_error=add_err, config=config, methods=served_methods, seed=int(seed),
+                        serve_agreement=agreement, notes=notes, timings=timings, _serve=serve,
+                        _artifacts=artifacts)
+    if "lime" in served_methods and len(rows):
+        t2 = time.perf_counter()
+        report(0.9, "LIME: row 0")
+        rep.explain_row(0, "lime")
+        timings["lime_row_s"] = round(time.perf_counter() - t2, 4)
+    timings["total_s"] = round(time.perf_counter() - t0, 4)
+    report(1.0, "explained")
+    return rep
+
+
+__all__ = ["ExplainReport", "explain", "lime_stats"]

@@ -1,0 +1,491 @@
+"""REST handlers of the nbdeploy Jupyter server extension: HTTP in, core calls, JSON out.
+
+All logic lives in the core (``nbdeploy.store``, ``nbdeploy.serve``, ``nbdeploy.registry``);
+these handlers only validate input, run the core in a thread pool (never on the event loop)
+and translate results and errors.  The route table is :func:`routes`; the API is documented
+in ``openapi.yaml`` next to this file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+from tornado.ioloop import IOLoop
+
+from .. import __version__
+from ..errors import InvalidInputError, InvalidNameError, NbdeployError, NotFoundError, http_status
+from .jobs import JobManager
+
+#: short reads (listing the store, reading a report, probing health) run here,
+#: so they are not queued behind long jobs
+_READ_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nbdeploy-read")
+
+_SERVER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+_PLOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png$")
+_JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_MAX_LOG_BYTES = 1 << 20
+
+
+class PushUnavailableError(NbdeployError):
+    """This install has no registry push (the container module is missing)."""
+
+    http_status = 501
+
+
+def _escape_json(obj: Any) -> str:
+    # JSON that is also inert as HTML: no raw '<', '>' or '&' ever reaches the client, so an
+    # error body echoing a hostile name cannot become markup if someone renders it.
+    return (json.dumps(obj, default=str).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026"))
+
+
+def validate_server_id(sid: str) -> str:
+    if not isinstance(sid, str) or not _SERVER_ID_RE.match(sid) or ".." in sid:
+        raise InvalidNameError(f"Invalid server id {sid!r}.",
+                               hint="Server ids look like 'bundle-name-3000' (see GET /nbdeploy/servers).",
+                               expected=_SERVER_ID_RE.pattern, received=repr(sid))
+    return sid
+
+
+def validate_plot(plot: str) -> str:
+    if not _PLOT_RE.match(plot) or ".." in plot:
+        raise InvalidNameError(f"Invalid plot name {plot!r}.",
+                               hint="Plot names are the PNG file names listed in the bundle's report.",
+                               expected=_PLOT_RE.pattern, received=repr(plot))
+    return plot
+
+
+def _api(method: Callable) -> Callable:
+    """Run a handler coroutine; any exception becomes a JSON error via ``_fail``."""
+
+    async def wrapper(self: "NbdeployHandler", *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except Exception as exc:
+            self._fail(exc)
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+class NbdeployHandler(APIHandler):
+    """Base: JSON replies, error mapping, the thread pools."""
+
+    auth_resource = "nbdeploy"
+
+    @property
+    def jobs(self) -> JobManager:
+        return self.settings["nbdeploy_jobs"]
+
+    async def run(self, fn: Callable, *args) -> Any:
+        """Run blocking core work off the event loop."""
+        return await IOLoop.current().run_in_executor(_READ_POOL, fn, *args)
+
+    def reply(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(_escape_json(obj))
+
+    def _fail(self, exc: BaseException) -> None:
+        """The one place a failure becomes an HTTP answer (status from ``errors.http_status``)."""
+        if isinstance(exc, web.HTTPError):  # raised by tornado/jupyter itself: keep its status
+            status = exc.status_code
+            body = {"error": "HTTPError", "message": exc.log_message or exc.reason or str(status)}
+        else:
+            status = http_status(exc)
+            if isinstance(exc, NbdeployError):
+                body = exc.to_dict()
+            else:
+                self.log.error("nbdeploy: unexpected error in %s %s", self.request.method,
+                               self.request.path, exc_info=exc)
+                body = {"error": "InternalError",
+                        "message": "Unexpected server error; details are in the Jupyter server log."}
+        if self._finished:
+            return
+        self.clear()
+        self.reply(body, status)
+
+    def json_body(self) -> dict:
+        raw = self.request.body or b"{}"
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidInputError("The request body is not valid JSON.",
+                                    hint="Send a JSON object, e.g. {}.") from exc
+        if not isinstance(body, dict):
+            raise InvalidInputError("The request body must be a JSON object.",
+                                    expected="object", received=type(body).__name__)
+        return body
+
+    def job_reply(self, job) -> None:
+        self.set_header("Location", url_path_join(self.base_url, "nbdeploy", "jobs", job.id))
+        self.reply(job.to_dict(), 202)
+
+
+# --- helpers running in the pool (core calls only) ----------------------------------------------
+
+def _bundles(name: str | None) -> list[dict]:
+    from ..store import list_bundles
+
+    return [s.to_dict() for s in list_bundles(name)]
+
+
+def _bundle(tag: str) -> dict:
+    from ..schema import validate_tag
+    from ..store import list_bundles
+
+    validate_tag(tag)
+    name, _, version = tag.partition(":")
+    versions = [s.to_dict() for s in list_bundles(name)]
+    if version:
+        versions = [v for v in versions if v["version"] == version]
+    if not versions:
+        raise NotFoundError(f"No bundle {tag!r} in the store.", hint="GET /nbdeploy/bundles lists them.")
+    return {"name": name, "versions": versions}
+
+
+def _report(tag: str) -> dict:
+    from ..store import get, read_report
+
+    bento = get(tag)
+    report = read_report(str(bento.tag))
+    return {"tag": str(bento.tag), "report": report}
+
+
+def _plot_bytes(tag: str, plot: str) -> bytes:
+    from ..store import bundle_dir, plot_path
+
+    src = bundle_dir(tag).resolve()
+    p = plot_path(tag, plot)
+    # never follow a link out of the bundle
+    if p.is_symlink() or not p.resolve().is_relative_to(src):
+        raise NotFoundError(f"Bundle {tag!r} has no plot {plot!r}.")
+    return p.read_bytes()
+
+
+def _check_bundle(tag: str) -> str:
+    from ..store import get
+
+    return str(get(tag).tag)
+
+
+def _servers() -> list[dict]:
+    from ..serve import list_servers
+
+    out = []
+    for h in list_servers():
+        d = h.to_dict()
+        d["name"] = h.name
+        d["health"] = h.health()
+        out.append(d)
+    return out
+
+
+def _check_server(sid: str) -> list[str]:
+    from ..serve import find, list_servers
+
+    found = find(sid)
+    if not found:
+        running = [h.id for h in list_servers()]
+        raise NotFoundError(f"No running server matches {sid!r}.",
+                            hint=f"Running servers: {running or 'none'}.")
+    return [h.id for h in found]
+
+
+def _logs(sid: str, tail: int | None, offset: int | None) -> dict:
+    from ..paths import servers_dir
+    from ..serve import find
+
+    base = servers_dir().resolve()
+    path = (base / f"{sid}.log").resolve()
+    if path.parent != base or not path.is_file():
+        raise NotFoundError(f"No log for server {sid!r}.", hint="GET /nbdeploy/servers lists running servers.")
+    running = bool(find(sid))
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if offset is not None:
+            start = min(offset, size)
+            f.seek(start)
+            data = f.read(_MAX_LOG_BYTES)
+            return {"id": sid, "text": data.decode("utf-8", "replace"), "offset": start + len(data),
+                    "running": running}
+        f.seek(max(0, size - _MAX_LOG_BYTES))
+        text = f.read().decode("utf-8", "replace")
+    lines = text.splitlines()
+    if tail:
+        lines = lines[-tail:]
+    return {"id": sid, "text": "\n".join(lines), "offset": size, "running": running}
+
+
+def _serve(tag: str, port: int | None) -> dict:
+    from ..serve import start
+
+    h = start(tag, port=port, wait=True)
+    d = h.to_dict()
+    d["name"] = h.name
+    d["health"] = h.health()
+    return d
+
+
+def _stop(sid: str) -> dict:
+    from ..serve import stop
+
+    return {"stopped": [h.id for h in stop(sid)]}
+
+
+def _push_fn() -> Callable:
+    try:
+        from ..registry import push
+    except (ImportError, AttributeError) as exc:
+        raise PushUnavailableError("Pushing to a registry is not available in this install.",
+                                   hint="Push from a notebook or the CLI instead.") from exc
+    return push
+
+
+def _check_ref(ref: Any) -> str:
+    if not isinstance(ref, str) or not ref.strip():
+        raise InvalidInputError("Give the image reference to push to, e.g. {\"ref\": \"127.0.0.1:5000/model:1\"}.",
+                                expected="string", received=type(ref).__name__)
+    from ..registry import Reference
+
+    Reference.parse(ref)  # raises InvalidInputError on a malformed reference
+    return ref
+
+
+def _delete(tag: str) -> dict:
+    from ..store import delete
+
+    return {"deleted": delete(tag)}
+
+
+def _int_arg(value: str | None, what: str, lo: int, hi: int) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{what} must be an integer.", expected="integer", received=repr(value)) from None
+    if not lo <= n <= hi:
+        raise InvalidInputError(f"{what} must be between {lo} and {hi}.", expected=f"{lo}..{hi}", received=n)
+    return n
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+class InfoHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self):
+        """Extension version and what it can do (the UI uses it to detect the extension)."""
+        try:
+            _push_fn()
+            push = True
+        except PushUnavailableError:
+            push = False
+        self.reply({"name": "nbdeploy", "version": __version__, "push": push})
+
+
+class BundlesHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self):
+        """nbdeploy bundles in the BentoML store, newest first (``?name=`` for one name)."""
+        name = self.get_query_argument("name", None) or None
+        if name is not None:
+            from ..schema import validate_name
+
+            validate_name(name)
+        self.reply({"bundles": await self.run(_bundles, name)})
+
+
+class BundleHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self, tag: str):
+        """The versions of one bundle (``name``) or one version (``name:version``)."""
+        self.reply(await self.run(_bundle, tag))
+
+    @web.authenticated
+    @authorized
+    @_api
+    async def delete(self, tag: str):
+        """Delete one version (``name:version``); refused while it is served."""
+        from ..schema import validate_tag
+
+        validate_tag(tag)
+        self.reply(await self.run(_delete, tag))
+
+
+class ReportHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self, tag: str):
+        """The model card: verification, benchmark, quantization, explanation, plot names."""
+        from ..schema import validate_tag
+
+        validate_tag(tag)
+        self.reply(await self.run(_report, tag))
+
+
+class PlotHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self, tag: str, plot: str):
+        """One PNG plot of a bundle (only names listed in its report)."""
+        from ..schema import validate_tag
+
+        validate_tag(tag)
+        validate_plot(plot)
+        data = await self.run(_plot_bytes, tag, plot)
+        self.set_header("Content-Type", "image/png")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "private, max-age=60")
+        self.finish(data)
+
+
+class ServeHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def post(self, tag: str):
+        """Start ``bentoml serve`` for a bundle on loopback, as a job (202)."""
+        from ..schema import validate_tag
+
+        validate_tag(tag)
+        port = self.json_body().get("port")
+        if port is not None:
+            port = _int_arg(str(port), "port", 1024, 65535)
+        full = await self.run(_check_bundle, tag)  # 404 now rather than a failed job later
+        job = self.jobs.active("serve", full) or self.jobs.submit("serve", full, lambda: _serve(full, port))
+        self.job_reply(job)
+
+
+class PushHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def post(self, tag: str):
+        """Build the bundle's OCI image and push it to ``ref``, as a job (202)."""
+        from ..schema import validate_tag
+
+        validate_tag(tag)
+        push = _push_fn()
+        body = self.json_body()
+        ref = _check_ref(body.get("ref"))
+        insecure = body.get("insecure")
+        if insecure is not None and not isinstance(insecure, bool):
+            raise InvalidInputError("insecure must be true or false.", expected="boolean", received=repr(insecure))
+        full = await self.run(_check_bundle, tag)
+        job = self.jobs.submit("push", full, lambda: push(full, ref, insecure=insecure))
+        self.job_reply(job)
+
+
+class ServersHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self):
+        """Running servers with URL and health ('ready' | 'starting' | 'stopped')."""
+        self.reply({"servers": await self.run(_servers)})
+
+
+class StopHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def post(self, sid: str):
+        """Stop a server (by id, tag or bundle name), as a job (202)."""
+        if ":" in sid:  # a full tag stops that version's servers
+            from ..schema import validate_tag
+
+            validate_tag(sid)
+        else:
+            validate_server_id(sid)
+        await self.run(_check_server, sid)
+        job = self.jobs.active("stop", sid) or self.jobs.submit("stop", sid, lambda: _stop(sid))
+        self.job_reply(job)
+
+
+class LogsHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self, sid: str):
+        """A server's log: the last ``tail`` lines, or the bytes after ``offset`` (poll to follow)."""
+        validate_server_id(sid)
+        tail = _int_arg(self.get_query_argument("tail", None), "tail", 1, 100_000)
+        offset = _int_arg(self.get_query_argument("offset", None), "offset", 0, 1 << 50)
+        self.reply(await self.run(_logs, sid, tail or (None if offset is not None else 200), offset))
+
+
+class JobsHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self):
+        """All jobs this server remembers, oldest first."""
+        self.reply({"jobs": [j.to_dict() for j in self.jobs.list()]})
+
+
+class JobHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self, job_id: str):
+        """One job; poll until ``status`` is 'done' or 'failed'."""
+        if not _JOB_ID_RE.match(job_id):
+            raise InvalidNameError(f"Invalid job id {job_id!r}.", expected=_JOB_ID_RE.pattern,
+                                   received=repr(job_id))
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(f"No job {job_id!r}.", hint="Jobs are kept in memory until the server restarts.")
+        self.reply(job.to_dict())
+
+
+_SEG = r"([^/]+)"
+
+#: (path under /nbdeploy, handler); every handler method is authenticated (a test enforces it)
+ROUTES: list[tuple[str, type[NbdeployHandler]]] = [
+    ("info", InfoHandler),
+    ("bundles", BundlesHandler),
+    (f"bundles/{_SEG}", BundleHandler),
+    (f"bundles/{_SEG}/report", ReportHandler),
+    (f"bundles/{_SEG}/plots/{_SEG}", PlotHandler),
+    (f"bundles/{_SEG}/serve", ServeHandler),
+    (f"bundles/{_SEG}/push", PushHandler),
+    ("servers", ServersHandler),
+    (f"servers/{_SEG}/stop", StopHandler),
+    (f"servers/{_SEG}/logs", LogsHandler),
+    ("jobs", JobsHandler),
+    (f"jobs/{_SEG}", JobHandler),
+]
+
+
+def routes(base_url: str) -> list[tuple[str, type[NbdeployHandler]]]:
+    return [(url_path_join(base_url, "nbdeploy", path), handler) for path, handler in ROUTES]
+
+
+def setup_handlers(web_app, log=None) -> JobManager:
+    jobs = web_app.settings.get("nbdeploy_jobs")
+    if jobs is None:
+        jobs = JobManager(log=log)
+        web_app.settings["nbdeploy_jobs"] = jobs
+    web_app.add_handlers(".*$", routes(web_app.settings["base_url"]))
+    return jobs
+
+
+__all__ = ["ROUTES", "routes", "setup_handlers", "NbdeployHandler", "PushUnavailableError"]

@@ -1,0 +1,106 @@
+"""Long actions (serve, stop, push) as jobs: the handler answers 202 + a job id at once,
+the work runs in a thread pool, and the client polls ``GET /nbdeploy/jobs/{id}``.
+
+Nothing here runs on the event loop except bookkeeping, so a slow ``bentoml serve`` start
+or a registry push never blocks Jupyter.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import NbdeployError, http_status
+
+#: jobs kept in memory (finished ones beyond this are forgotten, oldest first)
+MAX_JOBS = 200
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str                       # "serve" | "stop" | "push" | ...
+    target: str                     # bundle tag or server id the job acts on
+    status: str = "pending"         # "pending" | "running" | "done" | "failed"
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    result: Any = None
+    error: dict | None = None
+    http_status: int | None = None  # what the action would have answered had it been synchronous
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("done", "failed")
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "target": self.target, "status": self.status,
+                "created": self.created, "started": self.started, "finished": self.finished,
+                "result": self.result, "error": self.error, "http_status": self.http_status}
+
+
+class JobManager:
+    """Runs callables in a small thread pool and remembers their outcome."""
+
+    def __init__(self, max_workers: int = 2, log=None):
+        self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nbdeploy-job")
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._lock = threading.Lock()
+        self.log = log
+
+    def submit(self, kind: str, target: str, fn: Callable[[], Any]) -> Job:
+        job = Job(id=uuid.uuid4().hex, kind=kind, target=target)
+        with self._lock:
+            self._jobs[job.id] = job
+            self._trim()
+        self.executor.submit(self._run, job, fn)
+        return job
+
+    def _run(self, job: Job, fn: Callable[[], Any]) -> None:
+        job.status, job.started = "running", time.time()
+        try:
+            result = fn()
+            job.result = result.to_dict() if hasattr(result, "to_dict") else result
+            job.status, job.http_status = "done", 200
+        except Exception as exc:  # the job records the failure; the server keeps going
+            job.http_status = http_status(exc)
+            if isinstance(exc, NbdeployError):
+                job.error = exc.to_dict()
+            else:
+                job.error = {"error": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+                if self.log:
+                    self.log.error("nbdeploy job %s (%s %s) failed:\n%s", job.id, job.kind, job.target,
+                                   traceback.format_exc())
+            job.status = "failed"
+        finally:
+            job.finished = time.time()
+
+    def _trim(self) -> None:
+        while len(self._jobs) > MAX_JOBS:
+            oldest = next((k for k, j in self._jobs.items() if j.done), None)
+            if oldest is None:
+                break
+            del self._jobs[oldest]
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def list(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def active(self, kind: str, target: str) -> Job | None:
+        """A pending or running job of ``kind`` on ``target`` (to refuse duplicates)."""
+        with self._lock:
+            return next((j for j in self._jobs.values()
+                         if j.kind == kind and j.target == target and not j.done), None)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian/Ubuntu machine, then run it.
+# Used by the README's quick start and by CI (.ci/run) alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+
+# System packages: a real registry, OCI tools and a base-image builder for the container
+# tests, Chromium for the browser test, Node.js for the JupyterLab extension build.
+APT_PACKAGES="docker-registry skopeo umoci debootstrap apache2-utils chromium chromium-driver nodejs npm wrk"
+missing=""
+for p in $APT_PACKAGES; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ] && command -v apt-get >/dev/null; then
+  echo "== apt-get install$missing"
+  $SUDO apt-get update -qq
+  # node/npm may already come from elsewhere (e.g. nodesource); don't fight it
+  if command -v node >/dev/null; then missing="$(echo "$missing" | sed 's/ nodejs//; s/ npm//')"; fi
+  [ -n "$(echo "$missing" | tr -d ' ')" ] && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
+fi
+
+echo "== pip install"
+python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# CPU build of PyTorch (a bare 'torch' can pull a multi-GB CUDA build)
+python3 -m pip install -q "torch==2.13.0"
+python3 -m pip install -q -e ".[test]"
+
+echo "== pytest"
+set +e
+python3 -m pytest -p no:cacheprovider -ra --durations=15 "$@"
+rc=$?
+set -e
+if [ "$rc" = "5" ]; then
+  echo "pytest collected no tests: failing on purpose" >&2
+  exit 1
+fi
+exit "$rc"

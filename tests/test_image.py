@@ -1,0 +1,174 @@
+"""Daemonless OCI image build: reproducible layers, cached dependency layer, and an image that
+really runs: pushed to a real registry, pulled back by skopeo, unpacked by umoci, run in a chroot."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from nbdeploy.errors import BundleError, InvalidInputError
+from nbdeploy.image import LayerWriter, OCIImage, build_image, image_from_rootfs
+
+pytest_plugins = ["conftest_containers"]
+
+
+def _tree(root: Path) -> Path:
+    (root / "pkg" / "sub").mkdir(parents=True)
+    (root / "pkg" / "a.py").write_text("print('a')\n")
+    (root / "pkg" / "sub" / "b.bin").write_bytes(os.urandom(0) + b"\x00\x01" * 1000)
+    (root / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "run.sh").chmod(0o755)
+    (root / "pkg" / "__pycache__").mkdir()
+    (root / "pkg" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"junk")
+    os.symlink("pkg/a.py", root / "link.py")
+    return root
+
+
+def _layer(store: Path, src: Path):
+    w = LayerWriter(store)
+    w.add_parents("/opt/app/x")
+    w.add_tree(src, "/opt/app")
+    return w.close()
+
+
+def test_layers_are_reproducible(tmp_path):
+    src = _tree(tmp_path / "src")
+    a = _layer(tmp_path / "store", src)
+    # Same content, different mtimes, owners and umask: same digest.
+    os.utime(src / "pkg" / "a.py", (1, 1))
+    (src / "pkg" / "sub" / "b.bin").chmod(0o600)
+    b = _layer(tmp_path / "store2", src)
+    assert (a.digest, a.diff_id, a.size) == (b.digest, b.diff_id, b.size)
+    # The blob is what its name says, and gzip carries no name or timestamp.
+    raw = a.path.read_bytes()
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == a.digest
+    assert raw[4:8] == b"\x00\x00\x00\x00" and not raw[3] & 0x08  # MTIME 0, no FNAME flag
+    assert "sha256:" + hashlib.sha256(gzip.decompress(raw)).hexdigest() == a.diff_id
+    with tarfile.open(a.path) as t:
+        members = t.getmembers()
+    names = [m.name for m in members]
+    assert names[:2] == ["opt", "opt/app"] and "opt/app/pkg/__pycache__" not in names
+    assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 for m in members)
+    assert {m.name: m.mode for m in members}["opt/app/run.sh"] == 0o755
+    assert {m.name: m.linkname for m in members if m.issym()} == {"opt/app/link.py": "pkg/a.py"}
+    # A content change changes the digest.
+    (src / "pkg" / "a.py").write_text("print('b')\n")
+    assert _layer(tmp_path / "store3", src).digest != a.digest
+
+
+def test_oci_layout_is_readable_by_umoci(tmp_path):
+    from conftest_containers import need_tools
+
+    need_tools("umoci")
+    src = _tree(tmp_path / "src")
+    img = image_from_rootfs(src, home=tmp_path / "home")
+    layout = img.write_oci_layout(tmp_path / "layout", "t1")
+    out = subprocess.run(["umoci", "stat", "--json", "--image", f"{layout}:t1"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["history"][0]["created_by"].startswith("rootfs ")
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(InvalidInputError):
+        build_image(tmp_path, base=None, home=tmp_path / "home")  # a dir without bento.yaml
+    with pytest.raises(InvalidInputError):
+        image_from_rootfs(tmp_path / "nope", home=tmp_path / "home")
+
+
+def test_pip_failure_is_a_clear_bundle_error(bentos, tmp_path):
+    # --no-index: pip cannot find anything, like a dependency without a wheel for the platform.
+    with pytest.raises(BundleError) as ei:
+        build_image(bentos["v1"], base=None, home=tmp_path / "home", pip_args=["--no-index"])
+    assert "linux/amd64" in ei.value.message and "wheel" in ei.value.hint
+
+
+@pytest.mark.slow
+def test_build_reproducible_and_dependency_layer_reused(bentos, base_image_ref, nbdeploy_home, tmp_path):
+    t0 = time.perf_counter()
+    a = build_image(bentos["v1"], base=base_image_ref, home=nbdeploy_home, source="https://example.com/nb.ipynb")
+    first = time.perf_counter() - t0
+    b = build_image(bentos["v1"], base=base_image_ref, home=nbdeploy_home, source="https://example.com/nb.ipynb")
+    assert a.digest == b.digest and a.manifest_bytes == b.manifest_bytes
+    assert b.info["deps_cached"] is True
+    # Only the model/service changed: the same dependency layer, a different bento layer.
+    c = build_image(bentos["v2"], base=base_image_ref, home=nbdeploy_home)
+    assert c.info["deps_cached"] is True
+    assert c.layers[-2].digest == a.layers[-2].digest
+    assert c.layers[-1].digest != a.layers[-1].digest
+    assert c.digest != a.digest
+    # The dependency layer is rebuilt byte-identically from scratch (empty cache).
+    d = build_image(bentos["v1"], base=base_image_ref, home=tmp_path / "cold",
+                    source="https://example.com/nb.ipynb")
+    assert d.info["deps_cached"] is False and d.digest == a.digest
+    print(f"\n[image] first build {first:.1f}s, cached {b.info['build_seconds']:.2f}s, "
+          f"size {a.size / 1e6:.1f} MB compressed ({a.layers[-2].size / 1e6:.1f} MB deps)")
+
+
+@pytest.mark.slow
+def test_image_config(bentos, base_image_ref, nbdeploy_home):
+    img = build_image(bentos["v1"], base=base_image_ref, home=nbdeploy_home, source="https://example.com/nb.ipynb")
+    cfg = img.config["config"]
+    assert cfg["Entrypoint"][:4] == ["python3", "-m", "bentoml", "serve"]
+    assert cfg["ExposedPorts"] == {"3000/tcp": {}}
+    env = dict(e.split("=", 1) for e in cfg["Env"])
+    assert env["PYTHONPATH"] == "/opt/nbdeploy/deps" and env["BENTOML_PORT"] == "3000"
+    assert env["LANG"] == "C.UTF-8"  # the base image's env is kept
+    labels = cfg["Labels"]
+    assert labels["org.opencontainers.image.source"] == "https://example.com/nb.ipynb"
+    assert labels["org.opencontainers.image.version"] == "v1"
+    assert labels["org.opencontainers.image.created"].endswith("Z")
+    assert labels["ai.nbdeploy.version"]
+    assert labels["org.opencontainers.image.base.name"] == base_image_ref
+    assert img.manifest["annotations"]["org.opencontainers.image.version"] == "v1"
+    assert len(img.config["rootfs"]["diff_ids"]) == len(img.layers) == len(img.config["history"]) == 3
+    assert cfg["User"] == "1034:1034"
+
+
+@pytest.mark.slow
+def test_end_to_end_push_pull_run_predict(bentos, base_image_ref, nbdeploy_home, registry, tmp_path):
+    """Build, push, pull back with skopeo, unpack with umoci, run the entrypoint, predict over HTTP."""
+    from conftest_containers import free_port, need_root, need_tools, run_bundle, wait_http
+
+    need_tools("skopeo", "umoci")
+    need_root()
+    from nbdeploy.registry import push
+
+    t0 = time.perf_counter()
+    result = push(bentos["v2"], f"{registry.host}/models/tiny:v2", base=base_image_ref, home=nbdeploy_home)
+    push_s = time.perf_counter() - t0
+    assert str(result).startswith(f"{registry.host}/models/tiny:v2@sha256:")
+    layout = tmp_path / "oci"
+    cp = subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{registry.host}/models/tiny:v2",
+                         f"oci:{layout}:v2"], capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stderr
+    index = json.loads((layout / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == result.digest  # what skopeo pulled is what we pushed
+    bundle = tmp_path / "bundle"
+    up = subprocess.run(["umoci", "unpack", "--image", f"{layout}:v2", str(bundle)], capture_output=True, text=True)
+    assert up.returncode == 0, up.stderr
+    port = free_port()
+    t1 = time.perf_counter()
+    with run_bundle(bundle, port=port, log_path=tmp_path / "serve.log") as proc:
+        try:
+            wait_http(f"http://127.0.0.1:{port}/readyz", timeout=90)
+        except TimeoutError:
+            pytest.fail(f"server did not start (exit {proc.poll()}):\n"
+                        + (tmp_path / "serve.log").read_text()[-3000:])
+        started = time.perf_counter() - t1
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/predict",
+                                     data=json.dumps({"inputs": [[1, 2], [3, 4.5]]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            answer = json.loads(r.read())
+    assert answer == {"predictions": [6.0, 15.0]}  # bento v2 doubles the row sums
+    print(f"\n[e2e] push {push_s:.1f}s ({result.bytes_uploaded / 1e6:.1f} MB uploaded), "
+          f"server ready in {started:.1f}s")

@@ -1,0 +1,396 @@
+"""The Jupyter server extension's REST API, through a real jupyter_server (pytest-jupyter)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+NAME = "handlers-rf"
+# the smallest valid PNG (1x1, transparent)
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                    "1f15c4890000000d49444154789c63000100000500010d0a2db40000000049454e44ae426082")
+
+
+@pytest.fixture(scope="module")
+def bundle(rf_model, breast_cancer):
+    """One bundle made by nbdeploy, plus a plot (and a hostile symlink) in its plots folder."""
+    import nbdeploy
+    from nbdeploy import store
+
+    _, X_test, _, _ = breast_cancer
+    nbdeploy.deploy(rf_model, X_test, name=NAME, explain="none", quantize="none")
+    tag = store.list_bundles(NAME)[0].tag
+    plots = store.bundle_dir(tag) / "plots"
+    plots.mkdir(exist_ok=True)
+    (plots / "test-plot.png").write_bytes(PNG)
+    secret = Path(store.bundle_dir(tag)).parents[4] / "outside-secret.png"
+    secret.write_bytes(b"SECRET")
+    link = plots / "escape.png"
+    if not link.exists():
+        link.symlink_to(secret)
+    yield tag
+
+
+@pytest.fixture
+def jp_server_config(jp_server_config):
+    jp_server_config["ServerApp"]["jpserver_extensions"]["nbdeploy"] = True
+    return jp_server_config
+
+
+def _json(resp):
+    return json.loads(resp.body)
+
+
+async def _status(fetch, *parts, **kw) -> tuple[int, bytes]:
+    try:
+        r = await fetch(*parts, **kw)
+        return r.code, r.body
+    except HTTPClientError as e:
+        return e.code, (e.response.body if e.response is not None else b"")
+
+
+@pytest.fixture
+def raw_fetch(http_server_client, jp_base_url, jp_auth_header):
+    """Like jp_fetch, but each path segment is fully %-encoded ('/' too), so hostile names
+    reach the server as one segment, and errors come back as (code, body)."""
+
+    async def fetch(*segments, method="GET", body=None, params=None, auth=True):
+        path = "/".join(urllib.parse.quote(s, safe="") for s in segments)
+        url = jp_base_url + "nbdeploy/" + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        r = await http_server_client.fetch(url, method=method, body=body, raise_error=False,
+                                           headers=dict(jp_auth_header) if auth else {},
+                                           allow_nonstandard_methods=True)
+        return r.code, r.body
+
+    return fetch
+
+
+async def _wait_job(jp_fetch, job: dict, timeout: float = 120.0) -> dict:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        j = _json(await jp_fetch("nbdeploy", "jobs", job["id"]))
+        if j["status"] in ("done", "failed"):
+            return j
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"job {job} did not finish in {timeout} s")
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+async def test_info(jp_fetch):
+    r = _json(await jp_fetch("nbdeploy", "info"))
+    assert r["name"] == "nbdeploy" and "version" in r and isinstance(r["push"], bool)
+
+
+async def test_list_bundles(jp_fetch, bundle):
+    body = _json(await jp_fetch("nbdeploy", "bundles"))
+    mine = [b for b in body["bundles"] if b["tag"] == bundle]
+    assert mine, body
+    b = mine[0]
+    assert b["name"] == NAME and b["size_bytes"] > 0 and b["variant"] and b["created"]
+    one = _json(await jp_fetch("nbdeploy", "bundles", params={"name": NAME}))
+    assert {x["name"] for x in one["bundles"]} == {NAME}
+    versions = _json(await jp_fetch("nbdeploy", "bundles", NAME))
+    assert versions["name"] == NAME and bundle in [v["tag"] for v in versions["versions"]]
+    exact = _json(await jp_fetch("nbdeploy", "bundles", bundle))
+    assert [v["tag"] for v in exact["versions"]] == [bundle]
+
+
+async def test_report_and_plot(jp_fetch, bundle):
+    r = _json(await jp_fetch("nbdeploy", "bundles", bundle, "report"))
+    assert r["tag"] == bundle
+    rep = r["report"]
+    assert rep["verify"]["passed"] is True and rep["chosen_variant"]
+    assert "test-plot.png" in rep["plots"]
+    # the name alone means the latest version
+    assert _json(await jp_fetch("nbdeploy", "bundles", NAME, "report"))["tag"] == bundle
+    png = await jp_fetch("nbdeploy", "bundles", bundle, "plots", "test-plot.png")
+    assert png.headers["Content-Type"] == "image/png" and png.body == PNG
+    assert png.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_plot_symlink_out_of_the_bundle_is_not_served(jp_fetch, bundle):
+    code, body = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "plots", "escape.png")
+    assert code == 404 and b"SECRET" not in body
+
+
+# --- errors: 400 / 404, escaped bodies -----------------------------------------------------------
+
+@pytest.mark.parametrize("parts", [
+    ("bundles", "Bad Name", "report"),
+    ("bundles", "..", "report"),
+    ("bundles", "../../etc/passwd", "report"),       # %2F-encoded: one path segment, decoded by tornado
+    ("bundles", "x:../..", "report"),
+    ("bundles", "/etc/passwd", "report"),
+    ("bundles", "UPPER", "report"),
+    ("bundles", "ok", "plots", "../../secret.png"),
+    ("bundles", "ok", "plots", "..png"),
+    ("bundles", "ok", "plots", "evil.txt"),
+    ("servers", "..", "logs"),
+    ("servers", "../../../etc/passwd", "logs"),
+    ("servers", "a/../../x", "stop"),
+    ("jobs", "not-a-job"),
+])
+async def test_bad_names_400(raw_fetch, parts):
+    code, body = await raw_fetch(*parts)
+    assert code == 400, (parts, code, body)
+    err = json.loads(body)
+    assert err["error"] == "InvalidNameError" and err["message"]
+
+
+async def test_bad_query_and_body_400(jp_fetch, bundle):
+    code, _ = await _status(jp_fetch, "nbdeploy", "bundles", params={"name": "../x"})
+    assert code == 400
+    code, _ = await _status(jp_fetch, "nbdeploy", "servers", "x-1", "logs", params={"tail": "lots"})
+    assert code == 400
+    code, body = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "serve", method="POST", body="{not json")
+    assert code == 400 and json.loads(body)["error"] == "InvalidInputError"
+    code, _ = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "serve", method="POST", body="[1]")
+    assert code == 400
+    code, _ = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "serve", method="POST",
+                            body=json.dumps({"port": 80}))
+    assert code == 400
+    # deleting needs a version
+    code, _ = await _status(jp_fetch, "nbdeploy", "bundles", NAME, method="DELETE")
+    assert code == 400
+
+
+@pytest.mark.parametrize("parts,method", [
+    (("bundles", "no-such-bundle", "report"), "GET"),
+    (("bundles", "no-such-bundle"), "GET"),
+    (("bundles", "no-such-bundle:v1"), "DELETE"),
+    (("bundles", "no-such-bundle", "plots", "a.png"), "GET"),
+    (("bundles", "no-such-bundle", "serve"), "POST"),
+    (("servers", "no-such-server-1", "stop"), "POST"),
+    (("servers", "no-such-server-1", "logs"), "GET"),
+    (("jobs", "0" * 32), "GET"),
+])
+async def test_unknown_404(jp_fetch, bundle, parts, method):
+    kw = {"body": "{}"} if method == "POST" else {}
+    code, body = await _status(jp_fetch, "nbdeploy", *parts, method=method, **kw)
+    assert code == 404, (parts, code, body)
+    err = json.loads(body)
+    assert err["error"] == "NotFoundError" and err["message"]
+
+
+async def test_unknown_plot_of_real_bundle_404(jp_fetch, bundle):
+    code, body = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "plots", "nope.png")
+    assert code == 404 and "test-plot.png" in json.loads(body)["hint"]
+
+
+async def test_error_bodies_escape_their_input(raw_fetch):
+    evil = "<script>alert(1)</script>"
+    for parts in [("bundles", evil, "report"), ("servers", evil, "logs"), ("jobs", evil),
+                  ("bundles", "ok", "plots", evil + ".png")]:
+        code, body = await raw_fetch(*parts)
+        assert code == 400
+        assert b"<" not in body and b">" not in body, body
+        err = json.loads(body)  # still valid JSON, and the message names what was received
+        assert "<script>" in err["message"]
+
+
+# --- auth ----------------------------------------------------------------------------------------
+
+def _nbdeploy_routes(app) -> list[tuple[str, type]]:
+    """Every (pattern, handler) registered under /nbdeploy/, walking tornado's nested routers."""
+    from tornado.routing import Rule, RuleRouter
+
+    out = []
+
+    def walk(router):
+        for rule in getattr(router, "rules", []):
+            target = rule.target
+            if isinstance(target, (RuleRouter,)) or hasattr(target, "rules"):
+                walk(target)
+            elif isinstance(rule, Rule) and isinstance(target, type):
+                pattern = getattr(rule.matcher, "regex", None)
+                if pattern is not None and "/nbdeploy" in pattern.pattern:
+                    out.append((pattern.pattern, target))
+
+    walk(app.default_router)
+    walk(app.wildcard_router)
+    return out
+
+
+def _sample_path(pattern: str, base_url: str) -> str:
+    """A concrete URL for a route pattern: each group becomes a harmless valid segment."""
+    path = pattern.rstrip("$")
+    path = re.sub(r"\(\[\^/\]\+\)", "x1", path)
+    assert "(" not in path, path
+    return path
+
+
+async def test_every_nbdeploy_route_requires_auth(jp_serverapp, http_server_client, jp_base_url, bundle):
+    routes = _nbdeploy_routes(jp_serverapp.web_app)
+    from nbdeploy.server.handlers import ROUTES
+
+    assert len(routes) >= len(ROUTES), routes
+    checked = 0
+    for pattern, handler in routes:
+        url = _sample_path(pattern, jp_base_url)
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            impl = getattr(handler, method.lower(), None)
+            from tornado.web import RequestHandler
+
+            if impl is None or impl is getattr(RequestHandler, method.lower()):
+                continue  # not implemented: tornado answers 405
+            body = "{}" if method in ("POST", "PUT", "PATCH") else None
+            try:
+                r = await http_server_client.fetch(url, method=method, body=body, raise_error=False)
+                code, text = r.code, r.body
+            except HTTPClientError as e:  # pragma: no cover
+                code, text = e.code, b""
+            assert code == 403, f"{method} {url} answered {code} without a token: {text[:200]!r}"
+            checked += 1
+    assert checked >= len(ROUTES)
+
+
+async def test_wrong_token_403(http_server_client, jp_base_url):
+    url = jp_base_url + "nbdeploy/bundles"
+    r = await http_server_client.fetch(url, headers={"Authorization": "token wrong"}, raise_error=False)
+    assert r.code == 403
+
+
+async def test_post_without_xsrf_403(jp_serverapp, http_server_client, jp_fetch, jp_base_url, bundle):
+    """A browser session (cookie auth) must send the XSRF token on POST/DELETE."""
+    r = await jp_fetch("nbdeploy", "info")
+    cookies = [c.split(";", 1)[0] for c in r.headers.get_list("Set-Cookie")]
+    login = [c for c in cookies if c.startswith("username-")]
+    assert login, cookies
+    cookie = login[0]
+    # cookie alone authenticates a GET
+    ok = await http_server_client.fetch(jp_base_url + "nbdeploy/info", headers={"Cookie": cookie},
+                                        raise_error=False)
+    assert ok.code == 200
+    for path, method in [(f"nbdeploy/bundles/{bundle}/serve", "POST"), ("nbdeploy/servers/x-1/stop", "POST"),
+                         (f"nbdeploy/bundles/{bundle}", "DELETE"), (f"nbdeploy/bundles/{bundle}/push", "POST")]:
+        r = await http_server_client.fetch(jp_base_url + path, method=method, headers={"Cookie": cookie},
+                                           body="{}" if method == "POST" else None, raise_error=False,
+                                           allow_nonstandard_methods=True)
+        assert r.code == 403, (path, r.code, r.body)
+    # with the XSRF cookie + header it goes through (404: the server does not exist)
+    xsrf = "2|abcdef01|0123456789abcdef0123456789abcdef|1700000000"
+    r = await http_server_client.fetch(
+        jp_base_url + "nbdeploy/servers/x-1/stop", method="POST", body="{}", raise_error=False,
+        headers={"Cookie": f"{cookie}; _xsrf={xsrf}", "X-XSRFToken": xsrf})
+    assert r.code == 404, r.body
+
+
+# --- actions -------------------------------------------------------------------------------------
+
+async def test_push_rejects_bad_ref(jp_fetch, bundle):
+    info = _json(await jp_fetch("nbdeploy", "info"))
+    code, body = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "push", method="POST",
+                               body=json.dumps({"ref": "Not A Ref!!"}))
+    if info["push"]:
+        assert code == 400, body
+    else:
+        assert code == 501 and json.loads(body)["error"] == "PushUnavailableError"
+    code, _ = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "push", method="POST", body="{}")
+    assert code in (400, 501)
+
+
+async def test_jobs_list(jp_fetch):
+    assert isinstance(_json(await jp_fetch("nbdeploy", "jobs"))["jobs"], list)
+
+
+@pytest.mark.slow
+async def test_serve_logs_stop_delete_end_to_end(jp_fetch, bundle):
+    r = await jp_fetch("nbdeploy", "bundles", bundle, "serve", method="POST", body="{}")
+    assert r.code == 202 and r.headers["Location"].endswith(_json(r)["id"])
+    job = _json(r)
+    assert job["kind"] == "serve" and job["target"] == bundle
+    # the event loop stays free while the server starts
+    t = asyncio.get_running_loop().time()
+    await jp_fetch("nbdeploy", "info")
+    assert asyncio.get_running_loop().time() - t < 2
+    done = await _wait_job(jp_fetch, job)
+    assert done["status"] == "done", done
+    sid = done["result"]["id"]
+    assert done["result"]["health"] == "ready" and done["result"]["url"].startswith("http://127.0.0.1:")
+    try:
+        servers = _json(await jp_fetch("nbdeploy", "servers"))["servers"]
+        mine = [s for s in servers if s["id"] == sid]
+        assert mine and mine[0]["health"] == "ready" and mine[0]["tag"] == bundle
+
+        logs = _json(await jp_fetch("nbdeploy", "servers", sid, "logs", params={"tail": "50"}))
+        assert logs["running"] is True and logs["offset"] > 0 and logs["text"]
+        more = _json(await jp_fetch("nbdeploy", "servers", sid, "logs", params={"offset": str(logs["offset"])}))
+        assert more["offset"] >= logs["offset"]
+
+        # a served version cannot be deleted
+        code, body = await _status(jp_fetch, "nbdeploy", "bundles", bundle, method="DELETE")
+        assert code == 400 and b"stop it first" in body
+    finally:
+        r = await jp_fetch("nbdeploy", "servers", sid, "stop", method="POST", body="{}")
+        assert r.code == 202
+        stopped = await _wait_job(jp_fetch, _json(r), timeout=60)
+    assert stopped["status"] == "done" and stopped["result"]["stopped"] == [sid]
+    servers = _json(await jp_fetch("nbdeploy", "servers"))["servers"]
+    assert sid not in [s["id"] for s in servers]
+    # the log outlives the server (why did it stop?)
+    assert _json(await jp_fetch("nbdeploy", "servers", sid, "logs"))["running"] is False
+
+
+@pytest.mark.slow
+async def test_failed_job_reports_error(jp_fetch, bundle):
+    """A job whose core call fails is 'failed' with the error's JSON and status, not a 500."""
+    from nbdeploy.serve import free_port
+    import socket
+
+    port = free_port()
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen(1)
+    try:
+        # a busy port: start fails fast inside the job
+        r = await jp_fetch("nbdeploy", "bundles", bundle, "serve", method="POST", body=json.dumps({"port": port}))
+        done = await _wait_job(jp_fetch, _json(r), timeout=120)
+    finally:
+        s.close()
+    assert done["status"] == "failed" and done["error"]["message"] and done["http_status"] >= 400
+
+
+async def test_delete_version(jp_fetch, rf_model, breast_cancer):
+    import nbdeploy
+    from nbdeploy import store
+
+    _, X_test, _, _ = breast_cancer
+    nbdeploy.deploy(rf_model, X_test, name="handlers-delete-me", explain="none", quantize="none")
+    tag = store.list_bundles("handlers-delete-me")[0].tag
+    r = _json(await jp_fetch("nbdeploy", "bundles", tag, method="DELETE"))
+    assert r["deleted"] == tag
+    code, _ = await _status(jp_fetch, "nbdeploy", "bundles", tag, "report")
+    assert code == 404
+
+
+def test_openapi_documents_every_route():
+    import yaml
+
+    from nbdeploy.server.handlers import ROUTES
+
+    spec = yaml.safe_load((Path(__import__("nbdeploy.server").server.__file__).parent / "openapi.yaml").read_text())
+    documented = set(spec["paths"])
+    for path, handler in ROUTES:
+        templ = "/nbdeploy/" + path
+        for name in ("{tag}", "{plot}", "{id}"):
+            templ = templ.replace("([^/]+)", name, 1) if "([^/]+)" in templ else templ
+        # normalise both sides: any {param} matches
+        norm = re.sub(r"\{[^}]+\}", "{}", templ)
+        assert norm in {re.sub(r"\{[^}]+\}", "{}", p) for p in documented}, templ
+        for m in ("get", "post", "delete"):
+            if m in handler.__dict__:
+                entry = next(v for p, v in spec["paths"].items() if re.sub(r"\{[^}]+\}", "{}", p) == norm)
+                assert m in entry, (templ, m)
