@@ -133,19 +133,28 @@ class NbdeployHandler(APIHandler):
 
 # --- helpers running in the pool (core calls only) ----------------------------------------------
 
-def _bundles(name: str | None) -> list[dict]:
+def _list(name: str | None) -> list:
     from ..store import list_bundles
 
-    return [s.to_dict() for s in list_bundles(name)]
+    try:
+        return list_bundles(name)
+    except Exception as exc:
+        # bentoml raises its own NotFound for a name with no versions: that is just "none"
+        if name and type(exc).__name__ == "NotFound":
+            return []
+        raise
+
+
+def _bundles(name: str | None) -> list[dict]:
+    return [s.to_dict() for s in _list(name)]
 
 
 def _bundle(tag: str) -> dict:
     from ..schema import validate_tag
-    from ..store import list_bundles
 
     validate_tag(tag)
     name, _, version = tag.partition(":")
-    versions = [s.to_dict() for s in list_bundles(name)]
+    versions = [s.to_dict() for s in _list(name)]
     if version:
         versions = [v for v in versions if v["version"] == version]
     if not versions:
@@ -354,7 +363,7 @@ class PlotHandler(NbdeployHandler):
         self.set_header("Content-Type", "image/png")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "private, max-age=60")
-        self.finish(data)
+        self.finish(data, set_content_type="image/png")
 
 
 class ServeHandler(NbdeployHandler):
