@@ -513,7 +513,16 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
     agreement = None
     if use_tree:
         report(0.5, "TreeSHAP: checking the exported trees")
-        sphi, sbase, _, _ = serve.shap_values(rows)
+        sphi, sbase, souts, _ = serve.shap_values(rows)
+        resid = tree_out - souts
+        if len(rows) and np.max(np.abs(resid)) > 1e-6 and np.max(np.ptp(resid, axis=0)) < 1e-4:
+            # shap's parser can miss a booster's intercept (e.g. XGBoost 3 per-class base scores);
+            # it is a constant offset per output, so fold it into the exported base offset.
+            meta = config["tree"]
+            meta["base_offset"] = [float(b + r) for b, r in
+                                   zip(np.broadcast_to(meta["base_offset"], resid.shape[1:]), resid.mean(0))]
+            serve = ServeExplainer(onnx, config, trees=artifacts["trees"])
+            sphi, sbase, souts, _ = serve.shap_values(rows)
         agreement = float(max(np.max(np.abs(sphi - tree_phi)) if sphi.size else 0.0,
                               np.max(np.abs(sbase - tree_base))))
         if agreement > 1e-4:

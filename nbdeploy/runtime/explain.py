@@ -80,7 +80,7 @@ def tree_arrays_from_ensemble(ensemble: Any) -> tuple[dict, dict]:
     limit = getattr(ensemble, "tree_limit", None)
     if limit is not None and 0 < int(limit) < n_trees:
         n_trees = int(limit)
-    if np.any(np.asarray(ensemble.threshold_types)[:n_trees] != 0):
+    if np.any(np.asarray(ensemble.threshold_types)[:n_trees] == 1):  # -1 marks leaves
         raise ValueError("categorical splits cannot be exported without pickle")
     arrays = {
         "children_left": np.asarray(ensemble.children_left[:n_trees], dtype=np.int32),
@@ -208,6 +208,7 @@ def agnostic_shap(f: Callable, X: np.ndarray, background: np.ndarray, weights: n
         sw = _shapley_weights(M)
         for r in range(N):
             v = _coalition_values(f, X[r], masks, bg, w, chunk_rows)
+            v[0], v[-1] = base, outputs[r]        # same numbers as reported: exact additivity
             for i in range(M):
                 without = codes[(codes >> i) & 1 == 0]
                 phi[r, i] = np.einsum("s,sk->k", sw[sizes[without]], v[without | (1 << i)] - v[without])
