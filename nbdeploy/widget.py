@@ -172,6 +172,7 @@ class DeployWidget(W.VBox):
         self.explain_button = W.Button(description="Explain row", icon="search", disabled=True)
         self.explain_button.on_click(self._on_explain)
         self.row_output = W.VBox([])
+        self.row_result: Any = None
         # Bundle
         self.bundle_html = W.HTML("<i>No bundle yet.</i>")
         self.curl_snippet = ""
@@ -457,10 +458,63 @@ class DeployWidget(W.VBox):
                                   lambda: d.explanation.explain_row(i, method))
         if result is not None:
             self.action_html.value = ""
-            self.row_output.children = [W.HTML(f"<b>row {i}, {_esc(str(method))}</b>"), *render(result)]
+            self.row_result = result
+            parts = [W.HTML(row_html(result) if isinstance(result, dict) else
+                            f"<b>row {i}, {_esc(str(method))}</b>")]
+            if not isinstance(result, dict):
+                parts.extend(render(result))
+            parts.extend(self._row_figure(i, method))
+            self.row_output.children = parts
         else:  # the error went to the Bundle tab's message line; show it here too
             self.row_output.children = [W.HTML(self.action_html.value)]
             self.action_html.value = ""
+
+
+    def _row_figure(self, i: int, method: str) -> list[W.Widget]:
+        """The explanation's own plot of row ``i`` for ``method`` (if it draws one)."""
+        fn = getattr(self.deployment.explanation, "figures", None)
+        if not callable(fn):
+            return []
+        try:
+            figs = fn(row=i)
+        except TypeError:
+            return []
+        except Exception:
+            return []
+        if not isinstance(figs, dict):
+            return []
+        picked = [f for k, f in figs.items() if k == f"{method}_row_{i}"]
+        return [w for f in picked for w in render(f)]
+
+    def _repr_mimebundle_(self, **kwargs):
+        data = super()._repr_mimebundle_(**kwargs)
+        if isinstance(data, dict):   # what renderers without widget support show
+            name = getattr(self.deployment, "name", "")
+            data["text/plain"] = (f"nbdeploy deployment {name!r}: a live widget (needs a Jupyter "
+                                  "frontend with ipywidgets; print(d) shows the steps as text)")
+        return data
+
+
+def row_html(r: dict, max_features: int = 15) -> str:
+    """One row's explanation (an ``explain_row`` answer) as a table, largest contributions first."""
+    names = r.get("feature_names") or []
+    values = r.get("values") or []
+    contrib = list(r.get("contributions") or [])
+    order = sorted(range(len(contrib)), key=lambda j: -abs(contrib[j]))[:max_features]
+    base = r.get("base_value", r.get("intercept"))
+    head = (f"<b>{_esc(str(r.get('method', '')).upper())}, row {_esc(str(r.get('row')))}</b>"
+            f" — explained output <code>{_esc(str(r.get('explained_output', '')))}</code>")
+    if base is not None and r.get("output") is not None:
+        head += f": base {float(base):.4g} → output {float(r['output']):.4g}"
+    rows = []
+    for j in order:
+        label = (r.get("rules") or [None] * len(contrib))[j] or (names[j] if j < len(names) else f"x{j}")
+        val = f"{values[j]:.4g}" if j < len(values) and isinstance(values[j], (int, float)) else ""
+        color = "#d62728" if contrib[j] > 0 else "#1f77b4"
+        rows.append(f"<tr><td>{_esc(str(label))}</td><td style='text-align:right'>{val}</td>"
+                    f"<td style='text-align:right;color:{color}'>{contrib[j]:+.4g}</td></tr>")
+    return (f"<div>{head}<table><tr><th>feature</th><th>value</th><th>contribution</th></tr>"
+            f"{''.join(rows)}</table></div>")
 
 
 def _figure_title(fig: Any) -> str:
