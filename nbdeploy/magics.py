@@ -206,6 +206,15 @@ class TextProgress:
         print(f"  {mark} {ev.step:<9} {took}  {summary}", file=out, flush=True)
 
 
+def _fits(value: Any, what: str) -> bool:
+    """Could ``value`` be the model (has predict/forward) or the data (has a shape)?"""
+    if isinstance(value, type):
+        return False
+    if what == "model":
+        return callable(getattr(value, "predict", None)) or callable(getattr(value, "forward", None))
+    return hasattr(value, "shape") and hasattr(value, "__len__")
+
+
 def _has_widget_frontend(shell) -> bool:
     """True inside a Jupyter kernel (widgets have a frontend); False in terminal IPython."""
     if getattr(shell, "kernel", None) is None:
@@ -291,9 +300,13 @@ class DeployMagics(Magics):
         hidden = getattr(self.shell, "user_ns_hidden", {})
         names = [k for k in self.shell.user_ns if not k.startswith("_") and k not in hidden]
         near = difflib.get_close_matches(name, names, n=3)
+        if near:
+            hint = f"Did you mean {', '.join(near)}? Run the cell that defines it first."
+        else:   # nothing close: list what would fit here
+            fits = [k for k in names if _fits(self.shell.user_ns[k], what)][:8]
+            hint = "Run the cell that defines it first." + (
+                f" Candidates in the notebook: {', '.join(fits)}." if fits else "")
         where = f" (in {expr!r})" if expr and expr != name else ""
-        hint = (f"Did you mean {', '.join(near)}? " if near else "") + \
-            "Run the cell that defines it first."
         return ArgumentError(f"%deploy: {what} {name!r}{where} is not defined in the notebook.",
                              hint=hint)
 
@@ -371,7 +384,7 @@ class DeployMagics(Magics):
         bundle_name = name.split(":")[0]
         try:
             bundles = [b for b in list_bundles(bundle_name) if ":" not in name or b.tag == name]
-        except NbdeployError:
+        except Exception:   # BentoML raises its own NotFound for an unknown name
             bundles = []
         if not bundles and not servers:
             known = sorted({b.name for b in list_bundles()})

@@ -1,0 +1,190 @@
+"""%deploy through a real IPython shell: %load_ext, namespace resolution, subcommands, errors."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+from IPython.utils.capture import capture_output
+
+
+@pytest.fixture(scope="module")
+def ip():
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "nbdeploy")
+    shell.run_cell(
+        "from sklearn.datasets import load_iris\n"
+        "from sklearn.linear_model import LogisticRegression\n"
+        "X, y = load_iris(return_X_y=True)\n"
+        "model = LogisticRegression(max_iter=500).fit(X, y)\n")
+    return shell
+
+
+def magics(ip):
+    return ip.magics_manager.registry["DeployMagics"]
+
+
+def run(ip, line: str):
+    """Run ``%deploy line``; returns (result, stdout, stderr)."""
+    with capture_output() as cap:
+        result = ip.run_line_magic("deploy", line)
+    return result, cap.stdout, cap.stderr
+
+
+def test_deploy_returns_the_deployment_with_text_progress(ip):
+    from nbdeploy.pipeline import Deployment
+
+    d, out, err = run(ip, "model --sample X[:60] --labels y[:60] --name magic-iris "
+                          "--quantize none --explain none")
+    assert isinstance(d, Deployment), err
+    assert d.name == "magic-iris" and d.tag.startswith("magic-iris:")
+    assert d.converted.X.shape == (60, 4)            # the expression X[:60] was evaluated
+    assert d.labels is not None and len(d.labels) == 60
+    for step in ("detect", "convert", "verify", "bundle"):
+        assert d.steps[step].state == "done"
+    # terminal IPython has no widget frontend: one plain line per finished step
+    assert "✔ convert" in out and "✔ bundle" in out and d.tag in out
+    assert err == ""
+
+
+def test_assignment_form_in_a_cell(ip):
+    with capture_output():
+        res = ip.run_cell("d_cell = %deploy model --sample X --name cell-iris --quantize none "
+                          "--explain none --text")
+    assert res.success
+    assert ip.user_ns["d_cell"].tag.startswith("cell-iris:")
+
+
+def test_serve_then_list_status_logs_stop(ip):
+    d, out, err = run(ip, "model --sample X[:30] --name served-iris --quantize none --explain none "
+                          "--serve")
+    assert d is not None, err
+    url = d.server.url
+    try:
+        req = urllib.request.Request(url + "/predict", data=json.dumps({"inputs": X3(ip)}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answer = json.loads(r.read())
+        native = ip.user_ns["model"].predict(np.asarray(X3(ip))).tolist()
+        assert answer["predictions"] == native
+
+        _, out, _ = run(ip, "list")
+        assert d.tag in out and url in out
+        _, out, _ = run(ip, "status served-iris")
+        assert d.tag in out and "ready" in out and url in out
+        _, out, _ = run(ip, "logs served-iris --tail 20")
+        assert out.strip()
+    finally:
+        _, out, err = run(ip, "stop served-iris")
+    assert "stopped" in out and err == ""
+    assert d.server.health() == "stopped"
+    assert d.steps["serve"].state == "skipped"        # stopped through the Deployment
+    _, out, _ = run(ip, "status served-iris")
+    assert "not serving" in out
+
+
+def X3(ip):
+    return ip.user_ns["X"][:3].tolist()
+
+
+def assert_one_line_error(result, out, err, *must_contain):
+    assert result is None
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Hint:" in lines[0]
+    assert "Traceback" not in err + out
+    for text in must_contain:
+        assert text in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("line, must_contain", [
+    ("model --sample X --colour red", ["Unknown argument", "--colour"]),
+    ("model --sampel X", ["--sampel", "Did you mean --sample"]),
+    ("modle --sample X", ["'modle'", "not defined", "Did you mean model"]),
+    ("model --sample Xx", ["'Xx'", "not defined", "Did you mean X"]),
+    ("model --sample X_test", ["'X_test'", "not defined", "Candidates in the notebook: X, y"]),
+    ("model --sample X_tset[:10]", ["'X_tset'", "not defined"]),
+    ("model --sample X --labels why", ["'why'", "not defined"]),
+    ("model --sample X[:, :2] --quantize none --explain none", ["2 features", "expects 4"]),
+    ("model --sample X --quantize int4", ["--quantize", "int4"]),
+    ("model --sample X --explain magic", ["magic"]),
+    ("model --sample X --name 'Not A Name'", ["Not A Name"]),
+    ("model", ["--sample is required"]),
+    ("model --sample X[:3", ["unbalanced bracket"]),
+    ("model --sample X[::0]", ["evaluating", "ValueError"]),
+    ("", ["nothing to deploy"]),
+    ("stop nobody-runs-this", ["No running server", "nobody-runs-this"]),
+    ("logs nobody-runs-this", ["no running server"]),
+    ("status no-such-bundle", ["no bundle or server"]),
+    ("logs", ["missing NAME"]),
+])
+def test_mistakes_are_one_line_with_a_hint(ip, line, must_contain):
+    result, out, err = run(ip, line)
+    assert_one_line_error(result, out, err, *must_contain)
+
+
+def test_wrong_sample_keeps_the_traceback_available(ip):
+    run(ip, "model --sample X[:, :3] --quantize none --explain none")
+    _, out, _ = run(ip, "traceback")
+    assert "Traceback (most recent call last)" in out and "InvalidInputError" in out
+    last, _, _ = run(ip, "last")
+    assert last.error is not None and last.steps["convert"].state == "failed"
+
+
+def test_push_without_support_fails_before_running(ip, monkeypatch):
+    from nbdeploy.pipeline import Deployment
+
+    monkeypatch.delattr(Deployment, "push", raising=False)
+    before = magics(ip).last
+    result, out, err = run(ip, "model --sample X --push localhost:5000/iris:1")
+    assert_one_line_error(result, out, err, "--push is not available")
+    assert magics(ip).last is before                  # nothing was built
+
+
+def test_help_explains_every_flag_with_examples(ip):
+    result, out, err = run(ip, "--help")
+    assert result is None and err == ""
+    flags = ["--sample", "--labels", "--name", "--quantize", "--explain", "--device", "--serve",
+             "--port", "--push", "list", "status", "stop", "logs"]
+    for flag in flags:
+        assert flag in out, flag
+    assert "examples:" in out and "%deploy model --sample X_test" in out
+    # %deploy? shows the same text (it is the magic's docstring)
+    doc = ip.find_line_magic("deploy").__doc__
+    for flag in flags:
+        assert flag in doc
+    with capture_output() as cap:
+        ip.run_cell("%deploy?")
+    assert "--quantize" in cap.stdout
+
+
+def test_forced_widget_mode_fills_the_widget(ip):
+    d, out, err = run(ip, "model --sample X[:20] --name widget-iris --quantize none --explain none "
+                          "--widget")
+    assert d is not None, err
+    w = magics(ip).last_widget
+    assert w is not None and w.deployment is d
+    assert w.step_rows["bundle"].state == "done"
+    assert d.tag in w.bundle_html.value
+
+
+def test_split_line_keeps_expressions_whole():
+    from nbdeploy.magics import split_line
+
+    assert split_line("m --sample df[['a', 'b']] --name 'x y'") == \
+        ["m", "--sample", "df[['a', 'b']]", "--name", "'x y'"]
+    assert split_line("m --sample X[: 10, :]") == ["m", "--sample", "X[: 10, :]"]
+
+
+def test_import_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, nbdeploy.magics; "
+            "print([m for m in ('torch', 'shap', 'bentoml', 'ipywidgets') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
