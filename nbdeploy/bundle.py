@@ -66,6 +66,10 @@ class ServeConfig:
     timeout_s: float = 30.0
     max_concurrency: int | None = None
     allow_cpu_fallback: bool = False
+    # BentoML's per-request access log line costs more than the model itself (~1.5 ms of
+    # the ~2.7 ms p50 measured on a 100-tree forest); request metrics stay on /metrics.
+    access_log: bool = False
+    batching: dict | None = None    # {"max_batch_size": N, "max_latency_ms": M} when it pays
 
     @property
     def providers(self) -> list[str]:
@@ -76,7 +80,8 @@ class ServeConfig:
     def runtime_config(self) -> dict:
         return {"model_file": "model.onnx", "providers": self.providers, "threads": self.threads,
                 "max_rows": self.max_rows, "max_body_bytes": self.max_body_bytes,
-                "device": self.device, "allow_cpu_fallback": self.allow_cpu_fallback}
+                "device": self.device, "allow_cpu_fallback": self.allow_cpu_fallback,
+                "batching": self.batching}
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -115,6 +120,7 @@ def render_service(name: str, config: ServeConfig, description: str) -> str:
     return tmpl.substitute(
         nbdeploy_version=__version__, name=name, workers=int(config.workers),
         resources=repr(resources), traffic=repr(traffic), class_name=_class_name(name),
+        logging=repr({"access": {"enabled": bool(config.access_log)}}),
         description=description.replace('"""', "'''"))
 
 

@@ -69,7 +69,8 @@ class Deployment:
 
     def __init__(self, model: Any, sample: Any, *, labels: Any = None, name: str | None = None,
                  task: str | None = None, quantize: str = "auto", explain: Any = ("shap", "lime"),
-                 device: str = "cpu", tolerance: Tolerance | None = None,
+                 device: str = "cpu", allow_cpu_fallback: bool = False,
+                 tolerance: Tolerance | None = None,
                  quantize_tolerance: float | None = None, benchmark_budget_s: float = 20.0,
                  feature_names: list[str] | None = None,
                  progress: Callable[[StepEvent], None] | Iterable[Callable] | None = None):
@@ -90,6 +91,7 @@ class Deployment:
         self.quantize = quantize
         self.explain_methods = _parse_explain(explain)
         self.device = device
+        self.allow_cpu_fallback = allow_cpu_fallback
         self.tolerance = tolerance or Tolerance()
         self.quantize_tolerance = quantize_tolerance
         self.benchmark_budget_s = benchmark_budget_s
@@ -247,7 +249,12 @@ class Deployment:
         from .bundle import ServeConfig
 
         hints = getattr(self.optimized, "serving", None) or {}
-        return ServeConfig(device=self.device, threads=hints.get("threads", 1) or 1)
+        batching = hints.get("batching") or {}
+        return ServeConfig(device=self.device, threads=hints.get("threads", 1) or 1,
+                           allow_cpu_fallback=self.allow_cpu_fallback,
+                           batching={"max_batch_size": int(batching.get("max_batch_size", 64)),
+                                     "max_latency_ms": float(batching.get("max_latency_ms", 2.0))}
+                           if batching.get("enabled") else None)
 
     def _bundle(self, progress) -> str:
         from . import bundle as _bundle

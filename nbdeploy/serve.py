@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -103,6 +104,16 @@ class ServerHandle:
                     hint="Read the log above; `nbdeploy logs` shows the whole log.")
             if _http_status(self.url + "/readyz", timeout=2.0) == 200:
                 return self
+            log = self.logs(tail=400)
+            if "Application startup failed" in log:
+                # BentoML's arbiter would keep restarting the worker; fail fast with the cause.
+                cause = [ln for ln in log.splitlines() if re.match(r"^\w*(Error|Exception):", ln)]
+                self.stop()
+                raise ServeError(
+                    f"The bundle {self.tag} failed to start: "
+                    f"{cause[-1] if cause else 'see the log below'}\nLast log lines:\n{self.logs(25)}",
+                    hint="Fix the cause above (for GPU bundles: onnxruntime-gpu and a CUDA device, "
+                         "or rebuild with allow_cpu_fallback=True / device='cpu').")
             time.sleep(0.1)
         self.stop()
         raise ServeError(f"The server for {self.tag} did not become ready within {timeout:.0f} s. "

@@ -44,6 +44,7 @@ class Runtime:
         self.model = None
         self.providers: list[str] = []
         self.ready = False
+        self.cpu_fallback = False
         self.load_error: str | None = None
         self._lock = threading.Lock()
         self.drift = None
@@ -66,6 +67,7 @@ class Runtime:
             if not self.config.get("allow_cpu_fallback"):
                 raise RuntimeError(msg)
             log.warning("%s Falling back to CPU because allow_cpu_fallback is set.", msg)
+            self.cpu_fallback = True
         try:
             from .drift import DriftMonitor
 
@@ -89,6 +91,7 @@ class Runtime:
             pass
         meta["versions"] = versions
         meta["serving"] = dict(meta.get("serving") or {}, providers=self.providers,
+                               cpu_fallback=self.cpu_fallback,
                                ready=self.ready, uptime_s=round(time.time() - self.started, 1),
                                max_rows=self.max_rows)
         if "tag" not in meta:
