@@ -577,11 +577,16 @@ class PushResult:
     def pinned(self) -> str:
         return f"{self.ref}@{self.digest}"
 
+    @property
+    def by_digest(self) -> str:
+        """``registry/repo@sha256:...`` (for tools that refuse a tag and a digest together)."""
+        return f"{self.ref.rsplit(':', 1)[0]}@{self.digest}"
+
     def __str__(self) -> str:
         return self.pinned
 
     def to_dict(self) -> dict:
-        return {"ref": self.ref, "digest": self.digest, "pinned": self.pinned,
+        return {"ref": self.ref, "digest": self.digest, "pinned": self.pinned, "by_digest": self.by_digest,
                 "uploaded": list(self.uploaded), "skipped": list(self.skipped),
                 "bytes_uploaded": self.bytes_uploaded, "seconds": round(self.seconds, 3)}
 

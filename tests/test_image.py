@@ -172,3 +172,56 @@ def test_end_to_end_push_pull_run_predict(bentos, base_image_ref, nbdeploy_home,
     assert answer == {"predictions": [6.0, 15.0]}  # bento v2 doubles the row sums
     print(f"\n[e2e] push {push_s:.1f}s ({result.bytes_uploaded / 1e6:.1f} MB uploaded), "
           f"server ready in {started:.1f}s")
+
+
+@pytest.fixture(scope="module")
+def iris_bundle():
+    """A real nbdeploy bundle (ONNX + nbdeploy_runtime) of a small scikit-learn model."""
+    import numpy as np
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    import nbdeploy
+
+    X, y = load_iris(return_X_y=True)
+    X = X.astype(np.float32)
+    model = LogisticRegression(max_iter=500).fit(X, y)
+    d = nbdeploy.deploy(model, X[::3], name="iris_img", quantize="none", explain="none")
+    return d.path, model, X
+
+
+@pytest.mark.slow
+def test_nbdeploy_bundle_image_runs_and_predicts(iris_bundle, base_image_ref, nbdeploy_home, registry, tmp_path):
+    """The image of a real nbdeploy bundle answers /predict like the notebook model."""
+    from conftest_containers import free_port, need_root, need_tools, run_bundle, wait_http
+
+    need_tools("skopeo", "umoci")
+    need_root()
+    from nbdeploy.registry import push
+
+    path, model, X = iris_bundle
+    t0 = time.perf_counter()
+    result = push(path, f"{registry.host}/models/iris:1", base=base_image_ref, home=nbdeploy_home)
+    build_push_s = time.perf_counter() - t0
+    layout, bundle = tmp_path / "oci", tmp_path / "bundle"
+    for cmd in (["skopeo", "copy", "--src-tls-verify=false", f"docker://{result.by_digest}", f"oci:{layout}:1"],
+                ["umoci", "unpack", "--image", f"{layout}:1", str(bundle)]):
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+    port = free_port()
+    rows = X[[0, 60, 120, 149]]
+    with run_bundle(bundle, port=port, log_path=tmp_path / "serve.log") as proc:
+        try:
+            wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
+        except TimeoutError:
+            pytest.fail(f"server did not start (exit {proc.poll()}):\n" + (tmp_path / "serve.log").read_text()[-3000:])
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/predict",
+                                     data=json.dumps({"inputs": rows.tolist()}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=20) as r:
+            answer = json.loads(r.read())
+    assert answer["predictions"] == model.predict(rows).tolist()
+    import numpy as np
+
+    np.testing.assert_allclose(answer["probabilities"], model.predict_proba(rows), atol=1e-4)
+    print(f"\n[iris] build+push {build_push_s:.1f}s, image {result.bytes_uploaded / 1e6:.1f} MB uploaded")
