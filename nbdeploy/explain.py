@@ -172,6 +172,12 @@ class ExplainReport:
         order = np.argsort(-imp, kind="stable")
         return [{"feature": self.feature_names[i], "mean_abs_shap": float(imp[i])} for i in order]
 
+    def summary(self) -> str:
+        """One line for progress displays."""
+        top = ", ".join(d["feature"] for d in self.global_importance()[:3])
+        return (f"{self.explainer} SHAP on {len(self.X)} rows ({self.output_space}); top: {top}"
+                + (f"; {len(self.notes)} note(s)" if self.notes else ""))
+
     def explain_row(self, i: int, method: str = "shap") -> dict:
         """One row's explanation, shaped like a single-row ``POST /explain`` answer."""
         if not 0 <= int(i) < len(self.X):

@@ -1,0 +1,263 @@
+"""Notebook-side explanations: additivity per model family, LIME determinism, fallbacks, plots."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from nbdeploy.convert import convert
+from nbdeploy.errors import InvalidInputError
+from nbdeploy.explain import explain
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def cls_data():
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=200, n_features=6, n_informative=4, random_state=0)
+    return X.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def reg_data():
+    from sklearn.datasets import make_regression
+
+    X, y = make_regression(n_samples=200, n_features=5, noise=0.5, random_state=0)
+    return X.astype(np.float32), y
+
+
+def _additive(rep, tol=1e-6):
+    """base + sum(SHAP) == the model output reported for every row and output."""
+    recon = rep.base_values[None, :] + rep.shap_values.sum(axis=1)
+    scale = max(1.0, float(np.abs(rep.outputs).max()))
+    np.testing.assert_allclose(recon, rep.outputs, atol=tol * scale)
+
+
+def test_random_forest_treeshap_explains_probabilities(cls_data):
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = cls_data
+    m = RandomForestClassifier(n_estimators=15, max_depth=5, random_state=0).fit(X, y)
+    rep = explain(convert(m, X), methods=("shap",), max_rows=60)
+    assert rep.explainer == "tree" and rep.output_space == "probability"
+    assert rep.shap_values.shape == (60, 6, 2)
+    np.testing.assert_allclose(rep.outputs, m.predict_proba(X[:60]), atol=1e-12)
+    _additive(rep, 1e-9)
+    assert rep.serve_agreement is not None and rep.serve_agreement < 1e-9
+
+
+@pytest.mark.parametrize("kind", ["sklearn-gbm", "xgboost", "lightgbm"])
+def test_boosters_treeshap_margin_space(cls_data, kind):
+    X, y = cls_data
+    if kind == "sklearn-gbm":
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        m = GradientBoostingClassifier(n_estimators=15, max_depth=3, random_state=0).fit(X, y)
+        margin = m.decision_function(X[:50])
+    elif kind == "xgboost":
+        import xgboost
+
+        m = xgboost.XGBClassifier(n_estimators=15, max_depth=3).fit(X, y)
+        margin = m.predict(X[:50], output_margin=True)
+    else:
+        import lightgbm
+
+        m = lightgbm.LGBMClassifier(n_estimators=15, verbose=-1).fit(X, y)
+        margin = m.predict(X[:50], raw_score=True)
+    rep = explain(convert(m, X), methods=("shap",), max_rows=50)
+    assert rep.explainer == "tree" and rep.output_space == "log_odds"
+    assert any("sigmoid" in n for n in rep.notes)
+    np.testing.assert_allclose(rep.outputs[:, 0], margin, atol=1e-5)
+    _additive(rep, 1e-5)
+    # the exported (pickle-free) trees reproduce the native TreeSHAP numbers
+    assert rep.serve_agreement < 1e-5
+
+
+def test_multiclass_xgboost_base_offset_fixed(cls_data):
+    import xgboost
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=150, n_features=5, n_informative=4, n_redundant=0,
+                               n_classes=3, random_state=1)
+    m = xgboost.XGBClassifier(n_estimators=5, max_depth=3).fit(X, y)
+    rep = explain(convert(m, X.astype(np.float32)), methods=("shap",), max_rows=40)
+    assert rep.output_space == "margin" and rep.shap_values.shape[2] == 3
+    _additive(rep, 1e-5)
+    served = rep._serve.shap_values(rep.X)
+    np.testing.assert_allclose(served[2], m.predict(X[:40], output_margin=True), atol=1e-5)
+    assert rep.serve_agreement < 1e-5
+
+
+def test_regressor_tree_value_space(reg_data):
+    import lightgbm
+
+    X, y = reg_data
+    m = lightgbm.LGBMRegressor(n_estimators=10, verbose=-1).fit(X, y)
+    rep = explain(convert(m, X), methods=("shap",), max_rows=30)
+    assert rep.explainer == "tree" and rep.output_space == "value"
+    np.testing.assert_allclose(rep.outputs[:, 0], m.predict(X[:30]), rtol=1e-6, atol=1e-6)
+    _additive(rep)
+
+
+def test_linear_model_is_model_agnostic_and_exact(reg_data):
+    from sklearn.linear_model import Ridge
+
+    X, y = reg_data
+    m = Ridge().fit(X, y)
+    rep = explain(convert(m, X), methods=("shap",), max_rows=20, max_background=200)
+    # 5 features: all 32 coalitions fit the budget, so the values are exact Shapley values
+    assert rep.explainer == "exact" and rep.output_space == "value"
+    _additive(rep)
+    bg = rep._artifacts["background"].astype(np.float64)
+    expected = m.coef_[None, :] * (X[:20].astype(np.float64) - bg.mean(0))   # phi_i = w_i (x_i - E x_i)
+    np.testing.assert_allclose(rep.shap_values[:, :, 0], expected, atol=1e-3 * np.abs(expected).max())
+
+
+def test_permutation_matches_shap_exact_for_additive_model():
+    """Antithetic permutations are exact for an additive model; compare with shap's own explainer."""
+    import shap
+
+    from nbdeploy.runtime.explain import agnostic_shap
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 9)).astype(np.float32)
+    w = rng.normal(size=9)
+    f = lambda Z: (np.tanh(Z) @ w)[:, None]                 # additive, nonlinear per feature
+    phi, base, out, algo = agnostic_shap(f, X[:3], X[3:23], max_evals=200, seed=3)
+    assert algo == "permutation"
+    ref = shap.explainers.Exact(lambda Z: f(Z)[:, 0], shap.maskers.Independent(X[3:23], max_samples=20))(X[:3])
+    np.testing.assert_allclose(phi[:, :, 0], ref.values, atol=1e-5)
+    np.testing.assert_allclose(base[0], np.asarray(ref.base_values)[0], atol=1e-5)
+    np.testing.assert_allclose(base[0] + phi.sum(1)[:, 0], out[:, 0], atol=1e-9)
+
+
+def test_exact_small_model_matches_shap_exact():
+    import shap
+
+    from nbdeploy.runtime.explain import agnostic_shap
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(30, 4)).astype(np.float32)
+    f = lambda Z: np.stack([Z[:, 0] * Z[:, 1] + np.sin(Z[:, 2]) * Z[:, 3]], axis=1)
+    phi, base, out, algo = agnostic_shap(f, X[:4], X[4:24], max_evals=500)
+    assert algo == "exact"
+    ref = shap.explainers.Exact(lambda Z: f(Z)[:, 0], shap.maskers.Independent(X[4:24], max_samples=20))(X[:4])
+    np.testing.assert_allclose(phi[:, :, 0], ref.values, atol=1e-5)
+
+
+def test_torch_mlp_model_agnostic_additive(cls_data):
+    torch = pytest.importorskip("torch")
+
+    X, _ = cls_data
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    rep = explain(convert(net, X), methods=("shap",), max_rows=5, max_background=20)
+    assert rep.explainer == "exact" and rep.output_space == "probability"
+    assert any("PyTorch" in n for n in rep.notes)
+    _additive(rep, 1e-6)
+    with torch.no_grad():
+        probs = torch.softmax(net(torch.from_numpy(X[:5])), dim=1).numpy()
+    np.testing.assert_allclose(rep.outputs, probs, atol=1e-5)
+
+
+def test_tree_requested_for_linear_model_falls_back_with_note(cls_data):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = cls_data
+    m = LogisticRegression(max_iter=300).fit(X, y)
+    rep = explain(convert(m, X), methods=("tree",), max_rows=5, max_background=20)
+    assert rep.explainer in ("exact", "permutation")
+    note = " ".join(rep.notes)
+    assert "TreeSHAP does not apply" in note and "LinearExplainer" in note
+    assert rep.to_dict()["notes"] == rep.notes
+    _additive(rep)
+
+
+def test_multiclass_sklearn_gbm_falls_back(cls_data):
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    X, y = make_classification(n_samples=120, n_features=5, n_informative=3, n_redundant=0,
+                               n_classes=3, random_state=0)
+    m = GradientBoostingClassifier(n_estimators=5, random_state=0).fit(X, y)
+    rep = explain(convert(m, X.astype(np.float32)), methods=("shap",), max_rows=4, max_background=15)
+    assert rep.explainer == "exact" and "TreeSHAP could not handle" in " ".join(rep.notes)
+    _additive(rep)
+
+
+def test_lime_is_seeded_and_reproducible(cls_data):
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = cls_data
+    c = convert(RandomForestClassifier(n_estimators=10, random_state=0).fit(X, y), X)
+    a = explain(c, methods=("shap", "lime"), max_rows=10, seed=7)
+    b = explain(c, methods=("shap", "lime"), max_rows=10, seed=7)
+    ra, rb = a.explain_row(3, "lime"), b.explain_row(3, "lime")
+    assert ra["contributions"] == rb["contributions"] and ra["intercept"] == rb["intercept"]
+    assert a.explain_row(3, "lime") == ra                         # cached and stable
+    # the same answer no matter which rows were asked for before
+    assert a._serve.explain(a.X[3:4], "lime", {"seed": 7})["contributions"][0] == ra["contributions"]
+    other = explain(c, methods=("lime",), max_rows=10, seed=8).explain_row(3, "lime")
+    assert other["contributions"] != ra["contributions"]
+    assert len(ra["rules"]) == 6 and any("<" in r or ">" in r for r in ra["rules"])
+    assert 0.0 <= ra["output"] <= 1.0
+
+
+def test_lime_regression(reg_data):
+    from sklearn.linear_model import Ridge
+
+    X, y = reg_data
+    rep = explain(convert(Ridge().fit(X, y), X), methods=("lime",), max_rows=3, max_background=20)
+    r = rep.explain_row(1, "lime")
+    assert r["explained_output"] == "value" and len(r["contributions"]) == 5
+    assert r == rep.explain_row(1, "lime")
+
+
+def test_to_dict_json_and_html(cls_data):
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = cls_data
+    rep = explain(convert(RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y), X),
+                  max_rows=20)
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["explainer"] == "tree" and len(d["global_importance"]) == 6
+    assert d["lime"] and d["rows"][0]["contributions"]
+    assert "mean |SHAP|" in rep._repr_html_()
+    assert "tree SHAP" in rep.summary()
+    with pytest.raises(InvalidInputError):
+        rep.explain_row(999)
+    with pytest.raises(InvalidInputError):
+        rep.explain_row(0, "anchors")
+
+
+def test_plots_are_png(cls_data, tmp_path):
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = cls_data
+    rep = explain(convert(RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y), X),
+                  max_rows=30)
+    figs = rep.figures()
+    assert {"shap_importance", "shap_summary", "shap_row_0", "lime_row_0"} <= set(figs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)     # e.g. "FigureCanvasAgg is non-interactive"
+        paths = rep.save_plots(tmp_path / "plots")
+    assert len(paths) == 4
+    for p in paths:
+        data = p.read_bytes()
+        assert data.startswith(PNG) and len(data) > 2000
+
+
+def test_bad_methods_rejected(cls_data):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = cls_data
+    c = convert(LogisticRegression().fit(X, y), X)
+    with pytest.raises(InvalidInputError, match="Unknown explanation"):
+        explain(c, methods=("anchors",))
+    with pytest.raises(InvalidInputError):
+        explain(c, methods=("tree", "permutation"))
