@@ -61,19 +61,15 @@ class OptimizeResult:
         return _figures(self)
 
     def save_plots(self, directory: str | Path) -> list[Path]:
-        """Write the figures as PNG files in ``directory`` (Agg backend); returns their paths."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)  # never open a window
-        import matplotlib.pyplot as plt
-
+        """Write the figures as PNG files in ``directory``; returns their paths."""
+        # Figures are built without pyplot: savefig renders with Agg, no window opens, and the
+        # notebook's own matplotlib backend is left alone.
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         paths = []
         for name, fig in zip(("benchmark_latency.png", "quantize_size_accuracy.png"), _figures(self)):
             path = out / name
             fig.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(fig)
             paths.append(path)
         return paths
 

@@ -232,3 +232,15 @@ def test_tolerance_parsing():
     assert QuantTolerance.of(0.05, "regressor").relative_error == 0.05
     with pytest.raises(NbdeployError):
         QuantTolerance.of("loose", "classifier")
+
+
+def test_cuda_device_without_gpu_is_explicit(mlp):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU is present")
+    res = optimize(mlp, device="cuda", quantize="none", time_budget_s=3, batch_sizes=[1])
+    assert res.provider == "CUDAExecutionProvider"
+    e = res.benchmark.entry("fp32", "CUDAExecutionProvider")
+    assert e.fallback and "was not available" in res.reason
+    assert res.benchmark.entry("fp32", "CPUExecutionProvider") is not None
