@@ -1,0 +1,202 @@
+"""The widget after real pipeline runs: steps, tabs, real Serve/Stop, errors as message + hint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import http
+
+
+@pytest.fixture(scope="module")
+def iris():
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_iris(return_X_y=True)
+    return LogisticRegression(max_iter=500).fit(X, y), X, y
+
+
+@pytest.fixture(scope="module")
+def built(iris):
+    from nbdeploy.pipeline import Deployment
+    from nbdeploy.widget import DeployWidget
+
+    model, X, y = iris
+    d = Deployment(model, X[:50], labels=y[:50], name="widget-test", quantize="none", explain="none")
+    w = DeployWidget(d)
+    seen = []
+    d.add_listener(lambda ev: seen.append((ev.step, ev.state, w.step_rows[ev.step].state)))
+    d.run()
+    w.refresh()
+    yield d, w, seen
+    d.stop()
+
+
+def test_steps_update_live_and_end_done(built):
+    d, w, seen = built
+    # the widget's row already shows each event's state when later listeners run
+    assert ("convert", "running", "running") in seen and ("convert", "done", "done") in seen
+    for step in ("detect", "convert", "verify", "bundle"):
+        row = w.step_rows[step]
+        assert row.state == "done" and row.icon.value and "✔" in row.icon.value
+    assert w.step_rows["explain"].state == "skipped"
+    assert w.step_rows["serve"].state == "pending"
+    assert "4 features" in w.step_rows["convert"].result.value
+    assert d.tag in w.status.value and w.error_html.value == ""
+    assert list(w.step_rows) == ["detect", "convert", "verify", "benchmark", "quantize", "explain",
+                                 "bundle", "serve", "push"]
+
+
+def test_tabs_are_populated(built):
+    d, w, _ = built
+    assert w.tabs.titles == ("Summary", "Benchmark", "Quantization", "Explanations", "Bundle")
+    assert w.tabs.layout.display is None                 # shown once the run ended
+    assert "sklearn" in w.summary_html.value and d.tag in w.summary_html.value
+    assert "PASS" in w.summary_html.value
+    assert "No benchmark" in w.benchmark_html.value      # quantize/explain were turned off here
+    assert "No explanation" in w.explanation_html.value and w.explain_button.disabled
+    assert d.tag in w.bundle_html.value and d.path in w.bundle_html.value
+    assert "curl -X POST" in w.curl_snippet and "/predict" in w.curl_snippet
+    assert "requests.post(" in w.python_snippet
+    assert "5.1" in w.curl_snippet                       # a real row of the sample
+    assert not w.serve_button.disabled and w.stop_button.disabled
+
+
+def test_serve_and_stop_buttons_drive_a_real_server(built, iris):
+    d, w, _ = built
+    model, X, _ = iris
+    w.serve_button.click()
+    assert d.server is not None, w.action_html.value
+    url = d.server.url
+    try:
+        assert w.step_rows["serve"].state == "done" and url in w.step_rows["serve"].summary
+        assert w.serve_button.disabled and not w.stop_button.disabled
+        assert url in w.server_html.value and url in w.curl_snippet and url in w.python_snippet
+        status, answer = http("POST", url + "/predict", {"inputs": X[:5].tolist()})
+        assert status == 200
+        assert answer["predictions"] == model.predict(X[:5]).tolist()
+    finally:
+        w.stop_button.click()
+    assert d.server.health() == "stopped"
+    with pytest.raises(OSError):
+        import urllib.request
+
+        urllib.request.urlopen(url + "/livez", timeout=2)
+    assert not w.serve_button.disabled and w.stop_button.disabled
+    assert "stopped" in w.action_html.value
+    assert "not serving" in w.server_html.value
+
+
+def test_push_and_export_say_when_unavailable(built, monkeypatch):
+    from nbdeploy.pipeline import Deployment
+
+    d, w, _ = built
+    monkeypatch.delattr(Deployment, "push", raising=False)
+    monkeypatch.delattr(Deployment, "export", raising=False)
+    w.push_ref.value = "localhost:5000/widget-test:1"
+    w.push_button.click()
+    assert "not available in this version" in w.action_html.value and "Hint:" in w.action_html.value
+    w.export_button.click()
+    assert "not available in this version" in w.action_html.value
+    assert not w.push_button.disabled and not w.export_button.disabled
+
+
+def test_push_and_export_call_the_deployment(built, monkeypatch):
+    from nbdeploy.pipeline import Deployment
+
+    d, w, _ = built
+    calls = []
+    monkeypatch.setattr(Deployment, "push", lambda self, ref: calls.append(("push", ref)) or
+                        {"ref": ref, "digest": "sha256:0"}, raising=False)
+    monkeypatch.setattr(Deployment, "export", lambda self, path: calls.append(("export", path)) or
+                        path, raising=False)
+    w.push_ref.value = " localhost:5000/widget-test:1 "
+    w.push_button.click()
+    assert calls[-1] == ("push", "localhost:5000/widget-test:1")
+    assert "pushed" in w.action_html.value and "sha256:0" in w.action_html.value
+    w.export_path.value = "/tmp/widget-test.bento"
+    w.export_button.click()
+    assert calls[-1] == ("export", "/tmp/widget-test.bento") and "exported" in w.action_html.value
+
+
+def test_an_error_shows_message_hint_and_a_hidden_traceback(iris):
+    from nbdeploy.errors import NbdeployError
+    from nbdeploy.pipeline import Deployment
+    from nbdeploy.widget import DeployWidget
+
+    model, X, _ = iris
+    d = Deployment(model, X[:, :3], name="widget-bad", quantize="none", explain="none")
+    w = DeployWidget(d)
+    with pytest.raises(NbdeployError):
+        d.run()
+    w.refresh()
+    assert w.step_rows["convert"].state == "failed"
+    assert "3 features per row" in w.error_html.value and "expects 4" in w.error_html.value
+    assert "Hint:" in w.error_html.value and "same columns" in w.error_html.value
+    assert w.traceback.layout.display is None and w.traceback.selected_index is None
+    assert "Traceback (most recent call last)" in w.traceback_html.value
+    assert w.serve_button.disabled                         # nothing to serve
+
+    w.show_error(NbdeployError("bad <script>alert(1)</script>", hint="use <b>care</b>"))
+    assert "<script>" not in w.error_html.value and "&lt;script&gt;" in w.error_html.value
+    assert "&lt;b&gt;care" in w.error_html.value
+
+
+def test_results_tabs_render_figures_and_row_explanations():
+    """Benchmark/Quantization/Explanations tabs with results shaped like the real ones."""
+    from matplotlib.figure import Figure
+
+    from nbdeploy.pipeline import Deployment
+    from nbdeploy.widget import DeployWidget
+
+    def fig(title):
+        f = Figure(figsize=(2, 2))
+        f.add_subplot(111).set_title(title)
+        return f
+
+    class Table:
+        def __init__(self, text):
+            self.text = text
+
+        def _repr_html_(self):
+            return f"<table><tr><td>{self.text}</td></tr></table>"
+
+    class Optimized:
+        benchmark = Table("latency p50")
+        quantization = Table("int8-dynamic")
+        chosen, reason = "int8-dynamic", "2.1x faster within 1 point"
+
+        def figures(self):
+            return [fig("Latency vs batch size"), fig("Size and accuracy per variant")]
+
+    class Explanation:
+        def _repr_html_(self):
+            return "<div>mean |SHAP|</div>"
+
+        def figures(self, row=0):
+            return {"shap_importance": fig("importance"), f"shap_row_{row}": fig(f"row {row}")}
+
+        def explain_row(self, i, method="shap"):
+            return {"method": method, "row": i, "feature_names": ["a", "b"], "values": [1.0, 2.0],
+                    "contributions": [0.5, -1.5], "base_value": 0.1, "output": -0.9,
+                    "explained_output": "1"}
+
+    d = Deployment(object(), np.zeros((4, 2)), name="fake", explain="shap,lime")
+    d.optimized, d.explanation = Optimized(), Explanation()
+    w = DeployWidget(d)
+    w.refresh()
+    assert "latency p50" in w.benchmark_html.value
+    assert "int8-dynamic" in w.quantization_html.value and "2.1x" in w.quantization_html.value
+    assert len(w.benchmark_plots.children) == 1 and len(w.quantization_plots.children) == 1
+    png = w.benchmark_plots.children[0].value
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mean |SHAP|" in w.explanation_html.value and len(w.explanation_plots.children) == 2
+    assert w.row_picker.max == 0                          # no converted sample in this fake
+    assert list(w.method_picker.options) == ["shap", "lime"] and not w.explain_button.disabled
+    w.method_picker.value = "shap"
+    w.explain_button.click()
+    html = w.row_output.children[0].value
+    assert "SHAP, row 0" in html and "-1.5" in html and html.index(">b<") < html.index(">a<")
+    assert w.row_output.children[1].value[:4] == b"\x89PNG"
+    assert w.row_result["row"] == 0
