@@ -376,8 +376,12 @@ def choose(report: QuantizeReport, bench, *, quantize: str = "auto",
         if lat >= _MAX_LOSS and tput >= _MAX_LOSS and score > best_score:
             best, best_score = v, score
     if best is None:
-        why = "; ".join(notes) or "no quantized variant applies to this model"
-        return "fp32", f"fp32: no variant is ≥{_MIN_GAIN:.2f}x faster within tolerance ({why})"
+        if not notes:
+            na = [v for v in report.variants[1:] if v.status in ("not_applicable", "failed")]
+            why = na[0].reason if na else "no variant was built"
+            return "fp32", f"fp32: no quantized variant applies to this model ({why})"
+        return "fp32", (f"fp32: no variant is ≥{_MIN_GAIN:.2f}x faster within tolerance "
+                        f"({'; '.join(notes)})")
     return best.name, _describe(best, bench, provider)
 
 
