@@ -525,7 +525,7 @@ def _merge_env(base_env: list[str], extra: dict[str, str]) -> list[str]:
 
 
 def build_image(bento, *, base: "str | OCIImage | None" = DEFAULT_BASE, platform: str = DEFAULT_PLATFORM,
-                python_version: str = "3.11", insecure: bool | None = None, credentials=None,
+                python_version: str | None = None, insecure: bool | None = None, credentials=None,
                 home: str | Path | None = None, source: str | None = None, port: int = PORT,
                 env: dict[str, str] | None = None, labels: dict[str, str] | None = None,
                 pip_args: Iterable[str] = (), base_env_credentials: bool = False) -> OCIImage:
@@ -534,7 +534,8 @@ def build_image(bento, *, base: "str | OCIImage | None" = DEFAULT_BASE, platform
     ``bento``: a tag (``name:version``), a ``bentoml.Bento`` or a built bento directory.
     ``base``: an image reference pulled from its registry (default ``python:3.11-slim``), an
     :class:`OCIImage`, or None for an empty base (the image then needs its own Python).
-    ``python_version`` must match the base image's Python: wheels are chosen for it.
+    ``python_version``: the base image's Python, for which wheels are chosen; by default read
+    from the base's ``PYTHON_VERSION`` env (official python images set it), else 3.11.
     ``credentials`` / ``insecure`` are for the base image's registry; the
     ``NBDEPLOY_REGISTRY_*`` env vars are used for it only if ``base_env_credentials``.
     """
@@ -579,6 +580,16 @@ def build_image(bento, *, base: "str | OCIImage | None" = DEFAULT_BASE, platform
             base_layers.append(Layer(desc["digest"], diff_id, desc["size"], _blob_path(store, desc["digest"]),
                                      media_type=MT_OCI_LAYER_GZIP if mt in _GZIP_TYPES else mt))
     info["base_seconds"] = round(time.perf_counter() - t0, 3)
+    base_py = next((e.split("=", 1)[1] for e in (base_config.get("config") or {}).get("Env", [])
+                    if e.startswith("PYTHON_VERSION=")), None)
+    base_py = ".".join(base_py.split(".")[:2]) if base_py else None
+    if python_version is None:
+        python_version = base_py or "3.11"
+    elif base_py and base_py != python_version:
+        raise InvalidInputError(
+            f"The base image has Python {base_py} but python_version={python_version!r} was asked for.",
+            hint="Leave python_version unset to follow the base image, or pick a matching base.")
+    info["python_version"] = python_version
 
     # dependencies
     t0 = time.perf_counter()

@@ -225,3 +225,12 @@ def test_nbdeploy_bundle_image_runs_and_predicts(iris_bundle, base_image_ref, nb
 
     np.testing.assert_allclose(answer["probabilities"], model.predict_proba(rows), atol=1e-4)
     print(f"\n[iris] build+push {build_push_s:.1f}s, image {result.bytes_uploaded / 1e6:.1f} MB uploaded")
+
+
+def test_python_version_follows_the_base_image(bentos, tmp_path):
+    """Wheels are chosen for the base's Python: a mismatch is refused before any download."""
+    src = tmp_path / "root"
+    (src / "etc").mkdir(parents=True)
+    base = image_from_rootfs(src, home=tmp_path / "home", env={"PYTHON_VERSION": "3.12.7", "PATH": "/usr/bin"})
+    with pytest.raises(InvalidInputError, match="Python 3.12"):
+        build_image(bentos["v1"], base=base, python_version="3.11", home=tmp_path / "home")
