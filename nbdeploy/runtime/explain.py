@@ -197,7 +197,10 @@ def agnostic_shap(f: Callable, X: np.ndarray, background: np.ndarray, weights: n
     base = np.einsum("bk,b->k", np.asarray(f(bg), dtype=np.float64).reshape(len(bg), -1), w)
     K = base.shape[0]
     phi = np.zeros((N, M, K))
-    outputs = np.asarray(f(X), dtype=np.float64).reshape(N, -1)
+    # one row at a time: onnxruntime may round differently for other batch sizes, and a row's
+    # answer must not depend on the other rows of the request
+    outputs = np.concatenate([np.asarray(f(X[r:r + 1]), dtype=np.float64).reshape(1, K)
+                              for r in range(N)]) if N else np.zeros((0, K))
     if M == 1:
         phi[:, 0, :] = outputs - base
         return phi, base, outputs, "exact"
