@@ -50,8 +50,16 @@ def cmd_list(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import start
 
-    h = start(args.tag, port=args.port, host=args.host)
+    h = start(args.tag, port=args.port, host=args.host, stable=args.stable)
     print(f"serving {h.tag} at {h.url} (pid {h.pid}); stop with: nbdeploy stop {h.name}")
+    return 0
+
+
+def cmd_rollout(args) -> int:
+    from .serve import rollout
+
+    h = rollout(args.name, args.tag)
+    print(f"{h.url} now serves {h.tag}")
     return 0
 
 
@@ -119,7 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("tag", help="NAME or NAME:VERSION")
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--stable", action="store_true",
+                   help="keep this address across versions (a small proxy in front), for `nbdeploy rollout`")
     s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("rollout", help="switch a --stable server to another version with no failed request")
+    s.add_argument("name", help="server id or bundle name")
+    s.add_argument("tag", help="NAME:VERSION (or NAME for the latest)")
+    s.set_defaults(fn=cmd_rollout)
 
     s = sub.add_parser("stop", help="stop the servers of a bundle (name, tag or server id)")
     s.add_argument("name")

@@ -293,7 +293,8 @@ class Deployment:
     def path(self) -> str | None:
         return self.bundle.path if self.bundle else None
 
-    def serve(self, port: int | None = None, *, host: str = "127.0.0.1", timeout: float = 90.0):
+    def serve(self, port: int | None = None, *, host: str = "127.0.0.1", timeout: float = 90.0,
+              stable: bool = False):
         """Serve the bundle with ``bentoml serve`` in the background; returns a ServerHandle."""
         from .serve import start
 
@@ -303,7 +304,7 @@ class Deployment:
         t0 = time.perf_counter()
         self._emit(StepEvent("serve", "running"))
         try:
-            self.server = start(self.tag, port=port, host=host, timeout=timeout)
+            self.server = start(self.tag, port=port, host=host, timeout=timeout, stable=stable)
         except NbdeployError as exc:
             self._emit(StepEvent("serve", "failed", time.perf_counter() - t0, exc.message))
             raise

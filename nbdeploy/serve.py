@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import NotFoundError, ServeError
+from .errors import InvalidInputError, NotFoundError, ServeError
 from .paths import servers_dir
 from .schema import validate_tag
 
@@ -67,17 +67,27 @@ class ServerHandle:
     pid: int
     log_path: str
     started: float
+    backend_port: int | None = None   # set for --stable servers: bentoml listens here,
+    proxy_pid: int | None = None      # and nbdeploy.proxy listens on ``port``
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def backend_url(self) -> str:
+        return f"http://{self.host}:{self.backend_port or self.port}"
+
+    @property
+    def stable(self) -> bool:
+        return self.proxy_pid is not None
+
+    @property
     def name(self) -> str:
         return self.tag.split(":")[0]
 
     def is_alive(self) -> bool:
-        return _pid_alive(self.pid)
+        return _pid_alive(self.pid) and (self.proxy_pid is None or _pid_alive(self.proxy_pid))
 
     def health(self) -> str:
         """'ready', 'starting' or 'stopped'."""
@@ -102,7 +112,7 @@ class ServerHandle:
                 raise ServeError(
                     f"The server for {self.tag} exited during start-up. Last log lines:\n{self.logs(25)}",
                     hint="Read the log above; `nbdeploy logs` shows the whole log.")
-            if _http_status(self.url + "/readyz", timeout=2.0) == 200:
+            if _http_status(self.backend_url + "/readyz", timeout=2.0) == 200:
                 return self
             log = self.logs(tail=400)
             if "Application startup failed" in log:
@@ -122,34 +132,22 @@ class ServerHandle:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the whole process group (BentoML drains in-flight requests), then SIGKILL."""
-        if self.is_alive():
-            try:
-                os.killpg(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.is_alive():
-                time.sleep(0.05)
-            if self.is_alive():
-                try:
-                    os.killpg(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        # reap if it is our child, so no zombie stays behind
-        try:
-            os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+        for pid in (self.proxy_pid, self.pid):
+            if pid is not None:
+                _stop_group(pid, timeout)
         self._forget()
 
     def _record(self) -> Path:
         return servers_dir() / f"{self.id}.json"
 
+    def _save(self) -> None:
+        tmp = self._record().with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)), encoding="utf-8")
+        tmp.replace(self._record())
+
     def _forget(self) -> None:
-        try:
-            self._record().unlink()
-        except FileNotFoundError:
-            pass
+        for suffix in (".json", ".proxy.json", ".proxy.ack"):
+            (servers_dir() / f"{self.id}{suffix}").unlink(missing_ok=True)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -164,6 +162,26 @@ class ServerHandle:
         return f"<ServerHandle {self.tag} at {self.url} pid={self.pid}>"
 
 
+def _stop_group(pid: int, timeout: float) -> None:
+    if _pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    try:  # reap if it is our child, so no zombie stays behind
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
 def bentoml_executable() -> list[str]:
     exe = Path(sys.executable).with_name("bentoml")
     if exe.exists():
@@ -172,36 +190,115 @@ def bentoml_executable() -> list[str]:
     return [found] if found else [sys.executable, "-m", "bentoml"]
 
 
-def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout: float = 90.0,
-          wait: bool = True, env: dict | None = None) -> ServerHandle:
-    """Run stock ``bentoml serve TAG`` in the background and wait until ``/readyz`` is 200."""
+def _resolve(tag: str) -> str:
     validate_tag(tag)
     import bentoml
 
     try:
-        bento = bentoml.get(tag)
+        return str(bentoml.get(tag).tag)
     except Exception as exc:
         raise NotFoundError(f"No bundle {tag!r} in the BentoML store.",
                             hint="`nbdeploy list` shows the bundles there are.") from exc
-    tag = str(bento.tag)
+
+
+def _spawn(cmd: list[str], log_path: Path, env: dict | None) -> subprocess.Popen:
+    full_env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=full_env, cwd=str(servers_dir()))
+
+
+def _spawn_bentoml(tag: str, host: str, port: int, log_path: Path, env: dict | None) -> subprocess.Popen:
+    return _spawn([*bentoml_executable(), "serve", tag, "--host", host, "--port", str(port)],
+                  log_path, env)
+
+
+def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout: float = 90.0,
+          wait: bool = True, stable: bool = False, env: dict | None = None) -> ServerHandle:
+    """Run stock ``bentoml serve TAG`` in the background and wait until ``/readyz`` is 200.
+
+    ``stable=True`` puts a small proxy on ``port`` so that :func:`rollout` can later switch
+    the address to another version without failing a request.
+    """
+    tag = _resolve(tag)
     port = port or free_port(host)
     if _http_status(f"http://{host}:{port}/livez", timeout=0.3) is not None:
         raise ServeError(f"Port {port} is already in use.", hint="Pick another port or leave it out.")
-    sid = f"{bento.tag.name}-{port}"
+    name = tag.split(":")[0]
+    sid = f"{name}-{port}"
     log_path = servers_dir() / f"{sid}.log"
-    full_env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", PYTHONUNBUFFERED="1")
-    full_env.update(env or {})
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [*bentoml_executable(), "serve", tag, "--host", host, "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=full_env, cwd=str(servers_dir()))
+    log_path.write_bytes(b"")
+    backend_port = free_port(host) if stable else None
+    proc = _spawn_bentoml(tag, host, backend_port or port, log_path, env)
     handle = ServerHandle(id=sid, tag=tag, host=host, port=port, pid=proc.pid,
-                          log_path=str(log_path), started=time.time())
-    handle._record().write_text(json.dumps(asdict(handle)), encoding="utf-8")
-    if wait:
+                          log_path=str(log_path), started=time.time(), backend_port=backend_port)
+    handle._save()
+    if wait or stable:
         handle.wait_ready(timeout, proc=proc)
+    if stable:
+        state = servers_dir() / f"{sid}.proxy.json"
+        state.write_text(json.dumps({"backend": handle.backend_url}), encoding="utf-8")
+        proxy = _spawn([sys.executable, "-m", "nbdeploy.proxy", "--host", host, "--port", str(port),
+                        "--state", str(state)], log_path, env)
+        handle.proxy_pid = proxy.pid
+        handle._save()
+        deadline = time.monotonic() + 30
+        while _http_status(handle.url + "/readyz") != 200:
+            if proxy.poll() is not None or time.monotonic() > deadline:
+                handle.stop()
+                raise ServeError(f"The stable-address proxy for {tag} did not start.\n{handle.logs(15)}",
+                                 hint="Is the port free? Try another --port.")
+            time.sleep(0.05)
     return handle
+
+
+def rollout(name_or_id: str, tag: str, *, timeout: float = 90.0, drain_s: float = 1.0) -> ServerHandle:
+    """Switch a ``stable`` server to another bundle version with no failed request.
+
+    Starts the new version on a private port, waits for ``/readyz``, points the proxy at it,
+    lets in-flight requests to the old version finish, then stops the old version.
+    """
+    found = find(name_or_id)
+    if not found:
+        raise NotFoundError(f"No running server matches {name_or_id!r}.",
+                            hint="Start one with `nbdeploy serve NAME --stable` first.")
+    old = found[0]
+    if not old.stable:
+        raise InvalidInputError(f"{old.id} was not started with a stable address, so it cannot be "
+                                f"rolled without clients seeing a new URL.",
+                                hint=f"Stop it and start it with `nbdeploy serve {old.name} --stable`.")
+    new_tag = _resolve(tag)
+    if new_tag.split(":")[0] != old.name:
+        raise InvalidInputError(f"Cannot roll {old.name} to a different bundle ({new_tag}).",
+                                hint="Roll to another version of the same name.")
+    new_port = free_port(old.host)
+    log_path = Path(old.log_path)
+    proc = _spawn_bentoml(new_tag, old.host, new_port, log_path, None)
+    new = ServerHandle(id=old.id, tag=new_tag, host=old.host, port=old.port, pid=proc.pid,
+                       log_path=str(log_path), started=time.time(), backend_port=new_port,
+                       proxy_pid=old.proxy_pid)
+    try:
+        ServerHandle(id=f"{old.id}-next", tag=new_tag, host=old.host, port=new_port, pid=proc.pid,
+                     log_path=str(log_path), started=new.started).wait_ready(timeout, proc=proc)
+    except ServeError:
+        raise  # the old version keeps serving
+    state = servers_dir() / f"{old.id}.proxy.json"
+    ack = state.with_suffix(".ack")
+    ack.unlink(missing_ok=True)
+    state.write_text(json.dumps({"backend": new.backend_url}), encoding="utf-8")
+    os.kill(old.proxy_pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not (ack.exists() and ack.read_text() == new.backend_url):
+        if time.monotonic() > deadline:
+            _stop_group(proc.pid, 15)
+            raise ServeError("The proxy did not switch to the new version; the old one keeps serving.",
+                             hint="See `nbdeploy logs`.")
+        time.sleep(0.02)
+    new._save()
+    time.sleep(drain_s)              # requests already sent to the old version finish there
+    _stop_group(old.pid, 30)
+    return new
 
 
 def list_servers() -> list[ServerHandle]:
