@@ -1,0 +1,541 @@
+/**
+ * nbdeploy sidebar: bundles and running servers, with serve / stop / open docs / push / delete,
+ * a detail view (model card + plots) and server logs.  All data comes from the nbdeploy
+ * Jupyter server extension (REST under {baseUrl}nbdeploy/); nothing here talks to BentoML.
+ *
+ * Rendering uses textContent only (never innerHTML with data), so names and messages from the
+ * server cannot inject markup.
+ */
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { Dialog, InputDialog, showDialog } from '@jupyterlab/apputils';
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+import { LabIcon } from '@jupyterlab/ui-components';
+import { Widget } from '@lumino/widgets';
+
+const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
+<path class="jp-icon3" fill="#616161" d="M12 2 3 7v10l9 5 9-5V7l-9-5zm0 2.3 6.6 3.7L12 11.7 5.4 8 12 4.3zM5 9.7l6 3.4v6.6l-6-3.4V9.7zm8 10v-6.6l6-3.4v6.6l-6 3.4z"/>
+</svg>`;
+
+export const nbdeployIcon = new LabIcon({ name: 'nbdeploy:icon', svgstr: ICON_SVG });
+
+// --- REST --------------------------------------------------------------------------------------
+
+export class ApiError extends Error {
+  constructor(
+    public status: number,
+    message: string,
+    public hint?: string
+  ) {
+    super(message);
+  }
+}
+
+interface IBundle {
+  name: string;
+  version: string;
+  tag: string;
+  created: string;
+  size_bytes: number;
+  variant: string | null;
+  framework: string | null;
+  task: string | null;
+}
+
+interface IServer {
+  id: string;
+  name: string;
+  tag: string;
+  url: string;
+  port: number;
+  pid: number;
+  health: 'ready' | 'starting' | 'stopped';
+}
+
+interface ILog {
+  text: string;
+  offset: number;
+  running: boolean;
+}
+
+interface IJob {
+  id: string;
+  kind: string;
+  target: string;
+  status: 'pending' | 'running' | 'done' | 'failed';
+  result: any;
+  error: { error: string; message: string; hint?: string } | null;
+}
+
+const MISSING =
+  'The nbdeploy server extension is not running in this Jupyter server. ' +
+  'Install nbdeploy in the environment Jupyter runs from (pip install nbdeploy), ' +
+  'check `jupyter server extension list`, then restart JupyterLab.';
+
+async function api<T = any>(
+  path: string[],
+  init: RequestInit = {},
+  raw = false,
+  query?: Record<string, string>
+): Promise<T> {
+  const settings = ServerConnection.makeSettings();
+  let url = URLExt.join(settings.baseUrl, 'nbdeploy', ...path.map(encodeURIComponent));
+  if (query) {
+    url += URLExt.objectToQueryString(query);
+  }
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (err) {
+    throw new ApiError(0, `Cannot reach the Jupyter server: ${err}`);
+  }
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    let hint: string | undefined;
+    try {
+      const body = await response.json();
+      message = body.message || message;
+      hint = body.hint;
+    } catch {
+      /* not JSON */
+    }
+    if (response.status === 404 && path[0] === 'info') {
+      throw new ApiError(404, MISSING);
+    }
+    throw new ApiError(response.status, message, hint);
+  }
+  return (raw ? response : await response.json()) as T;
+}
+
+const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
+
+async function waitJob(job: IJob, timeoutMs = 180000): Promise<IJob> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const j = await api<IJob>(['jobs', job.id]);
+    if (j.status === 'done' || j.status === 'failed') {
+      return j;
+    }
+    await sleep(700);
+  }
+  throw new ApiError(0, `${job.kind} of ${job.target} is still running after ${timeoutMs / 1000} s`);
+}
+
+// --- small DOM helpers --------------------------------------------------------------------------
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string> = {},
+  ...children: (Node | string | null | undefined)[]
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') {
+      node.className = v;
+    } else {
+      node.setAttribute(k, v);
+    }
+  }
+  for (const c of children) {
+    if (c !== null && c !== undefined) {
+      node.append(typeof c === 'string' ? document.createTextNode(c) : c);
+    }
+  }
+  return node;
+}
+
+function button(label: string, action: string, onClick: () => void, title = ''): HTMLButtonElement {
+  const b = el('button', {
+    class: `jp-Button jp-mod-styled nbdeploy-btn nbdeploy-btn-${action}`,
+    'data-action': action,
+    title: title || label
+  }, label);
+  b.addEventListener('click', ev => {
+    ev.stopPropagation();
+    onClick();
+  });
+  return b;
+}
+
+function size(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function when(iso: string): string {
+  const d = new Date(iso);
+  return isNaN(d.getTime()) ? iso : d.toLocaleString();
+}
+
+function fmt(v: any): string {
+  if (v === null || v === undefined) return '—';
+  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+  if (typeof v === 'boolean') return v ? 'yes' : 'no';
+  if (typeof v === 'string') return v;
+  return JSON.stringify(v);
+}
+
+/** A key/value table of the scalar fields of an object (nested objects shortened). */
+function kvTable(obj: Record<string, any>, skip: string[] = []): HTMLElement {
+  const table = el('table', { class: 'nbdeploy-kv' });
+  for (const [k, v] of Object.entries(obj)) {
+    if (skip.includes(k) || v === null || v === undefined) continue;
+    let text = fmt(v);
+    if (text.length > 160) text = text.slice(0, 157) + '…';
+    table.append(el('tr', {}, el('th', {}, k), el('td', {}, text)));
+  }
+  return table;
+}
+
+// --- the panel ---------------------------------------------------------------------------------
+
+export class NbdeployPanel extends Widget {
+  private message: HTMLElement;
+  private serversBox: HTMLElement;
+  private bundlesBox: HTMLElement;
+  private detailBox: HTMLElement;
+  private canPush = false;
+  private available = false;
+  private timer: number | undefined;
+  private logTimer: number | undefined;
+  private busy = new Set<string>();
+
+  constructor() {
+    super();
+    this.id = 'nbdeploy-sidebar';
+    this.addClass('nbdeploy-panel');
+    this.title.icon = nbdeployIcon;
+    this.title.caption = 'nbdeploy: bundles and servers';
+
+    const refresh = button('Refresh', 'refresh', () => void this.refresh(), 'Reload bundles and servers');
+    this.message = el('div', { class: 'nbdeploy-message', role: 'status' });
+    this.serversBox = el('div', { class: 'nbdeploy-servers' });
+    this.bundlesBox = el('div', { class: 'nbdeploy-bundles' });
+    this.detailBox = el('div', { class: 'nbdeploy-detail' });
+    this.node.append(
+      el('div', { class: 'nbdeploy-header' }, el('h2', {}, 'nbdeploy'), refresh),
+      this.message,
+      el('h3', {}, 'Running servers'),
+      this.serversBox,
+      el('h3', {}, 'Bundles'),
+      this.bundlesBox,
+      this.detailBox
+    );
+  }
+
+  protected onAfterShow(): void {
+    void this.refresh();
+    this.timer = window.setInterval(() => void this.refreshServers(true), 4000);
+  }
+
+  protected onAfterHide(): void {
+    window.clearInterval(this.timer);
+    window.clearInterval(this.logTimer);
+  }
+
+  dispose(): void {
+    window.clearInterval(this.timer);
+    window.clearInterval(this.logTimer);
+    super.dispose();
+  }
+
+  private say(text: string, kind: 'info' | 'error' | 'ok' = 'info', hint?: string): void {
+    this.message.replaceChildren();
+    if (!text) return;
+    this.message.className = `nbdeploy-message nbdeploy-${kind}`;
+    this.message.append(el('span', {}, text));
+    if (hint) this.message.append(el('div', { class: 'nbdeploy-hint' }, hint));
+  }
+
+  private fail(what: string, err: unknown): void {
+    if (err instanceof ApiError) {
+      this.say(`${what}: ${err.message}`, 'error', err.hint);
+    } else {
+      this.say(`${what}: ${err}`, 'error');
+    }
+  }
+
+  async refresh(): Promise<void> {
+    try {
+      const info = await api<{ push: boolean; version: string }>(['info']);
+      this.available = true;
+      this.canPush = info.push;
+    } catch (err) {
+      this.available = false;
+      this.serversBox.replaceChildren();
+      this.bundlesBox.replaceChildren();
+      this.fail('nbdeploy unavailable', err);
+      this.message.classList.add('nbdeploy-missing');
+      return;
+    }
+    if (this.message.classList.contains('nbdeploy-missing')) this.say('');
+    await Promise.all([this.refreshServers(false), this.refreshBundles()]);
+  }
+
+  private async refreshServers(quiet: boolean): Promise<void> {
+    if (!this.available) return;
+    try {
+      const { servers } = await api<{ servers: IServer[] }>(['servers']);
+      this.renderServers(servers);
+    } catch (err) {
+      if (!quiet) this.fail('Listing servers failed', err);
+    }
+  }
+
+  private async refreshBundles(): Promise<void> {
+    try {
+      const { bundles } = await api<{ bundles: IBundle[] }>(['bundles']);
+      this.renderBundles(bundles);
+    } catch (err) {
+      this.fail('Listing bundles failed', err);
+    }
+  }
+
+  private renderServers(servers: IServer[]): void {
+    if (!servers.length) {
+      this.serversBox.replaceChildren(el('div', { class: 'nbdeploy-empty' }, 'No server running.'));
+      return;
+    }
+    this.serversBox.replaceChildren(
+      ...servers.map(s => {
+        const health = el('span', { class: `nbdeploy-health nbdeploy-health-${s.health}`, title: `health: ${s.health}` }, s.health);
+        const link = el('a', { href: s.url, target: '_blank', rel: 'noopener noreferrer', class: 'nbdeploy-url' }, s.url);
+        return el('div', { class: 'nbdeploy-server', 'data-id': s.id, 'data-tag': s.tag, 'data-health': s.health },
+          el('div', { class: 'nbdeploy-row' }, el('span', { class: 'nbdeploy-name' }, s.tag), health),
+          el('div', { class: 'nbdeploy-row' }, link),
+          el('div', { class: 'nbdeploy-actions' },
+            button('Open docs', 'docs', () => window.open(s.url, '_blank', 'noopener'), `Open the served API docs at ${s.url}`),
+            button('Logs', 'logs', () => void this.showLogs(s.id)),
+            button('Stop', 'stop', () => void this.stop(s), `Stop ${s.id}`)));
+      })
+    );
+  }
+
+  private renderBundles(bundles: IBundle[]): void {
+    if (!bundles.length) {
+      this.bundlesBox.replaceChildren(el('div', { class: 'nbdeploy-empty' },
+        'No bundles yet. In a notebook: nbdeploy.deploy(model, X) or %deploy model --sample X.'));
+      return;
+    }
+    const byName = new Map<string, IBundle[]>();
+    for (const b of bundles) {
+      byName.set(b.name, [...(byName.get(b.name) || []), b]);
+    }
+    const groups: HTMLElement[] = [];
+    for (const [name, versions] of byName) {
+      const items = versions.map((b, i) =>
+        el('li', { class: 'nbdeploy-bundle', 'data-tag': b.tag, 'data-name': b.name },
+          el('div', { class: 'nbdeploy-row' },
+            el('span', { class: 'nbdeploy-version', title: b.tag }, b.version),
+            i === 0 ? el('span', { class: 'nbdeploy-latest' }, 'latest') : null),
+          el('div', { class: 'nbdeploy-meta' },
+            [b.framework, b.task, b.variant].filter(Boolean).join(' · ') + ` · ${size(b.size_bytes)} · ${when(b.created)}`),
+          el('div', { class: 'nbdeploy-actions' },
+            button('Details', 'details', () => void this.showReport(b.tag)),
+            button('Serve', 'serve', () => void this.serve(b.tag), `Start bentoml serve ${b.tag}`),
+            this.pushButton(b.tag),
+            button('Delete', 'delete', () => void this.remove(b.tag), `Delete version ${b.version}`))));
+      groups.push(el('div', { class: 'nbdeploy-group', 'data-name': name },
+        el('div', { class: 'nbdeploy-group-name' }, name, el('span', { class: 'nbdeploy-count' }, ` (${versions.length})`)),
+        el('ul', {}, ...items)));
+    }
+    this.bundlesBox.replaceChildren(...groups);
+  }
+
+  private pushButton(tag: string): HTMLButtonElement {
+    const b = button('Push', 'push', () => void this.push(tag),
+      this.canPush ? `Build an image of ${tag} and push it to a registry` : 'Push is not available in this install');
+    b.disabled = !this.canPush;
+    return b;
+  }
+
+  private async runJob(label: string, path: string[], body: object, key: string): Promise<IJob | null> {
+    if (this.busy.has(key)) return null;
+    this.busy.add(key);
+    try {
+      this.say(`${label}…`);
+      const job = await api<IJob>(path, { method: 'POST', body: JSON.stringify(body) });
+      const done = await waitJob(job);
+      if (done.status === 'failed') {
+        const e = done.error || { message: 'failed', hint: undefined };
+        this.say(`${label} failed: ${e.message}`, 'error', e.hint);
+        return null;
+      }
+      return done;
+    } catch (err) {
+      this.fail(`${label} failed`, err);
+      return null;
+    } finally {
+      this.busy.delete(key);
+    }
+  }
+
+  async serve(tag: string): Promise<void> {
+    const p = this.runJob(`Starting ${tag}`, ['bundles', tag, 'serve'], {}, `serve:${tag}`);
+    void this.refreshServers(true);
+    const done = await p;
+    if (done) this.say(`${done.result.tag} is serving at ${done.result.url}`, 'ok');
+    await this.refreshServers(false);
+  }
+
+  async stop(s: IServer): Promise<void> {
+    const done = await this.runJob(`Stopping ${s.id}`, ['servers', s.id, 'stop'], {}, `stop:${s.id}`);
+    if (done) this.say(`Stopped ${s.id}.`, 'ok');
+    await this.refreshServers(false);
+  }
+
+  async push(tag: string): Promise<void> {
+    const res = await InputDialog.getText({
+      title: `Push ${tag}`,
+      label: 'Image reference (registry/repository:tag)',
+      placeholder: '127.0.0.1:5000/model:1.0'
+    });
+    if (!res.button.accept || !res.value) return;
+    const done = await this.runJob(`Pushing ${tag} to ${res.value}`, ['bundles', tag, 'push'], { ref: res.value }, `push:${tag}`);
+    if (done) this.say(`Pushed ${done.result?.pinned ?? res.value}`, 'ok');
+  }
+
+  async remove(tag: string): Promise<void> {
+    const ok = await showDialog({
+      title: 'Delete bundle version',
+      body: `Delete ${tag} from the BentoML store? This cannot be undone.`,
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
+    });
+    if (!ok.button.accept) return;
+    try {
+      await api(['bundles', tag], { method: 'DELETE' });
+      this.say(`Deleted ${tag}.`, 'ok');
+      this.detailBox.replaceChildren();
+    } catch (err) {
+      this.fail(`Deleting ${tag} failed`, err);
+    }
+    await this.refreshBundles();
+  }
+
+  private closeButton(): HTMLButtonElement {
+    return button('Close', 'close', () => {
+      window.clearInterval(this.logTimer);
+      this.detailBox.replaceChildren();
+    });
+  }
+
+  async showReport(tag: string): Promise<void> {
+    window.clearInterval(this.logTimer);
+    let data: { tag: string; report: any };
+    try {
+      data = await api(['bundles', tag, 'report']);
+    } catch (err) {
+      this.fail(`Reading the report of ${tag} failed`, err);
+      return;
+    }
+    const r = data.report || {};
+    const box = el('div', { class: 'nbdeploy-report', 'data-tag': data.tag },
+      el('div', { class: 'nbdeploy-header' }, el('h3', {}, data.tag), this.closeButton()));
+    box.append(el('div', { class: 'nbdeploy-meta' }, r.description || ''));
+    box.append(kvTable({ framework: r.framework, model: r.model_type, task: r.task, variant: r.chosen_variant,
+      device: r.device, features: r.input_schema?.n_features, created: r.created }));
+
+    if (Array.isArray(r.steps) && r.steps.length) {
+      const t = el('table', { class: 'nbdeploy-steps' },
+        el('tr', {}, el('th', {}, 'step'), el('th', {}, 'state'), el('th', {}, 'summary')));
+      for (const s of r.steps) {
+        t.append(el('tr', { class: `nbdeploy-step-${s.state}` },
+          el('td', {}, String(s.step)), el('td', {}, String(s.state)), el('td', {}, s.summary ? String(s.summary) : '')));
+      }
+      box.append(el('h4', {}, 'Pipeline'), t);
+    }
+    const sections: [string, string, string[]][] = [
+      ['Verification', 'verify', ['tolerance', 'mismatched_rows']],
+      ['Benchmark', 'benchmark', []],
+      ['Quantization', 'optimize', []],
+      ['Quantization', 'quantize', []],
+      ['Explanation', 'explain', []]
+    ];
+    for (const [title, key, skip] of sections) {
+      const v = r[key];
+      if (v && typeof v === 'object') {
+        box.append(el('h4', {}, title), kvTable(v, skip));
+      } else if (v !== undefined && v !== null) {
+        box.append(el('h4', {}, title), el('div', {}, fmt(v)));
+      }
+    }
+    const plots: string[] = r.plots || [];
+    if (plots.length) {
+      box.append(el('h4', {}, 'Plots'));
+      for (const p of plots) {
+        const img = el('img', { class: 'nbdeploy-plot', alt: p, title: p });
+        box.append(el('figure', {}, img, el('figcaption', {}, p)));
+        void this.loadPlot(data.tag, p, img);
+      }
+    }
+    this.detailBox.replaceChildren(box);
+    box.scrollIntoView({ block: 'nearest' });
+  }
+
+  private async loadPlot(tag: string, plot: string, img: HTMLImageElement): Promise<void> {
+    try {
+      const resp = await api<Response>(['bundles', tag, 'plots', plot], {}, true);
+      img.src = URL.createObjectURL(await resp.blob());
+    } catch (err) {
+      img.alt = `${plot}: ${err instanceof Error ? err.message : err}`;
+    }
+  }
+
+  async showLogs(id: string): Promise<void> {
+    window.clearInterval(this.logTimer);
+    let log: ILog;
+    try {
+      log = await api<ILog>(['servers', id, 'logs'], {}, false, { tail: '300' });
+    } catch (err) {
+      this.fail(`Reading the log of ${id} failed`, err);
+      return;
+    }
+    const pre = el('pre', { class: 'nbdeploy-logs' }, log.text);
+    this.detailBox.replaceChildren(el('div', { class: 'nbdeploy-logbox', 'data-id': id },
+      el('div', { class: 'nbdeploy-header' }, el('h3', {}, `Log: ${id}`), this.closeButton()), pre));
+    pre.scrollTop = pre.scrollHeight;
+    let offset = log.offset;
+    if (!log.running) return;
+    // follow the log by polling for the bytes after `offset`
+    this.logTimer = window.setInterval(async () => {
+      try {
+        const r = await api<ILog>(['servers', id, 'logs'], {}, false, { offset: String(offset) });
+        if (r.text) {
+          pre.textContent += r.text;
+          pre.scrollTop = pre.scrollHeight;
+        }
+        offset = r.offset;
+        if (!r.running) window.clearInterval(this.logTimer);
+      } catch {
+        /* transient; the next tick retries */
+      }
+    }, 2000);
+  }
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: 'nbdeploy:sidebar',
+  description: 'nbdeploy bundles and servers in the left sidebar',
+  autoStart: true,
+  optional: [ILayoutRestorer],
+  activate: (app: JupyterFrontEnd, restorer: ILayoutRestorer | null) => {
+    const panel = new NbdeployPanel();
+    app.shell.add(panel, 'left', { rank: 900 });
+    if (restorer) restorer.add(panel, 'nbdeploy-sidebar');
+    app.commands.addCommand('nbdeploy:open', {
+      label: 'Show nbdeploy bundles and servers',
+      execute: () => app.shell.activateById(panel.id)
+    });
+    app.commands.addCommand('nbdeploy:refresh', {
+      label: 'Refresh nbdeploy',
+      execute: () => panel.refresh()
+    });
+  }
+};
+
+export default plugin;
