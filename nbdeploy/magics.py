@@ -99,6 +99,8 @@ def build_parser() -> _Parser:
                         "int8-static or fp16")
     p.add_argument("--explain", "-e", default="shap,lime", metavar="METHODS",
                    help="shap,lime (default), shap, lime or none")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="time budget of the benchmark step (default 20), e.g. --budget 5")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), metavar="DEVICE",
                    help="where the bundle runs: cpu (default) or cuda")
     p.add_argument("--serve", action="store_true",
@@ -322,7 +324,8 @@ class DeployMagics(Magics):
         sample = self._resolve(args.sample, "--sample")
         labels = self._resolve(args.labels, "--labels") if args.labels else None
         d = Deployment(model, sample, labels=labels, name=_unquote(args.name), task=args.task,
-                       quantize=args.quantize, explain=_unquote(args.explain), device=args.device)
+                       quantize=args.quantize, explain=_unquote(args.explain), device=args.device,
+                       **({"benchmark_budget_s": args.budget} if args.budget is not None else {}))
         self.last = d
         self.last_widget = None
         self.deployments.append(d)
