@@ -1,0 +1,163 @@
+"""The JupyterLab sidebar in a real browser: JupyterLab started here, headless Chromium via
+Playwright (tests/browser/drive.js): open the panel, see a bundle made by this test, open its
+report, serve it, see it healthy, stop it.  Screenshots go to test-output/.
+
+Needs: node, Debian's chromium, ``npm ci`` in labextension/ (playwright-core) and the built
+extension (nbdeploy/labextension, made by ``pip install`` or ``python hatch_build.py``).
+Under CI (CI=true) anything missing fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "test-output"
+DRIVER = ROOT / "tests" / "browser" / "drive.js"
+NODE_MODULES = ROOT / "labextension" / "node_modules"
+BUILT = ROOT / "nbdeploy" / "labextension"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+pytestmark = pytest.mark.slow
+
+
+def _require(ok: bool, why: str) -> None:
+    if not ok:
+        if IN_CI:
+            pytest.fail(f"browser test cannot run under CI: {why}")
+        pytest.skip(why)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"jupyter lab exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"jupyter lab did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def browser_bundle(rf_model, breast_cancer):
+    import nbdeploy
+    from nbdeploy import store
+
+    _, X_test, _, _ = breast_cancer
+    nbdeploy.deploy(rf_model, X_test, name="browser-rf", explain="none", quantize="none")
+    tag = store.list_bundles("browser-rf")[0].tag
+    yield tag
+    from nbdeploy.serve import find
+
+    for h in find("browser-rf"):
+        h.stop()
+
+
+@pytest.fixture
+def browser_tools() -> str:
+    """The node executable, once everything the browser test needs is known to be there."""
+    node = shutil.which("node")
+    _require(node is not None, "node is not installed")
+    _require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
+    _require((NODE_MODULES / "playwright-core").is_dir(), "run `npm ci` in labextension/ (playwright-core)")
+    _require((BUILT / "package.json").is_file(),
+             "the labextension is not built (pip install -e . or python hatch_build.py)")
+    return node
+
+
+@pytest.fixture
+def jupyter_lab(browser_tools, tmp_path):
+    """JupyterLab with the nbdeploy server extension and the freshly built labextension."""
+    token = os.urandom(16).hex()
+    port = _free_port()
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    (cfg / "jupyter_server_config.json").write_text(json.dumps(
+        {"ServerApp": {"jpserver_extensions": {"nbdeploy": True}}}))
+    # no "get Jupyter news?" toast over the screenshot
+    (cfg / "labconfig").mkdir()
+    (cfg / "labconfig" / "page_config.json").write_text(json.dumps(
+        {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    # the build output is named after the package: expose it as <dir>/nbdeploy
+    ext_dir = tmp_path / "labextensions"
+    ext_dir.mkdir()
+    (ext_dir / "nbdeploy").symlink_to(BUILT, target_is_directory=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(cfg), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"))
+    log = tmp_path / "lab.log"
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+           f"--LabApp.extra_labextensions_path={ext_dir}", "--LabApp.news_url=",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root
+        cmd.append("--allow-root")
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_http(f"{base}api/status?token={token}", 90, proc, log)
+        # the server extension is there
+        _wait_http(f"{base}nbdeploy/info?token={token}", 10, proc, log)
+        yield base, token, log
+    finally:
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def test_sidebar_serve_and_stop_in_chromium(browser_tools, browser_bundle, jupyter_lab):
+    base, token, log = jupyter_lab
+    OUT.mkdir(exist_ok=True)
+    for old in OUT.glob("nbdeploy-sidebar-*.png"):
+        old.unlink()
+    env = dict(os.environ, LAB_URL=base, LAB_TOKEN=token, BUNDLE_TAG=browser_bundle, SHOT_DIR=str(OUT),
+               CHROMIUM=CHROMIUM, NODE_PATH=str(NODE_MODULES))
+    t0 = time.monotonic()
+    proc = subprocess.run([browser_tools, str(DRIVER)], env=env, capture_output=True, text=True, timeout=420,
+                          cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {"ok": False, "error": "no result"}
+    detail = (f"driver exit {proc.returncode} after {time.monotonic() - t0:.0f} s\n{json.dumps(result, indent=1)}\n"
+              f"driver stderr:\n{proc.stderr[-3000:]}\nlab log:\n{log.read_text()[-3000:]}")
+    assert proc.returncode == 0 and result["ok"], detail
+    assert [s["name"] for s in result["steps"]][-1] == "done", detail
+    assert result["server_url"].startswith("http://127.0.0.1:"), detail
+    assert (OUT / "nbdeploy-sidebar-serving.png").stat().st_size > 10_000
+    # nothing nbdeploy-related broke in the page
+    errors = [e for e in result["console_errors"] if "nbdeploy" in e.lower()]
+    assert not errors, detail
+    from nbdeploy.serve import find
+
+    assert not find(browser_bundle), "the server is still running after Stop"
