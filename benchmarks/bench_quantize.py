@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     makers = {"rf": random_forest, "gbm": gradient_boosting, "mlp": mlp}
     rows = []
+    print(f"load average before: {os.getloadavg()} on {os.cpu_count()} cores (other work slows "
+          "multi-threaded runs most)")
     for key in args.models.split(","):
         name, model, X, y = makers[key]()
         conv = convert(model, X)
@@ -127,6 +129,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    print(f"load average after: {os.getloadavg()}")
     return 0
 
 
