@@ -39,6 +39,23 @@ class OptimizeResult:
     def truncated(self) -> bool:
         return self.benchmark.truncated
 
+    def benchmark_summary(self) -> str:
+        """One line for progress logs: batch-1 latency of native, fp32 and the chosen variant."""
+        def p50(variant):
+            e = self.benchmark.entry(variant, self.provider)
+            p = e.point(1) if e is not None else None
+            return None if p is None else p.p50_ms
+
+        nat, fp32, best = p50("native"), p50("fp32"), p50(self.chosen)
+        parts = []
+        if fp32 is not None:
+            parts.append(f"fp32 p50 {fp32:.3g} ms at batch 1"
+                         + (f" ({nat / fp32:.0f}x faster than native {nat:.3g} ms)" if nat else ""))
+        if self.chosen != "fp32" and best is not None:
+            parts.append(f"{self.chosen} {best:.3g} ms")
+        text = "; ".join(parts) or "nothing measured"
+        return text + (" (truncated at the time budget)" if self.truncated else "")
+
     def to_dict(self) -> dict:
         """JSON-serialisable summary (no models, no numpy types)."""
         return _plain({"chosen": self.chosen, "reason": self.reason, "device": self.device,

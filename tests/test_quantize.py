@@ -244,3 +244,10 @@ def test_cuda_device_without_gpu_is_explicit(mlp):
     e = res.benchmark.entry("fp32", "CUDAExecutionProvider")
     assert e.fallback and "was not available" in res.reason
     assert res.benchmark.entry("fp32", "CPUExecutionProvider") is not None
+
+
+def test_entry_point_importable_from_quantize(mlp_auto):
+    from nbdeploy.quantize import OptimizeResult as R, optimize as opt
+
+    assert opt is optimize and R is OptimizeResult
+    assert "fp32 p50" in mlp_auto[0].benchmark_summary()
