@@ -200,3 +200,34 @@ def test_results_tabs_render_figures_and_row_explanations():
     assert "SHAP, row 0" in html and "-1.5" in html and html.index(">b<") < html.index(">a<")
     assert w.row_output.children[1].value[:4] == b"\x89PNG"
     assert w.row_result["row"] == 0
+
+
+def test_real_results_fill_benchmark_quantization_and_explanation_tabs(iris):
+    from nbdeploy.pipeline import Deployment
+    from nbdeploy.widget import DeployWidget
+
+    model, X, y = iris
+    d = Deployment(model, X[::3], labels=y[::3], name="widget-full", quantize="auto",
+                   explain="shap,lime", benchmark_budget_s=2)
+    w = DeployWidget(d)
+    d.run()
+    w.refresh()
+    assert d.optimized is not None and d.explanation is not None
+    for step in ("benchmark", "quantize", "explain", "bundle"):
+        assert w.step_rows[step].state == "done", (step, w.step_rows[step].summary)
+    assert "p50" in w.benchmark_html.value
+    assert "chosen" in w.quantization_html.value
+    images = [*w.benchmark_plots.children, *w.quantization_plots.children]
+    assert images and all(i.value[:4] == b"\x89PNG" for i in images)
+    assert len(w.explanation_plots.children) >= 2
+    assert w.row_picker.max == len(d.converted.X) - 1
+    w.row_picker.value = 3
+    for method in ("shap", "lime"):
+        w.method_picker.value = method
+        w.explain_button.click()
+        assert w.row_result["row"] == 3 and w.row_result["method"] == method, w.row_output.children
+        assert f"{method.upper()}, row 3" in w.row_output.children[0].value
+    w.row_picker.max = 10_000                     # an out-of-range row is a message, not a crash
+    w.row_picker.value = 9_999
+    w.explain_button.click()
+    assert "out of range" in w.row_output.children[0].value and not w.explain_button.disabled
