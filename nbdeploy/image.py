@@ -459,7 +459,7 @@ def dependency_layer(requirements: Path, *, store: Path, home: Path, platform: s
     with tempfile.TemporaryDirectory(prefix="nbdeploy-deps-") as tmp:
         target = Path(tmp) / "deps"
         cmd = [sys.executable, "-m", "pip", "install", "--target", str(target), "--no-compile",
-               "--no-warn-script-location", "--disable-pip-version-check", "--no-input", "--no-cache-dir",
+               "--no-warn-script-location", "--disable-pip-version-check", "--no-input",
                *_pip_platform_args(platform, python_version), "-r", str(requirements), *pip_args]
         if find_links and find_links.is_dir():
             cmd += ["--find-links", str(find_links)]

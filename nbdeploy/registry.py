@@ -256,9 +256,8 @@ class RegistryClient:
             realm = params.get("realm")
             if not realm:
                 raise RegistryError(f"Registry {self.registry} sent a bearer challenge without a realm.")
-            query = {"service": params["service"]} if params.get("service") else {}
-            if scope:
-                query["scope"] = scope
+            query = [("service", params["service"])] if params.get("service") else []
+            query += [("scope", sc) for sc in scope.split()]
             auth = (self.credentials.username, self.credentials.password) if self.credentials else None
             resp = self._send("GET", realm + ("&" if "?" in realm else "?") + urlencode(query),
                               auth=auth, _allow_auth=False)
@@ -334,6 +333,9 @@ class RegistryClient:
             if rewind is not None:
                 data = rewind()
             resp = self._send(method, url, data=data, headers=hdrs, stream=stream, rewind=rewind)
+            if resp.status_code == 401 and not self.credentials:
+                raise RegistryError(f"Registry {self.registry} requires a login for {method} {urlparse(url).path}.",
+                                    hint=_LOGIN_HINT.format(registry=self.registry))
             if resp.status_code == 401:
                 raise RegistryError(
                     f"Registry {self.registry} rejected the credentials"
@@ -632,8 +634,15 @@ def push_image(image, ref: str | Reference, *, insecure: bool | None = None, cre
             continue
         size = Path(path).stat().st_size
         log.info("uploading %s (%.1f MB) to %s/%s", digest[:19], size / 1e6, r.registry, r.repository)
-        c.upload_blob(r.repository, path, digest, chunk_size=chunk_size,
-                      progress=(lambda done, total, d=digest: progress(d, done, total)) if progress else None)
+        cb = (lambda done, total, d=digest: progress(d, done, total)) if progress else None
+        try:
+            c.upload_blob(r.repository, path, digest, chunk_size=chunk_size, progress=cb)
+        except RegistryError as exc:
+            if exc.message.startswith("Cannot reach"):
+                raise  # the client already retried the connection
+            # An upload session can die with a registry restart: start a fresh one, once.
+            log.info("upload of %s failed (%s); retrying in a new upload session", digest[:19], exc.message)
+            c.upload_blob(r.repository, path, digest, chunk_size=chunk_size, progress=cb)
         uploaded.append(digest)
         nbytes += size
     raw, media = image.manifest_bytes, image.manifest_media_type

@@ -10,6 +10,7 @@ The debootstrap root file system is cached under ``$NBDEPLOY_TEST_CACHE`` (defau
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -312,3 +313,118 @@ def run_bundle(bundle: Path, *, port: int, log_path: Path):
     finally:
         for target in reversed(mounts):
             subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+# --- bearer-token auth: the registry trusts tokens from a small token service ---------------------
+
+class TokenService:
+    """A Docker-style token service (the ``realm`` of a Bearer challenge) on loopback.
+
+    Checks HTTP basic credentials and issues RS256 JWTs that Distribution verifies against
+    ``cert.pem`` (its ``rootcertbundle``). Anonymous callers get pull-only tokens when
+    ``anonymous_pull`` is set.
+    """
+
+    def __init__(self, root: Path, user: str, password: str, *, anonymous_pull: bool = False):
+        import datetime
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nbdeploy-test-token")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(self.key, hashes.SHA256()))
+        self.cert_path = Path(root) / "token-cert.pem"
+        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self._x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+        self.user, self.password, self.anonymous_pull = user, password, anonymous_pull
+        self.requests: list[dict] = []
+        svc = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                from urllib.parse import parse_qs, urlparse
+
+                q = parse_qs(urlparse(self.path).query)
+                auth = self.headers.get("Authorization", "")
+                who = None
+                if auth.startswith("Basic "):
+                    u, _, p = base64.b64decode(auth[6:]).decode().partition(":")
+                    if (u, p) != (svc.user, svc.password):
+                        self.send_response(401)
+                        self.end_headers()
+                        return
+                    who = u
+                svc.requests.append({"user": who, "scope": q.get("scope", []), "service": q.get("service")})
+                access = []
+                for sc in q.get("scope", []):
+                    typ, repo, actions = sc.split(":")
+                    allowed = [a for a in actions.split(",") if who or (svc.anonymous_pull and a == "pull")]
+                    access.append({"type": typ, "name": repo, "actions": allowed})
+                token = svc.sign({"iss": "nbdeploy-test-issuer", "sub": who or "", "aud": q["service"][0],
+                                  "exp": int(time.time()) + 300, "nbf": int(time.time()) - 10,
+                                  "iat": int(time.time()), "jti": os.urandom(8).hex(), "access": access})
+                body = json.dumps({"token": token, "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def sign(self, claims: dict) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        sig = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{b64(sig)}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def token_registry(tmp_path):
+    """A registry with bearer-token auth (like Docker Hub or GHCR); user ``carol``."""
+    need_tools("docker-registry")
+    pytest.importorskip("cryptography")
+    password = "tok-" + os.urandom(8).hex()
+    svc = TokenService(tmp_path, "carol", password, anonymous_pull=True)
+    reg = Registry(tmp_path / "registry")
+    with open(reg.root / "config.yml", "a") as fh:
+        fh.write(textwrap.dedent(f"""\
+            auth:
+              token:
+                realm: {svc.realm}
+                service: nbdeploy-test-registry
+                issuer: nbdeploy-test-issuer
+                rootcertbundle: {svc.cert_path}
+            """))
+    reg.start()
+    reg.user, reg.password, reg.tokens = "carol", password, svc
+    yield reg
+    reg.stop()
+    svc.close()

@@ -226,3 +226,42 @@ def test_push_bento_with_env_credentials_leaks_nothing(auth_registry, bentos, ba
     assert reg.password not in caplog.text and reg.password not in json.dumps(result.to_dict())
     for layer in img.layers[-2:]:
         assert secret not in gzip.decompress(layer.path.read_bytes())
+
+
+def test_bearer_token_auth(token_registry, tmp_path, monkeypatch, caplog):
+    """Bearer challenge -> token service (basic creds) -> JWT; anonymous pull, authenticated push."""
+    reg = token_registry
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    monkeypatch.delenv("NBDEPLOY_REGISTRY_USER", raising=False)
+    monkeypatch.delenv("NBDEPLOY_REGISTRY_PASSWORD", raising=False)
+    caplog.set_level(logging.DEBUG)
+    img = small_image(tmp_path, mb=1)
+    ref = f"{reg.host}/tok/model:1"
+    with pytest.raises(RegistryError, match="requires a login"):
+        push_image(img, ref)  # anonymous: the token only grants pull
+    with pytest.raises(RegistryError, match="refused the credentials") as bad:
+        push_image(img, ref, credentials=("carol", "not-it"))
+    assert "not-it" not in str(bad.value)
+    result = push_image(img, ref, credentials=("carol", reg.password))
+    assert result.digest == img.digest
+    scopes = [s for r in reg.tokens.requests if r["user"] == "carol" for s in r["scope"]]
+    assert "repository:tok/model:pull,push" in scopes
+    # Anonymous pull works with a pull-only token, as with public images on Docker Hub.
+    got = pull(ref, tmp_path / "blobs")
+    assert got.manifest_digest == result.digest
+    assert reg.password not in caplog.text
+
+
+def test_containerize_needs_a_local_builder(tmp_path, monkeypatch):
+    """builder='bentoml' is explicit; without docker/podman/buildah it says what to do instead."""
+    from nbdeploy.registry import containerize, detect_builder
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no builder on PATH
+    assert detect_builder() is None
+    with pytest.raises(RegistryError, match="No local container builder") as ei:
+        push("tiny:v1", "127.0.0.1:1/x:1", builder="bentoml")
+    assert "oci" in ei.value.hint
+    with pytest.raises(InvalidInputError):
+        push("tiny:v1", "127.0.0.1:1/x:1", builder="kaniko")
+    with pytest.raises(InvalidInputError):
+        containerize("tiny:v1", "127.0.0.1:1/x:1", builder="kaniko")
