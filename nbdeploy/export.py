@@ -274,7 +274,8 @@ def _zip_problems(archive: Path) -> tuple[list[tuple[str, str]], set[str]]:
                 target = z.read(info).decode("utf-8", "replace")
                 why = _check_link_target(name, target, hard=False) or \
                     "is a symlink (zip archives may not carry links)"
-            elif why is None and mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            elif why is None and stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                # zip writers often store only permission bits (no file type): those are files
                 why = "is a device file or other special file"
             if why is None and not info.is_dir():
                 total += info.file_size
@@ -291,13 +292,14 @@ def _zip_problems(archive: Path) -> tuple[list[tuple[str, str]], set[str]]:
 
 
 def _archive_kind(archive: Path) -> str:
-    if zipfile.is_zipfile(archive):
-        return "zip"
+    # tar first: is_zipfile() also says yes to a plain tar whose last member is a zip (.npz)
     try:
         if tarfile.is_tarfile(archive):
             return "tar"
     except (OSError, EOFError, tarfile.TarError):
         pass
+    if zipfile.is_zipfile(archive):
+        return "zip"
     raise InvalidInputError(f"{archive.name} is not a bundle archive (neither tar nor zip).",
                             hint="Give a file made by `nbdeploy export` or `bentoml export`.")
 
@@ -330,7 +332,7 @@ def inspect_archive(path: str | os.PathLike) -> list[str]:
 def _extract(archive: Path, dest: Path) -> None:
     """Unpack an archive already passed by :func:`inspect_archive` into ``dest``."""
     dest_real = dest.resolve()
-    if zipfile.is_zipfile(archive):
+    if _archive_kind(archive) == "zip":
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
                 out = (dest / "/".join(_split(info.filename))).resolve()

@@ -1,0 +1,447 @@
+"""Export / import of bundles (issue 10): BentoML archives, self-containment, hostile archives,
+and the real thing: a fresh virtual environment that has never seen nbdeploy serves the bundle
+with stock `bentoml` and answers like the notebook."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nbdeploy
+from nbdeploy.errors import BundleError, InvalidInputError
+from nbdeploy.export import check_bundle, export_bundle, import_bundle, inspect_archive
+
+
+def _has_explanations(d) -> bool:
+    return d.tag is not None and (Path(d.path) / "src" / "model" / "explain").is_dir()
+
+
+@pytest.fixture(scope="module")
+def deployed(rf_model, breast_cancer):
+    _, X_test, _, y_test = breast_cancer
+    kw = dict(labels=y_test, name="export-test", quantize="none", benchmark_budget_s=2.0)
+    try:
+        d = nbdeploy.deploy(rf_model, X_test, explain="shap", **kw)
+    except Exception as exc:  # explanations are optional; the export must not depend on them
+        d = nbdeploy.deploy(rf_model, X_test, explain="none", **kw)
+        d.explain_failure = f"{type(exc).__name__}: {exc}"
+    return d, X_test
+
+
+@pytest.fixture(scope="module")
+def archive(deployed, tmp_path_factory):
+    d, _ = deployed
+    return export_bundle(d.tag, tmp_path_factory.mktemp("export") / "bundle.bento")
+
+
+def _members(path: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(path, "r:*") as tar:
+        return {"/".join(p for p in m.name.split("/") if p not in ("", ".")): m for m in tar}
+
+
+def _read_member(path: Path, name: str) -> bytes:
+    with tarfile.open(path, "r:*") as tar:
+        for m in tar:
+            if "/".join(p for p in m.name.split("/") if p not in ("", ".")) == name:
+                return tar.extractfile(m).read()
+    raise KeyError(name)
+
+
+def _bentoml_cli() -> list[str]:
+    exe = Path(sys.executable).with_name("bentoml")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "bentoml"]
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+def test_export_writes_a_bentoml_archive_that_stock_bentoml_imports(deployed, archive, tmp_path):
+    d, _ = deployed
+    assert archive.is_file() and archive.name == "bundle.bento"
+    with open(archive, "rb") as f:
+        assert f.read(6) == b"\xfd7zXZ\x00"          # BentoML's default: xz tar
+    names = _members(archive)
+    for must in ("bento.yaml", "env/python/requirements.txt", "src/service.py",
+                 "src/model/model.onnx", "src/model/spec.json", "src/model/metadata.json"):
+        assert must in names, must
+    assert not [n for n in names if n.endswith((".pkl", ".pickle", ".joblib"))]
+    assert not [p for p in archive.parent.iterdir() if p.name.startswith(".")], "temp file left"
+    # stock `bentoml import` into another store
+    env = dict(os.environ, BENTOML_HOME=str(tmp_path / "other-store"), BENTOML_DO_NOT_TRACK="true")
+    r = subprocess.run([*_bentoml_cli(), "import", str(archive)], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*_bentoml_cli(), "list", "-o", "json"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert d.tag in {b["tag"] for b in json.loads(r.stdout)}
+
+
+def test_export_refuses_to_overwrite_and_names_files(deployed, archive, tmp_path):
+    d, _ = deployed
+    before = archive.stat().st_mtime_ns, archive.stat().st_size
+    with pytest.raises(InvalidInputError, match="already exists") as e:
+        export_bundle(d.tag, archive)
+    assert "overwrite" in e.value.hint
+    assert (archive.stat().st_mtime_ns, archive.stat().st_size) == before
+    # a folder gets NAME-VERSION.bento; a bare name gets .bento; other formats by suffix
+    name, version = d.tag.split(":")
+    assert export_bundle(d.tag, tmp_path) == tmp_path / f"{name}-{version}.bento"
+    assert export_bundle(d.tag, tmp_path / "plain") == tmp_path / "plain.bento"
+    gz = export_bundle(d.tag, tmp_path / "b.tar.gz")
+    assert tarfile.open(gz, "r:gz").getmember("./bento.yaml")
+    again = export_bundle(d.tag, tmp_path / "plain", overwrite=True)
+    assert again.is_file()
+    with pytest.raises(InvalidInputError, match="Unknown archive type"):
+        export_bundle(d.tag, tmp_path / "b.rar")
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_bundle_is_self_contained(deployed, archive):
+    d, _ = deployed
+    assert check_bundle(d.tag) == []
+    reqs = _read_member(archive, "env/python/requirements.txt").decode().split()
+    names = {r.split("==")[0].lower() for r in reqs}
+    assert all("==" in r for r in reqs), reqs
+    assert {"bentoml", "numpy"} <= names and names & {"onnxruntime", "onnxruntime-gpu"}
+    assert not names & {"nbdeploy", "ipywidgets", "torch", "jupyterlab", "jupyter-server", "ipykernel"}
+    # nothing in the bundle points back at this machine
+    home, tmp = str(Path.home()), tempfile.gettempdir()
+    for name, m in _members(archive).items():
+        if m.isfile() and not name.endswith((".onnx", ".npz", ".npy", ".png")):
+            text = _read_member(archive, name).decode("utf-8", "replace")
+            assert home + "/" not in text and tmp + "/" not in text, name
+
+
+def test_check_bundle_finds_each_problem(deployed, tmp_path):
+    d, _ = deployed
+    bad = tmp_path / "bento"
+    shutil.copytree(d.path, bad)
+    assert check_bundle(bad) == []
+    req = bad / "env" / "python" / "requirements.txt"
+    lines = [ln for ln in req.read_text().splitlines() if not ln.startswith("onnxruntime")]
+    lines = [("numpy>=1.0" if ln.startswith("numpy==") else ln) for ln in lines]
+    req.write_text("\n".join(lines + ["torch==2.5.0", "ipywidgets==8.1.0", "nbdeploy==0.1.0"]) + "\n")
+    (bad / "src" / "model" / "weights.pkl").write_bytes(pickle.dumps({"a": 1}))
+    (bad / "src" / "model" / "innocent.bin").write_bytes(pickle.dumps([1, 2], protocol=4))
+    np.save(bad / "src" / "model" / "objects.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    (bad / "src" / "model" / "paths.json").write_text(json.dumps({"data": str(Path.home() / "data.csv")}))
+    with open(bad / "src" / "service.py", "a") as f:
+        f.write("\nimport torch\nimport pandas\n")
+    problems = "\n".join(check_bundle(bad))
+    for words in ("do not include onnxruntime", "'numpy>=1.0' is not pinned", "include torch",
+                  "include ipywidgets", "include nbdeploy", "weights.pkl is a pickle file",
+                  "innocent.bin starts with a pickle protocol 4 header", "objects.npy is a .npy array",
+                  "paths.json:1 refers to the build machine's path", "imports torch",
+                  "imports pandas but no requirement provides it"):
+        assert words in problems, (words, problems)
+    # export refuses such a bundle unless told otherwise
+    from nbdeploy import export as export_mod
+
+    real = export_mod.check_bundle
+    export_mod.check_bundle = lambda _p: ["requirements do not include onnxruntime"]
+    try:
+        with pytest.raises(BundleError, match="not self-contained"):
+            export_bundle(d.tag, tmp_path / "refused.bento")
+        assert not (tmp_path / "refused.bento").exists()
+        assert export_bundle(d.tag, tmp_path / "forced.bento", check=False).is_file()
+    finally:
+        export_mod.check_bundle = real
+
+
+def test_import_bundle_round_trip(deployed, archive):
+    import bentoml
+
+    d, _ = deployed
+    before = sorted(p.relative_to(d.path).as_posix() for p in Path(d.path).rglob("*") if p.is_file())
+    with pytest.raises(InvalidInputError, match="already in the BentoML store"):
+        import_bundle(archive)
+    bentoml.bentos.delete(d.tag)
+    assert import_bundle(archive) == d.tag
+    path = Path(bentoml.get(d.tag).path)
+    after = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    assert after == before
+    assert check_bundle(d.tag) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile archives (CVE-2026-27905 and friends): refused, nothing written anywhere
+# ---------------------------------------------------------------------------------------------
+BENTO_YAML = (b"service: service:X\nname: evil\nversion: v1\nbentoml_version: 1.4.0\n"
+              b"labels:\n  created-by: nbdeploy\n")
+
+
+class _Marker:
+    """Unpickling this writes a marker file: proves no pickle is ever loaded."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w:xz") -> Path:
+    with tarfile.open(path, mode) as tar:
+        for info, data in [(tarfile.TarInfo("./bento.yaml"), BENTO_YAML)] + members:
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return path
+
+
+def _ti(name: str, kind=tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    t = tarfile.TarInfo(name)
+    t.type, t.linkname, t.mode = kind, linkname, 0o644
+    return t
+
+
+def _hostile(case: str, token: str, outside: Path) -> tuple[list, str]:
+    """Members for one attack and the member name the error must name."""
+    esc = f"escape-{token}.txt"
+    if case == "dotdot":
+        return [(_ti(f"../{esc}"), b"x"), (_ti(f"src/../../../{esc}"), b"x")], f"../{esc}"
+    if case == "absolute":
+        return [(_ti(str(outside / esc)), b"x")], str(outside / esc)
+    if case == "symlink-etc-passwd":
+        return [(_ti("src/passwd", tarfile.SYMTYPE, "/etc/passwd"), None)], "src/passwd"
+    if case == "symlink-outside-then-write-through":
+        return [(_ti("src/out", tarfile.SYMTYPE, str(outside)), None),
+                (_ti(f"src/out/{esc}"), b"x")], "src/out"
+    if case == "symlink-relative-escape":
+        return [(_ti("src/up", tarfile.SYMTYPE, "../../.."), None), (_ti(f"src/up/{esc}"), b"x")], "src/up"
+    if case == "hardlink-outside":
+        return [(_ti("src/hl", tarfile.LNKTYPE, "/etc/passwd"), None)], "src/hl"
+    if case == "device-file":
+        return [(_ti("src/null", tarfile.CHRTYPE), None)], "src/null"
+    if case == "pkl-file":
+        return [(_ti("src/model/model.pkl"), pickle.dumps({"w": [1, 2]}))], "src/model/model.pkl"
+    if case == "pickle-header-under-another-name":
+        payload = pickle.dumps(_Marker(str(outside / f"pwned-{token}")), protocol=4)
+        return [(_ti("src/model/weights.bin"), payload)], "src/model/weights.bin"
+    if case == "joblib-file":
+        return [(_ti("src/model/m.joblib"), b"\x80\x03}q\x00.")], "src/model/m.joblib"
+    raise AssertionError(case)
+
+
+HOSTILE = ["dotdot", "absolute", "symlink-etc-passwd", "symlink-outside-then-write-through",
+           "symlink-relative-escape", "hardlink-outside", "device-file", "pkl-file",
+           "pickle-header-under-another-name", "joblib-file"]
+
+
+def _snapshot(*folders: Path) -> set[str]:
+    out = set()
+    for f in folders:
+        out |= {str(p) for p in f.rglob("*")} if f.is_dir() else set()
+    return out
+
+
+def _store_tags() -> set[str]:
+    import bentoml
+
+    return {str(b.tag) for b in bentoml.bentos.list()}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_tar_is_refused_and_writes_nothing(case, tmp_path, monkeypatch):
+    token = secrets.token_hex(4)
+    outside, work = tmp_path / "outside", tmp_path / "work" / "a" / "b"
+    outside.mkdir()
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)                   # relative escapes would land in tmp_path
+    members, offender = _hostile(case, token, outside)
+    evil = _tar(tmp_path / "evil.bento", members)
+    tags, before = _store_tags(), _snapshot(tmp_path)
+    tmp_before = set(os.listdir(tempfile.gettempdir()))
+    with pytest.raises(InvalidInputError) as e:
+        import_bundle(evil)
+    assert offender in e.value.message, e.value.message
+    assert "Refusing to import" in e.value.message and e.value.hint
+    assert _snapshot(tmp_path) == before
+    assert not any(token in p for p in _snapshot(tmp_path))
+    assert not list(Path(tempfile.gettempdir()).glob(f"*{token}*"))
+    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - tmp_before
+                if n.startswith(("nbdeploy-import-", "bentoml-import-"))]
+    assert _store_tags() == tags
+
+
+def test_hostile_zip_and_npy_are_refused(tmp_path):
+    def z(name: str, data: bytes, *, symlink: bool = False) -> Path:
+        p = tmp_path / f"{secrets.token_hex(3)}.zip"
+        with zipfile.ZipFile(p, "w") as zf:
+            zf.writestr("bento.yaml", BENTO_YAML)
+            info = zipfile.ZipInfo(name)
+            if symlink:
+                info.external_attr = (0o120777 << 16)
+            zf.writestr(info, data)
+        return p
+
+    for archive, offender in [(z("../escape.txt", b"x"), "../escape.txt"),
+                              (z("/abs/escape.txt", b"x"), "/abs/escape.txt"),
+                              (z("src/link", b"/etc/passwd", symlink=True), "src/link"),
+                              (z("src/model/m.pickle", b"x"), "src/model/m.pickle")]:
+        with pytest.raises(InvalidInputError, match="Refusing") as e:
+            import_bundle(archive)
+        assert offender in e.value.message
+    buf = io.BytesIO()
+    np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
+    npz = io.BytesIO()
+    with zipfile.ZipFile(npz, "w") as zf:
+        zf.writestr("arr_0.npy", buf.getvalue())
+    for name, data in [("src/model/a.npy", buf.getvalue()), ("src/model/trees.npz", npz.getvalue())]:
+        evil = _tar(tmp_path / f"{secrets.token_hex(3)}.bento", [(_ti(name), data)])
+        with pytest.raises(InvalidInputError, match="objects") as e:
+            inspect_archive(evil)
+        assert name in e.value.message
+    assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_not_an_archive_or_not_ours(tmp_path):
+    junk = tmp_path / "junk.bento"
+    junk.write_bytes(b"not an archive at all")
+    with pytest.raises(InvalidInputError, match="not a bundle archive"):
+        import_bundle(junk)
+    no_yaml = tmp_path / "noyaml.tar"
+    with tarfile.open(no_yaml, "w") as tar:
+        tar.addfile(_ti("hello.txt", tarfile.REGTYPE), io.BytesIO(b""))
+    with pytest.raises(InvalidInputError, match="no bento.yaml"):
+        import_bundle(no_yaml)
+    theirs = tmp_path / "theirs.bento"
+    with tarfile.open(theirs, "w:xz") as tar:
+        data = BENTO_YAML.replace(b"created-by: nbdeploy", b"owner: someone")
+        info = _ti("bento.yaml")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(InvalidInputError, match="not made by nbdeploy"):
+        import_bundle(theirs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the real thing: another machine, played by a fresh venv and a fresh BENTOML_HOME
+# ---------------------------------------------------------------------------------------------
+def _post(url: str, body) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"bentoml serve not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_fresh_venv_serves_the_exported_bundle_like_the_notebook(deployed, archive, tmp_path):
+    """Issue 10's 'done when': a venv that has never seen nbdeploy, only the bundle's own
+    requirements, a fresh BENTOML_HOME, stock `bentoml import` + `bentoml serve`."""
+    from nbdeploy.serve import free_port
+
+    d, X = deployed
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    timings["venv"] = time.perf_counter() - t0
+    bin_ = venv / "bin"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONSTARTUP")}
+    env.update(VIRTUAL_ENV=str(venv), PATH=f"{bin_}{os.pathsep}{env.get('PATH', '')}",
+               BENTOML_HOME=str(tmp_path / "bentoml-home"), BENTOML_DO_NOT_TRACK="true",
+               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    run = dict(env=env, cwd=str(tmp_path), capture_output=True, text=True)
+
+    # the only thing installed: the bundle's own requirements file, read from the archive
+    req = tmp_path / "requirements.txt"
+    req.write_bytes(_read_member(archive, "env/python/requirements.txt"))
+    t1 = time.perf_counter()
+    r = subprocess.run([str(bin_ / "python"), "-m", "pip", "install", "-q", "--no-compile",
+                        "-r", str(req)], timeout=360, **run)
+    timings["pip install"] = time.perf_counter() - t1
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([str(bin_ / "python"), "-c", "import nbdeploy"], timeout=60, **run)
+    assert r.returncode != 0 and "No module named 'nbdeploy'" in r.stderr, "the venv must not see nbdeploy"
+
+    t2 = time.perf_counter()
+    r = subprocess.run([str(bin_ / "bentoml"), "import", str(archive)], timeout=120, **run)
+    timings["bentoml import"] = time.perf_counter() - t2
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    t3 = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(bin_ / "bentoml"), "serve", d.tag, "--host", "127.0.0.1",
+                                 "--port", str(port)], env=env, cwd=str(tmp_path), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_ready(url, proc, 120, log)
+        timings["serve ready"] = time.perf_counter() - t3
+        rows = np.asarray(X, dtype=np.float64)[:25]
+        status, body = _post(url + "/predict", {"inputs": rows.tolist()})
+        assert status == 200, body
+        expected = d.predict(rows)
+        assert body["predictions"] == np.asarray(expected["predictions"]).tolist()
+        np.testing.assert_allclose(body["probabilities"], expected["probabilities"], atol=1e-6)
+
+        if not _has_explanations(d):
+            why = getattr(d, "explain_failure", "explain='shap' wrote no model/explain/")
+            pytest.skip(f"predictions match; explanations not compared: the bundle has none ({why})")
+        rep = d.explanation
+        n = 5
+        status, ex = _post(url + "/explain", {"inputs": np.asarray(rep.X[:n]).tolist(), "method": "shap"})
+        assert status == 200, ex
+        for i in range(n):
+            mine = rep.explain_row(i, "shap")
+            assert ex["explained_output"][i] == mine["explained_output"]
+            np.testing.assert_allclose(ex["contributions"][i], mine["contributions"], atol=1e-5)
+            np.testing.assert_allclose(ex["base_values"][i], mine["base_value"], atol=1e-5)
+            np.testing.assert_allclose(ex["outputs"][i], mine["output"], atol=1e-5)
+    finally:
+        timings["total"] = time.perf_counter() - t0
+        print("fresh-venv timings (s):", {k: round(v, 1) for k, v in timings.items()})
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        try:  # workers left in the group after the arbiter exits
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
