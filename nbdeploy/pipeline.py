@@ -72,7 +72,7 @@ class Deployment:
                  device: str = "cpu", allow_cpu_fallback: bool = False,
                  tolerance: Tolerance | None = None,
                  quantize_tolerance: float | None = None, benchmark_budget_s: float = 20.0,
-                 feature_names: list[str] | None = None,
+                 feature_names: list[str] | None = None, serving: dict | None = None,
                  progress: Callable[[StepEvent], None] | Iterable[Callable] | None = None):
         from .schema import validate_name
 
@@ -96,6 +96,7 @@ class Deployment:
         self.quantize_tolerance = quantize_tolerance
         self.benchmark_budget_s = benchmark_budget_s
         self.feature_names = feature_names
+        self.serving_overrides = dict(serving or {})
         if progress is None:
             self._listeners: list[Callable] = []
         elif callable(progress):
@@ -249,12 +250,30 @@ class Deployment:
         from .bundle import ServeConfig
 
         hints = getattr(self.optimized, "serving", None) or {}
-        batching = hints.get("batching") or {}
-        return ServeConfig(device=self.device, threads=hints.get("threads", 1) or 1,
+        batching = dict(hints.get("batching") or {})
+        if batching.get("enabled"):
+            # Batching amortises the model call; when one row costs less than ~0.2 ms the HTTP
+            # stack dominates and the thread hop of the batcher would cost more than it saves.
+            entry = self.optimized.benchmark.entry(self.chosen_variant)
+            one = entry.point(1) if entry is not None else None
+            if one is not None and one.p50_ms < 0.2:
+                batching["enabled"] = False
+        config = ServeConfig(device=self.device, threads=hints.get("threads", 1) or 1,
                            allow_cpu_fallback=self.allow_cpu_fallback,
                            batching={"max_batch_size": int(batching.get("max_batch_size", 64)),
                                      "max_latency_ms": float(batching.get("max_latency_ms", 2.0))}
                            if batching.get("enabled") else None)
+        if self.serving_overrides:
+            import dataclasses
+
+            known = {f.name for f in dataclasses.fields(ServeConfig)}
+            unknown = sorted(set(self.serving_overrides) - known)
+            if unknown:
+                raise InvalidInputError(f"Unknown serving option(s) {unknown}.",
+                                        hint=f"Known: {sorted(known)}.", expected=sorted(known),
+                                        received=unknown)
+            config = dataclasses.replace(config, **self.serving_overrides)
+        return config
 
     def _bundle(self, progress) -> str:
         from . import bundle as _bundle

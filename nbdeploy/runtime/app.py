@@ -48,6 +48,7 @@ class Runtime:
         self.load_error: str | None = None
         self._lock = threading.Lock()
         self.drift = None
+        self.batcher = None
         self.explainer = None
         self.started = time.time()
 
@@ -74,6 +75,11 @@ class Runtime:
             self.drift = DriftMonitor.from_bundle(self.model_dir)
         except ImportError:
             self.drift = None
+        batching = self.config.get("batching")
+        if batching:
+            from .batching import Batcher
+
+            self.batcher = Batcher(self.model.run, max_batch_size=int(batching.get("max_batch_size", 64)))
         # one warm-up run so the first request does not pay for lazy initialisation
         self.model.run(np.zeros((1, int(self.spec["n_features"])), dtype=np.float32))
         self.ready = True
@@ -92,6 +98,9 @@ class Runtime:
         meta["versions"] = versions
         meta["serving"] = dict(meta.get("serving") or {}, providers=self.providers,
                                cpu_fallback=self.cpu_fallback,
+                               batching=({"max_batch_size": self.batcher.max_batch_size,
+                                          "batches": self.batcher.batches, "rows": self.batcher.rows}
+                                         if self.batcher else None),
                                ready=self.ready, uptime_s=round(time.time() - self.started, 1),
                                max_rows=self.max_rows)
         if "tag" not in meta:
@@ -99,12 +108,15 @@ class Runtime:
         return meta
 
     # -- request handling --------------------------------------------------------------------
-    def predict(self, body: Any) -> dict:
+    def parse(self, body: Any) -> np.ndarray:
         X = parse_rows(body, n_features=int(self.spec["n_features"]),
                        feature_names=self.spec.get("feature_names"), max_rows=self.max_rows)
         if self.drift is not None:
             self.drift.observe(X)
-        return self.model.predict(X)
+        return X
+
+    def predict(self, body: Any) -> dict:
+        return self.model.predict(self.parse(body))
 
     def explain(self, body: Any) -> dict:
         if self.explainer is None:
@@ -170,8 +182,12 @@ def build_app(runtime: Runtime):
         try:
             body = await read_json(request)
             rows = body.get("inputs") if isinstance(body, dict) else None
-            if isinstance(rows, list) and len(rows) <= 64:
-                out = runtime.predict(body)         # small: cheaper inline than a thread hop
+            small = isinstance(rows, list) and len(rows) <= 64
+            if runtime.batcher is not None and small:
+                X = runtime.parse(body)
+                out = runtime.model.to_json(await runtime.batcher.submit(X))
+            elif small:
+                out = runtime.predict(body)         # cheaper inline than a thread hop
             else:
                 out = await run_in_threadpool(runtime.predict, body)
         except ClientError as exc:

@@ -117,7 +117,10 @@ class OnnxModel:
 
     def predict(self, X: np.ndarray) -> dict:
         """JSON-ready prediction body."""
-        out = self.run(X)
+        return self.to_json(self.run(X))
+
+    def to_json(self, out: dict) -> dict:
+        """Turn :meth:`run`'s arrays into the response body."""
         if self.task == "classifier":
             return {"predictions": out["label"].tolist(),
                     "probabilities": np.round(out["probabilities"], 7).tolist()}
