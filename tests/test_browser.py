@@ -69,6 +69,22 @@ def browser_bundle(rf_model, breast_cancer):
     _, X_test, _, _ = breast_cancer
     nbdeploy.deploy(rf_model, X_test, name="browser-rf", explain="none", quantize="none")
     tag = store.list_bundles("browser-rf")[0].tag
+    plots = store.bundle_dir(tag) / "plots"
+    if not any(plots.glob("*.png")):  # give the detail view a plot to show
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        plots.mkdir(exist_ok=True)
+        fig, ax = plt.subplots(figsize=(4, 2.5), dpi=80)
+        imp = rf_model.feature_importances_
+        order = imp.argsort()[-8:]
+        ax.barh([str(X_test.columns[i]) for i in order], imp[order])
+        ax.set_title("feature importance")
+        fig.tight_layout()
+        fig.savefig(plots / "importance.png")
+        plt.close(fig)
     yield tag
     from nbdeploy.serve import find
 
@@ -137,12 +153,19 @@ def jupyter_lab(browser_tools, tmp_path):
                 continue
 
 
+def _first_plot(tag: str) -> str:
+    from nbdeploy import store
+
+    return sorted(store.read_report(tag)["plots"])[0]
+
+
 def test_sidebar_serve_and_stop_in_chromium(browser_tools, browser_bundle, jupyter_lab):
     base, token, log = jupyter_lab
     OUT.mkdir(exist_ok=True)
     for old in OUT.glob("nbdeploy-sidebar-*.png"):
         old.unlink()
     env = dict(os.environ, LAB_URL=base, LAB_TOKEN=token, BUNDLE_TAG=browser_bundle, SHOT_DIR=str(OUT),
+               EXPECT_PLOT=_first_plot(browser_bundle),
                CHROMIUM=CHROMIUM, NODE_PATH=str(NODE_MODULES))
     t0 = time.monotonic()
     proc = subprocess.run([browser_tools, str(DRIVER)], env=env, capture_output=True, text=True, timeout=420,

@@ -302,6 +302,39 @@ async def test_push_rejects_bad_ref(jp_fetch, bundle):
     assert code in (400, 501)
 
 
+async def test_push_job_wiring(jp_fetch, bundle, monkeypatch):
+    """POST push -> 202 job -> the core's registry.push(tag, ref) runs off the loop; errors map to 502."""
+    from nbdeploy import registry
+    from nbdeploy.errors import RegistryError
+
+    calls = []
+
+    def fake_push(tag, ref, **kw):
+        calls.append((tag, ref, kw))
+        if "broken" in ref:
+            raise RegistryError("registry said no", hint="check the registry")
+        return registry.PushResult(ref, "sha256:" + "0" * 64, ("sha256:" + "1" * 64,), (), 123, 0.1)
+
+    monkeypatch.setattr(registry, "push", fake_push)
+    r = await jp_fetch("nbdeploy", "bundles", bundle, "push", method="POST",
+                       body=json.dumps({"ref": "127.0.0.1:5000/handlers-rf:1", "insecure": True}))
+    assert r.code == 202
+    done = await _wait_job(jp_fetch, _json(r), timeout=30)
+    assert done["status"] == "done" and done["kind"] == "push", done
+    assert done["result"]["pinned"] == "127.0.0.1:5000/handlers-rf:1@sha256:" + "0" * 64
+    assert calls[0][:2] == (bundle, "127.0.0.1:5000/handlers-rf:1") and calls[0][2]["insecure"] is True
+
+    r = await jp_fetch("nbdeploy", "bundles", bundle, "push", method="POST",
+                       body=json.dumps({"ref": "127.0.0.1:5000/broken:1"}))
+    failed = await _wait_job(jp_fetch, _json(r), timeout=30)
+    assert failed["status"] == "failed" and failed["http_status"] == 502
+    assert failed["error"] == {"error": "RegistryError", "message": "registry said no", "hint": "check the registry"}
+
+    code, _ = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "push", method="POST",
+                            body=json.dumps({"ref": "127.0.0.1:5000/x:1", "insecure": "yes"}))
+    assert code == 400
+
+
 async def test_jobs_list(jp_fetch):
     assert isinstance(_json(await jp_fetch("nbdeploy", "jobs"))["jobs"], list)
 

@@ -269,6 +269,8 @@ export class NbdeployPanel extends Widget {
       this.available = false;
       this.serversBox.replaceChildren();
       this.bundlesBox.replaceChildren();
+      this.detailBox.replaceChildren();
+      window.clearInterval(this.logTimer);
       this.fail('nbdeploy unavailable', err);
       this.message.classList.add('nbdeploy-missing');
       return;

@@ -25,7 +25,8 @@ function step(name) {
   });
   let page;
   try {
-    const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+    // JupyterLab registers a service worker; requests it handles would bypass page.route()
+    const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, serviceWorkers: 'block' });
     page = await context.newPage();
     page.on('console', m => { if (m.type() === 'error') consoleErrors.push(m.text()); });
     page.on('pageerror', e => consoleErrors.push(String(e)));
@@ -54,6 +55,15 @@ function step(name) {
       throw new Error(`report does not show verification: ${reportText.slice(0, 300)}`);
     }
 
+    if (process.env.EXPECT_PLOT) {
+      step('see its plot');
+      const img = report.locator(`img.nbdeploy-plot[alt="${process.env.EXPECT_PLOT}"]`);
+      await img.waitFor({ state: 'visible' });
+      await page.waitForFunction(
+        sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; },
+        `.nbdeploy-report img.nbdeploy-plot[alt="${process.env.EXPECT_PLOT}"]`);
+    }
+
     step('serve it');
     await bundle.locator('[data-action="serve"]').click();
     const ready = panel.locator(`.nbdeploy-server[data-tag="${TAG}"][data-health="ready"]`);
@@ -69,6 +79,33 @@ function step(name) {
     await panel.locator(`.nbdeploy-server[data-tag="${TAG}"]`).waitFor({ state: 'detached', timeout: 90000 });
     await panel.locator('.nbdeploy-servers .nbdeploy-empty').waitFor({ state: 'visible' });
     await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-stopped.png') });
+
+    step('a failing action shows its message, as text');
+    const serveUrl = u => /\/nbdeploy\/bundles\/[^/]+\/serve$/.test(u.pathname);
+    await page.route(serveUrl, route => route.fulfill({
+      status: 400, contentType: 'application/json',
+      body: JSON.stringify({ error: 'InvalidInputError', message: '<img src=x class=injected> boom', hint: 'a hint' })
+    }));
+    await bundle.locator('[data-action="serve"]').click();
+    const msg = panel.locator('.nbdeploy-message.nbdeploy-error');
+    await msg.waitFor({ state: 'visible' });
+    const failText = await msg.innerText();
+    if (!failText.includes('boom') || !failText.includes('a hint')) throw new Error(`failure message: ${failText}`);
+    if (await panel.locator('img.injected').count()) throw new Error('server text was rendered as HTML');
+    await page.unroute(serveUrl);
+
+    step('a missing server extension is explained');
+    const anyNbdeploy = u => u.pathname.includes('/nbdeploy/');
+    await page.route(anyNbdeploy, route => route.fulfill({ status: 404, contentType: 'text/html', body: 'Not Found' }));
+    await panel.locator('[data-action="refresh"]').click();
+    const missing = panel.locator('.nbdeploy-message.nbdeploy-missing');
+    await missing.waitFor({ state: 'visible' });
+    const missingText = await missing.innerText();
+    if (!/server extension is not running/.test(missingText)) throw new Error(`missing message: ${missingText}`);
+    await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-missing-extension.png') });
+    await page.unroute(anyNbdeploy);
+    await panel.locator('[data-action="refresh"]').click();
+    await bundle.waitFor({ state: 'visible' });
     step('done');
     console.log(JSON.stringify({ ok: true, steps, server_url: serverUrl, message, console_errors: consoleErrors }));
   } catch (err) {
