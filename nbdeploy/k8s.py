@@ -141,3 +141,31 @@ def write_manifests(manifests: list[dict], path: str | Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(to_yaml(manifests))
     return p
+
+
+def bundle_needs_gpu(bento) -> bool:
+    """True when a bundle was built for CUDA (its model config says ``device: cuda``, or BentoML
+    resources ask for a GPU). ``bento``: a tag, a ``bentoml.Bento`` or a built bento directory."""
+    import json
+
+    import yaml
+
+    from .image import _bento_dir
+
+    d = _bento_dir(bento)
+    cfg = d / "src" / "model" / "config.json"
+    if cfg.exists():
+        try:
+            if json.loads(cfg.read_text()).get("device") == "cuda":
+                return True
+        except ValueError:
+            pass
+    try:
+        meta = yaml.safe_load((d / "bento.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    for svc in meta.get("services") or []:
+        res = ((svc or {}).get("config") or {}).get("resources") or {}
+        if res.get("gpu"):
+            return True
+    return False

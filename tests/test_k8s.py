@@ -90,3 +90,16 @@ def test_names_and_bad_input():
     with pytest.raises(InvalidInputError):
         k8s_manifests("tiny:v1", IMAGE, target_cpu=150)
     assert "kind: HorizontalPodAutoscaler" in to_yaml(k8s_manifests("tiny:v1", IMAGE))
+
+
+def test_bundle_needs_gpu(tmp_path):
+    from nbdeploy.k8s import bundle_needs_gpu
+
+    cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
+    for d, device in ((cpu, "cpu"), (gpu, "cuda")):
+        (d / "src" / "model").mkdir(parents=True)
+        (d / "bento.yaml").write_text("name: m\nversion: v1\nservices:\n- name: S\n  config: {}\n")
+        (d / "src" / "model" / "config.json").write_text('{"device": "%s"}' % device)
+    assert bundle_needs_gpu(cpu) is False and bundle_needs_gpu(gpu) is True
+    (cpu / "bento.yaml").write_text("name: m\nservices:\n- name: S\n  config: {resources: {gpu: 1}}\n")
+    assert bundle_needs_gpu(cpu) is True
