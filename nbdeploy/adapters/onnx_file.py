@@ -30,14 +30,59 @@ def check_external_data(model, base_dir: str | os.PathLike | None) -> None:
                 expected="a file inside " + str(base), received=loc)
 
 
-def load_onnx(path: str | os.PathLike):
-    """Load an ONNX file safely: checked external data, clear errors for corrupt files."""
+_PROBE = """
+import sys
+import onnx
+from nbdeploy.adapters.onnx_file import check_external_data
+path, base = sys.argv[1], sys.argv[2]
+m = onnx.load(path, load_external_data=False)
+check_external_data(m, base)
+onnx.load_external_data_for_model(m, base)
+onnx.checker.check_model(m)
+import onnxruntime
+onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+"""
+
+
+def probe_onnx_file(path: str | os.PathLike, *, timeout: float = 120.0) -> None:
+    """Open an untrusted ONNX file in a throw-away process first.
+
+    A crafted file can crash the protobuf parser or onnxruntime; that must cost a subprocess,
+    not the user's notebook kernel or server.
+    """
+    import subprocess
+    import sys
+
+    p = Path(path)
+    try:
+        r = subprocess.run([sys.executable, "-c", _PROBE, str(p), str(p.parent)], capture_output=True,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise InvalidInputError(f"Loading {str(p)!r} took longer than {timeout:.0f} s.",
+                                hint="The file may be malformed or far too large.") from exc
+    if r.returncode == 0:
+        return
+    last = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
+    if r.returncode < 0:
+        raise InvalidInputError(f"{str(p)!r} crashed the ONNX loader (signal {-r.returncode}); "
+                                f"it is not a valid ONNX model.",
+                                hint="Re-export the model; the file may be truncated or crafted.")
+    if "nbdeploy.errors.InvalidInputError" in last:
+        last = last.split(":", 1)[1].strip()
+    raise InvalidInputError(f"{str(p)!r} is not a valid ONNX model: {last}",
+                            hint="Re-export the model; the file may be truncated or corrupted.")
+
+
+def load_onnx(path: str | os.PathLike, *, probe: bool = True):
+    """Load an ONNX file safely: probed in a subprocess, checked external data, clear errors."""
     import onnx
 
     p = Path(path)
     if not p.is_file():
         raise InvalidInputError(f"ONNX file not found: {str(p)!r}.",
                                 hint="Pass the path of an existing .onnx file.")
+    if probe:
+        probe_onnx_file(p)
     try:
         model = onnx.load(str(p), load_external_data=False)
         check_external_data(model, p.parent)
@@ -140,4 +185,4 @@ class OnnxAdapter(Adapter):
         return self._session.run(X)
 
 
-__all__ = ["OnnxAdapter", "load_onnx", "check_external_data", "np"]
+__all__ = ["OnnxAdapter", "load_onnx", "probe_onnx_file", "check_external_data", "np"]
