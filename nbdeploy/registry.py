@@ -259,6 +259,10 @@ class RegistryClient:
             query = [("service", params["service"])] if params.get("service") else []
             query += [("scope", sc) for sc in scope.split()]
             auth = (self.credentials.username, self.credentials.password) if self.credentials else None
+            rp = urlparse(realm)
+            if auth and rp.scheme != "https" and not is_loopback(rp.netloc) and self.scheme == "https":
+                raise RegistryError(f"Registry {self.registry} asks for credentials over plain HTTP ({rp.netloc}); "
+                                    "refusing to send them.", hint="Use a registry whose token service speaks HTTPS.")
             resp = self._send("GET", realm + ("&" if "?" in realm else "?") + urlencode(query),
                               auth=auth, _allow_auth=False)
             if resp.status_code in (401, 403):
@@ -523,9 +527,11 @@ def select_platform(index: dict, platform: str = "linux/amd64") -> dict:
     want = platform.split("/")
     for desc in index.get("manifests", []):
         p = desc.get("platform") or {}
-        have = [p.get("os"), p.get("architecture")] + ([p["variant"]] if len(want) > 2 and p.get("variant") else [])
-        if have[: len(want)] == want[: len(have)] and have[:2] == want[:2]:
-            return desc
+        if [p.get("os"), p.get("architecture")] != want[:2]:
+            continue
+        if len(want) > 2 and p.get("variant") and p["variant"] != want[2]:
+            continue
+        return desc
     found = sorted({f"{(d.get('platform') or {}).get('os')}/{(d.get('platform') or {}).get('architecture')}"
                     for d in index.get("manifests", [])})
     raise RegistryError(f"The base image has no {platform} variant.", hint=f"It offers: {', '.join(found) or 'none'}.")
