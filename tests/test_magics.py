@@ -39,7 +39,7 @@ def test_deploy_returns_the_deployment_with_text_progress(ip):
     from nbdeploy.pipeline import Deployment
 
     d, out, err = run(ip, "model --sample X[:60] --labels y[:60] --name magic-iris "
-                          "--quantize none --explain none")
+                          "--quantize none --explain none --budget 1")
     assert isinstance(d, Deployment), err
     assert d.name == "magic-iris" and d.tag.startswith("magic-iris:")
     assert d.converted.X.shape == (60, 4)            # the expression X[:60] was evaluated
@@ -54,13 +54,13 @@ def test_deploy_returns_the_deployment_with_text_progress(ip):
 def test_assignment_form_in_a_cell(ip):
     with capture_output():
         res = ip.run_cell("d_cell = %deploy model --sample X --name cell-iris --quantize none "
-                          "--explain none --text")
+                          "--explain none --budget 1 --text")
     assert res.success
     assert ip.user_ns["d_cell"].tag.startswith("cell-iris:")
 
 
 def test_serve_then_list_status_logs_stop(ip):
-    d, out, err = run(ip, "model --sample X[:30] --name served-iris --quantize none --explain none "
+    d, out, err = run(ip, "model --sample X[:30] --name served-iris --quantize none --explain none --budget 1 "
                           "--serve")
     assert d is not None, err
     url = d.server.url
@@ -109,7 +109,7 @@ def assert_one_line_error(result, out, err, *must_contain):
     ("model --sample X_test", ["'X_test'", "not defined", "Candidates in the notebook: X, y"]),
     ("model --sample X_tset[:10]", ["'X_tset'", "not defined"]),
     ("model --sample X --labels why", ["'why'", "not defined"]),
-    ("model --sample X[:, :2] --quantize none --explain none", ["2 features", "expects 4"]),
+    ("model --sample X[:, :2] --quantize none --explain none --budget 1", ["2 features", "expects 4"]),
     ("model --sample X --quantize int4", ["--quantize", "int4"]),
     ("model --sample X --explain magic", ["magic"]),
     ("model --sample X --name 'Not A Name'", ["Not A Name"]),
@@ -128,7 +128,7 @@ def test_mistakes_are_one_line_with_a_hint(ip, line, must_contain):
 
 
 def test_wrong_sample_keeps_the_traceback_available(ip):
-    run(ip, "model --sample X[:, :3] --quantize none --explain none")
+    run(ip, "model --sample X[:, :3] --quantize none --explain none --budget 1")
     _, out, _ = run(ip, "traceback")
     assert "Traceback (most recent call last)" in out and "InvalidInputError" in out
     last, _, _ = run(ip, "last")
@@ -163,7 +163,7 @@ def test_help_explains_every_flag_with_examples(ip):
 
 
 def test_forced_widget_mode_fills_the_widget(ip):
-    d, out, err = run(ip, "model --sample X[:20] --name widget-iris --quantize none --explain none "
+    d, out, err = run(ip, "model --sample X[:20] --name widget-iris --quantize none --explain none --budget 1 "
                           "--widget")
     assert d is not None, err
     w = magics(ip).last_widget

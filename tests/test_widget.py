@@ -23,7 +23,8 @@ def built(iris):
     from nbdeploy.widget import DeployWidget
 
     model, X, y = iris
-    d = Deployment(model, X[:50], labels=y[:50], name="widget-test", quantize="none", explain="none")
+    d = Deployment(model, X[:50], labels=y[:50], name="widget-test", quantize="none", explain="none",
+                   benchmark_budget_s=1)
     w = DeployWidget(d)
     seen = []
     d.add_listener(lambda ev: seen.append((ev.step, ev.state, w.step_rows[ev.step].state)))
@@ -54,7 +55,10 @@ def test_tabs_are_populated(built):
     assert w.tabs.layout.display is None                 # shown once the run ended
     assert "sklearn" in w.summary_html.value and d.tag in w.summary_html.value
     assert "PASS" in w.summary_html.value
-    assert "No benchmark" in w.benchmark_html.value      # quantize/explain were turned off here
+    if d.optimized is not None:                          # quantize="none" still measures fp32
+        assert "p50" in w.benchmark_html.value
+    else:
+        assert "No benchmark" in w.benchmark_html.value
     assert "No explanation" in w.explanation_html.value and w.explain_button.disabled
     assert d.tag in w.bundle_html.value and d.path in w.bundle_html.value
     assert "curl -X POST" in w.curl_snippet and "/predict" in w.curl_snippet
