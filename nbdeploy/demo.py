@@ -42,12 +42,22 @@ def run_demo(*, port: int | None = None, keep_serving: bool = False, progress=No
         print(f"  predictions   {answer['predictions']}  (native model: {native})")
         print(f"  probabilities {[[round(p, 3) for p in r] for r in answer['probabilities']]}")
         print(f"  true labels   {y_test.iloc[:3].tolist()}")
+        if d.explanation is not None:
+            exp = post_json(server.url + "/explain", {"inputs": rows.values[:1].tolist(), "method": "shap"})
+            contrib = exp["contributions"][0]
+            top = sorted(zip(exp["feature_names"], contrib), key=lambda t: -abs(t[1]))[:3]
+            print(f"\nPOST {server.url}/explain (SHAP, {exp['explainer']}, output: P(class "
+                  f"{exp['explained_output'][0]})) for the first row:")
+            print(f"  base value {exp['base_values'][0]:.3f} + contributions = {exp['outputs'][0]:.3f}")
+            for fname, val in top:
+                print(f"  {fname:<24} {val:+.3f}")
         v = d.verify_report
         print(f"\nreport: framework={d.converted.framework} task={d.converted.spec['task']} "
               f"variant={d.chosen_variant}")
         print(f"  verify: {v.summary()}; accuracy native {v.native_metric:.3f} / onnx {v.onnx_metric:.3f}")
         if d.optimized is not None:
-            print(f"  quantize: {d.optimized.chosen} — {d.optimized.reason}")
+            print(f"  benchmark: {d.optimized.benchmark_summary()}")
+            print(f"  quantize: {d.optimized.reason}")
         print(f"  try it: curl -X POST {server.url}/predict -H 'Content-Type: application/json' "
               f"-d '{{\"inputs\": [{rows.values[0].tolist()}]}}'")
         ok = answer["predictions"] == native

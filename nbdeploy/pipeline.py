@@ -218,7 +218,7 @@ class Deployment:
 
         self._run_step("benchmark", run)
         self._emit(StepEvent("quantize", "done", 0.0,
-                             f"chose {self.optimized.chosen}: {self.optimized.reason}"))
+                             self.optimized.reason))
 
     def _explain(self, progress) -> str:
         try:
