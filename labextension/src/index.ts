@@ -204,6 +204,7 @@ export class NbdeployPanel extends Widget {
   private timer: number | undefined;
   private logTimer: number | undefined;
   private busy = new Set<string>();
+  private shownBundles = '';
 
   constructor() {
     super();
@@ -230,7 +231,12 @@ export class NbdeployPanel extends Widget {
 
   protected onAfterShow(): void {
     void this.refresh();
-    this.timer = window.setInterval(() => void this.refreshServers(true), 4000);
+    // servers' health every 4 s, the bundle list every 20 s (new bundles from notebooks)
+    let tick = 0;
+    this.timer = window.setInterval(() => {
+      void this.refreshServers(true);
+      if (++tick % 5 === 0 && this.available) void this.refreshBundles(true);
+    }, 4000);
   }
 
   protected onAfterHide(): void {
@@ -289,12 +295,15 @@ export class NbdeployPanel extends Widget {
     }
   }
 
-  private async refreshBundles(): Promise<void> {
+  private async refreshBundles(quiet = false): Promise<void> {
     try {
       const { bundles } = await api<{ bundles: IBundle[] }>(['bundles']);
+      const key = JSON.stringify(bundles.map(b => b.tag));
+      if (quiet && key === this.shownBundles) return; // keep the DOM (and focus) when nothing changed
+      this.shownBundles = key;
       this.renderBundles(bundles);
     } catch (err) {
-      this.fail('Listing bundles failed', err);
+      if (!quiet) this.fail('Listing bundles failed', err);
     }
   }
 

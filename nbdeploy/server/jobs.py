@@ -48,7 +48,9 @@ class Job:
 class JobManager:
     """Runs callables in a small thread pool and remembers their outcome."""
 
-    def __init__(self, max_workers: int = 2, log=None):
+    def __init__(self, max_workers: int = 6, log=None):
+        # threads mostly wait (on a server start or a registry); enough of them that a stop
+        # never queues behind slow serve or push jobs
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nbdeploy-job")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
