@@ -17,6 +17,7 @@ import pickle
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -142,7 +143,10 @@ class _OpenMarker:
         return (open, (self.marker, "w"))
 
 
-def _raw(method: str, url: str, data: bytes, headers: dict, timeout: float = 20.0) -> int:
+def _raw(method: str, url: str, data: bytes, headers: dict, timeout: float = 20.0,
+         redirects: int = 2) -> int:
+    """Status of one request; a 307/308 redirect (e.g. '/predict/' -> '/predict') is followed
+    with the same method and body, the way a client would replay it."""
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -150,6 +154,11 @@ def _raw(method: str, url: str, data: bytes, headers: dict, timeout: float = 20.
             return r.status
     except urllib.error.HTTPError as e:
         e.read()
+        location = e.headers.get("Location")
+        if e.code in (307, 308) and location and redirects:
+            target = urllib.parse.urljoin(url, location)
+            assert target.startswith(url.split("/", 3)[0] + "//" + url.split("/", 3)[2] + "/"), target
+            return _raw(method, target, data, headers, timeout, redirects - 1)
         return e.code
 
 
