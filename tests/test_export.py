@@ -105,6 +105,8 @@ def test_export_refuses_to_overwrite_and_names_files(deployed, archive, tmp_path
     assert export_bundle(d.tag, tmp_path / "plain") == tmp_path / "plain.bento"
     gz = export_bundle(d.tag, tmp_path / "b.tar.gz")
     assert tarfile.open(gz, "r:gz").getmember("./bento.yaml")
+    for other in (gz, export_bundle(d.tag, tmp_path / "b.zip"), export_bundle(d.tag, tmp_path / "b.tar")):
+        assert "src/model/model.onnx" in inspect_archive(other)   # our own exports pass inspection
     again = export_bundle(d.tag, tmp_path / "plain", overwrite=True)
     assert again.is_file()
     with pytest.raises(InvalidInputError, match="Unknown archive type"):
@@ -406,8 +408,12 @@ def test_fresh_venv_serves_the_exported_bundle_like_the_notebook(deployed, archi
         proc = subprocess.Popen([str(bin_ / "bentoml"), "serve", d.tag, "--host", "127.0.0.1",
                                  "--port", str(port)], env=env, cwd=str(tmp_path), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    family: list = []
     try:
         _wait_ready(url, proc, 120, log)
+        import psutil  # bentoml's own dependency; its workers run in their own process groups
+
+        family = psutil.Process(proc.pid).children(recursive=True)
         timings["serve ready"] = time.perf_counter() - t3
         rows = np.asarray(X, dtype=np.float64)[:25]
         status, body = _post(url + "/predict", {"inputs": rows.tolist()})
@@ -441,7 +447,9 @@ def test_fresh_venv_serves_the_exported_bundle_like_the_notebook(deployed, archi
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-        try:  # workers left in the group after the arbiter exits
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for child in family:  # workers the arbiter did not take down with it
+            try:
+                child.kill()
+            except Exception:
+                pass
+        assert not [c.pid for c in family if c.is_running() and c.status() != "zombie"]
