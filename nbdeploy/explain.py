@@ -45,6 +45,8 @@ SHAP_MODES = {"shap": "auto", "tree": "tree", "treeshap": "tree", "permutation":
               "kernel": "agnostic", "agnostic": "agnostic", "exact": "agnostic"}
 
 DEFAULT_ROWS = {"tree": 500, "agnostic": 50}
+KMEANS_POOL = 5000          # rows fed to k-means for the background summary
+TIME_BUDGET_S = 15.0        # notebook-side model-agnostic SHAP stops adding rows after this
 
 
 def _import(name: str, why: str):
@@ -103,6 +105,23 @@ def _native_output(adapter: Any, Xn: Any, space: str) -> np.ndarray:
         out = m.decision_function(Xn)
     out = np.asarray(out, dtype=np.float64)
     return out.reshape(out.shape[0], -1)
+
+
+def kmeans_background(X: np.ndarray, k: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Summarise rows as ``k`` weighted centroids, like ``shap.kmeans`` (values snapped to the
+    nearest observed value per feature, weights = cluster shares), with one seeded k-means run."""
+    from sklearn.cluster import KMeans
+
+    X = np.asarray(X, dtype=np.float64)
+    km = KMeans(n_clusters=int(k), random_state=int(seed), n_init=1).fit(X)
+    centers = km.cluster_centers_.copy()
+    for j in range(X.shape[1]):
+        col = np.sort(X[:, j])
+        pos = np.clip(np.searchsorted(col, centers[:, j]), 1, len(col) - 1)
+        left, right = col[pos - 1], col[pos]
+        centers[:, j] = np.where(np.abs(centers[:, j] - left) <= np.abs(right - centers[:, j]), left, right)
+    weights = np.bincount(km.labels_, minlength=int(k)).astype(np.float64)
+    return centers.astype(np.float32), weights / weights.sum()
 
 
 def lime_stats(X: np.ndarray, feature_names: list[str], seed: int = 0) -> dict:
@@ -490,11 +509,11 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
         rows = X_all[:n_rows]
         k = int(max_background)
         if len(X_all) > k:
-            shap = shap or _import("shap", "for the k-means background summary")
             report(0.05, f"summarising the background to {k} k-means centroids")
-            summary = shap.kmeans(X_all.astype(np.float64), k)
-            bg = np.asarray(summary.data, dtype=np.float32)
-            w = np.asarray(summary.weights, dtype=np.float64)
+            pool = X_all
+            if len(pool) > KMEANS_POOL:     # k-means cost grows with rows; a seeded subsample is plenty
+                pool = pool[np.random.default_rng(seed).choice(len(pool), KMEANS_POOL, replace=False)]
+            bg, w = kmeans_background(pool, k, seed=seed)
         else:
             bg = X_all.copy()
             w = np.full(len(bg), 1.0 / len(bg))
@@ -508,6 +527,10 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
         else:
             config["output_space"] = "value"
             config["output_names"] = None
+        if config["output_names"] is None:
+            width = onnx.output_matrix(X_all[:1]).shape[1]
+            config["output_names"] = ["value"] if width == 1 and task != "classifier" else \
+                [str(i) if task == "classifier" else f"value_{i}" for i in range(width)]
     if "lime" in served_methods:
         report(0.8 if use_tree else 0.02, "LIME: discretiser statistics")
         config["lime"] = {"discretizer": "quartile", "stats": lime_stats(X_all, names, seed)}
@@ -536,12 +559,14 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
         phi, base, outputs, algo = tree_phi, tree_base, tree_out, "tree"
     else:
         t1 = time.perf_counter()
-        if config["output_names"] is None:
-            config["output_names"] = [str(i) for i in range(onnx.output_matrix(rows[:1]).shape[1])]
-            serve.output_names = config["output_names"]
         chunks = []
         step = max(1, len(rows) // 20)
         for s in range(0, len(rows), step):
+            if s >= 10 and max_rows is None and time.perf_counter() - t1 > TIME_BUDGET_S:
+                notes.append(f"Model-agnostic SHAP stopped after {s} of {len(rows)} rows "
+                             f"({TIME_BUDGET_S:.0f} s budget); pass max_rows= to explain more.")
+                rows = rows[:s]
+                break
             report(0.1 + 0.7 * s / max(1, len(rows)), f"SHAP: rows {s}..{min(len(rows), s + step)}")
             chunks.append(serve.shap_values(rows[s:s + step], seed=seed))
         phi = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros((0, len(names), 1))

@@ -335,7 +335,8 @@ class ServeExplainer:
         self.task = config.get("task", "regressor")
         self.output_space = config.get("output_space", "value")
         self.output_names = [str(n) for n in config.get("output_names") or ["value"]]
-        self.class_names = [str(c) for c in config.get("classes") or []]
+        self.class_names = [str(c) for c in config.get("classes") or []] or (
+            self.output_names if self.output_space == "probability" else [])
         self.methods = list(config.get("methods") or METHODS)
         self.budget = dict(DEFAULT_BUDGET, **(config.get("budget") or {}))
         self.seed = int(config.get("seed", 0))
@@ -540,7 +541,8 @@ class ServeExplainer:
         names = self.class_names
         body.update(explainer="lime", output_space="probability" if self.task == "classifier" else "value",
                     num_samples=int(num_samples or self.budget["lime_samples"]),
-                    explained_output=[str(names[r["label_index"]]) if self.task == "classifier"
+                    explained_output=[(names[r["label_index"]] if r["label_index"] < len(names)
+                                       else str(r["label_index"])) if self.task == "classifier"
                                       else "value" for r in rows],
                     base_values=[r["intercept"] for r in rows],
                     contributions=[r["weights"] for r in rows],
