@@ -197,6 +197,22 @@ class ExplainReport:
         return (f"{self.explainer} SHAP on {len(self.X)} rows ({self.output_space}); top: {top}"
                 + (f"; {len(self.notes)} note(s)" if self.notes else ""))
 
+    def requirements(self) -> list[str]:
+        """Pinned packages the served bundle needs for these explanations (beyond numpy and
+        onnxruntime): shap for TreeSHAP only; lime (with scikit-learn and scipy, which it
+        imports) for LIME.  Model-agnostic SHAP is plain numpy."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        dists = (["shap"] if self.config.get("kind") == "tree" else []) + (
+            ["lime", "scikit-learn", "scipy"] if "lime" in self.methods else [])
+        out = []
+        for d in dists:
+            try:
+                out.append(f"{d}=={version(d)}")
+            except PackageNotFoundError:  # pragma: no cover
+                out.append(d)
+        return out
+
     def explain_row(self, i: int, method: str = "shap") -> dict:
         """One row's explanation, shaped like a single-row ``POST /explain`` answer."""
         if not 0 <= int(i) < len(self.X):

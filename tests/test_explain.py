@@ -279,3 +279,41 @@ def test_bad_methods_rejected(cls_data):
         explain(c, methods=("anchors",))
     with pytest.raises(InvalidInputError):
         explain(c, methods=("tree", "permutation"))
+
+
+def test_lime_from_stored_stats_equals_lime_on_training_rows():
+    """The bundle keeps quartile statistics, not rows; lime gives the very same answer from them."""
+    from lime.lime_tabular import LimeTabularExplainer
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    from nbdeploy.explain import lime_stats
+    from nbdeploy.runtime.explain import lime_explain_row, lime_stats_from_json
+
+    X, y = make_classification(n_samples=150, n_features=6, random_state=0)
+    m = LogisticRegression().fit(X, y)
+    names = [f"f{i}" for i in range(6)]
+    ref = LimeTabularExplainer(X, mode="classification", feature_names=names,
+                               discretize_continuous=True, random_state=4)
+    e = ref.explain_instance(X[3], m.predict_proba, labels=(1,), num_features=6, num_samples=800)
+    stats = lime_stats_from_json(json.loads(json.dumps(lime_stats(X, names))))
+    mine = lime_explain_row(m.predict_proba, X[3], stats, names, mode="classification", label=1,
+                            num_samples=800, seed=4)
+    expected = np.zeros(6)
+    for j, v in e.local_exp[1]:
+        expected[j] = v
+    np.testing.assert_allclose(mine["weights"], expected, atol=1e-12)
+    assert mine["intercept"] == pytest.approx(e.intercept[1], abs=1e-12)
+
+
+def test_requirements_name_what_the_bundle_imports(cls_data):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = cls_data
+    tree = explain(convert(RandomForestClassifier(n_estimators=3).fit(X, y), X), methods=("shap",),
+                   max_rows=5)
+    assert [r.split("==")[0] for r in tree.requirements()] == ["shap"]
+    lin = explain(convert(LogisticRegression().fit(X, y), X), methods=("shap", "lime"), max_rows=2,
+                  max_background=10)
+    assert [r.split("==")[0] for r in lin.requirements()] == ["lime", "scikit-learn", "scipy"]
