@@ -188,3 +188,53 @@ def test_import_stays_light():
             "print([m for m in ('torch', 'shap', 'bentoml', 'ipywidgets') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_in_a_real_kernel_widget_and_one_line_errors(tmp_path, monkeypatch):
+    """nbclient + python3 kernel: the widget is displayed (once), errors are one stderr line."""
+    import os
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
+    cells = [
+        "%load_ext nbdeploy",
+        "from sklearn.datasets import load_iris\n"
+        "from sklearn.linear_model import LogisticRegression\n"
+        "X, y = load_iris(return_X_y=True)\n"
+        "model = LogisticRegression(max_iter=500).fit(X, y)",
+        "d = %deploy model --sample X[:40] --name kernel-iris --quantize none --explain none --budget 1",
+        "assert type(d).__name__ == 'Deployment' and d.tag.startswith('kernel-iris:')\n"
+        "assert d.steps['bundle'].state == 'done'",
+        "%deploy model --sample X[:40] --name kernel-iris --quantize none --explain none --budget 1",
+        "%deploy model --sampel X",
+        "%deploy model --sample X[:, :3] --quantize none --explain none --budget 1",
+        "%deploy modle --sample X",
+        "d",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=180, kernel_name="python3", cwd=str(tmp_path)).execute()
+    out = [c.outputs for c in nb.cells]
+
+    def widgets(outputs):
+        return [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+
+    def stderr(outputs):
+        return "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stderr")
+
+    assert all(o.output_type != "error" for outs in out for o in outs)
+    assert len(widgets(out[2])) == 1 and stderr(out[2]) == ""
+    # a bare %deploy shows its live widget once: no second copy as Out[]
+    assert len(widgets(out[4])) == 1
+    assert not [o for o in out[4] if o.output_type == "execute_result"]
+    for i, text in ((5, "Did you mean --sample"), (6, "expects 4"), (7, "Did you mean model")):
+        lines = stderr(out[i]).strip().splitlines()
+        assert len(lines) == 1 and "Hint:" in lines[0] and text in lines[0], out[i]
+    assert len(widgets(out[6])) == 1        # the failed run's widget shows the error too
+    assert len(widgets(out[8])) == 1        # a Deployment displays as its widget later on
