@@ -355,11 +355,11 @@ class ExplainReport:
         ax = fig.add_subplot(111)
         if r["method"] == "lime":
             labels = [r["rules"][j] for j in order]
-            title = (f"LIME, row {r['row']} ({r['explained_output']}): local prediction "
+            title = (f"LIME, row {r['row']}, output {r['explained_output']!r}: local prediction "
                      f"{r['local_prediction']:.4g}, model {r['output']:.4g}")
         else:
             labels = [f"{self.feature_names[j]} = {r['values'][j]:.4g}" for j in order]
-            title = (f"SHAP, row {r['row']} ({r['explained_output']}): base {r['base_value']:.4g}"
+            title = (f"SHAP, row {r['row']}, output {r['explained_output']!r}: base {r['base_value']:.4g}"
                      f" -> output {r['output']:.4g}")
         ax.barh(labels, contrib[order], color=["#d62728" if v > 0 else "#1f77b4" for v in contrib[order]])
         ax.axvline(0, color="#999", lw=0.8)

@@ -428,15 +428,15 @@ class ServeExplainer:
 
     def lime_row(self, row: np.ndarray, *, label: int | None = None, num_samples: int | None = None,
                  seed: int | None = None) -> dict:
-        """LIME for one row; ``label`` = class index (default: the predicted class)."""
+        """LIME for one row; ``label`` = class index (default: positive class if binary, else predicted)."""
         if self._lime_stats is None:
             raise ClientError(400, "LIME is not enabled in this bundle.", expected=self.methods,
                               received="lime")
         row = np.asarray(row, dtype=np.float32).reshape(1, -1)
         probs = self.model.output_matrix(row)[0]
         classification = self.task == "classifier"
-        if classification and label is None:
-            label = int(np.argmax(probs))
+        if classification and label is None:   # as for SHAP: the positive class, else the predicted one
+            label = 1 if len(probs) == 2 else int(np.argmax(probs))
         out = lime_explain_row(self._lime_predict(), row[0], self._lime_stats, self.feature_names,
                                mode="classification" if classification else "regression",
                                label=label or 0,
@@ -447,7 +447,7 @@ class ServeExplainer:
         return out
 
     def _lime_label(self, request: Any) -> int | None:
-        """Probability column LIME explains: None = the predicted class of each row."""
+        """Probability column LIME explains: None = the default of :meth:`lime_row`."""
         if self.task != "classifier" or request is None or request == "auto":
             return None
         for i, name in enumerate(self.class_names):
