@@ -12,9 +12,10 @@ from IPython.utils.capture import capture_output
 
 @pytest.fixture(scope="module")
 def ip():
-    from IPython.testing.globalipapp import start_ipython
+    from IPython.testing import globalipapp
 
-    shell = start_ipython()
+    globalipapp.start_ipython()          # once per process; later calls return None
+    shell = globalipapp.get_ipython()
     shell.run_line_magic("load_ext", "nbdeploy")
     shell.run_cell(
         "from sklearn.datasets import load_iris\n"
