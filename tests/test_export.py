@@ -36,11 +36,16 @@ def _has_explanations(d) -> bool:
 def deployed(rf_model, breast_cancer):
     _, X_test, _, y_test = breast_cancer
     kw = dict(labels=y_test, name="export-test", quantize="none", benchmark_budget_s=2.0)
-    try:
-        d = nbdeploy.deploy(rf_model, X_test, explain="shap", **kw)
-    except Exception as exc:  # explanations are optional; the export must not depend on them
+    failures = []
+    for explain in ("shap,lime", "shap"):
+        try:
+            d = nbdeploy.deploy(rf_model, X_test, explain=explain, **kw)
+            break
+        except Exception as exc:  # explanations are optional; the export must not depend on them
+            failures.append(f"explain={explain!r}: {type(exc).__name__}: {exc}")
+    else:
         d = nbdeploy.deploy(rf_model, X_test, explain="none", **kw)
-        d.explain_failure = f"{type(exc).__name__}: {exc}"
+    d.explain_failure = "; ".join(failures)
     return d, X_test
 
 
@@ -423,7 +428,7 @@ def test_fresh_venv_serves_the_exported_bundle_like_the_notebook(deployed, archi
         np.testing.assert_allclose(body["probabilities"], expected["probabilities"], atol=1e-6)
 
         if not _has_explanations(d):
-            why = getattr(d, "explain_failure", "explain='shap' wrote no model/explain/")
+            why = d.explain_failure or "explain='shap' wrote no model/explain/"
             pytest.skip(f"predictions match; explanations not compared: the bundle has none ({why})")
         rep = d.explanation
         n = 5
@@ -435,6 +440,15 @@ def test_fresh_venv_serves_the_exported_bundle_like_the_notebook(deployed, archi
             np.testing.assert_allclose(ex["contributions"][i], mine["contributions"], atol=1e-5)
             np.testing.assert_allclose(ex["base_values"][i], mine["base_value"], atol=1e-5)
             np.testing.assert_allclose(ex["outputs"][i], mine["output"], atol=1e-5)
+        if "lime" not in getattr(rep, "methods", ()):
+            pytest.skip(f"SHAP matches; LIME not compared: the bundle has none ({d.explain_failure})")
+        status, ex = _post(url + "/explain", {"inputs": np.asarray(rep.X[:2]).tolist(), "method": "lime"})
+        assert status == 200, ex
+        for i in range(2):  # LIME is seeded per row: the same numbers, not just similar ones
+            mine = rep.explain_row(i, "lime")
+            assert ex["explained_output"][i] == mine["explained_output"]
+            np.testing.assert_allclose(ex["contributions"][i], mine["contributions"], atol=1e-6)
+            np.testing.assert_allclose(ex["base_values"][i], mine["intercept"], atol=1e-6)
     finally:
         timings["total"] = time.perf_counter() - t0
         print("fresh-venv timings (s):", {k: round(v, 1) for k, v in timings.items()})
