@@ -174,7 +174,10 @@ function when(iso: string): string {
 
 function fmt(v: any): string {
   if (v === null || v === undefined) return '—';
-  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+  if (typeof v === 'number') {
+    if (Number.isInteger(v) || Math.abs(v) >= 1000) return Math.round(v).toLocaleString('en-US');
+    return Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(2) : String(Number(v.toPrecision(3)));
+  }
   if (typeof v === 'boolean') return v ? 'yes' : 'no';
   if (typeof v === 'string') return v;
   return JSON.stringify(v);
@@ -190,6 +193,91 @@ function kvTable(obj: Record<string, any>, skip: string[] = []): HTMLElement {
     table.append(el('tr', {}, el('th', {}, k), el('td', {}, text)));
   }
   return table;
+}
+
+const isObj = (v: any): v is Record<string, any> => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+/** Only the scalar fields of an object (arrays of scalars joined), for a compact key/value table. */
+function scalars(obj: any, skip: string[] = []): Record<string, any> {
+  const out: Record<string, any> = {};
+  if (!isObj(obj)) return out;
+  for (const [k, v] of Object.entries(obj)) {
+    if (skip.includes(k) || v === null || v === undefined) continue;
+    if (Array.isArray(v)) {
+      if (v.length && v.every(x => !isObj(x) && !Array.isArray(x))) out[k] = v.map(fmt).join(', ');
+    } else if (!isObj(v)) {
+      out[k] = v;
+    }
+  }
+  return out;
+}
+
+/** A compact table (scrolls sideways in a narrow sidebar rather than wrapping numbers). */
+function table(head: string[], rows: (string | number | boolean | null | undefined)[][]): HTMLElement {
+  const t = el('table', { class: 'nbdeploy-table' }, el('tr', {}, ...head.map(h => el('th', {}, h))));
+  for (const r of rows) {
+    t.append(el('tr', {}, ...r.map(c => el('td', {}, fmt(c)))));
+  }
+  return el('div', { class: 'nbdeploy-scroll' }, t);
+}
+
+const shortProvider = (p: any) => (typeof p === 'string' ? p.replace(/ExecutionProvider$/, '') : p);
+
+/** Verification, benchmark, quantization, serving and explanation summaries of a model card. */
+function reportSections(r: Record<string, any>): HTMLElement[] {
+  const out: HTMLElement[] = [];
+  const section = (title: string, ...body: (HTMLElement | null)[]) => {
+    const kept = body.filter((b): b is HTMLElement => b !== null);
+    if (kept.length) out.push(el('h4', {}, title), ...kept);
+  };
+  const kv = (o: Record<string, any>) => (Object.keys(o).length ? kvTable(o) : null);
+
+  if (isObj(r.verify)) {
+    section('Verification', kv(scalars(r.verify, ['native_metric', 'onnx_metric', 'metric'])));
+  }
+  const opt = isObj(r.optimize) ? r.optimize : {};
+  const bench = isObj(r.benchmark) ? r.benchmark : isObj(opt.benchmark) ? opt.benchmark : null;
+  if (bench && Array.isArray(bench.entries)) {
+    const rows: any[][] = [];
+    for (const e of bench.entries) {
+      if (e.error) {
+        rows.push([e.variant, shortProvider(e.provider), '—', null, String(e.error)]);
+        continue;
+      }
+      // one row and the largest batch: enough to compare variants in a narrow sidebar
+      const pts: any[] = e.points || [];
+      for (const p of pts.length > 2 ? [pts[0], pts[pts.length - 1]] : pts) {
+        rows.push([e.variant, shortProvider(e.provider), p.batch_size, p.p50_ms, p.rows_per_s]);
+      }
+    }
+    section('Benchmark', rows.length ? table(['variant', 'provider', 'batch', 'p50 ms', 'rows/s'], rows) : null);
+  }
+  const quant = isObj(r.quantization) ? r.quantization : isObj(opt.quantization) ? opt.quantization : null;
+  if (quant || opt.chosen) {
+    const variants = quant && Array.isArray(quant.variants) ? quant.variants : [];
+    section('Quantization',
+      kv(scalars({ chosen: opt.chosen ?? r.chosen_variant, reason: opt.reason, provider: opt.provider })),
+      variants.length
+        ? table(['variant', 'status', 'size', 'Δ', 'ok', 'p50 ms'], variants.map((v: any) => [
+          v.name, v.status, typeof v.size_bytes === 'number' ? size(v.size_bytes) : null,
+          v.delta === null || v.delta === undefined ? null : `${fmt(v.delta)} ${v.delta_unit || ''}`,
+          v.within_tolerance, v.latency?.p50_ms_batch1]))
+        : null);
+  }
+  if (isObj(opt.serving)) {
+    const sv = opt.serving;
+    section('Serving', kv(scalars({
+      threads: sv.threads, batching: sv.batching?.enabled, 'max batch': sv.batching?.max_batch_size,
+      'max latency ms': sv.batching?.max_latency_ms, why: sv.batching?.reason ?? sv.threads_reason
+    })));
+  }
+  if (isObj(r.explain)) {
+    const ex = r.explain;
+    const methods = Array.isArray(ex.methods) ? ex.methods.map((m: any) => (isObj(m) ? m.method || m.name : m)) : [];
+    section('Explanation', kv(scalars({ ...scalars(ex, ['feature_names', 'output_names']), methods,
+      seconds: ex.timings?.total_s })));
+  }
+  return out;
 }
 
 // --- the panel ---------------------------------------------------------------------------------
@@ -460,21 +548,7 @@ export class NbdeployPanel extends Widget {
       }
       box.append(el('h4', {}, 'Pipeline'), t);
     }
-    const sections: [string, string, string[]][] = [
-      ['Verification', 'verify', ['tolerance', 'mismatched_rows']],
-      ['Benchmark', 'benchmark', []],
-      ['Quantization', 'optimize', []],
-      ['Quantization', 'quantize', []],
-      ['Explanation', 'explain', []]
-    ];
-    for (const [title, key, skip] of sections) {
-      const v = r[key];
-      if (v && typeof v === 'object') {
-        box.append(el('h4', {}, title), kvTable(v, skip));
-      } else if (v !== undefined && v !== null) {
-        box.append(el('h4', {}, title), el('div', {}, fmt(v)));
-      }
-    }
+    box.append(...reportSections(r));
     const plots: string[] = r.plots || [];
     if (plots.length) {
       box.append(el('h4', {}, 'Plots'));

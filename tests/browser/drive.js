@@ -62,6 +62,9 @@ function step(name) {
       await page.waitForFunction(
         sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; },
         `.nbdeploy-report img.nbdeploy-plot[alt="${process.env.EXPECT_PLOT}"]`);
+      await img.scrollIntoViewIfNeeded();
+      await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-report.png') });
+      await panel.locator('[data-action="refresh"]').scrollIntoViewIfNeeded();
     }
 
     step('serve it');
