@@ -269,6 +269,9 @@ def _zip_problems(archive: Path) -> tuple[list[tuple[str, str]], set[str]]:
         for info in infos:
             name = info.filename
             why = _check_name(name)
+            norm = "/".join(_split(name))
+            if why is None and norm in names and norm:
+                why = "appears twice (a later copy would silently replace the first)"
             mode = info.external_attr >> 16
             if why is None and stat.S_ISLNK(mode):
                 target = z.read(info).decode("utf-8", "replace")

@@ -234,6 +234,9 @@ def _hostile(case: str, token: str, outside: Path) -> tuple[list, str]:
                 (_ti(f"src/out/{esc}"), b"x")], "src/out"
     if case == "symlink-relative-escape":
         return [(_ti("src/up", tarfile.SYMTYPE, "../../.."), None), (_ti(f"src/up/{esc}"), b"x")], "src/up"
+    if case == "symlink-chain":
+        return [(_ti("y", tarfile.SYMTYPE, "."), None), (_ti("x", tarfile.SYMTYPE, "y/.."), None),
+                (_ti(f"x/{esc}"), b"x")], "'x'"
     if case == "hardlink-outside":
         return [(_ti("src/hl", tarfile.LNKTYPE, "/etc/passwd"), None)], "src/hl"
     if case == "device-file":
@@ -249,7 +252,7 @@ def _hostile(case: str, token: str, outside: Path) -> tuple[list, str]:
 
 
 HOSTILE = ["dotdot", "absolute", "symlink-etc-passwd", "symlink-outside-then-write-through",
-           "symlink-relative-escape", "hardlink-outside", "device-file", "pkl-file",
+           "symlink-relative-escape", "symlink-chain", "hardlink-outside", "device-file", "pkl-file",
            "pickle-header-under-another-name", "joblib-file"]
 
 
@@ -300,6 +303,13 @@ def test_hostile_zip_and_npy_are_refused(tmp_path):
             zf.writestr(info, data)
         return p
 
+    dup = tmp_path / "dup.zip"
+    with zipfile.ZipFile(dup, "w") as zf:
+        zf.writestr("bento.yaml", BENTO_YAML)
+        zf.writestr("src/service.py", b"print(1)")
+        zf.writestr("./src/service.py", b"print(2)")
+    with pytest.raises(InvalidInputError, match="appears twice"):
+        import_bundle(dup)
     for archive, offender in [(z("../escape.txt", b"x"), "../escape.txt"),
                               (z("/abs/escape.txt", b"x"), "/abs/escape.txt"),
                               (z("src/link", b"/etc/passwd", symlink=True), "src/link"),
