@@ -1,0 +1,181 @@
+"""Property-based fuzzing of a served bundle's HTTP API from its own OpenAPI document
+(``GET /nbdeploy/openapi.json``) with schemathesis: no 5xx, answers conform to the document,
+for schema-valid and schema-violating inputs alike.  Plus the explicit contract: oversized
+bodies are 413, and a wrong shape, dtype or NaN is a 400 that names expected vs received."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+import nbdeploy
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, settings  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+MAX_BODY = 64 * 1024   # small limits keep generated bodies (and the run) small
+MAX_ROWS = 50
+
+
+@pytest.fixture(scope="module")
+def served(rf_model, breast_cancer):
+    from nbdeploy import bundle
+    from nbdeploy.bundle import ServeConfig
+
+    _, X_test, _, y_test = breast_cancer
+    d = nbdeploy.deploy(rf_model, X_test.iloc[:120], labels=y_test.iloc[:120], name="sec-fuzz",
+                        explain="shap", quantize="none", benchmark_budget_s=2)
+    # the same bundle, rebuilt with small request limits
+    src = bundle.build(name="sec-fuzz", onnx_bytes=d.chosen_model.SerializeToString(),
+                       spec=d.chosen_spec, metadata=d.to_dict(include_bundle=False),
+                       config=ServeConfig(max_rows=MAX_ROWS, max_body_bytes=MAX_BODY),
+                       extra=lambda model_dir: d.explanation.write_artifacts(model_dir))
+    from nbdeploy import serve
+
+    server = serve.start(src.tag)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def api_schema(served):
+    schema = schemathesis.openapi.from_url(served.url + "/nbdeploy/openapi.json", timeout=30)
+    schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+                                    max_examples=50, deterministic=True)
+    return schema
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=50, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+def test_openapi_conformance(case, served):
+    """Every operation of the document: no 5xx, documented status codes, content types and
+    bodies; schema-violating input is rejected with 4xx, valid input is accepted."""
+    case.call_and_validate(base_url=served.url, timeout=30)
+
+
+def test_document_covers_the_routes(served, get):
+    status, doc = get(served.url + "/nbdeploy/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert {"/predict", "/explain", "/metadata", "/drift"} <= set(doc["paths"])
+    inputs = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert inputs["properties"]["inputs"]["maxItems"] == MAX_ROWS
+
+
+# -- explicit checks --------------------------------------------------------------------------
+def _raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    """A POST written by hand on a socket, so the declared length can lie or be absent."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    req = (f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nConnection: close\r\n{head}\r\n").encode()
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall(req)
+        try:
+            if headers.get("Transfer-Encoding") == "chunked":
+                step = 16 * 1024
+                for i in range(0, len(body), step):
+                    chunk = body[i:i + step]
+                    s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                s.sendall(b"0\r\n\r\n")
+            else:
+                s.sendall(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer 413 and close before reading everything
+        data = b""
+        while True:
+            try:
+                part = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not part:
+                break
+            data += part
+    head, _, payload = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        out, rest = b"", payload
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.strip() or b"0", 16)
+            if size == 0:
+                break
+            out, rest = out + rest[:size], rest[size + 2:]
+        payload = out
+    return status, json.loads(payload)
+
+
+def _big_body(n_bytes: int) -> bytes:
+    row = "[" + ",".join(["1.0"] * 30) + "]"
+    n = n_bytes // (len(row) + 1) + 1
+    return ('{"inputs": [' + ",".join([row] * n) + "]}").encode()
+
+
+@pytest.mark.parametrize("route", ["/predict", "/explain"])
+@pytest.mark.parametrize("how", ["content-length", "chunked", "lying-length"])
+def test_oversized_body_is_413(served, route, how):
+    body = _big_body(MAX_BODY * 2)
+    headers = {"Content-Type": "application/json"}
+    if how == "content-length":
+        headers["Content-Length"] = str(len(body))
+    elif how == "chunked":
+        headers["Transfer-Encoding"] = "chunked"
+    else:  # claims to be small but keeps sending: the streamed count must still stop it
+        headers["Content-Length"] = str(len(body))
+        body = body + b" " * MAX_BODY
+    status, out = _raw_post(served.url + route, body, headers)
+    assert status == 413, out
+    assert str(MAX_BODY) in out["message"] and out["hint"]
+
+
+@pytest.mark.parametrize("payload, expected, received, words", [
+    ({"inputs": [[1.0] * 29]}, 30, 29, "30 features"),
+    ({"inputs": [[1.0] * 31, [1.0] * 31]}, 30, 31, "30 features"),
+    ({"inputs": [1.0] * 30}, "list of numbers", "float", "not a list"),
+    ({"inputs": [[[1.0]] * 30]}, "numbers", None, "numbers"),
+    ({"inputs": [["1.0"] * 30]}, "numbers", None, "only numbers"),
+    ({"inputs": [[True] * 30]}, "numbers", None, "only numbers"),
+    ({"inputs": [[None] * 30]}, "numbers", None, "numbers"),
+    ({"inputs": [[1.0] * 30] * (MAX_ROWS + 1)}, f"<= {MAX_ROWS} rows", MAX_ROWS + 1, "Too many rows"),
+    ({"inputs": "1,2,3"}, "list of rows", "str", "list of rows"),
+    ({"inputs": {"a": 1}}, "list of rows", "dict", "list of rows"),
+    ({"rows": [[1.0] * 30]}, "inputs", None, "no 'inputs'"),
+    ([[1.0] * 30], "object", "list", "JSON object"),
+])
+@pytest.mark.parametrize("route", ["/predict", "/explain"])
+def test_wrong_shape_or_dtype_is_400_naming_expected_and_received(served, post, route, payload,
+                                                                 expected, received, words):
+    status, body = post(served.url + route, payload)
+    assert status == 400, body
+    assert words in body["message"], body
+    assert body["expected"] == expected, body
+    if received is not None:
+        assert body["received"] == received, body
+    else:
+        assert body.get("received") not in (None, ""), body
+    assert body["hint"]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e39"])
+@pytest.mark.parametrize("route", ["/predict", "/explain"])
+def test_nan_inf_overflow_is_400(served, post, route, literal):
+    raw = ('{"inputs": [[' + ", ".join(["1.0"] * 29 + [literal]) + "]]}").encode()
+    status, body = post(served.url + route, None, data=raw)
+    assert status == 400, body
+    assert ("NaN" in body["message"] or "overflow" in body["message"]), body
+    assert body["expected"] == "finite numbers" and "1 rows" in body["received"]
+
+
+def test_explain_with_unknown_method_is_400(served, post):
+    status, body = post(served.url + "/explain", {"inputs": [[1.0] * 30], "method": "pickle"})
+    assert status == 400, body
+    assert "pickle" in json.dumps(body.get("received", "")) + body["message"]
