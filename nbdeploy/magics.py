@@ -217,6 +217,22 @@ def _fits(value: Any, what: str) -> bool:
     return hasattr(value, "shape") and hasattr(value, "__len__")
 
 
+def _check_port(port: int, host: str = "127.0.0.1") -> None:
+    import socket
+
+    if not 0 < port < 65536:
+        raise ArgumentError(f"%deploy: --port {port} is not a TCP port.",
+                            hint="Use 1-65535, or leave --port out to get a free one.")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ArgumentError(f"%deploy: port {port} is already in use ({exc.strerror}).",
+                                hint="Leave --port out to get a free one; %deploy list shows the "
+                                     "servers nbdeploy runs.") from exc
+
+
 def _has_widget_frontend(shell) -> bool:
     """True inside a Jupyter kernel (widgets have a frontend); False in terminal IPython."""
     if getattr(shell, "kernel", None) is None:
@@ -320,6 +336,8 @@ class DeployMagics(Magics):
             raise ArgumentError("%deploy: --push is not available in this version of nbdeploy.",
                                 hint="Deploy without --push, then push the bundle with your "
                                      "usual tools (`bentoml containerize TAG`).")
+        if args.port is not None:
+            _check_port(args.port)   # before building, not after a minute of work
         model = self._resolve(args.model, "model")
         sample = self._resolve(args.sample, "--sample")
         labels = self._resolve(args.labels, "--labels") if args.labels else None

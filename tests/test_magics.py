@@ -128,6 +128,21 @@ def test_mistakes_are_one_line_with_a_hint(ip, line, must_contain):
     assert_one_line_error(result, out, err, *must_contain)
 
 
+def test_a_busy_port_fails_before_building(ip):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        before = magics(ip).last
+        result, out, err = run(ip, f"model --sample X --port {port}")
+        assert_one_line_error(result, out, err, f"port {port} is already in use")
+        assert magics(ip).last is before
+    result, out, err = run(ip, "model --sample X --port 70000")
+    assert_one_line_error(result, out, err, "not a TCP port")
+
+
 def test_wrong_sample_keeps_the_traceback_available(ip):
     run(ip, "model --sample X[:, :3] --quantize none --explain none --budget 1")
     _, out, _ = run(ip, "traceback")
