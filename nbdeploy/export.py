@@ -563,8 +563,9 @@ def _problems(root: Path, *, portability: bool = True) -> list[str]:
             m = pat.search(text)
             if m:
                 line = text.count("\n", 0, m.start()) + 1
+                found = re.match(r"[^\s\"'`,;)\]}]*", text[m.start():m.start() + 300]).group(0)
                 problems.append(f"{p.relative_to(root).as_posix()}:{line} refers to the build "
-                                f"machine's path {shown!r}")
+                                f"machine's path {found!r} (under {shown!r})")
                 break
     return problems
 

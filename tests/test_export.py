@@ -171,6 +171,25 @@ def test_check_bundle_finds_each_problem(deployed, tmp_path):
         export_mod.check_bundle = real
 
 
+@pytest.mark.xfail(reason="adapters/onnx_file.py puts the notebook's file path into model_type "
+                          "(metadata.json), so the bundle refers back to the build machine",
+                   strict=False)
+def test_bundle_from_an_onnx_file_does_not_refer_to_its_path(tmp_path):
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X.astype(np.float32)
+    model = LogisticRegression(max_iter=3000).fit(X, y)
+    path = tmp_path / "notebook-dir" / "model.onnx"
+    path.parent.mkdir()
+    path.write_bytes(to_onnx(model, X[:1], options={"zipmap": False}).SerializeToString())
+    d = nbdeploy.deploy(str(path), X[:100], name="export-onnx-file", explain="none",
+                        quantize="none", benchmark_budget_s=1.0)
+    assert check_bundle(d.tag) == []
+
+
 def test_import_bundle_round_trip(deployed, archive):
     import bentoml
 
