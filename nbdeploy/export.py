@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import io
 import os
-import posixpath
 import re
 import secrets
 import shutil
