@@ -105,6 +105,44 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from .registry import push
+
+    result = push(args.tag, args.ref, builder=args.builder, base=args.base,
+                  insecure=True if args.insecure else None)
+    print(result.pinned)
+    return 0
+
+
+def cmd_k8s(args) -> int:
+    from .k8s import bundle_needs_gpu, k8s_manifests, to_yaml, write_manifests
+    from .store import get
+
+    bento = get(args.tag)
+    manifests = k8s_manifests(str(bento.tag), args.image, replicas=args.replicas,
+                              min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                              gpu=bundle_needs_gpu(bento))
+    if args.output:
+        print(f"wrote {write_manifests(manifests, args.output)}")
+    else:
+        print(to_yaml(manifests))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_bundle
+
+    print(f"exported to {export_bundle(args.tag, args.path, overwrite=args.overwrite)}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .export import import_bundle
+
+    print(f"imported {import_bundle(args.path)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
@@ -153,6 +191,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--keep", type=int, default=3)
     s.set_defaults(fn=cmd_prune)
+
+    s = sub.add_parser("push", help="build an OCI image of a bundle (no Docker daemon) and push it")
+    s.add_argument("tag", help="NAME or NAME:VERSION")
+    s.add_argument("ref", help="registry/repository:tag, e.g. ghcr.io/me/churn:1")
+    s.add_argument("--builder", default="oci", choices=["oci", "auto", "bentoml", "docker", "podman", "buildah"])
+    s.add_argument("--base", default=None, help="base image with Python (default python:3.11-slim)")
+    s.add_argument("--insecure", action="store_true", help="allow plain HTTP to a non-loopback registry")
+    s.set_defaults(fn=cmd_push)
+
+    s = sub.add_parser("k8s", help="write Kubernetes manifests (Deployment, Service, HPA) for a pushed image")
+    s.add_argument("tag")
+    s.add_argument("--image", required=True, help="the pushed image reference")
+    s.add_argument("-o", "--output", help="file or folder to write (default: print YAML)")
+    s.add_argument("--replicas", type=int, default=1)
+    s.add_argument("--min-replicas", type=int, default=1)
+    s.add_argument("--max-replicas", type=int, default=5)
+    s.set_defaults(fn=cmd_k8s)
+
+    s = sub.add_parser("export", help="write a bundle as one archive that `bentoml import` reads")
+    s.add_argument("tag")
+    s.add_argument("path")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("import", help="import a bundle archive (checked for path tricks and pickles)")
+    s.add_argument("path")
+    s.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("report", help="print a bundle's model card (JSON)")
     s.add_argument("tag")

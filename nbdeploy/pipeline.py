@@ -317,9 +317,7 @@ class Deployment:
         """Serve the bundle with ``bentoml serve`` in the background; returns a ServerHandle."""
         from .serve import start
 
-        if self.bundle is None:
-            raise NbdeployError("This deployment has no bundle yet.",
-                                hint="Run the pipeline first: nbdeploy.deploy(model, sample).")
+        self._require_bundle()
         t0 = time.perf_counter()
         self._emit(StepEvent("serve", "running"))
         try:
@@ -329,6 +327,54 @@ class Deployment:
             raise
         self._emit(StepEvent("serve", "done", time.perf_counter() - t0, self.server.url))
         return self.server
+
+    def _require_bundle(self) -> None:
+        if self.bundle is None:
+            raise NbdeployError("This deployment has no bundle yet.",
+                                hint="Run the pipeline first: nbdeploy.deploy(model, sample).")
+
+    def push(self, ref: str, **options: Any):
+        """Build an OCI image of the bundle (no Docker daemon needed) and push it to ``ref``.
+
+        Returns a PushResult; ``str(result)`` is ``ref@sha256:...``.  Options go to
+        :func:`nbdeploy.registry.push` (``base``, ``insecure``, ``credentials``, ``builder``).
+        """
+        from .registry import push as _push
+
+        self._require_bundle()
+        t0 = time.perf_counter()
+        self._emit(StepEvent("push", "running", 0.0, f"building the image for {ref}"))
+        user_progress = options.pop("progress", None)
+
+        def progress(digest: str, done: int, total: int) -> None:
+            self._emit(StepEvent("push", "running", time.perf_counter() - t0,
+                                 f"uploading {digest[7:19]}", done / total if total else None))
+            if user_progress:
+                user_progress(digest, done, total)
+
+        try:
+            self.pushed = _push(self.tag, ref, progress=progress, **options)
+        except NbdeployError as exc:
+            self._emit(StepEvent("push", "failed", time.perf_counter() - t0, exc.message))
+            raise
+        self._emit(StepEvent("push", "done", time.perf_counter() - t0, str(self.pushed)))
+        return self.pushed
+
+    def export(self, path: str, *, overwrite: bool = False) -> Path:
+        """Write the bundle as one archive that stock ``bentoml import`` (or ``nbdeploy import``) reads."""
+        from .export import export_bundle
+
+        self._require_bundle()
+        return export_bundle(self.tag, path, overwrite=overwrite)
+
+    def k8s(self, image: str, path: str | None = None, **options: Any):
+        """Kubernetes manifests (Deployment, Service, HPA) for ``image``; written to ``path`` if given."""
+        from .k8s import k8s_manifests, write_manifests
+
+        self._require_bundle()
+        options.setdefault("gpu", self.device == "cuda")
+        manifests = k8s_manifests(self.tag, image, **options)
+        return write_manifests(manifests, path) if path else manifests
 
     def stop(self) -> None:
         """Stop the server this deployment started (if any)."""
@@ -362,6 +408,7 @@ class Deployment:
             "chosen_variant": self.chosen_variant,
             "explain": self.explanation.to_dict() if self.explanation is not None else None,
             "device": self.device,
+            "pushed": self.pushed.to_dict() if self.pushed is not None else None,
             "steps": [e.to_dict() for e in self.steps.values()],
             "versions": _versions(),
         }
@@ -408,7 +455,8 @@ def _versions() -> dict:
 
 
 def deploy(model: Any, sample: Any, *, labels: Any = None, name: str | None = None,
-           serve: bool = False, port: int | None = None, **options: Any) -> Deployment:
+           serve: bool = False, port: int | None = None, push: str | None = None,
+           **options: Any) -> Deployment:
     """Convert, verify, benchmark, quantize, explain and bundle ``model``; optionally serve it.
 
     ``sample`` is a few hundred rows of real input (ndarray or DataFrame); ``labels`` are
@@ -420,6 +468,12 @@ def deploy(model: Any, sample: Any, *, labels: Any = None, name: str | None = No
     d.run()
     if serve:
         d.serve(port=port)
+    else:
+        d._skip("serve", "not requested")
+    if push:
+        d.push(push)
+    else:
+        d._skip("push", "not requested")
     return d
 
 
