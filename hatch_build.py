@@ -96,6 +96,15 @@ def build_labextension(root: Path, log=print) -> None:
 class LabextensionBuildHook(BuildHookInterface):
     PLUGIN_NAME = "custom"
 
+    def dependencies(self) -> list[str]:
+        # In an isolated build (pip's default) the target environment's JupyterLab is usually not
+        # installed yet; the extension is built against JupyterLab's core packages, so ask for it.
+        if self.target_name != "wheel" or os.environ.get("NBDEPLOY_SKIP_LABEXTENSION"):
+            return []
+        if labextension_is_stale(Path(self.root)) and not os.environ.get("JUPYTERLAB_STAGING"):
+            return ["jupyterlab>=4.2,<5"]
+        return []
+
     def initialize(self, version: str, build_data: dict) -> None:
         if self.target_name != "wheel":
             return
