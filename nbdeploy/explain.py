@@ -493,7 +493,9 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
                 space = "probability"
             elif task == "classifier":
                 space = "log_odds" if tree_phi.shape[2] == 1 else "margin"
-            else:
+            elif adapter.framework == "sklearn":
+                space = "value"
+            else:   # boosters: the margin is the value unless the objective has a link (poisson, ...)
                 margin = _native_output(adapter, Xn, "margin")
                 value = _native_output(adapter, Xn, "value")
                 space = "value" if np.allclose(margin, value, rtol=1e-5, atol=1e-5) else "margin"
@@ -509,10 +511,14 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
             else:
                 config["output_names"] = ["value"] if tree_phi.shape[2] == 1 else \
                     [f"value_{i}" for i in range(tree_phi.shape[2])]
-            if space in ("log_odds", "margin"):
+            if space in ("log_odds", "margin") and task == "classifier":
                 notes.append(f"TreeSHAP explains {adapter.model_type} in margin space "
                              f"({space}: apply the {'sigmoid' if space == 'log_odds' else 'softmax'} "
                              "to base + sum(SHAP) to get probabilities).")
+            elif space == "margin":
+                notes.append(f"TreeSHAP explains {adapter.model_type} in margin space (before the "
+                             "objective's inverse link, e.g. exp for Poisson): apply it to base + "
+                             "sum(SHAP) to get predictions.")
             if space in ("probability", "value"):
                 diff = float(np.max(np.abs(onnx.output_matrix(rows) - native))) if len(rows) else 0.0
                 if diff > 1e-4:

@@ -93,14 +93,30 @@ def test_multiclass_xgboost_base_offset_fixed(cls_data):
     assert rep.serve_agreement < 1e-5
 
 
-def test_regressor_tree_value_space(reg_data):
+@pytest.mark.parametrize("kind", ["lightgbm", "sklearn-gbm", "sklearn-forest"])
+def test_regressor_tree_value_space(reg_data, kind):
     import lightgbm
+    from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
 
     X, y = reg_data
-    m = lightgbm.LGBMRegressor(n_estimators=10, verbose=-1).fit(X, y)
+    m = {"lightgbm": lambda: lightgbm.LGBMRegressor(n_estimators=10, verbose=-1),
+         "sklearn-gbm": lambda: GradientBoostingRegressor(n_estimators=10, random_state=0),
+         "sklearn-forest": lambda: RandomForestRegressor(n_estimators=5, random_state=0)}[kind]().fit(X, y)
     rep = explain(convert(m, X), methods=("shap",), max_rows=30)
     assert rep.explainer == "tree" and rep.output_space == "value"
     np.testing.assert_allclose(rep.outputs[:, 0], m.predict(X[:30]), rtol=1e-6, atol=1e-6)
+    _additive(rep)
+    assert rep.serve_agreement < 1e-6 * max(1.0, float(np.abs(rep.outputs).max()))
+
+
+def test_poisson_booster_is_explained_in_margin_space(reg_data):
+    import lightgbm
+
+    X, y = reg_data
+    m = lightgbm.LGBMRegressor(n_estimators=10, objective="poisson", verbose=-1).fit(X, np.abs(y) + 1)
+    rep = explain(convert(m, X), methods=("shap",), max_rows=20)
+    assert rep.output_space == "margin" and "inverse link" in " ".join(rep.notes)
+    np.testing.assert_allclose(np.exp(rep.outputs[:, 0]), m.predict(X[:20]), rtol=1e-6)
     _additive(rep)
 
 
