@@ -299,7 +299,8 @@ class ExplainReport:
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
         for name, fig in self.figures(row=row).items():
-            FigureCanvasAgg(fig)
+            if not isinstance(fig.canvas, FigureCanvasAgg):
+                FigureCanvasAgg(fig)
             path = directory / f"{name}.png"
             fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
             fig.clf()
@@ -308,9 +309,22 @@ class ExplainReport:
 
     @staticmethod
     def _figure(height: float):
+        """A pyplot-free Figure (no global state to leak) that still displays in Jupyter."""
+        import io
+
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        return Figure(figsize=(7.0, max(2.5, height)))
+        fig = Figure(figsize=(7.0, max(2.5, height)))
+        FigureCanvasAgg(fig)
+
+        def _repr_png_() -> bytes:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+            return buf.getvalue()
+
+        fig._repr_png_ = _repr_png_
+        return fig
 
     def _fig_importance(self, max_display: int):
         imp = self.global_importance()[:max_display][::-1]

@@ -277,6 +277,7 @@ def test_plots_are_png(cls_data, tmp_path):
                   max_rows=30)
     figs = rep.figures()
     assert {"shap_importance", "shap_summary", "shap_row_0", "lime_row_0"} <= set(figs)
+    assert figs["shap_summary"]._repr_png_().startswith(PNG)      # displays in Jupyter as is
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)     # e.g. "FigureCanvasAgg is non-interactive"
         paths = rep.save_plots(tmp_path / "plots")
