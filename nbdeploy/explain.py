@@ -481,9 +481,14 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
                     "methods": served_methods, "seed": int(seed), "budget": budget}
     artifacts: dict = {}
     tree_phi = tree_base = tree_out = None
-    shap = None
     if use_tree:
-        shap = _import("shap", "for SHAP explanations")
+        try:
+            import shap
+        except ImportError:
+            use_tree = False
+            notes.append("TreeSHAP needs the 'shap' package (pip install 'nbdeploy[explain]'); used "
+                         "model-agnostic SHAP over the ONNX model instead.")
+    if use_tree:
         report(0.05, "TreeSHAP: parsing the trees")
         try:
             te = shap.TreeExplainer(adapter.model)

@@ -64,7 +64,6 @@ DEFAULT_BUDGET = {
 }
 
 _TREE_INT_KEYS = ("children_left", "children_right", "children_default", "features")
-_TREE_FLOAT_KEYS = ("thresholds", "values", "node_sample_weight")
 
 
 # ---------------------------------------------------------------------------------------
