@@ -332,6 +332,13 @@ async def test_push_job_wiring(jp_fetch, bundle, monkeypatch):
     code, _ = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "push", method="POST",
                             body=json.dumps({"ref": "127.0.0.1:5000/x:1", "insecure": "yes"}))
     assert code == 400
+    code, _ = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "push", method="POST",
+                            body=json.dumps({"ref": "127.0.0.1:5000/x:1", "base": 5}))
+    assert code == 400
+    r = await jp_fetch("nbdeploy", "bundles", bundle, "push", method="POST",
+                       body=json.dumps({"ref": "127.0.0.1:5000/x:1", "base": "127.0.0.1:5000/python:3.11"}))
+    await _wait_job(jp_fetch, _json(r), timeout=30)
+    assert calls[-1][2]["base"] == "127.0.0.1:5000/python:3.11"
 
 
 async def test_jobs_list(jp_fetch):
@@ -426,3 +433,30 @@ def test_openapi_documents_every_route():
             if m in handler.__dict__:
                 entry = next(v for p, v in spec["paths"].items() if re.sub(r"\{[^}]+\}", "{}", p) == norm)
                 assert m in entry, (templ, m)
+
+
+def test_openapi_is_valid():
+    validator = pytest.importorskip("openapi_spec_validator")
+    import yaml
+
+    spec = yaml.safe_load((Path(__import__("nbdeploy.server").server.__file__).parent / "openapi.yaml").read_text())
+    validator.validate(spec)
+
+
+async def test_responses_match_openapi_schemas(jp_fetch, raw_fetch, bundle):
+    oas = pytest.importorskip("openapi_schema_validator")
+    import yaml
+
+    spec = yaml.safe_load((Path(__import__("nbdeploy.server").server.__file__).parent / "openapi.yaml").read_text())
+
+    def check(name: str, instance):
+        schema = dict(spec["components"]["schemas"][name], components=spec["components"])
+        oas.validate(instance, schema, cls=oas.OAS30Validator)
+
+    for b in _json(await jp_fetch("nbdeploy", "bundles"))["bundles"]:
+        check("Bundle", b)
+    for j in _json(await jp_fetch("nbdeploy", "jobs"))["jobs"]:
+        check("Job", j)
+    code, body = await raw_fetch("bundles", "no-such", "report")
+    assert code == 404
+    check("Error", json.loads(body))

@@ -260,9 +260,9 @@ def _push_fn() -> Callable:
     return push
 
 
-def _check_ref(ref: Any) -> str:
+def _check_ref(ref: Any, field: str = "ref") -> str:
     if not isinstance(ref, str) or not ref.strip():
-        raise InvalidInputError("Give the image reference to push to, e.g. {\"ref\": \"127.0.0.1:5000/model:1\"}.",
+        raise InvalidInputError(f"Give an image reference as {field!r}, e.g. \"127.0.0.1:5000/model:1\".",
                                 expected="string", received=type(ref).__name__)
     from ..registry import Reference
 
@@ -398,8 +398,11 @@ class PushHandler(NbdeployHandler):
         insecure = body.get("insecure")
         if insecure is not None and not isinstance(insecure, bool):
             raise InvalidInputError("insecure must be true or false.", expected="boolean", received=repr(insecure))
+        kwargs = {"insecure": insecure}
+        if body.get("base") is not None:  # base image, e.g. a mirror reachable from here
+            kwargs["base"] = _check_ref(body["base"], "base")
         full = await self.run(_check_bundle, tag)
-        job = self.jobs.submit("push", full, lambda: push(full, ref, insecure=insecure))
+        job = self.jobs.submit("push", full, lambda: push(full, ref, **kwargs))
         self.job_reply(job)
 
 
