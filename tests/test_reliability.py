@@ -168,7 +168,7 @@ def test_overload_sheds_fast_and_recovers(base, rows, tmp_path):
         batch = json.dumps({"inputs": X[:100].tolist()})
         script = tmp_path / "post.lua"
         script.write_text(WRK_LUA.replace("BODY", batch))
-        wrk = subprocess.Popen(["wrk", "-t", "2", "-c", "128", "-d", "5s", "--timeout", "15s",
+        wrk = subprocess.Popen(["wrk", "-t", "1", "-c", "128", "-d", "5s", "--timeout", "15s",
                                 "-s", str(script), url], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
         # meanwhile, clients that check every answer they get (and back off on 429/503)
