@@ -41,17 +41,30 @@ def new_version() -> str:
     return now.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def requirements(*, device: str = "cpu", explain: bool = False) -> list[str]:
-    """Pinned requirements of the served bundle: only what its code imports."""
+def requirements(*, device: str = "cpu", explain: bool = False,
+                 extra: list[str] | None = None) -> list[str]:
+    """Pinned requirements of the served bundle: only what its code imports.
+
+    ``extra`` (e.g. from ``ExplainReport.requirements()``) replaces the generic explanation set.
+    """
     ort = "onnxruntime-gpu" if device == "cuda" else "onnxruntime"
+    # onnxruntime-gpu releases mirror onnxruntime's versions: without a GPU build in the
+    # notebook, pin the release the model was verified with on CPU.
     ort_version = _version_of(ort) or _version_of("onnxruntime")
+    missing = [d for d, v in (("bentoml", _version_of("bentoml")), ("onnxruntime", ort_version),
+                              ("numpy", _version_of("numpy"))) if not v]
+    if missing:
+        raise BundleError(f"Cannot pin the bundle's requirements: {missing} not installed here.",
+                          hint="pip install " + " ".join(missing))
     reqs = [f"bentoml=={_version_of('bentoml')}", f"{ort}=={ort_version}",
             f"numpy=={_version_of('numpy')}"]
     # uvicorn picks these up by itself: C HTTP parsing and event loop (~2x fewer CPU per request)
     for dist in ("uvloop", "httptools"):
         if _version_of(dist):
             reqs.append(f"{dist}=={_version_of(dist)}")
-    if explain:
+    if extra is not None:
+        reqs.extend(r for r in extra if r.split("==")[0] not in {q.split("==")[0] for q in reqs})
+    elif explain:
         for dist in ("shap", "lime", "scikit-learn", "scipy"):
             v = _version_of(dist)
             if v:
@@ -135,7 +148,7 @@ def render_service(name: str, config: ServeConfig, description: str) -> str:
 
 def stage(ctx: Path, *, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
           config: ServeConfig, extra: Callable[[Path], None] | None = None,
-          plots: list[Path] | None = None) -> list[str]:
+          plots: list[Path] | None = None, extra_requirements: list[str] | None = None) -> list[str]:
     """Write every file of the bundle into ``ctx``; return the include list for BentoML."""
     model_dir = ctx / "model"
     model_dir.mkdir(parents=True)
@@ -155,7 +168,8 @@ def stage(ctx: Path, *, name: str, onnx_bytes: bytes, spec: dict, metadata: dict
             shutil.copyfile(p, ctx / "plots" / Path(p).name)
     explain = (model_dir / "explain").is_dir()
     (ctx / "requirements.txt").write_text(
-        "\n".join(requirements(device=config.device, explain=explain)) + "\n", encoding="utf-8")
+        "\n".join(requirements(device=config.device, explain=explain, extra=extra_requirements)) + "\n",
+        encoding="utf-8")
     (ctx / "service.py").write_text(render_service(name, config, metadata.get("description", "")),
                                     encoding="utf-8")
     return ["service.py", "requirements.txt", "nbdeploy_runtime/*.py", "model/**", "plots/*.png"]
@@ -174,7 +188,8 @@ def _forget_service_modules(ctx: Path | None = None) -> None:
 
 def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
           config: ServeConfig = ServeConfig(), extra: Callable[[Path], None] | None = None,
-          plots: list[Path] | None = None, version: str | None = None) -> BundleInfo:
+          plots: list[Path] | None = None, version: str | None = None,
+          extra_requirements: list[str] | None = None) -> BundleInfo:
     """Stage the bundle in a temporary folder and build it into the BentoML store."""
     validate_name(name)
     version = version or new_version()
@@ -183,7 +198,8 @@ def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
     with tempfile.TemporaryDirectory(prefix="nbdeploy-build-") as tmp:
         ctx = Path(tmp)
         include = stage(ctx, name=name, onnx_bytes=onnx_bytes, spec=spec, metadata=metadata,
-                        config=config, extra=extra, plots=plots)
+                        config=config, extra=extra, plots=plots,
+                        extra_requirements=extra_requirements)
         _forget_service_modules()
         try:
             import bentoml

@@ -300,8 +300,13 @@ class Deployment:
                                        f"deployed with nbdeploy {__version__}")
             self.bundle = _bundle.build(name=self.name, onnx_bytes=self.chosen_model.SerializeToString(),
                                         spec=self.chosen_spec, metadata=metadata, config=config,
-                                        extra=extra, plots=plots)
+                                        extra=extra, plots=plots,
+                                        extra_requirements=self._explain_requirements())
         return self.bundle.tag
+
+    def _explain_requirements(self) -> list[str] | None:
+        reqs = getattr(self.explanation, "requirements", None)
+        return list(reqs()) if callable(reqs) else None
 
     # -- after the pipeline --------------------------------------------------------------------
     @property

@@ -171,9 +171,6 @@ def test_check_bundle_finds_each_problem(deployed, tmp_path):
         export_mod.check_bundle = real
 
 
-@pytest.mark.xfail(reason="adapters/onnx_file.py puts the notebook's file path into model_type "
-                          "(metadata.json), so the bundle refers back to the build machine",
-                   strict=False)
 def test_bundle_from_an_onnx_file_does_not_refer_to_its_path(tmp_path):
     from skl2onnx import to_onnx
     from sklearn.datasets import load_breast_cancer

@@ -136,7 +136,8 @@ class OnnxAdapter(Adapter):
 
     @property
     def model_type(self) -> str:
-        return f"onnx.ModelProto ({self.source})" if self.source else "onnx.ModelProto"
+        # only the file name: the notebook's folders must not leak into the bundle's model card
+        return f"onnx.ModelProto ({Path(self.source).name})" if self.source else "onnx.ModelProto"
 
     def _is_columns(self) -> bool:
         return len(self.inputs) > 1

@@ -84,6 +84,22 @@ class Runtime:
         self.model.run(np.zeros((1, int(self.spec["n_features"])), dtype=np.float32))
         self.ready = True
         log.info("nbdeploy bundle ready on %s", self.providers)
+        if (self.model_dir / "explain").is_dir():
+            # importing shap/lime takes seconds: do it after readiness, off the request path
+            threading.Thread(target=self._warm_explainer, name="nbdeploy-explain-warmup",
+                             daemon=True).start()
+
+    def _warm_explainer(self) -> None:
+        try:
+            ex = self._get_explainer()
+            zero = np.zeros((1, int(self.spec["n_features"])), dtype=np.float32)
+            ex.explain(zero, method="shap", options={})
+            try:
+                import lime.lime_tabular  # noqa: F401  (only present when the bundle uses LIME)
+            except ImportError:
+                pass
+        except Exception as exc:  # reported to the client on the first /explain instead
+            log.warning("explainer warm-up failed: %s", exc)
 
     def metadata(self) -> dict:
         meta = _read_json(self.model_dir / "metadata.json", {}) or {}
@@ -119,6 +135,14 @@ class Runtime:
         return self.model.predict(self.parse(body))
 
     def explain(self, body: Any) -> dict:
+        self._get_explainer()
+        X = parse_rows(body, n_features=int(self.spec["n_features"]),
+                       feature_names=self.spec.get("feature_names"),
+                       max_rows=self.explainer.max_rows)
+        method = body.get("method", "shap")
+        return self.explainer.explain(X, method=method, options=body)
+
+    def _get_explainer(self):
         if self.explainer is None:
             with self._lock:
                 if self.explainer is None:
@@ -128,11 +152,7 @@ class Runtime:
                         raise ClientError(501, "This bundle was built without explanations.",
                                           hint="Rebuild with explain='shap,lime'.") from exc
                     self.explainer = ServeExplainer.from_bundle(self.model_dir, self.model, self.config)
-        X = parse_rows(body, n_features=int(self.spec["n_features"]),
-                       feature_names=self.spec.get("feature_names"),
-                       max_rows=self.explainer.max_rows)
-        method = body.get("method", "shap")
-        return self.explainer.explain(X, method=method, options=body)
+        return self.explainer
 
 
 def build_app(runtime: Runtime):
