@@ -205,3 +205,19 @@ def test_load_onnx_probes_before_parsing(valid_file, monkeypatch):
     monkeypatch.setattr(onnx_file, "probe_onnx_file", lambda p, **k: calls.append(Path(p)))
     onnx_file.load_onnx(valid_file)
     assert calls == [valid_file]
+
+
+def test_probe_does_not_import_code_planted_next_to_the_model(valid_file, tmp_path, monkeypatch):
+    """A model shipped with an ``onnx.py`` (or ``nbdeploy/``) beside it, opened from that
+    folder as the notebook's working directory: the probe's fresh interpreter must not import
+    them (``python -c`` puts the working directory first on ``sys.path``)."""
+    marker = tmp_path / "PLANTED-CODE-RAN"
+    folder = valid_file.parent
+    for mod in ("onnx.py", "numpy.py", "onnxruntime.py"):
+        (folder / mod).write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('planted')\n")
+    monkeypatch.chdir(folder)
+    try:
+        onnx_file.probe_onnx_file(valid_file.name)
+    except InvalidInputError:
+        pass
+    assert not marker.exists()
