@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -411,12 +411,26 @@ def _remove_incomplete(name: str, reference: dict[str, str]) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _padded_leftovers() -> set[Path]:
+    """Temporary folders holding this module's pad file: nbdeploy's staging folders and
+    BentoML's own temporary bentos, which a SIGKILLed build cannot remove."""
+    roots = [Path(tempfile.gettempdir()), Path(os.environ["BENTOML_HOME"]) / "tmp"]
+    return {d for root in roots if root.is_dir() for d in root.iterdir()
+            if d.is_dir() and (d.name.startswith(("nbdeploy-build-", "bentoml_bento_rel-")))
+            and any(d.glob("**/pad.dat"))}
+
+
 @pytest.fixture
 def store_cleanup():
+    """Test clean-up: incomplete bentos of the given names, and the big leftovers of killed
+    builds (which would otherwise fill /tmp run after run)."""
+    before = _padded_leftovers()
     todo: list[tuple[str, dict]] = []
     yield todo.append
     for name, reference in todo:
         _remove_incomplete(name, reference)
+    for d in _padded_leftovers() - before:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_killed_build_leaves_previous_version_intact(base, build_inputs, rows, store_cleanup):
@@ -450,10 +464,10 @@ def test_killed_build_leaves_previous_version_intact(base, build_inputs, rows, s
         assert _complete(str(latest.path), reference)
     print("kill points (s after build start, finished?):", outcomes)
     # and deterministically inside the riskiest window: while BentoML copies into the store
-    # (a 64 MiB file makes that copy last long enough to be caught)
+    # (a 32 MiB file makes that copy last long enough to be caught)
     version = "v3-killed-in-copy"
     store_dir = Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version
-    _, out = _run_build(build_inputs, name, version, env={"NBD_PAD_BYTES": str(64 << 20)},
+    _, out = _run_build(build_inputs, name, version, env={"NBD_PAD_BYTES": str(32 << 20)},
                         kill_when=store_dir)
     problems = _store_check(name, reference)
     assert problems == [], problems
@@ -516,6 +530,7 @@ def test_build_with_file_size_limit_fails_cleanly(base, build_inputs, store_clea
     assert rc == 0, out
     reference = _tree_digest(str(bentoml.get(f"{name}:v1-old").path))
     store_cleanup((name, reference))
+    before = _padded_leftovers()
 
     def limit() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of death by signal
@@ -532,6 +547,4 @@ def test_build_with_file_size_limit_fails_cleanly(base, build_inputs, store_clea
     assert [str(b.tag) for b in bentoml.bentos.list() if b.tag.name == name] == [f"{name}:v1-old"]
     assert _tree_digest(str(bentoml.get(f"{name}:v1-old").path)) == reference
     # no staging folder left behind either
-    leftovers = [p for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("nbdeploy-build-*")
-                 if p.is_dir() and any(p.rglob("pad.dat"))]
-    assert leftovers == []
+    assert _padded_leftovers() - before == set()
