@@ -369,6 +369,13 @@ async def test_serve_logs_stop_delete_end_to_end(jp_fetch, bundle):
         more = _json(await jp_fetch("nbdeploy", "servers", sid, "logs", params={"offset": str(logs["offset"])}))
         assert more["offset"] >= logs["offset"]
 
+        # streamed: text/plain chunks while it runs, for at most `seconds`
+        chunks = []
+        streamed = await jp_fetch("nbdeploy", "servers", sid, "logs", params={"follow": "1", "seconds": "2"},
+                                  streaming_callback=chunks.append, request_timeout=30)
+        assert streamed.headers["Content-Type"].startswith("text/plain") and chunks
+        assert b"".join(chunks).decode().strip()
+
         # a served version cannot be deleted
         code, body = await _status(jp_fetch, "nbdeploy", "bundles", bundle, method="DELETE")
         assert code == 400 and b"stop it first" in body
@@ -381,6 +388,10 @@ async def test_serve_logs_stop_delete_end_to_end(jp_fetch, bundle):
     assert sid not in [s["id"] for s in servers]
     # the log outlives the server (why did it stop?)
     assert _json(await jp_fetch("nbdeploy", "servers", sid, "logs"))["running"] is False
+    # following a stopped server's log returns what there is and ends
+    t = asyncio.get_running_loop().time()
+    r = await jp_fetch("nbdeploy", "servers", sid, "logs", params={"follow": "true", "offset": "0"})
+    assert r.body and asyncio.get_running_loop().time() - t < 5
 
 
 @pytest.mark.slow

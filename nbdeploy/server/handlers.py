@@ -441,7 +441,38 @@ class LogsHandler(NbdeployHandler):
         validate_server_id(sid)
         tail = _int_arg(self.get_query_argument("tail", None), "tail", 1, 100_000)
         offset = _int_arg(self.get_query_argument("offset", None), "offset", 0, 1 << 50)
+        if self.get_query_argument("follow", "") in ("1", "true", "yes"):
+            seconds = _int_arg(self.get_query_argument("seconds", None), "seconds", 1, 3600) or 600
+            await self._follow(sid, offset, seconds)
+            return
         self.reply(await self.run(_logs, sid, tail or (None if offset is not None else 200), offset))
+
+    async def _follow(self, sid: str, offset: int | None, seconds: int) -> None:
+        """Stream the log as text/plain while the server runs (at most ``seconds``)."""
+        import asyncio
+
+        from tornado.iostream import StreamClosedError
+
+        first = await self.run(_logs, sid, None if offset is not None else 200, offset)
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        chunk, offset, running = first["text"], first["offset"], first["running"]
+        try:
+            while True:
+                if chunk:
+                    self.write(chunk)
+                    await self.flush()
+                if not running or loop.time() >= deadline:
+                    break
+                await asyncio.sleep(0.5)
+                nxt = await self.run(_logs, sid, None, offset)
+                chunk, offset, running = nxt["text"], nxt["offset"], nxt["running"]
+        except StreamClosedError:  # the client went away
+            return
+        self.finish(set_content_type="text/plain; charset=UTF-8")
 
 
 class JobsHandler(NbdeployHandler):
