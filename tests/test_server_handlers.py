@@ -273,12 +273,22 @@ async def test_post_without_xsrf_403(jp_serverapp, http_server_client, jp_fetch,
     ok = await http_server_client.fetch(jp_base_url + "nbdeploy/info", headers={"Cookie": cookie},
                                         raise_error=False)
     assert ok.code == 200
-    for path, method in [(f"nbdeploy/bundles/{bundle}/serve", "POST"), ("nbdeploy/servers/x-1/stop", "POST"),
-                         (f"nbdeploy/bundles/{bundle}", "DELETE"), (f"nbdeploy/bundles/{bundle}/push", "POST")]:
-        r = await http_server_client.fetch(jp_base_url + path, method=method, headers={"Cookie": cookie},
-                                           body="{}" if method == "POST" else None, raise_error=False,
+    targets = [(f"{jp_base_url}nbdeploy/bundles/{bundle}/serve", "POST"),
+               (f"{jp_base_url}nbdeploy/bundles/{bundle}", "DELETE")]
+    # and every state-changing method of every registered nbdeploy route
+    from tornado.web import RequestHandler
+
+    for pattern, handler in _nbdeploy_routes(jp_serverapp.web_app):
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            impl = getattr(handler, method.lower(), None)
+            if impl is not None and impl is not getattr(RequestHandler, method.lower()):
+                targets.append((_sample_path(pattern, jp_base_url), method))
+    assert len(targets) >= 6, targets
+    for url, method in targets:
+        r = await http_server_client.fetch(url, method=method, headers={"Cookie": cookie},
+                                           body="{}" if method != "DELETE" else None, raise_error=False,
                                            allow_nonstandard_methods=True)
-        assert r.code == 403, (path, r.code, r.body)
+        assert r.code == 403, (url, method, r.code, r.body)
     # with the XSRF cookie + header it goes through (404: the server does not exist)
     xsrf = "2|abcdef01|0123456789abcdef0123456789abcdef|1700000000"
     r = await http_server_client.fetch(
