@@ -74,6 +74,16 @@ function step(name) {
     const serverUrl = await ready.locator('.nbdeploy-url').innerText();
     const message = await panel.locator('.nbdeploy-message').innerText();
 
+    step('read its log');
+    await ready.locator('[data-action="logs"]').click();
+    const logs = panel.locator('.nbdeploy-logbox pre.nbdeploy-logs');
+    await logs.waitFor({ state: 'visible' });
+    await page.waitForFunction(() => {
+      const pre = document.querySelector('.nbdeploy-logbox pre.nbdeploy-logs');
+      return pre && pre.textContent.trim().length > 0;
+    });
+    await panel.locator('.nbdeploy-logbox [data-action="close"]').click();
+
     step('screenshot while serving');
     await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-serving.png') });
 
