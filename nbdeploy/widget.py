@@ -113,14 +113,14 @@ class StepRow:
         self.elapsed_s = 0.0
         self.summary = ""
         self.fraction: float | None = None
-        self.icon = W.HTML(layout=W.Layout(width="1.6em"))
-        self.label = W.HTML(f"<b>{_esc(step)}</b>", layout=W.Layout(width="6.5em"))
-        self.time = W.HTML("", layout=W.Layout(width="4.5em"))
+        self.icon = W.HTML(layout=W.Layout(width="1.6em", flex="0 0 auto"))
+        self.label = W.HTML(f"<b>{_esc(step)}</b>", layout=W.Layout(width="6.5em", flex="0 0 auto"))
+        self.time = W.HTML("", layout=W.Layout(width="4em", flex="0 0 auto"))
         self.bar = W.FloatProgress(min=0.0, max=1.0, value=0.0,
-                                   layout=W.Layout(width="9em", visibility="hidden"))
-        self.result = W.HTML("")
+                                   layout=W.Layout(width="9em", flex="0 0 auto", display="none"))
+        self.result = W.HTML("", layout=W.Layout(flex="1 1 auto", min_width="0", overflow="hidden"))
         self.box = W.HBox([self.icon, self.label, self.time, self.bar, self.result],
-                          layout=W.Layout(align_items="center"))
+                          layout=W.Layout(align_items="center", height="1.9em"))
         self.update("pending")
 
     def update(self, state: str, elapsed_s: float = 0.0, summary: str = "",
@@ -131,12 +131,14 @@ class StepRow:
         self.time.value = f"{elapsed_s:.1f}s" if elapsed_s and state != "pending" else ""
         if state == "running" and fraction is not None:
             self.bar.value = fraction
-            self.bar.layout.visibility = "visible"
+            self.bar.layout.display = None
         elif state != "running":
-            self.bar.layout.visibility = "hidden"
+            self.bar.layout.display = "none"
         short = summary.splitlines()[0] if summary else ""
-        style = "color:#cf222e" if state == "failed" else ("color:#777" if state in ("skipped", "pending") else "")
-        self.result.value = f"<span style='{style}' title='{_esc(summary)}'>{_esc(short[:200])}</span>"
+        color = "#cf222e" if state == "failed" else ("#777" if state in ("skipped", "pending") else "inherit")
+        # one line per step; the whole text is in the tooltip
+        self.result.value = (f"<div style='color:{color};white-space:nowrap;overflow:hidden;"
+                             f"text-overflow:ellipsis' title='{_esc(summary)}'>{_esc(short[:300])}</div>")
 
 
 class DeployWidget(W.VBox):
@@ -150,6 +152,7 @@ class DeployWidget(W.VBox):
         self.title = W.HTML("<b>nbdeploy</b>")
         self.step_rows: dict[str, StepRow] = {s: StepRow(s) for s in STEP_NAMES}
         self.status = W.HTML("")
+        self._final_status: str | None = None   # what `status` shows once the run has ended
         self.error_html = W.HTML("")
         self.traceback_html = W.HTML("")
         self.traceback = W.Accordion(children=[self.traceback_html], titles=("Traceback",),
@@ -243,6 +246,8 @@ class DeployWidget(W.VBox):
         row.update(ev.state, ev.elapsed_s, ev.summary, ev.fraction)
         if ev.state == "running":
             self.status.value = f"<i>{_esc(ev.step)}…</i>"
+        elif ev.step in ("serve", "push") and self._final_status is not None:
+            self.status.value = self._final_status
         if ev.step == "serve":
             self._update_server()
 
@@ -252,7 +257,9 @@ class DeployWidget(W.VBox):
         d = self.deployment
         if d is None:
             return self
-        self.tabs.layout.display = None
+        # a run that failed before converting has no results worth tabs: the error says it all
+        has_results = d.converted is not None or d.tag is not None
+        self.tabs.layout.display = None if has_results else "none"
         for name, fill in (("summary", self._fill_summary), ("optimize", self._fill_optimize),
                            ("explanation", self._fill_explanation), ("bundle", self._fill_bundle)):
             try:
@@ -267,6 +274,7 @@ class DeployWidget(W.VBox):
             total = sum(e.elapsed_s for e in d.steps.values() if e.step not in ("serve", "push"))
             self.status.value = (f"<span style='color:#1a7f37'>✔ built <code>{_esc(d.tag)}</code> "
                                  f"in {total:.1f} s</span>")
+        self._final_status = self.status.value
         return self
 
     def show_error(self, err: BaseException, tb: str | None = None) -> None:
@@ -281,8 +289,6 @@ class DeployWidget(W.VBox):
             self.traceback.selected_index = None
 
     def _fill_summary(self, d: Any) -> None:
-        from .report import kv_table
-
         c = d.converted
         info: dict[str, Any] = {"name": d.name}
         if c is not None:
@@ -298,11 +304,13 @@ class DeployWidget(W.VBox):
                 if getattr(v, attr, None) is not None:
                     info[label] = getattr(v, attr)
         if d.optimized is not None:
-            info["chosen variant"] = f"{d.chosen_variant}: {getattr(d.optimized, 'reason', '')}"
+            reason = str(getattr(d.optimized, "reason", "") or "")
+            info["chosen variant"] = reason if reason.startswith(d.chosen_variant) else \
+                f"{d.chosen_variant}: {reason}"
         info["device"] = d.device
         info["bento tag"] = d.tag
         info["path"] = d.path
-        self.summary_html.value = kv_table(info)
+        self.summary_html.value = kv_html(info)
 
     def _fill_optimize(self, d: Any) -> None:
         opt = d.optimized
@@ -342,13 +350,11 @@ class DeployWidget(W.VBox):
         self.explain_button.disabled = not hasattr(ex, "explain_row")
 
     def _fill_bundle(self, d: Any) -> None:
-        from .report import kv_table
-
         if d.tag is None:
             self.bundle_html.value = "<i>No bundle was built.</i>"
             return
-        self.bundle_html.value = kv_table({"tag": d.tag, "path": d.path,
-                                           "serve it yourself": f"bentoml serve {d.tag}"})
+        self.bundle_html.value = kv_html({"tag": d.tag, "path": d.path,
+                                          "serve it yourself": f"bentoml serve {d.tag}"})
         self.serve_button.disabled = False
         self.push_button.disabled = False
         self.export_button.disabled = False
@@ -376,7 +382,8 @@ class DeployWidget(W.VBox):
 
     def _update_snippets(self, url: str | None) -> None:
         d = self.deployment
-        row = [round(float(v), 6) for v in d.converted.X[0]] if d.converted is not None else []
+        # 7 significant digits: what a float32 holds, without 122.800003-style noise
+        row = [float(f"{float(v):.7g}") for v in d.converted.X[0]] if d.converted is not None else []
         base = url or DEFAULT_URL
         body = json.dumps({"inputs": [row]})
         note = "" if url else f"# first: bentoml serve {d.tag}   (or press Serve)\n"
@@ -493,6 +500,17 @@ class DeployWidget(W.VBox):
             data["text/plain"] = (f"nbdeploy deployment {name!r}: a live widget (needs a Jupyter "
                                   "frontend with ipywidgets; print(d) shows the steps as text)")
         return data
+
+
+def kv_html(info: dict) -> str:
+    """A compact two-column table (keys never wrap; long values do)."""
+    from .report import fmt
+
+    rows = "".join(
+        f"<tr><th style='text-align:left;white-space:nowrap;padding:1px 14px 1px 0;"
+        f"vertical-align:top'>{_esc(str(k))}</th><td style='text-align:left;padding:1px 0;"
+        f"line-height:1.35'>{_esc(fmt(v))}</td></tr>" for k, v in info.items())
+    return f"<table style='border-collapse:collapse'>{rows}</table>"
 
 
 def row_html(r: dict, max_features: int = 15) -> str:

@@ -90,6 +90,7 @@ def test_serve_and_stop_buttons_drive_a_real_server(built, iris):
     assert not w.serve_button.disabled and w.stop_button.disabled
     assert "stopped" in w.action_html.value
     assert "not serving" in w.server_html.value
+    assert "built" in w.status.value                     # not stuck at "serve…"
 
 
 def test_push_and_export_say_when_unavailable(built, monkeypatch):
@@ -141,6 +142,7 @@ def test_an_error_shows_message_hint_and_a_hidden_traceback(iris):
     assert w.traceback.layout.display is None and w.traceback.selected_index is None
     assert "Traceback (most recent call last)" in w.traceback_html.value
     assert w.serve_button.disabled                         # nothing to serve
+    assert w.tabs.layout.display == "none"                 # no results to show in tabs
 
     w.show_error(NbdeployError("bad <script>alert(1)</script>", hint="use <b>care</b>"))
     assert "<script>" not in w.error_html.value and "&lt;script&gt;" in w.error_html.value
