@@ -51,7 +51,10 @@ def list_bundles(name: str | None = None) -> list[BundleSummary]:
 
     if name is not None:
         validate_name(name)
-    bentos = bentoml.bentos.list(name) if name else bentoml.bentos.list()
+    try:
+        bentos = bentoml.bentos.list(name) if name else bentoml.bentos.list()
+    except bentoml.exceptions.NotFound:  # a name with no versions is an empty list, not an error
+        return []
     out = [_summary(b) for b in bentos if _is_ours(b)]
     out.sort(key=lambda s: s.created, reverse=True)
     return out

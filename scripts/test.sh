@@ -3,6 +3,8 @@
 # Used by the README's quick start and by CI (.ci/run) alike.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# This script installs every tool the suite needs, so a missing one is a failure, not a skip.
+export CI="${CI:-true}"
 
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
@@ -26,6 +28,9 @@ echo "== pip install"
 python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # CPU build of PyTorch (a bare 'torch' can pull a multi-GB CUDA build)
 python3 -m pip install -q "torch==2.13.0"
+# the JupyterLab extension's build tools (TypeScript, JupyterLab builder) and playwright-core
+# for the browser test; the package build below compiles the extension into the wheel
+(cd labextension && npm ci --no-audit --no-fund --loglevel=error)
 python3 -m pip install -q -e ".[test]"
 
 echo "== pytest"
