@@ -161,6 +161,18 @@ def test_push_without_support_fails_before_running(ip, monkeypatch):
     assert magics(ip).last is before                  # nothing was built
 
 
+def test_push_flag_pushes_the_built_bundle(ip, monkeypatch):
+    from nbdeploy.pipeline import Deployment
+
+    pushed = []
+    monkeypatch.setattr(Deployment, "push", lambda self, ref: pushed.append((self.tag, ref)),
+                        raising=False)
+    d, out, err = run(ip, "model --sample X[:20] --name pushed-iris --quantize none --explain none "
+                          "--budget 1 --push 'localhost:5000/team/iris:1'")
+    assert d is not None, err
+    assert pushed == [(d.tag, "localhost:5000/team/iris:1")]
+
+
 def test_help_explains_every_flag_with_examples(ip):
     result, out, err = run(ip, "--help")
     assert result is None and err == ""
