@@ -191,6 +191,8 @@ class DeployWidget(W.VBox):
         self.push_button = W.Button(description="Push", icon="upload", disabled=True)
         self.export_path = W.Text(placeholder="./exported-bundle", description="path",
                                   layout=W.Layout(width="30em"))
+        self.export_overwrite = W.Checkbox(value=False, description="overwrite", indent=False,
+                                           layout=W.Layout(width="7em"))
         self.export_button = W.Button(description="Export", icon="download", disabled=True)
         self.action_html = W.HTML("")
         self.serve_button.on_click(self._on_serve)
@@ -208,7 +210,7 @@ class DeployWidget(W.VBox):
             W.VBox([self.bundle_html, self.snippets_html,
                     W.HBox([self.serve_button, self.stop_button, self.server_html]),
                     W.HBox([self.push_ref, self.push_button]),
-                    W.HBox([self.export_path, self.export_button]),
+                    W.HBox([self.export_path, self.export_overwrite, self.export_button]),
                     self.action_html]),
         ], titles=TAB_TITLES, layout=W.Layout(display="none"))
         super().__init__([self.title, W.VBox([r.box for r in self.step_rows.values()]),
@@ -452,7 +454,7 @@ class DeployWidget(W.VBox):
             if not path:
                 raise NbdeployError("Enter a path to export the bundle to.",
                                     hint="For example ./my-model.bento")
-            return d.export(path)
+            return d.export(path, overwrite=True) if self.export_overwrite.value else d.export(path)
 
         result = self._run_action(self.export_button, f"exporting to {path}…", export)
         if result is not None:

@@ -237,3 +237,17 @@ def test_real_results_fill_benchmark_quantization_and_explanation_tabs(iris):
     w.row_picker.value = 9_999
     w.explain_button.click()
     assert "out of range" in w.row_output.children[0].value and not w.explain_button.disabled
+
+
+def test_export_button_writes_a_real_archive(built, tmp_path):
+    d, w, _ = built
+    target = tmp_path / "widget-test.bento"
+    w.export_path.value = str(target)
+    w.export_button.click()
+    assert target.is_file() and target.stat().st_size > 0, w.action_html.value
+    assert "exported" in w.action_html.value and str(target) in w.action_html.value
+    w.export_button.click()                              # exists already: a message, not a crash
+    assert "already exists" in w.action_html.value and "Hint:" in w.action_html.value
+    w.export_overwrite.value = True
+    w.export_button.click()
+    assert "exported" in w.action_html.value
