@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInputError, NotFoundError, ServeError
@@ -69,6 +69,7 @@ class ServerHandle:
     started: float
     backend_port: int | None = None   # set for --stable servers: bentoml listens here,
     proxy_pid: int | None = None      # and nbdeploy.proxy listens on ``port``
+    workers: list = field(default_factory=list)  # BentoML workers run in sessions of their own
 
     @property
     def url(self) -> str:
@@ -113,6 +114,7 @@ class ServerHandle:
                     f"The server for {self.tag} exited during start-up. Last log lines:\n{self.logs(25)}",
                     hint="Read the log above; `nbdeploy logs` shows the whole log.")
             if _http_status(self.backend_url + "/readyz", timeout=2.0) == 200:
+                self.refresh_workers()
                 return self
             log = self.logs(tail=400)
             if "Application startup failed" in log:
@@ -130,11 +132,24 @@ class ServerHandle:
                          f"Last log lines:\n{self.logs(25)}",
                          hint="Start it by hand with `bentoml serve TAG` to see what it is doing.")
 
+    def refresh_workers(self) -> None:
+        """Remember the worker processes: circus starts them in new sessions, so a SIGKILL of
+        the server's process group would leave them serving the port as orphans."""
+        found = _worker_pids(self.pid)
+        if found and sorted(found) != sorted(self.workers):
+            self.workers = sorted(set(self.workers) | set(found))
+            if self._record().exists():
+                self._save()
+
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the whole process group (BentoML drains in-flight requests), then SIGKILL."""
+        """SIGTERM the whole process group (BentoML drains in-flight requests), then SIGKILL;
+        then any worker that outlived its server."""
+        if self.is_alive():
+            self.refresh_workers()
         for pid in (self.proxy_pid, self.pid):
             if pid is not None:
                 _stop_group(pid, timeout)
+        _kill_orphans(self.workers, self.tag)
         self._forget()
 
     def _record(self) -> Path:
@@ -180,6 +195,31 @@ def _stop_group(pid: int, timeout: float) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def _worker_pids(pid: int) -> list[int]:
+    try:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except Exception:
+        return []
+
+
+def _kill_orphans(pids: list, tag: str) -> None:
+    """SIGKILL leftover BentoML workers of ``tag`` (checking the command line: pids get reused)."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ("bentoml" in cmd or "nbdeploy.proxy" in cmd) and tag.split(":")[0] in cmd:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, os.WNOHANG)
+            except (ProcessLookupError, ChildProcessError):
+                pass
 
 
 def bentoml_executable() -> list[str]:
@@ -312,8 +352,12 @@ def list_servers() -> list[ServerHandle]:
             continue
         if h.is_alive():
             out.append(h)
-        else:
-            rec.unlink(missing_ok=True)
+        else:  # died without nbdeploy (crash, OOM killer, kill -9): clean up after it
+            for pid in (h.pid, h.proxy_pid):
+                if pid is not None and _pid_alive(pid):
+                    _stop_group(pid, 5)
+            _kill_orphans(h.workers, h.tag)
+            h._forget()
     return out
 
 
