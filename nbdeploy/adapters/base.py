@@ -32,6 +32,9 @@ class Converted:
 class Adapter:
     """Base class: one subclass per framework.
 
+    The defaults read the scikit-learn API attributes (``classes_``, ``n_features_in_``,
+    ``feature_names_in_``) that sklearn, XGBoost and LightGBM models share.
+
     ``matches`` must not import the framework; the others may.
     """
 
@@ -55,13 +58,16 @@ class Adapter:
         raise NotImplementedError
 
     def classes(self) -> list | None:
-        return None
+        c = getattr(self.model, "classes_", None)
+        return plain_list(c) if c is not None else None
 
     def n_features(self) -> int | None:
-        return None
+        n = getattr(self.model, "n_features_in_", None)
+        return int(n) if n is not None else None
 
     def feature_names(self) -> list[str] | None:
-        return None
+        names = getattr(self.model, "feature_names_in_", None)
+        return [str(n) for n in names] if names is not None else None
 
     def to_onnx(self, X: np.ndarray, *, feature_names: list[str] | None = None,
                 opset: int | None = None) -> Converted:

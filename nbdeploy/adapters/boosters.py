@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
-from .base import Adapter, Converted, class_modules, plain_list, squeeze_value
+from .base import Adapter, Converted, class_modules, squeeze_value
 
 OPSET = 15
 
@@ -34,18 +34,6 @@ class _BoosterAdapter(Adapter):
         self._check_sklearn_api()
         return "classifier" if hasattr(self.model, "classes_") and hasattr(self.model, "predict_proba") \
             else "regressor"
-
-    def classes(self):
-        c = getattr(self.model, "classes_", None)
-        return plain_list(c) if c is not None else None
-
-    def n_features(self):
-        n = getattr(self.model, "n_features_in_", None)
-        return int(n) if n is not None else None
-
-    def feature_names(self):
-        names = getattr(self.model, "feature_names_in_", None)
-        return [str(n) for n in names] if names is not None else None
 
     def predict(self, X):
         Xn = self.native_frame(X, self.feature_names())

@@ -77,14 +77,6 @@ class SklearnAdapter(Adapter):
             c = getattr(_final_estimator(self.model), "classes_", None)
         return plain_list(c) if c is not None else None
 
-    def n_features(self):
-        n = getattr(self.model, "n_features_in_", None)
-        return int(n) if n is not None else None
-
-    def feature_names(self):
-        names = getattr(self.model, "feature_names_in_", None)
-        return [str(n) for n in names] if names is not None else None
-
     def _uses_named_columns(self) -> bool:
         """A ColumnTransformer that selects columns by name needs one ONNX input per column."""
         from sklearn.compose import ColumnTransformer
