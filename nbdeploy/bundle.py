@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import secrets
 import shutil
 import string
@@ -197,14 +198,22 @@ def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
     metadata = dict(metadata, name=name, version=version, tag=tag)
     with tempfile.TemporaryDirectory(prefix="nbdeploy-build-") as tmp:
         ctx = Path(tmp)
-        include = stage(ctx, name=name, onnx_bytes=onnx_bytes, spec=spec, metadata=metadata,
-                        config=config, extra=extra, plots=plots,
-                        extra_requirements=extra_requirements)
-        _forget_service_modules()
         try:
-            import bentoml
+            include = stage(ctx, name=name, onnx_bytes=onnx_bytes, spec=spec, metadata=metadata,
+                            config=config, extra=extra, plots=plots,
+                            extra_requirements=extra_requirements)
+        except OSError as exc:
+            raise BundleError(f"Could not write the bundle {tag}: {exc.strerror or exc}.",
+                              hint=f"Free disk space under {tempfile.gettempdir()} (or point TMPDIR "
+                                   "elsewhere) and try again; nothing was added to the store.") from exc
+        _forget_service_modules()
+        import bentoml
+        from bentoml._internal.bento import BentoStore
 
-            bento = bentoml.bentos.build(
+        store_root = _store_root()
+        private = _private_store(store_root)
+        try:
+            bentoml.bentos.build(
                 service=f"service:{_class_name(name)}", name=name, version=version,
                 build_ctx=str(ctx), include=include,
                 description=metadata.get("description"),
@@ -213,9 +222,45 @@ def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
                         "task": str(spec.get("task", "")),
                         "variant": str((metadata.get("optimize") or {}).get("chosen", "fp32"))},
                 python={"requirements_txt": "requirements.txt", "lock_packages": False},
+                _bento_store=BentoStore(str(private)),
             )
+            # the finished bento enters the real store in one rename (same filesystem): a
+            # killed or failing build never leaves a half-written folder under its name
+            final = store_root / name / version
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(private / name / version, final)
+            latest = store_root / name / "latest"
+            tmp_latest = latest.with_name(f".latest-{version}")
+            tmp_latest.write_text(version, encoding="utf-8")
+            os.replace(tmp_latest, latest)
         except Exception as exc:
             raise BundleError(f"BentoML could not build the bundle {tag}: {type(exc).__name__}: {exc}",
                               hint="Nothing was added to the store. Check the message above; "
                                    "`bentoml list` shows the bundles that exist.") from exc
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+            _forget_service_modules(ctx)
+    bento = bentoml.get(tag)
     return BundleInfo(tag=str(bento.tag), path=str(bento.path), name=name, version=version)
+
+
+def _store_root() -> Path:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.bento_store.get()._path)
+
+
+def _private_store(store_root: Path, stale_after_s: float = 6 * 3600) -> Path:
+    """A private BentoML store next to the real one (same filesystem, so the final rename is
+    atomic), outside the folder `bentoml list` reads; leftovers of killed builds are swept."""
+    import time
+
+    staging = store_root.parent / ".nbdeploy-staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    for old in staging.iterdir():
+        try:
+            if time.time() - old.stat().st_mtime > stale_after_s:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(prefix="build-", dir=staging))

@@ -433,11 +433,6 @@ def store_cleanup():
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bundle.build lets BentoML copy straight into $BENTOML_HOME/bentos/NAME/VERSION: a build "
-    "killed during that copy leaves a folder without bento.yaml, and then bentoml.bentos.list() "
-    "(and `bentoml list`) raises for the whole store. Build into a private store on the same "
-    "filesystem and os.rename the finished bento into place"))
 def test_killed_build_leaves_previous_version_intact(base, build_inputs, rows, store_cleanup):
     import bentoml
 
@@ -525,9 +520,6 @@ def test_build_on_full_disk_fails_cleanly(build_inputs, tmp_path):
         subprocess.run(["umount", "-l", str(tiny)], capture_output=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bundle.build calls stage() outside its try: a full disk while staging surfaces as a raw "
-    "OSError, not a BundleError naming the bundle and what to do"))
 def test_build_with_file_size_limit_fails_cleanly(base, build_inputs, store_cleanup):
     """Writes fail with EFBIG (RLIMIT_FSIZE) while the bundle is staged: no root needed."""
     import bentoml

@@ -62,20 +62,10 @@ def test_openapi_conformance(case, served):
     case.call_and_validate(base_url=served.url, timeout=30)
 
 
-DOC_MISMATCH = pytest.mark.xfail(strict=True, reason=(
-    "the served API refuses schema-valid input: numbers above float32 max (validation refuses "
-    "them, the document allows any number); a mix of list rows and record rows (the document "
-    "allows it per row); /explain with method 'lime' or more rows than the explainer's limit "
-    "(the document lists both methods and 10000 rows whatever the bundle enables) - "
-    "runtime/openapi.py"))
-
-
-@pytest.mark.parametrize("mode", [pytest.param(GenerationMode.POSITIVE, marks=DOC_MISMATCH),
-                                  GenerationMode.NEGATIVE])
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 @pytest.mark.parametrize("path", ["/predict", "/explain"])
 def test_openapi_conformance_model_routes(api_schema, served, path, mode):
-    """The same for POST /predict and POST /explain (a plain hypothesis test, so that it can
-    be marked xfail while the known mismatches are open)."""
+    """The same for POST /predict and POST /explain, valid and invalid inputs."""
     @given(case=api_schema[path]["POST"].as_strategy(generation_mode=mode))
     @settings(max_examples=50, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
@@ -186,14 +176,6 @@ def _mixed_bool(payload) -> bool:
 def test_wrong_shape_or_dtype_is_400_naming_expected_and_received(served, post, route, payload,
                                                                  expected, received, words,
                                                                  request):
-    if _mixed_bool(payload):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "parse_rows accepts true/false mixed with numbers (numpy coerces them to 1/0): "
-            "reject bool values before the float cast")))
-    if route == "/explain" and words == "Too many rows":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "Runtime.explain validates against the explainer's own row limit only, not "
-            "ServeConfig.max_rows: use min(self.max_rows, self.explainer.max_rows)")))
     status, body = post(served.url + route, payload)
     assert status == 400, body
     assert words in body["message"], body

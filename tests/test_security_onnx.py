@@ -17,16 +17,6 @@ import nbdeploy
 from nbdeploy.adapters import onnx_file
 from nbdeploy.errors import InvalidInputError
 
-# Known bugs (core fixes described in the security report of issue 9); strict, so a fix
-# turns these into failures until the marks are removed.
-PROBE_LOSES_MESSAGE = pytest.mark.xfail(strict=True, reason=(
-    "probe_onnx_file reports only the last stderr line of the child, which is the 'Hint:' line "
-    "of InvalidInputError.__str__, so 'outside the model folder' is lost; the child must pass "
-    "the error's message/hint back (e.g. a JSON line) and the parent re-raise it"))
-PROBE_CWD = pytest.mark.xfail(strict=True, reason=(
-    "probe_onnx_file runs `python -c` in the caller's working directory, which goes first on "
-    "the child's sys.path: run it in an empty temporary directory"))
-
 SECRET = np.array([[7.0], [7.0], [7.0]], dtype=np.float32)
 
 
@@ -90,7 +80,6 @@ def test_external_data_inside_folder_loads(model_dir):
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(m.graph.initializer[0]), SECRET)
 
 
-@PROBE_LOSES_MESSAGE
 @pytest.mark.parametrize("which", range(4))
 def test_external_data_escape_is_refused_on_load(model_dir, tmp_path, which):
     location = _escapes(tmp_path)[which]
@@ -102,7 +91,6 @@ def test_external_data_escape_is_refused_on_load(model_dir, tmp_path, which):
         assert location in str(info.value)
 
 
-@PROBE_LOSES_MESSAGE
 @pytest.mark.parametrize("which", [0, 1, 3])
 def test_external_data_escape_is_refused_by_deploy(model_dir, tmp_path, which):
     location = _escapes(tmp_path)[which]
@@ -114,7 +102,6 @@ def test_external_data_escape_is_refused_by_deploy(model_dir, tmp_path, which):
     assert info.value.hint and ".." in info.value.hint
 
 
-@PROBE_LOSES_MESSAGE
 def test_external_data_symlink_escape_is_refused(model_dir, tmp_path):
     """A plain file name that is a symlink to a file outside the folder escapes as well."""
     outside = tmp_path / "outside.bin"
@@ -220,7 +207,6 @@ def test_load_onnx_probes_before_parsing(valid_file, monkeypatch):
     assert calls == [valid_file]
 
 
-@PROBE_CWD
 def test_probe_does_not_import_code_planted_next_to_the_model(valid_file, tmp_path, monkeypatch):
     """A model shipped with an ``onnx.py`` (or ``nbdeploy/``) beside it, opened from that
     folder as the notebook's working directory: the probe's fresh interpreter must not import

@@ -31,12 +31,18 @@ def check_external_data(model, base_dir: str | os.PathLike | None) -> None:
 
 
 _PROBE = """
-import sys
+import json, sys
+sys.path.insert(0, sys.argv[3])   # this nbdeploy, whatever the working directory
 import onnx
 from nbdeploy.adapters.onnx_file import check_external_data
+from nbdeploy.errors import InvalidInputError
 path, base = sys.argv[1], sys.argv[2]
 m = onnx.load(path, load_external_data=False)
-check_external_data(m, base)
+try:
+    check_external_data(m, base)
+except InvalidInputError as exc:
+    sys.stderr.write("\\nNBDEPLOY-INVALID " + json.dumps(exc.to_dict()) + "\\n")
+    sys.exit(2)
 onnx.load_external_data_for_model(m, base)
 onnx.checker.check_model(m)
 import onnxruntime
@@ -53,16 +59,30 @@ def probe_onnx_file(path: str | os.PathLike, *, timeout: float = 120.0) -> None:
     import subprocess
     import sys
 
-    p = Path(path)
+    import tempfile
+
+    p = Path(path).resolve()
     try:
-        r = subprocess.run([sys.executable, "-c", _PROBE, str(p), str(p.parent)], capture_output=True,
-                           text=True, timeout=timeout)
+        # an empty working directory: `python -c` puts it first on sys.path, and the model's
+        # own folder (or the notebook's) may hold an onnx.py shipped with the untrusted file
+        with tempfile.TemporaryDirectory(prefix="nbdeploy-probe-") as cwd:
+            r = subprocess.run([sys.executable, "-c", _PROBE, str(p), str(p.parent),
+                                str(Path(__file__).resolve().parents[2])],
+                               capture_output=True, text=True, timeout=timeout, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
         raise InvalidInputError(f"Loading {str(p)!r} took longer than {timeout:.0f} s.",
                                 hint="The file may be malformed or far too large.") from exc
     if r.returncode == 0:
         return
-    last = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
+    lines = r.stderr.strip().splitlines() or ["(no message)"]
+    marked = [ln for ln in lines if ln.startswith("NBDEPLOY-INVALID ")]
+    if marked:
+        import json
+
+        err = json.loads(marked[-1].split(" ", 1)[1])
+        raise InvalidInputError(err["message"], hint=err.get("hint"), expected=err.get("expected"),
+                                received=err.get("received"))
+    last = lines[-1]
     if r.returncode < 0:
         raise InvalidInputError(f"{str(p)!r} crashed the ONNX loader (signal {-r.returncode}); "
                                 f"it is not a valid ONNX model.",

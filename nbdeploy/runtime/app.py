@@ -138,7 +138,7 @@ class Runtime:
         self._get_explainer()
         X = parse_rows(body, n_features=int(self.spec["n_features"]),
                        feature_names=self.spec.get("feature_names"),
-                       max_rows=self.explainer.max_rows)
+                       max_rows=min(self.max_rows, self.explainer.max_rows))
         method = body.get("method", "shap")
         return self.explainer.explain(X, method=method, options=body)
 

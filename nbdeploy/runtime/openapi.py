@@ -3,14 +3,44 @@
 from __future__ import annotations
 
 
+F32_MAX = 3.4028234663852886e38
+
+
+def _explainer(runtime):
+    try:
+        return runtime._get_explainer()
+    except Exception:
+        return None
+
+
 def openapi_document(runtime) -> dict:
     n = int(runtime.spec["n_features"])
-    row = {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n}
+    # values must fit float32 (the model's input type): larger ones are a 400, so say so
+    number = {"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX}
+    row = {"type": "array", "items": number, "minItems": n, "maxItems": n}
     names = runtime.spec.get("feature_names")
-    record = ({"type": "object", "properties": {f: {"type": "number"} for f in names},
+    record = ({"type": "object", "properties": {f: number for f in names},
                "required": list(names), "additionalProperties": False} if names else None)
-    rows = {"type": "array", "minItems": 1, "maxItems": runtime.max_rows,
-            "items": {"oneOf": [row, record]} if record else row}
+
+    def rows_schema(limit: int) -> dict:
+        # all rows are lists, or all rows are records: the server refuses a mix
+        lists = {"type": "array", "minItems": 1, "maxItems": limit, "items": row}
+        if not record:
+            return lists
+        return {"oneOf": [lists, dict(lists, items=record)]}
+
+    rows = rows_schema(runtime.max_rows)
+    explainer = _explainer(runtime)
+    if explainer is None:
+        explain_body = {"type": "object", "properties": {"inputs": rows}, "required": ["inputs"]}
+    else:  # one branch per enabled method, each with its own row limit
+        branches = []
+        for m in explainer.methods:
+            props = {"inputs": rows_schema(min(runtime.max_rows, explainer._row_limit(m))),
+                     "method": {"type": "string", "enum": [m]}}
+            branches.append({"type": "object", "properties": props,
+                             "required": ["inputs"] if m == "shap" else ["inputs", "method"]})
+        explain_body = {"oneOf": branches} if len(branches) > 1 else branches[0]
     err = {"type": "object", "properties": {"error": {"type": "string"}, "message": {"type": "string"},
                                              "hint": {"type": "string"}},
            "required": ["error", "message"]}
@@ -35,10 +65,8 @@ def openapi_document(runtime) -> dict:
                               "400": err_resp, "413": err_resp, "415": err_resp}}},
             "/explain": {"post": {
                 "summary": "Explain predictions with SHAP or LIME",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"inputs": rows,
-                                                     "method": {"type": "string", "enum": ["shap", "lime"]}},
-                    "required": ["inputs"]}}}},
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": explain_body}}},
                 "responses": {"200": {"description": "Explanations",
                                       "content": {"application/json": {"schema": obj}}},
                               "400": err_resp, "413": err_resp, "415": err_resp, "501": err_resp}}},

@@ -6,10 +6,13 @@ what was received.  Nothing here may raise anything else for bad client input.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
 import numpy as np
+
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 class ClientError(Exception):
@@ -95,19 +98,32 @@ def parse_rows(body: Any, *, n_features: int, feature_names: list[str] | None,
         raise ClientError(400, f"Rows must contain only numbers; found {bad}.",
                           hint="Send numbers (not strings, booleans or null); encode categories first.",
                           expected="numbers", received=bad)
+    if bool in set(map(type, itertools.chain.from_iterable(rows))):   # C-speed scan
+        bad = _first_non_number(rows)   # True/False mixed with numbers coerce silently to 1/0
+        raise ClientError(400, f"Rows must contain only numbers; found {bad}.",
+                          hint="Send numbers (not strings, booleans or null); encode categories first.",
+                          expected="numbers", received=bad)
     if arr.shape[1] != n_features:
         raise ClientError(400, f"Each row must have {n_features} features; got {arr.shape[1]}.",
                           hint="Send rows with the same columns the model was trained on "
                                "(see GET /metadata for the input schema).",
                           expected=n_features, received=int(arr.shape[1]))
     X = arr.astype(np.float32)
-    if not np.isfinite(X).all():
-        bad = np.where(~np.isfinite(X).all(axis=1))[0]
+    # |x| > float32 max is refused exactly at the documented bound (the cast would round a
+    # sliver above it down to max, and overflow the rest to inf)
+    too_big = arr.dtype.kind == "f" and bool((np.abs(arr) > F32_MAX).any())
+    if too_big or not np.isfinite(X).all():
+        bad_rows = ~np.isfinite(X).all(axis=1)
+        if arr.dtype.kind == "f":
+            bad_rows |= (np.abs(arr) > F32_MAX).any(axis=1)
+        bad = np.where(bad_rows)[0]
         if arr.dtype.kind == "f" and np.isfinite(arr).all():
             msg = f"Values in {len(bad)} row(s) overflow float32 (first: row {int(bad[0])})."
+            hint = f"Send values within +/-{F32_MAX:.4g} (the model's float32 inputs)."
         else:
             msg = f"NaN or infinite values in {len(bad)} row(s) (first: row {int(bad[0])})."
-        raise ClientError(400, msg, hint="Impute or drop missing values before sending.",
+            hint = "Impute or drop missing values before sending."
+        raise ClientError(400, msg, hint=hint,
                           expected="finite numbers", received=f"{len(bad)} rows with NaN/Inf")
     return X
 
