@@ -31,6 +31,9 @@ python3 -m pip install -q "torch==2.13.0"
 # the JupyterLab extension's build tools (TypeScript, JupyterLab builder) and playwright-core
 # for the browser test; the package build below compiles the extension into the wheel
 (cd labextension && npm ci --no-audit --no-fund --loglevel=error)
+# a `jupyter labextension develop` link in the way of the wheel's shared data breaks pip
+link="$(python3 -c 'import sys; print(sys.prefix)')/share/jupyter/labextensions/nbdeploy"
+if [ -L "$link" ]; then echo "removing development link $link"; rm -f "$link"; fi
 python3 -m pip install -q -e ".[test]"
 
 echo "== supply-chain audit (scripts/audit.sh)"
