@@ -16,12 +16,14 @@ missing=""
 for p in $APT_PACKAGES; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
 done
-if [ -n "$missing" ] && command -v apt-get >/dev/null; then
+# node/npm may already come from elsewhere (e.g. nodesource); don't fight it
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing="$(echo "$missing" | sed 's/ nodejs//; s/ npm//')"
+fi
+if [ -n "$(echo "$missing" | tr -d ' ')" ] && command -v apt-get >/dev/null; then
   echo "== apt-get install$missing"
   $SUDO apt-get update -qq
-  # node/npm may already come from elsewhere (e.g. nodesource); don't fight it
-  if command -v node >/dev/null; then missing="$(echo "$missing" | sed 's/ nodejs//; s/ npm//')"; fi
-  [ -n "$(echo "$missing" | tr -d ' ')" ] && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
 fi
 
 echo "== pip install"
