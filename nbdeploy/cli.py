@@ -72,13 +72,9 @@ def cmd_stop(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from .errors import NotFoundError
-    from .serve import find
+    from .serve import require
 
-    found = find(args.name)
-    if not found:
-        raise NotFoundError(f"No running server matches {args.name!r}.", hint="See `nbdeploy list`.")
-    for h in found:
+    for h in require(args.name):
         print(h.logs(tail=args.tail))
     return 0
 

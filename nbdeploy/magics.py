@@ -442,15 +442,9 @@ class DeployMagics(Magics):
             print(f"stopped {h.id} ({h.url})")
 
     def _cmd_logs(self, args) -> None:
-        from .errors import NotFoundError
-        from .serve import find, list_servers
+        from .serve import require
 
-        name = _unquote(args.name)
-        servers = find(name)
-        if not servers:
-            running = [h.id for h in list_servers()]
-            raise NotFoundError(f"%deploy logs: no running server matches {name!r}.",
-                                hint=f"Running servers: {', '.join(running) or 'none'}.")
+        servers = require(_unquote(args.name))
         for h in servers:
             if len(servers) > 1:
                 print(f"==> {h.id} <==")

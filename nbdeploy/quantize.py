@@ -357,7 +357,7 @@ def choose(report: QuantizeReport, bench, *, quantize: str = "auto",
                                      "quantize='none' to deploy the fp32 model.")
         text = _describe(v, bench, provider)
         if not v.within_tolerance:
-            text += f" — WARNING: outside the tolerance, kept because it was forced"
+            text += " — WARNING: outside the tolerance, kept because it was forced"
         return v.name, text + " (forced)"
     best, best_score, notes = None, _MIN_GAIN, []
     for v in report.variants[1:]:

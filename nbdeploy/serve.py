@@ -366,13 +366,19 @@ def find(name_or_id: str) -> list[ServerHandle]:
     return [h for h in list_servers() if name_or_id in (h.id, h.tag, h.name)]
 
 
-def stop(name_or_id: str) -> list[ServerHandle]:
-    """Stop every running server matching ``name_or_id``; error if there is none."""
+def require(name_or_id: str) -> list[ServerHandle]:
+    """Like :func:`find`, but a :class:`NotFoundError` naming the running servers if none matches."""
     found = find(name_or_id)
     if not found:
         running = [h.id for h in list_servers()]
         raise NotFoundError(f"No running server matches {name_or_id!r}.",
-                            hint=f"Running servers: {running or 'none'}.")
+                            hint=f"Running servers: {', '.join(running) or 'none'}.")
+    return found
+
+
+def stop(name_or_id: str) -> list[ServerHandle]:
+    """Stop every running server matching ``name_or_id``; error if there is none."""
+    found = require(name_or_id)
     for h in found:
         h.stop()
     return found

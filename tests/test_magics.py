@@ -119,7 +119,7 @@ def assert_one_line_error(result, out, err, *must_contain):
     ("model --sample X[::0]", ["evaluating", "ValueError"]),
     ("", ["nothing to deploy"]),
     ("stop nobody-runs-this", ["No running server", "nobody-runs-this"]),
-    ("logs nobody-runs-this", ["no running server"]),
+    ("logs nobody-runs-this", ["No running server", "nobody-runs-this"]),
     ("status no-such-bundle", ["no bundle or server"]),
     ("logs", ["missing NAME"]),
 ])

@@ -200,14 +200,9 @@ def _servers() -> list[dict]:
 
 
 def _check_server(sid: str) -> list[str]:
-    from ..serve import find, list_servers
+    from ..serve import require
 
-    found = find(sid)
-    if not found:
-        running = [h.id for h in list_servers()]
-        raise NotFoundError(f"No running server matches {sid!r}.",
-                            hint=f"Running servers: {running or 'none'}.")
-    return [h.id for h in found]
+    return [h.id for h in require(sid)]
 
 
 def _logs(sid: str, tail: int | None, offset: int | None) -> dict:
