@@ -275,6 +275,27 @@ class Deployment:
             config = dataclasses.replace(config, **self.serving_overrides)
         return config
 
+    def serving_reasons(self, config) -> dict:
+        """Why the bundle serves the way it does, in words, for the model card."""
+        hints = getattr(self.optimized, "serving", None) or {}
+        batching = hints.get("batching") or {}
+        if config.batching:
+            why_batch = batching.get("reason", "requested")
+        elif batching.get("enabled"):
+            why_batch = ("the benchmark favours batches, but one row takes under 0.2 ms, so the "
+                         "HTTP stack dominates and a batcher would only add a thread hop")
+        else:
+            why_batch = batching.get("reason", "no benchmark: rows are served as they come")
+        return {
+            "threads": hints.get("threads_reason", "default"),
+            "batching": why_batch,
+            "workers": "one worker per replica: drift statistics live in the worker, and on a "
+                       "small machine a second worker competes with onnxruntime's threads; "
+                       "scale out with replicas (nbdeploy k8s)",
+            "access_log": "off: BentoML's per-request log line costs more than a tree model's "
+                          "prediction" if not config.access_log else "on",
+        }
+
     def _bundle(self, progress) -> str:
         from . import bundle as _bundle
         from .drift import write_baseline
@@ -295,7 +316,7 @@ class Deployment:
                     write(model_dir)
 
             metadata = self.to_dict(include_bundle=False)
-            metadata["serving"] = config.to_dict()
+            metadata["serving"] = dict(config.to_dict(), reasons=self.serving_reasons(config))
             metadata["description"] = (f"{self.converted.framework} {self.converted.spec['task']} "
                                        f"deployed with nbdeploy {__version__}")
             self.bundle = _bundle.build(name=self.name, onnx_bytes=self.chosen_model.SerializeToString(),

@@ -77,6 +77,11 @@ def test_metadata_is_a_model_card(served, get):
     assert meta["input_schema"]["feature_names"][0] == "mean radius"
     assert meta["verify"]["passed"] is True
     assert meta["serving"]["providers"] == ["CPUExecutionProvider"]
+    # the serving choice and why, from the benchmark
+    assert meta["chosen_variant"] == "fp32" and meta["optimize"]["reason"]
+    assert meta["serving"]["threads"] >= 1 and meta["serving"]["workers"] == 1
+    assert set(meta["serving"]["reasons"]) >= {"threads", "batching", "workers"}
+    assert meta["optimize"]["benchmark"]
     for dist in ("nbdeploy", "onnxruntime", "bentoml"):
         assert dist in meta["versions"]
 
