@@ -264,7 +264,17 @@ function reportSections(r: Record<string, any>): HTMLElement[] {
           v.within_tolerance, v.latency?.p50_ms_batch1]))
         : null);
   }
-  if (isObj(opt.serving)) {
+  if (isObj(r.serving)) {
+    // what the bundle really runs with (the benchmark's hints are only an input to it)
+    const sv = r.serving;
+    const b = isObj(sv.batching) ? sv.batching : null;
+    const why = isObj(sv.reasons) ? sv.reasons : {};
+    section('Serving', kv(scalars({
+      device: sv.device, workers: sv.workers, threads: sv.threads,
+      batching: b ? `up to ${b.max_batch_size} rows` : 'off',
+      'why batching': why.batching, 'why threads': why.threads
+    })));
+  } else if (isObj(opt.serving)) {
     const sv = opt.serving;
     section('Serving', kv(scalars({
       threads: sv.threads, batching: sv.batching?.enabled, 'max batch': sv.batching?.max_batch_size,

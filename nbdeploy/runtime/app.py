@@ -13,11 +13,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .validation import ClientError, parse_rows
+
+if TYPE_CHECKING:  # numpy loads in the worker (Runtime.load), not in BentoML's arbiter,
+    import numpy as np  # which imports this module only to read the service's config
 
 log = logging.getLogger("nbdeploy.runtime")
 
@@ -81,6 +82,8 @@ class Runtime:
 
             self.batcher = Batcher(self.model.run, max_batch_size=int(batching.get("max_batch_size", 64)))
         # one warm-up run so the first request does not pay for lazy initialisation
+        import numpy as np
+
         self.model.run(np.zeros((1, int(self.spec["n_features"])), dtype=np.float32))
         self.ready = True
         log.info("nbdeploy bundle ready on %s", self.providers)
@@ -92,6 +95,8 @@ class Runtime:
     def _warm_explainer(self) -> None:
         try:
             ex = self._get_explainer()
+            import numpy as np
+
             zero = np.zeros((1, int(self.spec["n_features"])), dtype=np.float32)
             ex.explain(zero, method="shap", options={})
             try:
