@@ -194,41 +194,25 @@ class Deployment:
         return self.verify_report.summary()
 
     def _optimize_steps(self) -> None:
-        try:
-            from .quantize import optimize
-        except ImportError:
-            self._skip("benchmark", "benchmark module not available")
-            self._skip("quantize", "quantization module not available")
-            return
-        t0 = time.perf_counter()
-        self._emit(StepEvent("benchmark", "running"))
+        from .quantize import optimize
 
-        def progress(fraction: float, message: str = "") -> None:
-            self._emit(StepEvent("benchmark", "running", time.perf_counter() - t0, message,
-                                 max(0.0, min(1.0, float(fraction)))))
-
-        def run(_progress) -> str:
+        def run(progress) -> str:
             kwargs = dict(labels=self.labels, quantize=self.quantize, device=self.device,
                           time_budget_s=self.benchmark_budget_s, progress=progress)
             if self.quantize_tolerance is not None:
                 kwargs["tolerance"] = self.quantize_tolerance
             self.optimized = optimize(self.converted, **kwargs)
-            return getattr(self.optimized, "benchmark_summary", lambda: "measured")() \
-                if callable(getattr(self.optimized, "benchmark_summary", None)) else "measured"
+            return self.optimized.benchmark_summary()
 
-        self._run_step("benchmark", run)
-        self._emit(StepEvent("quantize", "done", 0.0,
-                             self.optimized.reason))
+        self._run_step("benchmark", run)  # benchmark and quantization are one measured pass
+        self._emit(StepEvent("quantize", "done", 0.0, self.optimized.reason))
 
     def _explain(self, progress) -> str:
-        try:
-            from .explain import explain
-        except ImportError:
-            return "explanation module not available"
+        from .explain import explain
+
         self.explanation = explain(self.converted, onnx_model=self.chosen_model,
                                    methods=self.explain_methods, progress=progress)
-        summary = getattr(self.explanation, "summary", None)
-        return summary() if callable(summary) else "explained"
+        return self.explanation.summary()
 
     @property
     def chosen_model(self):
@@ -238,35 +222,37 @@ class Deployment:
 
     @property
     def chosen_spec(self) -> dict:
-        if self.optimized is not None and getattr(self.optimized, "chosen_spec", None):
-            return self.optimized.chosen_spec
-        return self.converted.spec
+        return self.optimized.chosen_spec if self.optimized is not None else self.converted.spec
 
     @property
     def chosen_variant(self) -> str:
         return self.optimized.chosen if self.optimized is not None else "fp32"
 
+    def _hints(self) -> dict:
+        return (self.optimized.serving if self.optimized is not None else None) or {}
+
+    def _row_too_cheap_to_batch(self) -> bool:
+        """The benchmark favours batches, but one row costs under 0.2 ms: the HTTP stack then
+        dominates and a batcher's thread hop would cost more than it saves."""
+        if not (self._hints().get("batching") or {}).get("enabled"):
+            return False
+        entry = self.optimized.benchmark.entry(self.chosen_variant)
+        one = entry.point(1) if entry is not None else None
+        return one is not None and one.p50_ms < 0.2
+
     def serve_config(self):
         from .bundle import ServeConfig
 
-        hints = getattr(self.optimized, "serving", None) or {}
-        batching = dict(hints.get("batching") or {})
-        if batching.get("enabled"):
-            # Batching amortises the model call; when one row costs less than ~0.2 ms the HTTP
-            # stack dominates and the thread hop of the batcher would cost more than it saves.
-            entry = self.optimized.benchmark.entry(self.chosen_variant)
-            one = entry.point(1) if entry is not None else None
-            if one is not None and one.p50_ms < 0.2:
-                batching["enabled"] = False
-                self._single_row_fast = True
-        # Rows are then served one request at a time: a sub-0.2 ms row gains nothing from more
-        # intra-op threads, which would only compete with the HTTP event loop for the cores.
-        threads = 1 if getattr(self, "_single_row_fast", False) else (hints.get("threads", 1) or 1)
-        config = ServeConfig(device=self.device, threads=threads,
-                           allow_cpu_fallback=self.allow_cpu_fallback,
-                           batching={"max_batch_size": int(batching.get("max_batch_size", 64)),
-                                     "max_latency_ms": float(batching.get("max_latency_ms", 2.0))}
-                           if batching.get("enabled") else None)
+        hints = self._hints()
+        batching = hints.get("batching") or {}
+        cheap = self._row_too_cheap_to_batch()
+        # Rows served one request at a time gain nothing from more intra-op threads, which
+        # would only compete with the HTTP event loop for the cores.
+        config = ServeConfig(device=self.device, threads=1 if cheap else (hints.get("threads") or 1),
+                             allow_cpu_fallback=self.allow_cpu_fallback,
+                             batching={"max_batch_size": int(batching.get("max_batch_size", 64)),
+                                       "max_latency_ms": float(batching.get("max_latency_ms", 2.0))}
+                             if batching.get("enabled") and not cheap else None)
         if self.serving_overrides:
             import dataclasses
 
@@ -281,11 +267,12 @@ class Deployment:
 
     def serving_reasons(self, config) -> dict:
         """Why the bundle serves the way it does, in words, for the model card."""
-        hints = getattr(self.optimized, "serving", None) or {}
+        hints = self._hints()
         batching = hints.get("batching") or {}
+        cheap = self._row_too_cheap_to_batch()
         if config.batching:
             why_batch = batching.get("reason", "requested")
-        elif batching.get("enabled"):
+        elif cheap:
             why_batch = ("the benchmark favours batches, but one row takes under 0.2 ms, so the "
                          "HTTP stack dominates and a batcher would only add a thread hop")
         else:
@@ -293,7 +280,7 @@ class Deployment:
         return {
             "threads": ("1: rows are served as they come and one row takes under 0.2 ms, so more "
                         "threads would only compete with the HTTP event loop"
-                        if getattr(self, "_single_row_fast", False) and config.threads == 1
+                        if cheap and config.threads == 1
                         else hints.get("threads_reason", "default")),
             "batching": why_batch,
             "workers": "one worker per replica: drift statistics live in the worker, and on a "
@@ -311,16 +298,14 @@ class Deployment:
         with tempfile.TemporaryDirectory(prefix="nbdeploy-plots-") as tmp:
             plots: list[Path] = []
             for result in (self.optimized, self.explanation):
-                save = getattr(result, "save_plots", None)
-                if callable(save):
-                    plots.extend(Path(p) for p in save(tmp))
+                if result is not None:
+                    plots.extend(Path(p) for p in result.save_plots(tmp))
             progress(0.3, "rendering service")
 
             def extra(model_dir: Path) -> None:
                 write_baseline(model_dir, self.converted.X, self.converted.schema.feature_names)
-                write = getattr(self.explanation, "write_artifacts", None)
-                if callable(write):
-                    write(model_dir)
+                if self.explanation is not None:
+                    self.explanation.write_artifacts(model_dir)
 
             metadata = self.to_dict(include_bundle=False)
             metadata["serving"] = dict(config.to_dict(), reasons=self.serving_reasons(config))
@@ -333,8 +318,7 @@ class Deployment:
         return self.bundle.tag
 
     def _explain_requirements(self) -> list[str] | None:
-        reqs = getattr(self.explanation, "requirements", None)
-        return list(reqs()) if callable(reqs) else None
+        return self.explanation.requirements() if self.explanation is not None else None
 
     # -- after the pipeline --------------------------------------------------------------------
     @property
