@@ -318,11 +318,9 @@ def rollout(name_or_id: str, tag: str, *, timeout: float = 90.0, drain_s: float 
     new = ServerHandle(id=old.id, tag=new_tag, host=old.host, port=old.port, pid=proc.pid,
                        log_path=str(log_path), started=time.time(), backend_port=new_port,
                        proxy_pid=old.proxy_pid)
-    try:
-        ServerHandle(id=f"{old.id}-next", tag=new_tag, host=old.host, port=new_port, pid=proc.pid,
-                     log_path=str(log_path), started=new.started).wait_ready(timeout, proc=proc)
-    except ServeError:
-        raise  # the old version keeps serving
+    # if the new version fails to start, this raises and the old version keeps serving
+    ServerHandle(id=f"{old.id}-next", tag=new_tag, host=old.host, port=new_port, pid=proc.pid,
+                 log_path=str(log_path), started=new.started).wait_ready(timeout, proc=proc)
     state = servers_dir() / f"{old.id}.proxy.json"
     ack = state.with_suffix(".ack")
     ack.unlink(missing_ok=True)
