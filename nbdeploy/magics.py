@@ -332,10 +332,6 @@ class DeployMagics(Magics):
     def _deploy(self, args: argparse.Namespace):
         from .pipeline import Deployment
 
-        if args.push and not hasattr(Deployment, "push"):
-            raise ArgumentError("%deploy: --push is not available in this version of nbdeploy.",
-                                hint="Deploy without --push, then push the bundle with your "
-                                     "usual tools (`bentoml containerize TAG`).")
         if args.port is not None:
             _check_port(args.port)   # before building, not after a minute of work
         model = self._resolve(args.model, "model")

@@ -429,10 +429,6 @@ class DeployWidget(W.VBox):
         ref = self.push_ref.value.strip()
 
         def push():
-            if not hasattr(type(d), "push"):
-                raise NbdeployError("Pushing is not available in this version of nbdeploy.",
-                                    hint="Upgrade nbdeploy, or build the image from the bundle "
-                                         "with `bentoml containerize` and push it yourself.")
             if not ref:
                 raise NbdeployError("Enter an image reference to push to.",
                                     hint="For example registry.example.com/team/model:1.0")
@@ -448,9 +444,6 @@ class DeployWidget(W.VBox):
         path = self.export_path.value.strip()
 
         def export():
-            if not hasattr(type(d), "export"):
-                raise NbdeployError("Exporting is not available in this version of nbdeploy.",
-                                    hint=f"Use `bentoml export {d.tag} PATH` meanwhile.")
             if not path:
                 raise NbdeployError("Enter a path to export the bundle to.",
                                     hint="For example ./my-model.bento")

@@ -151,16 +151,6 @@ def test_wrong_sample_keeps_the_traceback_available(ip):
     assert last.error is not None and last.steps["convert"].state == "failed"
 
 
-def test_push_without_support_fails_before_running(ip, monkeypatch):
-    from nbdeploy.pipeline import Deployment
-
-    monkeypatch.delattr(Deployment, "push", raising=False)
-    before = magics(ip).last
-    result, out, err = run(ip, "model --sample X --push localhost:5000/iris:1")
-    assert_one_line_error(result, out, err, "--push is not available")
-    assert magics(ip).last is before                  # nothing was built
-
-
 def test_push_flag_pushes_the_built_bundle(ip, monkeypatch):
     from nbdeploy.pipeline import Deployment
 

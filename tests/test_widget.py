@@ -93,20 +93,6 @@ def test_serve_and_stop_buttons_drive_a_real_server(built, iris):
     assert "built" in w.status.value                     # not stuck at "serve…"
 
 
-def test_push_and_export_say_when_unavailable(built, monkeypatch):
-    from nbdeploy.pipeline import Deployment
-
-    d, w, _ = built
-    monkeypatch.delattr(Deployment, "push", raising=False)
-    monkeypatch.delattr(Deployment, "export", raising=False)
-    w.push_ref.value = "localhost:5000/widget-test:1"
-    w.push_button.click()
-    assert "not available in this version" in w.action_html.value and "Hint:" in w.action_html.value
-    w.export_button.click()
-    assert "not available in this version" in w.action_html.value
-    assert not w.push_button.disabled and not w.export_button.disabled
-
-
 def test_push_and_export_call_the_deployment(built, monkeypatch):
     from nbdeploy.pipeline import Deployment
 

@@ -33,12 +33,6 @@ _JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _MAX_LOG_BYTES = 1 << 20
 
 
-class PushUnavailableError(NbdeployError):
-    """This install has no registry push (the container module is missing)."""
-
-    http_status = 501
-
-
 def _escape_json(obj: Any) -> str:
     # JSON that is also inert as HTML: no raw '<', '>' or '&' ever reaches the client, so an
     # error body echoing a hostile name cannot become markup if someone renders it.
@@ -246,15 +240,6 @@ def _stop(sid: str) -> dict:
     return {"stopped": [h.id for h in stop(sid)]}
 
 
-def _push_fn() -> Callable:
-    try:
-        from ..registry import push
-    except (ImportError, AttributeError) as exc:
-        raise PushUnavailableError("Pushing to a registry is not available in this install.",
-                                   hint="Push from a notebook or the CLI instead.") from exc
-    return push
-
-
 def _check_ref(ref: Any, field: str = "ref") -> str:
     if not isinstance(ref, str) or not ref.strip():
         raise InvalidInputError(f"Give an image reference as {field!r}, e.g. \"127.0.0.1:5000/model:1\".",
@@ -291,12 +276,8 @@ class InfoHandler(NbdeployHandler):
     @_api
     async def get(self):
         """Extension version and what it can do (the UI uses it to detect the extension)."""
-        try:
-            _push_fn()
-            push = True
-        except PushUnavailableError:
-            push = False
-        self.reply({"name": "nbdeploy", "version": __version__, "push": push})
+        # "push" stays for sidebars that still read it; every install can push.
+        self.reply({"name": "nbdeploy", "version": __version__, "push": True})
 
 
 class BundlesHandler(NbdeployHandler):
@@ -384,10 +365,10 @@ class PushHandler(NbdeployHandler):
     @_api
     async def post(self, tag: str):
         """Build the bundle's OCI image and push it to ``ref``, as a job (202)."""
+        from ..registry import push
         from ..schema import validate_tag
 
         validate_tag(tag)
-        push = _push_fn()
         body = self.json_body()
         ref = _check_ref(body.get("ref"))
         insecure = body.get("insecure")
@@ -526,4 +507,4 @@ def setup_handlers(web_app, log=None) -> JobManager:
     return jobs
 
 
-__all__ = ["ROUTES", "routes", "setup_handlers", "NbdeployHandler", "PushUnavailableError"]
+__all__ = ["ROUTES", "routes", "setup_handlers", "NbdeployHandler"]
