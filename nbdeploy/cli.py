@@ -192,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("tag", help="NAME or NAME:VERSION")
     s.add_argument("ref", help="registry/repository:tag, e.g. ghcr.io/me/churn:1")
     s.add_argument("--builder", default="oci", choices=["oci", "auto", "bentoml", "docker", "podman", "buildah"])
-    s.add_argument("--base", default=None, help="base image with Python (default python:3.11-slim)")
+    s.add_argument("--base", default=None,
+                   help="base image with Python 3.11, e.g. a mirror reachable from here "
+                        "(default: $NBDEPLOY_BASE_IMAGE, else python:3.11-slim from Docker Hub)")
     s.add_argument("--insecure", action="store_true", help="allow plain HTTP to a non-loopback registry")
     s.set_defaults(fn=cmd_push)
 

@@ -31,6 +31,8 @@ examples:
       ... and serve it; `d` is the Deployment (d.server.url, d.predict(X), d.stop())
   %deploy model --sample X_test --quantize none --explain none --serve --port 3000
   %deploy model --sample X_test --push registry.example.com/team/churn:1.0
+  %deploy model --sample X_test --push registry.internal:5000/churn:1 --base registry.internal:5000/python:3.11-slim
+      ... on a base image from a registry reachable from here (air-gapped setups)
   %deploy list                 bundles in the store and running servers
   %deploy status churn         versions of `churn` and its servers
   %deploy logs churn --tail 50 the last lines of its server log
@@ -109,6 +111,10 @@ def build_parser() -> _Parser:
                    help="port for --serve (default: a free one); implies --serve")
     p.add_argument("--push", metavar="REF",
                    help="push an OCI image to REF after building, e.g. ghcr.io/me/churn:1.0")
+    p.add_argument("--base", metavar="IMAGE",
+                   help="base image (with Python 3.11) for --push, e.g. a mirror: --base "
+                        "registry.internal:5000/python:3.11-slim (default: $NBDEPLOY_BASE_IMAGE, "
+                        "else python:3.11-slim from Docker Hub)")
     p.add_argument("--text", action="store_true",
                    help="plain text progress instead of the widget (automatic outside Jupyter)")
     p.add_argument("--widget", action="store_true", help=argparse.SUPPRESS)
@@ -332,6 +338,16 @@ class DeployMagics(Magics):
     def _deploy(self, args: argparse.Namespace):
         from .pipeline import Deployment
 
+        if args.base and not args.push:
+            raise ArgumentError("%deploy: --base only applies to --push.",
+                                hint="Add --push REF, e.g. --push registry.example.com/team/churn:1.0 "
+                                     f"--base {args.base}")
+        if args.push:   # a malformed reference fails here, not after a minute of building
+            from .registry import Reference
+
+            for ref in (args.push, args.base):
+                if ref:
+                    Reference.parse(_unquote(ref))
         if args.port is not None:
             _check_port(args.port)   # before building, not after a minute of work
         model = self._resolve(args.model, "model")
@@ -361,7 +377,8 @@ class DeployMagics(Magics):
             if args.serve or args.port:
                 d.serve(port=args.port)
             if args.push:
-                d.push(_unquote(args.push))
+                base = _unquote(args.base) if args.base else None
+                d.push(_unquote(args.push), **({"base": base} if base else {}))
         finally:
             if view is not None:
                 view.refresh()

@@ -711,6 +711,8 @@ def push(bento, ref: str, *, builder: str = "oci", base: "str | None" = None, in
     ``builder``: ``"oci"`` (default) builds without a daemon (:func:`nbdeploy.image.build_image`);
     ``"bentoml"`` runs ``bentoml containerize`` with a detected local builder, or name one
     (``"docker"``, ``"podman"``, ``"buildah"``); ``"auto"`` uses a local builder when one exists.
+    ``base``: the base image with Python; default ``$NBDEPLOY_BASE_IMAGE``, else
+    ``python:3.11-slim`` from Docker Hub (set the variable where Docker Hub is out of reach).
     ``insecure`` and ``credentials`` apply to the target registry and to the base image's.
     """
     r = Reference.parse(ref)
@@ -728,7 +730,7 @@ def push(bento, ref: str, *, builder: str = "oci", base: "str | None" = None, in
                                 received=builder)
     from .image import DEFAULT_BASE, build_image
 
-    base = base or DEFAULT_BASE
+    base = base or os.environ.get("NBDEPLOY_BASE_IMAGE", "").strip() or DEFAULT_BASE
     # Target credentials go to the base's registry only when it is the same registry.
     same = isinstance(base, str) and Reference.parse(base).registry == r.registry
     image = build_image(bento, base=base, insecure=insecure if same else None,

@@ -428,7 +428,7 @@ class DeployWidget(W.VBox):
         d = self.deployment
         ref = self.push_ref.value.strip()
 
-        def push():
+        def push():   # the base image: $NBDEPLOY_BASE_IMAGE, else nbdeploy's default
             if not ref:
                 raise NbdeployError("Enter an image reference to push to.",
                                     hint="For example registry.example.com/team/model:1.0")

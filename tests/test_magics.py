@@ -122,6 +122,9 @@ def assert_one_line_error(result, out, err, *must_contain):
     ("logs nobody-runs-this", ["No running server", "nobody-runs-this"]),
     ("status no-such-bundle", ["no bundle or server"]),
     ("logs", ["missing NAME"]),
+    ("model --sample X --base 127.0.0.1:5000/python:3.11", ["--base only applies to --push"]),
+    ("model --sample X --push 127.0.0.1:5000/m:1 --base 'Not A Ref'", ["Invalid repository name",
+                                                                       "Not A Ref"]),
 ])
 def test_mistakes_are_one_line_with_a_hint(ip, line, must_contain):
     result, out, err = run(ip, line)
@@ -167,7 +170,7 @@ def test_help_explains_every_flag_with_examples(ip):
     result, out, err = run(ip, "--help")
     assert result is None and err == ""
     flags = ["--sample", "--labels", "--name", "--quantize", "--explain", "--device", "--serve",
-             "--port", "--push", "list", "status", "stop", "logs"]
+             "--port", "--push", "--base", "NBDEPLOY_BASE_IMAGE", "list", "status", "stop", "logs"]
     for flag in flags:
         assert flag in out, flag
     assert "examples:" in out and "%deploy model --sample X_test" in out

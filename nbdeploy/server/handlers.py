@@ -375,7 +375,7 @@ class PushHandler(NbdeployHandler):
         if insecure is not None and not isinstance(insecure, bool):
             raise InvalidInputError("insecure must be true or false.", expected="boolean", received=repr(insecure))
         kwargs = {"insecure": insecure}
-        if body.get("base") is not None:  # base image, e.g. a mirror reachable from here
+        if body.get("base") is not None:  # e.g. a mirror reachable from here; else $NBDEPLOY_BASE_IMAGE
             kwargs["base"] = _check_ref(body["base"], "base")
         full = await self.run(_check_bundle, tag)
         job = self.jobs.submit("push", full, lambda: push(full, ref, **kwargs))
