@@ -132,6 +132,33 @@ class Registry:
     def count(self, method: str, contains: str = "") -> int:
         return sum(1 for l in self.access_log() if f'"{method} ' in l and contains in l)
 
+    def manifest(self, repo: str, tag: str) -> tuple[str, dict]:
+        """(digest, manifest) of ``repo:tag`` as the registry itself reports it (Docker-Content-Digest),
+        read with a plain HTTP GET, after checking that the body hashes to that digest."""
+        import hashlib
+
+        req = urllib.request.Request(f"http://{self.host}/v2/{repo}/manifests/{tag}",
+                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+            digest, body = r.headers["Docker-Content-Digest"], r.read()
+        assert digest == "sha256:" + hashlib.sha256(body).hexdigest()
+        manifest = json.loads(body)
+        assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+        return digest, manifest
+
+
+def assert_pushed(registry: Registry, ref: str, digest: str, *, base: str) -> None:
+    """``ref`` in ``registry`` points at ``digest`` (as the registry reports it), and the image's
+    first layers are those of the base image ``base`` (also in ``registry``)."""
+    repo, tag = ref.split("/", 1)[1].rsplit(":", 1)
+    got, manifest = registry.manifest(repo, tag)
+    assert got == digest, (ref, got, digest)
+    base_repo, base_tag = base.split("/", 1)[1].rsplit(":", 1)
+    _, base_manifest = registry.manifest(base_repo, base_tag)
+    base_layers = [l["digest"] for l in base_manifest["layers"]]
+    assert [l["digest"] for l in manifest["layers"][:len(base_layers)]] == base_layers
+
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory):
@@ -168,6 +195,14 @@ def auth_registry(tmp_path):
 def nbdeploy_home(tmp_path_factory):
     """One NBDEPLOY_HOME (blob store, dependency-layer cache) for the whole session."""
     return tmp_path_factory.mktemp("nbdeploy-home")
+
+
+@pytest.fixture
+def shared_image_cache(nbdeploy_home, monkeypatch):
+    """For front ends that cannot pass ``home=`` (magic, widget, server extension): their image
+    builds use the session's blob store and dependency-layer cache, so pip runs once a session."""
+    monkeypatch.setenv("NBDEPLOY_HOME", str(nbdeploy_home))
+    return nbdeploy_home
 
 
 # --- base image ------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from IPython.utils.capture import capture_output
 
+pytest_plugins = ["conftest_containers"]
+
 
 @pytest.fixture(scope="module")
 def ip():
@@ -154,16 +156,31 @@ def test_wrong_sample_keeps_the_traceback_available(ip):
     assert last.error is not None and last.steps["convert"].state == "failed"
 
 
-def test_push_flag_pushes_the_built_bundle(ip, monkeypatch):
-    from nbdeploy.pipeline import Deployment
+@pytest.mark.slow
+def test_push_flag_pushes_to_a_real_registry_on_the_base_given(ip, registry, base_image_ref,
+                                                                 shared_image_cache):
+    from conftest_containers import assert_pushed
 
-    pushed = []
-    monkeypatch.setattr(Deployment, "push", lambda self, ref: pushed.append((self.tag, ref)),
-                        raising=False)
+    ref = f"{registry.host}/magic/iris:1"
     d, out, err = run(ip, "model --sample X[:20] --name pushed-iris --quantize none --explain none "
-                          "--budget 1 --push 'localhost:5000/team/iris:1'")
+                          f"--budget 1 --push '{ref}' --base {base_image_ref}")
     assert d is not None, err
-    assert pushed == [(d.tag, "localhost:5000/team/iris:1")]
+    assert str(d.pushed) == f"{ref}@{d.pushed.digest}" and str(d.pushed) in out
+    assert d.steps["push"].state == "done"
+    assert_pushed(registry, ref, d.pushed.digest, base=base_image_ref)
+
+
+@pytest.mark.slow
+def test_push_to_an_unreachable_registry_is_one_line_with_a_hint(ip, registry, base_image_ref,
+                                                                   shared_image_cache):
+    from conftest_containers import free_port
+
+    ref = f"127.0.0.1:{free_port()}/magic/iris:1"          # nothing listens there
+    result, out, err = run(ip, "model --sample X[:20] --name unpushed-iris --quantize none --explain none "
+                               f"--budget 1 --push {ref} --base {base_image_ref}")
+    assert_one_line_error(result, out, err, "Cannot reach registry", "Check the registry address")
+    d, _, _ = run(ip, "last")
+    assert d.steps["bundle"].state == "done" and d.steps["push"].state == "failed"
 
 
 def test_help_explains_every_flag_with_examples(ip):

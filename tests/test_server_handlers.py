@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import HTTPClientError
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+pytest_plugins = ["pytest_jupyter.jupyter_server", "conftest_containers"]
 
 NAME = "handlers-rf"
 # the smallest valid PNG (1x1, transparent)
@@ -299,52 +299,47 @@ async def test_post_without_xsrf_403(jp_serverapp, http_server_client, jp_fetch,
 
 # --- actions -------------------------------------------------------------------------------------
 
-async def test_push_rejects_bad_ref(jp_fetch, bundle):
-    code, body = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "push", method="POST",
-                               body=json.dumps({"ref": "Not A Ref!!"}))
-    assert code == 400, body
-    code, _ = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "push", method="POST", body="{}")
-    assert code == 400
+async def test_push_rejects_bad_input_before_starting_a_job(jp_fetch, bundle):
+    for body in ({"ref": "Not A Ref!!"}, {}, {"ref": "127.0.0.1:5000/x:1", "insecure": "yes"},
+                 {"ref": "127.0.0.1:5000/x:1", "base": 5}, {"ref": "127.0.0.1:5000/x:1", "base": "Not A Ref"}):
+        code, answer = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "push", method="POST",
+                                     body=json.dumps(body))
+        assert code == 400, (body, answer)
+        assert json.loads(answer)["error"] == "InvalidInputError"
 
 
-async def test_push_job_wiring(jp_fetch, bundle, monkeypatch):
-    """POST push -> 202 job -> the core's registry.push(tag, ref) runs off the loop; errors map to 502."""
-    from nbdeploy import registry
-    from nbdeploy.errors import RegistryError
+@pytest.mark.slow
+async def test_push_job_pushes_to_a_real_registry(jp_fetch, bundle, registry, base_image_ref,
+                                                  shared_image_cache, monkeypatch):
+    """POST push {ref, base} -> 202 job -> the image is in the registry under the digest the job reports."""
+    from conftest_containers import assert_pushed
 
-    calls = []
-
-    def fake_push(tag, ref, **kw):
-        calls.append((tag, ref, kw))
-        if "broken" in ref:
-            raise RegistryError("registry said no", hint="check the registry")
-        return registry.PushResult(ref, "sha256:" + "0" * 64, ("sha256:" + "1" * 64,), (), 123, 0.1)
-
-    monkeypatch.setattr(registry, "push", fake_push)
+    # the body's base wins over the server's default
+    monkeypatch.setenv("NBDEPLOY_BASE_IMAGE", f"{registry.host}/base/no-such-python:3.11")
+    ref = f"{registry.host}/handlers/rf:1"
     r = await jp_fetch("nbdeploy", "bundles", bundle, "push", method="POST",
-                       body=json.dumps({"ref": "127.0.0.1:5000/handlers-rf:1", "insecure": True}))
+                       body=json.dumps({"ref": ref, "base": base_image_ref}))
     assert r.code == 202
-    done = await _wait_job(jp_fetch, _json(r), timeout=30)
+    done = await _wait_job(jp_fetch, _json(r), timeout=300)
     assert done["status"] == "done" and done["kind"] == "push", done
-    assert done["result"]["pinned"] == "127.0.0.1:5000/handlers-rf:1@sha256:" + "0" * 64
-    assert calls[0][:2] == (bundle, "127.0.0.1:5000/handlers-rf:1") and calls[0][2]["insecure"] is True
+    pinned = done["result"]["pinned"]
+    assert pinned == f"{ref}@{done['result']['digest']}"
+    assert_pushed(registry, ref, done["result"]["digest"], base=base_image_ref)
 
-    r = await jp_fetch("nbdeploy", "bundles", bundle, "push", method="POST",
-                       body=json.dumps({"ref": "127.0.0.1:5000/broken:1"}))
-    failed = await _wait_job(jp_fetch, _json(r), timeout=30)
-    assert failed["status"] == "failed" and failed["http_status"] == 502
-    assert failed["error"] == {"error": "RegistryError", "message": "registry said no", "hint": "check the registry"}
 
-    code, _ = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "push", method="POST",
-                            body=json.dumps({"ref": "127.0.0.1:5000/x:1", "insecure": "yes"}))
-    assert code == 400
-    code, _ = await _status(jp_fetch, "nbdeploy", "bundles", bundle, "push", method="POST",
-                            body=json.dumps({"ref": "127.0.0.1:5000/x:1", "base": 5}))
-    assert code == 400
+@pytest.mark.slow
+async def test_push_job_to_an_unreachable_registry_fails_with_502(jp_fetch, bundle, registry, base_image_ref,
+                                                                  shared_image_cache):
+    from conftest_containers import free_port
+
+    ref = f"127.0.0.1:{free_port()}/handlers/rf:1"          # nothing listens there
     r = await jp_fetch("nbdeploy", "bundles", bundle, "push", method="POST",
-                       body=json.dumps({"ref": "127.0.0.1:5000/x:1", "base": "127.0.0.1:5000/python:3.11"}))
-    await _wait_job(jp_fetch, _json(r), timeout=30)
-    assert calls[-1][2]["base"] == "127.0.0.1:5000/python:3.11"
+                       body=json.dumps({"ref": ref, "base": base_image_ref}))
+    failed = await _wait_job(jp_fetch, _json(r), timeout=300)
+    assert failed["status"] == "failed" and failed["http_status"] == 502, failed
+    err = failed["error"]
+    assert err["error"] == "RegistryError" and err["message"].startswith("Cannot reach registry 127.0.0.1:")
+    assert "Check the registry address" in err["hint"] and "Traceback" not in json.dumps(failed)
 
 
 async def test_jobs_list(jp_fetch):

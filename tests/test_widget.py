@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import urllib.error
+
 import numpy as np
 import pytest
 
 from conftest import http
+
+pytest_plugins = ["conftest_containers"]
 
 
 @pytest.fixture(scope="module")
@@ -93,22 +98,40 @@ def test_serve_and_stop_buttons_drive_a_real_server(built, iris):
     assert "built" in w.status.value                     # not stuck at "serve…"
 
 
-def test_push_and_export_call_the_deployment(built, monkeypatch):
-    from nbdeploy.pipeline import Deployment
+@pytest.mark.slow
+def test_push_button_pushes_to_a_real_registry_on_the_env_base(built, registry, base_image_ref,
+                                                               shared_image_cache, monkeypatch):
+    from conftest_containers import assert_pushed
 
     d, w, _ = built
-    calls = []
-    monkeypatch.setattr(Deployment, "push", lambda self, ref: calls.append(("push", ref)) or
-                        {"ref": ref, "digest": "sha256:0"}, raising=False)
-    monkeypatch.setattr(Deployment, "export", lambda self, path: calls.append(("export", path)) or
-                        path, raising=False)
-    w.push_ref.value = " localhost:5000/widget-test:1 "
+    monkeypatch.setenv("NBDEPLOY_BASE_IMAGE", base_image_ref)   # the widget has no base field
+    ref = f"{registry.host}/widget/iris:1"
+    w.push_ref.value = f" {ref} "
     w.push_button.click()
-    assert calls[-1] == ("push", "localhost:5000/widget-test:1")
-    assert "pushed" in w.action_html.value and "sha256:0" in w.action_html.value
-    w.export_path.value = "/tmp/widget-test.bento"
-    w.export_button.click()
-    assert calls[-1] == ("export", "/tmp/widget-test.bento") and "exported" in w.action_html.value
+    shown = re.search(r"@(sha256:[0-9a-f]{64})", w.action_html.value)
+    assert "pushed" in w.action_html.value and shown, w.action_html.value
+    assert shown.group(1) == d.pushed.digest
+    assert w.step_rows["push"].state == "done" and not w.push_button.disabled
+    assert_pushed(registry, ref, shown.group(1), base=base_image_ref)
+
+
+@pytest.mark.slow
+def test_push_button_with_an_unknown_base_shows_message_and_hint(built, registry, shared_image_cache,
+                                                                monkeypatch):
+    d, w, _ = built
+    w.push_ref.value = "  "
+    w.push_button.click()
+    assert "Enter an image reference" in w.action_html.value and "Hint:" in w.action_html.value
+    monkeypatch.setenv("NBDEPLOY_BASE_IMAGE", f"{registry.host}/base/no-such-python:3.11")
+    w.push_ref.value = f"{registry.host}/widget/iris:2"
+    w.push_button.click()
+    shown = w.action_html.value
+    assert "RegistryError" in shown and "no-such-python:3.11 not found" in shown, shown
+    assert "Hint:" in shown and "Check the repository name" in shown and "Traceback" not in shown
+    assert w.step_rows["push"].state == "failed" and not w.push_button.disabled
+    with pytest.raises(urllib.error.HTTPError) as nothing:
+        registry.manifest("widget/iris", "2")
+    assert nothing.value.code == 404
 
 
 def test_an_error_shows_message_hint_and_a_hidden_traceback(iris):
@@ -226,12 +249,16 @@ def test_real_results_fill_benchmark_quantization_and_explanation_tabs(iris):
 
 
 def test_export_button_writes_a_real_archive(built, tmp_path):
+    from nbdeploy.export import inspect_archive
+
     d, w, _ = built
     target = tmp_path / "widget-test.bento"
     w.export_path.value = str(target)
     w.export_button.click()
     assert target.is_file() and target.stat().st_size > 0, w.action_html.value
     assert "exported" in w.action_html.value and str(target) in w.action_html.value
+    names = inspect_archive(target)      # a bundle archive that `nbdeploy import` accepts
+    assert {"bento.yaml", "src/model/model.onnx", "src/service.py"} <= set(names), names
     w.export_button.click()                              # exists already: a message, not a crash
     assert "already exists" in w.action_html.value and "Hint:" in w.action_html.value
     w.export_overwrite.value = True
