@@ -342,12 +342,13 @@ class DeployMagics(Magics):
             raise ArgumentError("%deploy: --base only applies to --push.",
                                 hint="Add --push REF, e.g. --push registry.example.com/team/churn:1.0 "
                                      f"--base {args.base}")
-        if args.push:   # a malformed reference fails here, not after a minute of building
+        push_ref, base = _unquote(args.push), _unquote(args.base)
+        if push_ref:   # a malformed reference fails here, not after a minute of building
             from .registry import Reference
 
-            for ref in (args.push, args.base):
+            for ref in (push_ref, base):
                 if ref:
-                    Reference.parse(_unquote(ref))
+                    Reference.parse(ref)
         if args.port is not None:
             _check_port(args.port)   # before building, not after a minute of work
         model = self._resolve(args.model, "model")
@@ -376,9 +377,8 @@ class DeployMagics(Magics):
             d.run()
             if args.serve or args.port:
                 d.serve(port=args.port)
-            if args.push:
-                base = _unquote(args.base) if args.base else None
-                d.push(_unquote(args.push), **({"base": base} if base else {}))
+            if push_ref:
+                d.push(push_ref, base=base)   # base None: $NBDEPLOY_BASE_IMAGE, else the default
         finally:
             if view is not None:
                 view.refresh()
