@@ -305,7 +305,9 @@ def lime_explain_row(predict: Callable, row: np.ndarray, stats: dict, feature_na
 # the serving object
 # ---------------------------------------------------------------------------------------
 def _as_int(value: Any, name: str, *, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    # NaN/Infinity (JSON's 1e309 parses as inf) would raise inside int(): check them first
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not math.isfinite(value)) or int(value) != value):
         raise ClientError(400, f"{name!r} must be an integer; got {value!r}.",
                           expected="integer", received=repr(value)[:40])
     value = int(value)
