@@ -220,34 +220,7 @@ def measure(fn: Callable[[], Any], batch_size: int, *, target_s: float, deadline
 
 def native_call(adapter) -> tuple[Callable[[np.ndarray], Any], str]:
     """The framework's own prediction call, without nbdeploy's normalisation on top."""
-    model = adapter.model
-    if adapter.framework in ("sklearn", "xgboost", "lightgbm"):
-        frame = lambda X: adapter.native_frame(X, adapter.feature_names())  # noqa: E731
-        if adapter.task() == "classifier" and hasattr(model, "predict_proba"):
-            return (lambda X: model.predict_proba(frame(X))), "predict_proba"
-        return (lambda X: model.predict(frame(X))), "predict"
-    if adapter.framework == "pytorch":
-        import torch
-
-        model.eval()
-
-        def forward(X):
-            with torch.no_grad():
-                return model(torch.from_numpy(X))
-        return forward, "forward (no_grad)"
-    return adapter.predict, "predict"
-
-
-def native_size(adapter) -> int | None:
-    """Bytes of the pickled native model (what a joblib bundle would ship); None if not picklable."""
-    if adapter.framework == "onnx":
-        return None
-    try:
-        import pickle
-
-        return len(pickle.dumps(adapter.model, protocol=pickle.HIGHEST_PROTOCOL))
-    except Exception:
-        return None
+    return adapter.native_call()
 
 
 # --- the benchmark -------------------------------------------------------------------------------
@@ -301,7 +274,7 @@ def benchmark(converted, *, variants: dict[str, Any] | None = None, device: str 
     if include_native:
         fn, how = native_call(converted.adapter)
         entry = BenchEntry("native", "native", note=f"{converted.framework} {how}",
-                           size_bytes=native_size(converted.adapter))
+                           size_bytes=converted.adapter.native_size())
         try:
             rss0 = _rss()
             fn(batches[sizes[0]])

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .adapters import Adapter, detect
-from .errors import InvalidInputError, UnsupportedModelError
+from .errors import InvalidInputError
 from .schema import InputSchema, as_matrix, feature_names_of
 
 
@@ -40,25 +40,11 @@ class ConvertResult:
                 "onnx_size_bytes": len(self.onnx_bytes), "notes": list(self.notes)}
 
 
-def _check_fitted(adapter: Adapter) -> None:
-    if adapter.framework in ("sklearn", "xgboost", "lightgbm"):
-        from sklearn.exceptions import NotFittedError
-        from sklearn.utils.validation import check_is_fitted
-
-        try:
-            check_is_fitted(adapter.model)
-        except NotFittedError as exc:
-            raise UnsupportedModelError(f"{adapter.model_type} is not fitted yet.",
-                                        hint="Call model.fit(X, y) before deploying it.") from exc
-        except TypeError:
-            pass
-
-
 def convert(model: Any, sample: Any, *, task: str | None = None,
             feature_names: list[str] | None = None, opset: int | None = None) -> ConvertResult:
     """Detect the framework of ``model`` and convert it to ONNX using ``sample`` for shapes."""
     adapter = detect(model, task=task)
-    _check_fitted(adapter)
+    adapter.check_fitted()
     names = feature_names or feature_names_of(sample) or adapter.feature_names()
     X = as_matrix(sample, n_features=adapter.n_features())
     if names is not None and len(names) != X.shape[1]:

@@ -32,15 +32,6 @@ import numpy as np
 
 from .errors import InvalidInputError, missing
 
-_SKLEARN_TREES = {
-    "RandomForestClassifier", "RandomForestRegressor", "ExtraTreesClassifier", "ExtraTreesRegressor",
-    "DecisionTreeClassifier", "DecisionTreeRegressor", "ExtraTreeClassifier", "ExtraTreeRegressor",
-    "GradientBoostingClassifier", "GradientBoostingRegressor",
-    "HistGradientBoostingClassifier", "HistGradientBoostingRegressor",
-}
-_BOOSTER_TREES = {"XGBClassifier", "XGBRegressor", "XGBRFClassifier", "XGBRFRegressor",
-                  "LGBMClassifier", "LGBMRegressor"}
-
 SHAP_MODES = {"shap": "auto", "tree": "tree", "treeshap": "tree", "permutation": "agnostic",
               "kernel": "agnostic", "agnostic": "agnostic", "exact": "agnostic"}
 
@@ -60,51 +51,6 @@ def _to_onnx_bytes(model: Any) -> Any:
     if hasattr(model, "SerializeToString"):
         return model.SerializeToString()
     return model
-
-
-def _final_estimator(model: Any) -> Any:
-    steps = getattr(model, "steps", None)
-    return steps[-1][1] if steps else model
-
-
-def _alternative_for(adapter: Any) -> str:
-    """Name the explainer that would suit a model TreeSHAP cannot handle."""
-    est = _final_estimator(adapter.model)
-    if adapter.framework == "pytorch":
-        return "shap.DeepExplainer or shap.GradientExplainer (on the native torch module)"
-    if hasattr(est, "coef_"):
-        return "shap.LinearExplainer (exact for linear models)"
-    return "a model-agnostic explainer (permutation/kernel SHAP)"
-
-
-def _tree_support(adapter: Any) -> tuple[bool, str | None]:
-    """(TreeSHAP applies to the native model, reason when it does not)."""
-    model = adapter.model
-    name = type(model).__name__
-    if adapter.framework in ("sklearn", "xgboost", "lightgbm") and (
-            name in _SKLEARN_TREES or name in _BOOSTER_TREES):
-        return True, None
-    final = _final_estimator(model)
-    if final is not model and (type(final).__name__ in _SKLEARN_TREES | _BOOSTER_TREES):
-        return False, (f"the pipeline ends in a tree ensemble ({type(final).__name__}), but its earlier "
-                       "steps transform the inputs, so TreeSHAP would explain transformed features")
-    return False, f"{adapter.model_type} is not a tree ensemble"
-
-
-def _native_output(adapter: Any, Xn: Any, space: str) -> np.ndarray:
-    m = adapter.model
-    if space == "probability":
-        out = m.predict_proba(Xn)
-    elif space == "value":
-        out = m.predict(Xn)
-    elif adapter.framework == "xgboost":
-        out = m.predict(Xn, output_margin=True)
-    elif adapter.framework == "lightgbm":
-        out = m.predict(Xn, raw_score=True)
-    else:
-        out = m.decision_function(Xn)
-    out = np.asarray(out, dtype=np.float64)
-    return out.reshape(out.shape[0], -1)
 
 
 def kmeans_background(X: np.ndarray, k: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -461,20 +407,19 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
 
     use_tree = False
     if mode in ("auto", "tree"):
-        ok, why = _tree_support(adapter)
+        ok, why = adapter.tree_support()
         if ok:
             use_tree = True
         elif mode == "tree":
-            notes.append(f"TreeSHAP does not apply: {why}. {_alternative_for(adapter)} would; "
+            notes.append(f"TreeSHAP does not apply: {why}. {adapter.alternative_explainer()} would; "
                          "used model-agnostic SHAP over the ONNX model instead.")
         elif "pipeline ends in a tree" in (why or ""):
             notes.append(f"TreeSHAP not used: {why}; used model-agnostic SHAP over the ONNX model.")
-    elif _tree_support(adapter)[0]:
+    elif adapter.tree_support()[0]:
         notes.append("Model-agnostic SHAP was requested for a tree ensemble; TreeSHAP ('tree') "
                      "would be exact and much faster.")
-    if adapter.framework == "pytorch":
-        notes.append("PyTorch: SHAP over the served ONNX graph (exactly additive, reproducible in the "
-                     "bundle without torch) rather than DeepExplainer/GradientExplainer.")
+    if adapter.explain_note:
+        notes.append(adapter.explain_note)
 
     config: dict = {"format_version": FORMAT_VERSION, "task": task, "feature_names": names,
                     "classes": [str(c) for c in classes] if classes is not None else None,
@@ -512,13 +457,11 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
                 space = "probability"
             elif task == "classifier":
                 space = "log_odds" if tree_phi.shape[2] == 1 else "margin"
-            elif adapter.framework == "sklearn":
-                space = "value"
-            else:   # boosters: the margin is the value unless the objective has a link (poisson, ...)
-                margin = _native_output(adapter, Xn, "margin")
-                value = _native_output(adapter, Xn, "value")
+            else:   # the margin is the value unless the objective has a link (poisson, ...)
+                margin = adapter.native_output(Xn, "margin")
+                value = adapter.native_output(Xn, "value")
                 space = "value" if np.allclose(margin, value, rtol=1e-5, atol=1e-5) else "margin"
-            native = _native_output(adapter, Xn, space)
+            native = adapter.native_output(Xn, space)
             tree_out = native
             artifacts["trees"] = arrays
             config["tree"] = meta

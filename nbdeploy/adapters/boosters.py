@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
-from .base import Adapter, Converted, class_modules, squeeze_value
+from .base import Converted, SklearnApiAdapter, class_modules, squeeze_value
 
 OPSET = 15
 
 
-class _BoosterAdapter(Adapter):
+class _BoosterAdapter(SklearnApiAdapter):
     module = "?"
 
     @classmethod
@@ -66,6 +66,9 @@ class XGBoostAdapter(_BoosterAdapter):
     framework = "xgboost"
     module = "xgboost"
 
+    def margin(self, Xn):
+        return self.model.predict(Xn, output_margin=True)
+
     def to_onnx(self, X, *, feature_names=None, opset=None) -> Converted:
         self._check_sklearn_api()
         from onnxmltools import convert_xgboost
@@ -85,6 +88,9 @@ class XGBoostAdapter(_BoosterAdapter):
 class LightGBMAdapter(_BoosterAdapter):
     framework = "lightgbm"
     module = "lightgbm"
+
+    def margin(self, Xn):
+        return self.model.predict(Xn, raw_score=True)
 
     def to_onnx(self, X, *, feature_names=None, opset=None) -> Converted:
         self._check_sklearn_api()

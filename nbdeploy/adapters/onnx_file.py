@@ -125,6 +125,7 @@ def _tensor_width(value_info) -> int | None:
 
 class OnnxAdapter(Adapter):
     framework = "onnx"
+    has_native_pickle = False
 
     @classmethod
     def matches(cls, obj: Any) -> bool:

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
-from .base import Adapter, Converted, class_modules, plain_list, squeeze_value
+from .base import (Converted, SklearnApiAdapter, class_modules, final_estimator, plain_list,
+                   squeeze_value)
 
 DEFAULT_OPSET = {"": 17, "ai.onnx.ml": 3}
 
@@ -42,14 +43,10 @@ def _register_boosters() -> None:
                                     calculate_linear_regressor_output_shapes, convert_lightgbm)
 
 
-def _final_estimator(model: Any) -> Any:
-    steps = getattr(model, "steps", None)
-    if steps:
-        return _final_estimator(steps[-1][1])
-    return model
+_final_estimator = final_estimator
 
 
-class SklearnAdapter(Adapter):
+class SklearnAdapter(SklearnApiAdapter):
     framework = "sklearn"
 
     @classmethod

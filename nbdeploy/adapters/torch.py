@@ -20,6 +20,22 @@ class TorchAdapter(Adapter):
     """
 
     framework = "pytorch"
+    explain_note = ("PyTorch: SHAP over the served ONNX graph (exactly additive, reproducible in "
+                    "the bundle without torch) rather than DeepExplainer/GradientExplainer.")
+
+    def alternative_explainer(self) -> str:
+        return "shap.DeepExplainer or shap.GradientExplainer (on the native torch module)"
+
+    def native_call(self):
+        import torch
+
+        model = self.model
+        model.eval()
+
+        def forward(X):
+            with torch.no_grad():
+                return model(torch.from_numpy(X))
+        return forward, "forward (no_grad)"
 
     @classmethod
     def matches(cls, obj: Any) -> bool:
