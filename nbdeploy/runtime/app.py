@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .jsonlimits import JsonTooDeep, loads_bounded
 from .validation import ClientError, parse_rows
 
 if TYPE_CHECKING:  # numpy loads in the worker (Runtime.load), not in BentoML's arbiter,
@@ -192,7 +193,12 @@ def build_app(runtime: Runtime):
             chunks.append(chunk)
         raw = b"".join(chunks)
         try:
-            return json.loads(raw)
+            return loads_bounded(raw)
+        except JsonTooDeep as exc:
+            raise ClientError(400, f"The request body nests arrays/objects more than {exc.limit} "
+                                   "levels deep.",
+                              hint='Send rows as {"inputs": [[1.0, 2.0], ...]} (3 levels).',
+                              expected=f"<= {exc.limit} levels", received=f"> {exc.limit} levels") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise ClientError(400, f"The request body is not valid JSON: {exc}.",
                               hint='Send e.g. {"inputs": [[1.0, 2.0]]}.') from exc

@@ -21,6 +21,7 @@ from tornado.ioloop import IOLoop
 
 from .. import __version__
 from ..errors import InvalidInputError, InvalidNameError, NbdeployError, NotFoundError, http_status
+from ..runtime.jsonlimits import JsonTooDeep, loads_bounded
 from .jobs import JobManager
 
 #: short reads (listing the store, reading a report, probing health) run here,
@@ -111,7 +112,12 @@ class NbdeployHandler(APIHandler):
     def json_body(self) -> dict:
         raw = self.request.body or b"{}"
         try:
-            body = json.loads(raw)
+            body = loads_bounded(raw)
+        except JsonTooDeep as exc:
+            raise InvalidInputError(f"The request body nests arrays/objects more than {exc.limit} "
+                                    "levels deep.", hint="Send a flat JSON object, e.g. {}.",
+                                    expected=f"<= {exc.limit} levels",
+                                    received=f"> {exc.limit} levels") from exc
         except ValueError as exc:
             raise InvalidInputError("The request body is not valid JSON.",
                                     hint="Send a JSON object, e.g. {}.") from exc
