@@ -10,6 +10,23 @@ feed the graph and read its outputs::
      "classes": [0, 1] | null,                # class labels for classifiers
      "outputs": {"label": "label", "probabilities": "probabilities"} | {"value": "variable"},
      "postprocess": "none" | "softmax" | "sigmoid"}
+
+Table mode (issue 16; the contract the tabular, explain/drift and booster work share):
+models fit on pandas DataFrames with string/categorical/text columns or missing values use
+``"input_mode": "table"`` and ``"columns"``: a list, in the model's column order, of
+``{"name", "kind": "numeric"|"categorical"|"text"|"boolean", "dtype" (the sample's pandas
+dtype), "nullable": bool, "categories": [str, ...] | None, "onnx_input": graph input name,
+"onnx_type": "float"|"double"|"int64"|"string"|"bool"}``; ``feature_names`` are the column
+names and ``n_features`` their number.  A batch for such a model, in the notebook and in the
+bundle, is a 2-D numpy *object* array [N, n_columns] in that order: numeric/boolean cells are
+floats (NaN = missing), categorical/text cells are ``str`` or ``None`` (missing).  Row slicing,
+``len`` and ``.shape`` work as for float matrices.  :meth:`OnnxModel.feeds` builds one [N, 1]
+feed per column with its ``onnx_type``.  Column helpers shared by validation, explain and drift
+(records -> table, table <-> float encoding: categorical -> index into ``categories``, unseen ->
+len(categories), missing -> NaN) live in ``runtime/columns.py``; the core-side schema
+(``ColumnSpec``, ``infer_columns(df)``) in ``nbdeploy/schema.py``.  Missing values are accepted
+wherever the native model accepts them (decided by running the native model, recorded per
+column as ``nullable``).
 """
 
 from __future__ import annotations
