@@ -1,4 +1,11 @@
-"""Session-wide test setup: isolated BentoML store and nbdeploy state, shared tiny models."""
+"""Session-wide test setup: isolated BentoML store and nbdeploy state, shared tiny models,
+one reference bundle deployed (and served) once per session, and the CI rule for skips.
+
+CI rule: when ``CI`` is truthy (``1``, ``true``, ``yes``...; not ``false``/``0``/empty), every
+skipped test is reported as a failure, because CI installs everything the suite needs.  The
+only exception is a test marked ``@pytest.mark.gpu``: whether the machine has a GPU decides
+what such a test can observe.  ``xfail`` is not a skip and is left alone.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,56 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+_FALSY = ("", "0", "false", "no", "off")
+
+
+def ci_truthy(value: str | None = None) -> bool:
+    """Whether ``CI`` (or ``value``) means "this is CI": ``CI=false`` and ``CI=0`` do not."""
+    v = os.environ.get("CI", "") if value is None else value
+    return v.strip().lower() not in _FALSY
+
+
+IN_CI = ci_truthy()
+REF_NAME = "ref-rf"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "gpu: depends on whether the machine has a GPU (needs one, or observes the "
+                   "behaviour without one); the only tests allowed to skip under CI")
+
+
+def _skip_reason(rep) -> str:
+    lr = rep.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:
+        return str(lr[2])
+    return str(lr)
+
+
+def _fail_skip_under_ci(rep, where: str) -> None:
+    reason = _skip_reason(rep)
+    rep.outcome = "failed"
+    rep.longrepr = (f"{where} skipped under CI (CI={os.environ.get('CI')!r}); under CI every skip "
+                    f"is a failure except tests marked gpu. Skip reason: {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if (IN_CI and rep.skipped and not hasattr(rep, "wasxfail")
+            and item.get_closest_marker("gpu") is None):
+        _fail_skip_under_ci(rep, item.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A module-level skip (``importorskip`` at import time) hides every test in it."""
+    outcome = yield
+    rep = outcome.get_result()
+    if IN_CI and rep.skipped:
+        _fail_skip_under_ci(rep, collector.nodeid)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -85,3 +142,42 @@ def post():
 @pytest.fixture
 def get():
     return lambda url, **kw: http("GET", url, **kw)
+
+
+# --- the reference bundle, shared by every module that needs "the RandomForest, deployed" ---------
+# Read-only for tests: do not delete it, add files to it or stop its server; tests that need to
+# change a bundle or a server deploy or start their own.  Serving a second copy of it
+# (``serve.start(ref_deployment.tag)``) is fine and cheap.
+
+@pytest.fixture(scope="session")
+def ref_deployment(rf_model, breast_cancer):
+    """The 20-tree RandomForest on breast-cancer data, deployed once: labels, no explanation,
+    no quantization (the defaults that cost minutes are not what these tests are about)."""
+    import nbdeploy
+
+    _, X_test, _, y_test = breast_cancer
+    return nbdeploy.deploy(rf_model, X_test, labels=y_test, name=REF_NAME, explain="none",
+                           quantize="none")
+
+
+@pytest.fixture(scope="session")
+def _ref_server_holder():
+    holder: dict = {}
+    yield holder
+    h = holder.get("server")
+    if h is not None and h.is_alive():
+        h.stop()
+
+
+@pytest.fixture
+def ref_server(ref_deployment, _ref_server_holder):
+    """``ref_deployment`` served by stock ``bentoml serve`` on a free loopback port, started once
+    and reused; started again if a test elsewhere stopped every server."""
+    from nbdeploy import serve
+
+    h = _ref_server_holder.get("server")
+    if h is None or not h.is_alive() or h.health() != "ready":
+        if h is not None and h.is_alive():
+            h.stop()
+        h = _ref_server_holder["server"] = serve.start(ref_deployment.tag)
+    return h

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 CACHE = Path(os.environ.get("NBDEPLOY_TEST_CACHE", "/tmp/nbdeploy-test-cache"))
-IN_CI = bool(os.environ.get("CI"))
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")  # as conftest.ci_truthy
 
 
 def need(condition: bool, reason: str) -> None:
@@ -36,7 +36,7 @@ def need(condition: bool, reason: str) -> None:
     if condition:
         return
     if IN_CI:
-        pytest.fail(f"{reason} (CI must provide it; see scripts/ci_containers.sh)")
+        pytest.fail(f"{reason} (CI must provide it; scripts/test.sh installs it)")
     pytest.skip(reason)
 
 

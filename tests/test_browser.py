@@ -28,7 +28,7 @@ DRIVER = ROOT / "tests" / "browser" / "drive.js"
 NODE_MODULES = ROOT / "labextension" / "node_modules"
 BUILT = ROOT / "nbdeploy" / "labextension"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from conftest import IN_CI  # noqa: E402  (one reading of CI for the whole suite)
 
 pytestmark = pytest.mark.slow
 

@@ -234,6 +234,7 @@ def test_tolerance_parsing():
         QuantTolerance.of("loose", "classifier")
 
 
+@pytest.mark.gpu     # observes the no-GPU behaviour: cannot run on a machine with a GPU
 def test_cuda_device_without_gpu_is_explicit(mlp):
     import onnxruntime as ort
 
