@@ -68,6 +68,7 @@ def test_providers_reported(rf_report):
         assert "remote" in rf_report.providers_skipped["AzureExecutionProvider"]
 
 
+@pytest.mark.gpu     # observes the no-GPU fall-back: cannot run on a machine with a GPU
 def test_cuda_request_without_gpu_is_reported_not_hidden(rf):
     import onnxruntime as ort
 

@@ -44,6 +44,7 @@ def test_cuda_bundle_is_built_for_gpu(small):
 
 
 @pytest.mark.slow
+@pytest.mark.gpu     # observes the no-GPU behaviour: cannot run on a machine with a GPU
 def test_cuda_bundle_without_gpu_fails_loudly_or_falls_back_on_request(small, get):
     if _cuda_available():
         pytest.skip("this machine has CUDA; the no-GPU behaviour cannot be observed here")
