@@ -198,10 +198,13 @@ def test_push_cut_off_halfway_then_retry(fresh_registry, tmp_path):
     result = push_image(img, ref, chunk_size=1 << 20)
     assert result.digest == img.digest
     # An independent client agrees on what the tag points at.
+    from conftest_containers import need_tools
+
+    need_tools("skopeo")
     out = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-                         capture_output=True, text=True)
-    if out.returncode == 0:
-        assert json.loads(out.stdout) == json.loads(img.manifest_bytes)
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == json.loads(img.manifest_bytes)
     blob = client.get_blob("cut/off", img.layers[0].digest, tmp_path / "pulled.blob")
     assert blob.read_bytes() == img.layers[0].path.read_bytes()
 

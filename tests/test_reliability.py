@@ -154,7 +154,7 @@ end
 
 
 def test_overload_sheds_fast_and_recovers(base, rows, tmp_path):
-    if not shutil.which("wrk"):
+    if not shutil.which("wrk"):   # a failure under CI (tests/conftest.py): scripts/test.sh installs it
         pytest.skip("wrk is not installed (apt-get install wrk)")
     X, expected = rows
     timeout_s = 5.0
@@ -203,9 +203,11 @@ def test_overload_sheds_fast_and_recovers(base, rows, tmp_path):
         # every answer given under overload is the right one; rejections are fast
         assert checked and all(ok for _, _, ok in checked), [c for c in checked if not c[2]][:5]
         assert {s for s, _, _ in checked} <= {200, 429, 503}, {s for s, _, _ in checked}
+        # the checking clients, sending alongside 128 wrk connections at a limit of 2, were
+        # turned away too: fast
         rejected = sorted(e for s, e, _ in checked if s in (429, 503))
-        if rejected:
-            assert rejected[len(rejected) // 2] < 0.5, rejected
+        assert rejected, f"no checked request was rejected: {[(s, round(e, 3)) for s, e, _ in checked][:20]}"
+        assert rejected[len(rejected) // 2] < 0.5, rejected
         # recovered: normal requests are answered at once, correctly
         time.sleep(0.5)
         for i in range(5):
@@ -502,7 +504,7 @@ def test_build_on_full_disk_fails_cleanly(build_inputs, tmp_path):
     tiny.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)],
                        capture_output=True, text=True)
-    if r.returncode != 0:
+    if r.returncode != 0:   # a failure under CI (tests/conftest.py): CI runs as root
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); see the RLIMIT_FSIZE test")
     try:
         env = {"BENTOML_HOME": str(tiny / "bentoml")}
