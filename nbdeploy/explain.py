@@ -17,6 +17,16 @@ Which SHAP explainer
   bundle needs no torch to reproduce it.
 * **LIME**: lime's tabular explainer with quartile discretisation, rebuilt from stored bin
   statistics (no training rows in the bundle), seeded per row.
+* **Table mode** (models fit on DataFrames with categorical/text columns or missing values):
+  one contribution per original DataFrame column.  Model-agnostic Shapley values over the
+  served ONNX graph with each column as one player (a categorical/text cell moves as a whole,
+  so its one-hot/TF-IDF features are never split and never need summing back); the background
+  is a seeded subsample of the sample's rows, stored encoded (floats + string pools in JSON).
+  Additivity ``base + sum(phi) == ONNX output`` is exact; against the native model it holds
+  to the ONNX-vs-native difference (float32, about 1e-6 for probabilities).  TreeSHAP is not
+  used in table mode: the preprocessing lives in the ONNX graph, so a tree explainer would see
+  only the transformed features.  LIME uses categorical features for categorical, text and
+  boolean columns.  Text columns are explained per column, not per token.
 """
 
 from __future__ import annotations
@@ -168,7 +178,7 @@ class ExplainReport:
         if method == "shap":
             k = self.explained_index[i]
             return {"method": "shap", "row": i, "explainer": self.explainer,
-                    "feature_names": self.feature_names, "values": self.X[i].tolist(),
+                    "feature_names": self.feature_names, "values": self._row_values(i),
                     "output_space": self.output_space, "explained_output": self.output_names[k],
                     "base_value": float(self.base_values[k]),
                     "contributions": self.shap_values[i, :, k].tolist(),
@@ -181,7 +191,7 @@ class ExplainReport:
             if i not in self._lime:
                 r = self._serve.explain(self.X[i:i + 1], "lime", {"seed": self.seed})
                 self._lime[i] = {"method": "lime", "row": i, "feature_names": self.feature_names,
-                                 "values": self.X[i].tolist(), "output_space": r["output_space"],
+                                 "values": self._row_values(i), "output_space": r["output_space"],
                                  "explained_output": r["explained_output"][0],
                                  "intercept": r["base_values"][0], "contributions": r["contributions"][0],
                                  "output": r["outputs"][0], "local_prediction": r["local_predictions"][0],
@@ -190,6 +200,37 @@ class ExplainReport:
             return dict(self._lime[i])
         raise InvalidInputError(f"Unknown method {method!r}; allowed: ['shap', 'lime'].",
                                 expected=["shap", "lime"], received=method)
+
+    @property
+    def table(self) -> bool:
+        """True for table-mode models (rows are object tables, one feature per column)."""
+        return self.X.dtype == object
+
+    def _row_values(self, i: int) -> list:
+        if self.table:
+            from .runtime.explain import json_cells
+
+            return json_cells(self.X[i])
+        return self.X[i].tolist()
+
+    def _numeric_view(self) -> np.ndarray:
+        """Rows as floats for colouring plots (categorical/text columns: NaN)."""
+        if not self.table:
+            return self.X.astype(np.float64)
+        out = np.full(self.X.shape, np.nan)
+        for j in range(self.X.shape[1]):
+            col = self.X[:, j]
+            if not any(isinstance(v, str) for v in col):
+                out[:, j] = [np.nan if v is None else float(v) for v in col]
+        return out
+
+    def _label(self, j: int, value) -> str:
+        if value is None or isinstance(value, str):
+            from .runtime.explain import TableCodec
+
+            return TableCodec([{"name": self.feature_names[j], "kind": "text" if isinstance(value, str)
+                                and len(value) > 40 else "categorical"}]).cell_text(0, value)
+        return f"{self.feature_names[j]} = {value:.4g}"
 
     def to_dict(self, *, max_rows: int = 50) -> dict:
         """JSON-serialisable summary: explainer, output space, importance, first rows, notes."""
@@ -290,10 +331,13 @@ class ExplainReport:
         ax = fig.add_subplot(111)
         rng = np.random.default_rng(0)
         sc = None
+        Xf = self._numeric_view()
         for y, f in enumerate(order):
-            x = self.X[:, f].astype(np.float64)
-            lo, hi = np.nanpercentile(x, [5, 95]) if len(x) else (0.0, 1.0)
+            x = Xf[:, f]
+            ok = ~np.isnan(x)
+            lo, hi = np.nanpercentile(x, [5, 95]) if ok.any() else (0.0, 0.0)
             c = np.clip((x - lo) / (hi - lo), 0, 1) if hi > lo else np.full(len(x), 0.5)
+            c = np.where(ok, c, 0.5)      # missing values and categories: neutral colour
             sc = ax.scatter(vals[:, f], y + rng.uniform(-0.3, 0.3, len(x)), c=c, cmap="coolwarm",
                             s=10, vmin=0, vmax=1, linewidths=0)
         ax.set_yticks(range(len(order)))
@@ -318,7 +362,7 @@ class ExplainReport:
             title = (f"LIME, row {r['row']}, output {r['explained_output']!r}: local prediction "
                      f"{r['local_prediction']:.4g}, model {r['output']:.4g}")
         else:
-            labels = [f"{self.feature_names[j]} = {r['values'][j]:.4g}" for j in order]
+            labels = [self._label(j, r["values"][j]) for j in order]
             title = (f"SHAP, row {r['row']}, output {r['explained_output']!r}: base {r['base_value']:.4g}"
                      f" -> output {r['output']:.4g}")
         ax.barh(labels, contrib[order], color=["#d62728" if v > 0 else "#1f77b4" for v in contrib[order]])
@@ -396,6 +440,10 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
     adapter = converted.adapter
     spec = converted.spec
     task = spec["task"]
+    if spec.get("input_mode") == "table":
+        return _explain_table(converted, onnx_model=onnx_model, served_methods=served_methods,
+                              mode=mode, max_background=int(max_background), report=report,
+                              seed=int(seed), max_rows=max_rows, budget=budget)
     names = list(spec.get("feature_names") or [f"x{i}" for i in range(int(spec["n_features"]))])
     X_all = np.asarray(converted.X, dtype=np.float32)
     classes = spec.get("classes")
@@ -568,6 +616,112 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
                         additivity_error=add_err, config=config, methods=served_methods, seed=int(seed),
                         serve_agreement=agreement, notes=notes, timings=timings, _serve=serve,
                         _artifacts=artifacts)
+    if "lime" in served_methods and len(rows):
+        t2 = time.perf_counter()
+        report(0.9, "LIME: row 0")
+        rep.explain_row(0, "lime")
+        timings["lime_row_s"] = round(time.perf_counter() - t2, 4)
+    timings["total_s"] = round(time.perf_counter() - t0, 4)
+    report(1.0, "explained")
+    return rep
+
+
+def _shap_rows(serve, rows: np.ndarray, *, seed: int, max_rows: int | None, notes: list[str],
+               report: Callable[[float, str], None]) -> tuple:
+    """Model-agnostic SHAP over ``rows`` in chunks, within the notebook's time budget."""
+    t1 = time.perf_counter()
+    chunks = []
+    step = max(1, len(rows) // 20)
+    for s in range(0, len(rows), step):
+        if s >= 10 and max_rows is None and time.perf_counter() - t1 > TIME_BUDGET_S:
+            notes.append(f"Model-agnostic SHAP stopped after {s} of {len(rows)} rows "
+                         f"({TIME_BUDGET_S:.0f} s budget); pass max_rows= to explain more.")
+            rows = rows[:s]
+            break
+        report(0.1 + 0.7 * s / max(1, len(rows)), f"SHAP: rows {s}..{min(len(rows), s + step)}")
+        chunks.append(serve.shap_values(rows[s:s + step], seed=seed))
+    M = rows.shape[1]
+    phi = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros((0, M, 1))
+    base = chunks[0][1] if chunks else np.zeros(1)
+    outputs = np.concatenate([c[2] for c in chunks]) if chunks else np.zeros((0, 1))
+    algo = chunks[0][3] if chunks else "exact"
+    return rows, phi, base, outputs, algo, round(time.perf_counter() - t1, 4)
+
+
+def _explain_table(converted: Any, *, onnx_model: Any, served_methods: list[str], mode: str,
+                   max_background: int, report: Callable[[float, str], None], seed: int,
+                   max_rows: int | None, budget: dict | None) -> ExplainReport:
+    """Table mode: SHAP/LIME with one feature per original DataFrame column (see the module
+    docstring); the rows are the object table of the table contract."""
+    from .runtime.explain import (DEFAULT_BUDGET, FORMAT_VERSION, ServeExplainer, TableCodec,
+                                  lime_table_stats)
+    from .runtime.model import OnnxModel
+
+    spec = converted.spec
+    task = spec["task"]
+    columns = list(spec["columns"])
+    names = [str(c["name"]) for c in columns]
+    X_all = np.asarray(converted.X, dtype=object)
+    if X_all.ndim != 2 or X_all.shape[1] != len(columns):
+        raise InvalidInputError(f"The sample has shape {list(X_all.shape)}; the model's table has "
+                                f"{len(columns)} columns.", expected=len(columns),
+                                received=list(X_all.shape))
+    classes = spec.get("classes")
+    onnx = OnnxModel(_to_onnx_bytes(onnx_model if onnx_model is not None else converted.onnx_model), spec)
+    budget = dict(DEFAULT_BUDGET, **(budget or {}))
+    notes: list[str] = []
+    timings: dict = {}
+    t0 = time.perf_counter()
+    if mode == "tree" or converted.adapter.tree_support()[0] or "tree ensemble" in str(
+            converted.adapter.tree_support()[1] or ""):
+        notes.append("Explained per original column with model-agnostic SHAP over the ONNX graph "
+                     "(its preprocessing included); TreeSHAP would only see the transformed features.")
+    if any(c.get("kind") == "text" for c in columns):
+        notes.append("Text columns are explained as a whole (one contribution per column), not per token.")
+
+    rng = np.random.default_rng(seed)
+    k = max(1, int(max_background))
+    pick = np.sort(rng.choice(len(X_all), k, replace=False)) if len(X_all) > k else np.arange(len(X_all))
+    bg_rows = X_all[pick]
+    # categorical pools: the model's categories plus the whole sample's; text: the background's
+    codec = TableCodec.build(columns, X_all)
+    codec = TableCodec([dict(c, pool=[t for t in dict.fromkeys(v for v in bg_rows[:, j]
+                                                               if isinstance(v, str))])
+                        if c["kind"] == "text" else c for j, c in enumerate(codec.to_json()["columns"])])
+    bg = codec.encode(bg_rows)
+    w = np.full(len(bg), 1.0 / len(bg))
+    config: dict = {"format_version": FORMAT_VERSION, "task": task, "feature_names": names,
+                    "classes": [str(c) for c in classes] if classes is not None else None,
+                    "methods": served_methods, "seed": int(seed), "budget": budget,
+                    "kind": "agnostic", "background_rows": int(len(bg)), "table": codec.to_json()}
+    width = onnx.output_matrix(X_all[:1]).shape[1]
+    if task == "classifier":
+        config["output_space"] = "probability"
+        config["output_names"] = [str(c) for c in classes] if classes is not None else \
+            [str(i) for i in range(width)]
+    else:
+        config["output_space"] = "value"
+        config["output_names"] = ["value"] if width == 1 else [f"value_{i}" for i in range(width)]
+    if "lime" in served_methods:
+        report(0.02, "LIME: column statistics")
+        config["lime"] = {"discretizer": "quartile",
+                          "stats": lime_table_stats(codec.encode(X_all, lime=True), codec.kinds)}
+    config["notes"] = notes
+    config = json.loads(json.dumps(config))          # exactly what the bundle will read
+    serve = ServeExplainer(onnx, config, background=bg, weights=w)
+    rows = X_all[:int(max_rows or DEFAULT_ROWS["agnostic"])]
+    rows, phi, base, outputs, algo, timings["shap_s"] = _shap_rows(
+        serve, rows, seed=seed, max_rows=max_rows, notes=notes, report=report)
+    add_err = float(np.max(np.abs(base[None, :] + phi.sum(axis=1) - outputs))) if len(rows) else 0.0
+    config["explainer"] = algo
+    config["notes"] = notes
+    serve.notes = list(notes)
+    rep = ExplainReport(explainer=algo, task=task, feature_names=names,
+                        output_space=config["output_space"], output_names=config["output_names"],
+                        X=rows, shap_values=phi, base_values=base, outputs=outputs,
+                        additivity_error=add_err, config=config, methods=served_methods, seed=int(seed),
+                        notes=notes, timings=timings, _serve=serve,
+                        _artifacts={"background": bg, "weights": w})
     if "lime" in served_methods and len(rows):
         t2 = time.perf_counter()
         report(0.9, "LIME: row 0")

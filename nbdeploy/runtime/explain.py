@@ -12,7 +12,10 @@ Artifacts, all under ``model/explain/`` (written by ``ExplainReport.write_artifa
     trees.npz             tree kinds only: padded int/float arrays, one row per tree
                           (children_left/right/default, features, thresholds, values,
                           node_sample_weight, num_nodes); no object arrays
-    background.npy        agnostic kind: k-means summary of the sample
+    background.npy        agnostic kind: k-means summary of the sample; in table mode a
+                          seeded subsample of the sample's rows, encoded as floats
+                          (numeric as is, categorical/text = index into the column's pool
+                          in explain_config.json's "table", NaN = missing)
     background_weights.npy  its cluster weights (sum to 1)
 
 Algorithms
@@ -28,6 +31,13 @@ Algorithms
   backgrounds and is deterministic without touching a global random state.
 * ``lime``: ``lime.lime_tabular`` with quartile discretisation, rebuilt from stored bin
   statistics (``training_data_stats``) instead of training rows, seeded per row.
+* **table mode** (models fit on DataFrames, ``spec["input_mode"] == "table"``): one player
+  per original column.  :class:`TableCodec` encodes a row (categorical/text cell -> index
+  into a per-request pool of strings, missing -> NaN); the model function decodes each
+  coalition back to an object table and runs the ONNX graph, so one-hot/TF-IDF features of a
+  column move together and ``base + sum(phi) = f(x)`` holds by construction.  LIME treats
+  categorical/text/boolean columns as lime categorical features.  Text columns are
+  explained per column, not per token.
 """
 
 from __future__ import annotations
@@ -178,18 +188,19 @@ def _shapley_weights(M: int) -> np.ndarray:
 
 
 def agnostic_shap(f: Callable, X: np.ndarray, background: np.ndarray, weights: np.ndarray | None = None,
-                  *, max_evals: int = 500, seed: int = 0, chunk_rows: int = 100_000
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+                  *, max_evals: int = 500, seed: int = 0, chunk_rows: int = 100_000,
+                  dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Shapley values of ``f`` (rows -> [n, K]) for each row of ``X`` against a background.
 
     Returns ``(phi [N, F, K], base [K], outputs [N, K], algorithm)`` where ``algorithm`` is
     ``"exact"`` (all 2^F coalitions fit in ``max_evals``) or ``"permutation"`` (antithetic
     permutations, ``(max_evals - 2) // (2 (F - 1))`` pairs).  ``base + phi.sum(1) == outputs``
     holds exactly for both.  Each row uses a generator seeded with ``seed``, so a row's answer
-    does not depend on the other rows in the request.
+    does not depend on the other rows in the request.  ``dtype`` is the matrix type handed to
+    ``f`` (float64 for encoded tables, whose cells are codes and NaN-for-missing).
     """
-    X = np.asarray(X, dtype=np.float32)
-    bg = np.asarray(background, dtype=np.float32)
+    X = np.asarray(X, dtype=dtype)
+    bg = np.asarray(background, dtype=dtype)
     w = np.full(len(bg), 1.0 / len(bg)) if weights is None else np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     N, M = X.shape
@@ -302,6 +313,238 @@ def lime_explain_row(predict: Callable, row: np.ndarray, stats: dict, feature_na
 
 
 # ---------------------------------------------------------------------------------------
+# table mode: one feature per original column
+# ---------------------------------------------------------------------------------------
+POOLED_KINDS = ("categorical", "text")
+LIME_MISSING = -1.0          # LIME's code for a missing categorical/text/boolean cell (it needs ints)
+
+
+def _as_floats(col: np.ndarray) -> np.ndarray:
+    """Numeric/boolean cells of an object column as float64, None/NaN -> NaN."""
+    try:
+        return np.asarray(col, dtype=np.float64)
+    except (TypeError, ValueError):
+        out = np.empty(len(col))
+        for i, v in enumerate(col):
+            try:
+                out[i] = np.nan if v is None else float(v)
+            except (TypeError, ValueError):
+                out[i] = np.nan
+        return out
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+class TableCodec:
+    """Object table [N, C] <-> float matrix, so that explainers see one feature per column.
+
+    Numeric and boolean cells stay floats (NaN = missing).  Categorical and text cells become
+    an index into the column's *pool* of strings (NaN = missing; for LIME, which needs integer
+    categories, -1 = missing).  The stored pool is the categories the model knows (plus any
+    other string of the background) for categorical columns and the background's texts for text
+    columns.  :meth:`for_rows` extends the pools with the strings of the rows being explained
+    (an unseen category, a new text), so decoding always gives back the exact request.
+    """
+
+    def __init__(self, columns: list[dict]):
+        self.columns = [dict(c) for c in columns]
+        self.names = [str(c["name"]) for c in columns]
+        self.kinds = [str(c.get("kind", "numeric")) for c in columns]
+        self.pools = [list(c.get("pool") or []) if k in POOLED_KINDS else None
+                      for c, k in zip(columns, self.kinds)]
+        self._index = [None if p is None else {v: i for i, v in enumerate(p)} for p in self.pools]
+        self._arrays = [None if p is None else np.array(p + [None], dtype=object)[:-1]
+                        for p in self.pools]
+
+    @classmethod
+    def build(cls, columns: list[dict], X: np.ndarray | None = None) -> "TableCodec":
+        """From the spec's ``columns`` (name, kind, categories) and sample rows ``X``."""
+        out = []
+        for j, c in enumerate(columns):
+            kind = str(c.get("kind", "numeric"))
+            entry = {"name": str(c["name"]), "kind": kind}
+            if kind in POOLED_KINDS:
+                pool = [str(v) for v in (c.get("categories") or [])] if kind == "categorical" else []
+                seen = set(pool)
+                if X is not None:
+                    for v in X[:, j]:
+                        if isinstance(v, str) and v not in seen:
+                            seen.add(v)
+                            pool.append(v)
+                entry["pool"] = pool
+            out.append(entry)
+        return cls(out)
+
+    def to_json(self) -> dict:
+        return {"columns": [dict(name=n, kind=k, **({"pool": p} if p is not None else {}))
+                            for n, k, p in zip(self.names, self.kinds, self.pools)]}
+
+    @classmethod
+    def from_json(cls, cfg: dict) -> "TableCodec":
+        return cls(cfg["columns"])
+
+    def for_rows(self, X: np.ndarray) -> "TableCodec":
+        """A copy whose pools also hold every string of ``X`` (for one request)."""
+        extra = []
+        for j, p in enumerate(self.pools):
+            add: list[str] = []
+            if p is not None:
+                idx = self._index[j]
+                for v in X[:, j]:
+                    if isinstance(v, str) and v not in idx and v not in add:
+                        add.append(v)
+            extra.append(add)
+        if not any(extra):
+            return self
+        return TableCodec([dict(name=n, kind=k, **({"pool": p + e} if p is not None else {}))
+                           for n, k, p, e in zip(self.names, self.kinds, self.pools, extra)])
+
+    def encode(self, X: np.ndarray, *, lime: bool = False) -> np.ndarray:
+        """Object table -> float64 [N, C].  Non-string cells of pooled columns count as
+        missing; strings not in the pool too (call :meth:`for_rows` first to keep them)."""
+        X = np.asarray(X, dtype=object)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        Z = np.empty(X.shape, dtype=np.float64)
+        miss = LIME_MISSING if lime else np.nan
+        for j, kind in enumerate(self.kinds):
+            idx = self._index[j]
+            if idx is None:
+                col = _as_floats(X[:, j])
+                if lime and kind == "boolean":
+                    col = np.where(np.isnan(col), LIME_MISSING, col)
+                Z[:, j] = col
+            else:
+                Z[:, j] = [idx.get(v, miss) if isinstance(v, str) else miss for v in X[:, j]]
+        return Z
+
+    def decode(self, Z: np.ndarray) -> np.ndarray:
+        """Float [N, C] -> object table (NaN or a negative code = missing)."""
+        Z = np.asarray(Z, dtype=np.float64)
+        out = np.empty(Z.shape, dtype=object)
+        for j, kind in enumerate(self.kinds):
+            z = Z[:, j]
+            arr = self._arrays[j]
+            if arr is None:
+                col = np.where(z < 0, np.nan, z) if kind == "boolean" else z
+                out[:, j] = col
+            else:
+                ok = ~np.isnan(z) & (z >= 0)
+                col = np.full(len(z), None, dtype=object)
+                col[ok] = arr[z[ok].astype(np.int64)]
+                out[:, j] = col
+        return out
+
+    def cell_text(self, j: int, v: Any) -> str:
+        """A short human-readable cell for rules and plot labels."""
+        if _is_missing(v):
+            return f"{self.names[j]} is missing"
+        if self.kinds[j] == "text":
+            t = str(v)
+            return f"{self.names[j]} = {t[:37] + '...' if len(t) > 40 else t!r}"
+        if isinstance(v, str):
+            return f"{self.names[j]} = {v}"
+        return f"{self.names[j]} = {float(v):.4g}"
+
+
+def json_cells(row: Any) -> list:
+    """A table row as JSON values (NaN -> null)."""
+    return [None if _is_missing(v) else (v if isinstance(v, str) else float(v)) for v in row]
+
+
+def lime_table_stats(Z: np.ndarray, kinds: list[str]) -> dict:
+    """lime's ``training_data_stats`` for an encoded table (``TableCodec.encode(lime=True)``).
+
+    Numeric columns: quartile bins of the observed (non-missing) values, per-bin mean/std and
+    ranges as lime's QuartileDiscretizer computes them.  Categorical, text and boolean columns:
+    lime categorical features, the codes seen (-1 = missing) with their frequencies.
+    """
+    stats: dict = {k: {} for k in ("means", "stds", "mins", "maxs", "bins",
+                                   "feature_values", "feature_frequencies")}
+    for j, kind in enumerate(kinds):
+        col = Z[:, j]
+        if kind == "numeric":
+            col = col[~np.isnan(col)]
+            if not len(col):
+                col = np.zeros(1)
+            qts = np.unique(np.percentile(col, [25, 50, 75]))
+            disc = np.searchsorted(qts, col)
+            means, stds = [], []
+            for b in range(len(qts) + 1):
+                sel = col[disc == b]
+                means.append(float(np.mean(sel)) if len(sel) else 0.0)
+                stds.append((float(np.std(sel)) if len(sel) else 0.0) + 1e-11)
+            stats["means"][j], stats["stds"][j] = means, stds
+            stats["mins"][j] = [float(col.min())] + qts.tolist()
+            stats["maxs"][j] = qts.tolist() + [float(col.max())]
+            stats["bins"][j] = qts
+            values, freq = np.unique(disc, return_counts=True)
+        else:
+            values, freq = np.unique(col, return_counts=True)
+        stats["feature_values"][j] = values.astype(np.float64)
+        stats["feature_frequencies"][j] = freq.astype(np.float64)
+    return lime_stats_to_json(stats)
+
+
+def lime_explain_table_row(predict: Callable, row: np.ndarray, stats: dict, codec: TableCodec, *,
+                           mode: str, label: int = 0, num_samples: int = 5000, seed: int = 0) -> dict:
+    """LIME for one encoded table row (``codec.encode(..., lime=True)``); ``predict`` maps an
+    encoded matrix to probabilities [n, k] or values [n].
+
+    Categorical, text and boolean columns are lime categorical features (the binary feature
+    is "same value as this row"); numeric ones are quartile-discretised.  A numeric cell that
+    is missing in the row is explained as "missing": perturbed samples in its bin (lime puts
+    NaN in the top one) are sent to the model as missing, the others keep their sampled value.
+    """
+    try:
+        from lime.lime_tabular import LimeTabularExplainer
+    except ImportError as exc:  # pragma: no cover - depends on the bundle's requirements
+        raise ClientError(501, "LIME is not available in this bundle (the 'lime' package is missing).",
+                          hint="Rebuild the bundle with explain methods including 'lime'.") from exc
+    M = len(codec.names)
+    numeric = [j for j in range(M) if codec.kinds[j] == "numeric"]
+    categorical = [j for j in range(M) if j not in numeric]
+    lows = np.zeros(M)
+    highs = np.ones(M)
+    for j in numeric:
+        lows[j], highs[j] = stats["mins"][j][0], stats["maxs"][j][-1]
+    explainer = LimeTabularExplainer(np.vstack([lows, highs]), mode=mode, feature_names=codec.names,
+                                     categorical_features=categorical, discretize_continuous=True,
+                                     training_data_stats=stats, random_state=int(seed))
+    row = np.asarray(row, dtype=np.float64).reshape(-1)
+    missing_num = [j for j in numeric if np.isnan(row[j])]
+    tops = {j: np.asarray(stats["bins"][j], dtype=np.float64)[-1] for j in missing_num}
+
+    def predict_encoded(Z):
+        Z = np.array(Z, dtype=np.float64)
+        for j, top in tops.items():
+            Z[Z[:, j] > top, j] = np.nan
+        return predict(Z)
+
+    exp = explainer.explain_instance(row, predict_encoded, labels=(int(label),), num_features=M,
+                                     num_samples=int(num_samples))
+    key = int(label) if mode == "classification" else next(iter(exp.local_exp))
+    weights = np.zeros(M)
+    for j, wgt in exp.local_exp[key]:
+        weights[int(j)] = float(wgt)
+    cells = codec.decode(row.reshape(1, -1))[0]
+    rules = []
+    for j in range(M):
+        names = explainer.discretizer.names.get(j) if j in numeric and j not in tops else None
+        if names:
+            rules.append(names[int(explainer.discretizer.lambdas[j](row[j]))])
+        else:
+            rules.append(codec.cell_text(j, cells[j]))
+    intercept = exp.intercept[key] if isinstance(exp.intercept, dict) else exp.intercept
+    score = exp.score[key] if isinstance(exp.score, dict) else exp.score
+    local_pred = exp.local_pred[key] if isinstance(exp.local_pred, dict) else exp.local_pred
+    return {"weights": weights.tolist(), "intercept": float(intercept), "score": float(score),
+            "local_prediction": float(np.asarray(local_pred).reshape(-1)[0]), "rules": rules}
+
+
+# ---------------------------------------------------------------------------------------
 # the serving object
 # ---------------------------------------------------------------------------------------
 def _as_int(value: Any, name: str, *, low: int, high: int) -> int:
@@ -349,6 +592,8 @@ class ServeExplainer:
         self._lock = threading.Lock()
         lime = config.get("lime")
         self._lime_stats = lime_stats_from_json(lime["stats"]) if lime else None
+        # table mode: rows are object tables, explained one original column per feature
+        self.codec = TableCodec.from_json(config["table"]) if config.get("table") else None
         if self.kind == "tree" and trees is None:
             raise ValueError("a tree explainer needs its tree arrays")
         if self.kind == "agnostic" and background is None:
@@ -412,7 +657,18 @@ class ServeExplainer:
     # -- the work ---------------------------------------------------------------------
     def shap_values(self, X: np.ndarray, *, max_evals: int | None = None, seed: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-        """``(phi [N, F, K], base [K], outputs [N, K], algorithm)`` in ``self.output_space``."""
+        """``(phi [N, F, K], base [K], outputs [N, K], algorithm)`` in ``self.output_space``.
+
+        Table mode: ``X`` is an object table; each original column is one player, so the
+        coalitions mix whole cells of the row and of the background, decoded back to a table
+        for the ONNX model (additivity holds exactly, as for float rows)."""
+        if self.codec is not None:
+            codec = self.codec.for_rows(np.asarray(X, dtype=object))
+            return agnostic_shap(lambda Z: self.model.output_matrix(codec.decode(Z)),
+                                 codec.encode(X), self.background, self.weights,
+                                 max_evals=int(max_evals or self.budget["max_evals"]),
+                                 seed=self.seed if seed is None else int(seed),
+                                 chunk_rows=int(self.budget["max_model_rows"]), dtype=np.float64)
         X = np.asarray(X, dtype=np.float32)
         if self.kind == "tree":
             phi, base, outputs = tree_shap(self.tree_explainer(), X)
@@ -433,16 +689,25 @@ class ServeExplainer:
         if self._lime_stats is None:
             raise ClientError(400, "LIME is not enabled in this bundle.", expected=self.methods,
                               received="lime")
-        row = np.asarray(row, dtype=np.float32).reshape(1, -1)
+        if self.codec is not None:
+            row = np.asarray(row, dtype=object).reshape(1, -1)
+        else:
+            row = np.asarray(row, dtype=np.float32).reshape(1, -1)
         probs = self.model.output_matrix(row)[0]
         classification = self.task == "classifier"
         if classification and label is None:   # as for SHAP: the positive class, else the predicted one
             label = 1 if len(probs) == 2 else int(np.argmax(probs))
-        out = lime_explain_row(self._lime_predict(), row[0], self._lime_stats, self.feature_names,
-                               mode="classification" if classification else "regression",
-                               label=label or 0,
-                               num_samples=int(num_samples or self.budget["lime_samples"]),
-                               seed=self.seed if seed is None else int(seed))
+        kw = dict(mode="classification" if classification else "regression", label=label or 0,
+                  num_samples=int(num_samples or self.budget["lime_samples"]),
+                  seed=self.seed if seed is None else int(seed))
+        if self.codec is not None:
+            codec = self.codec.for_rows(row)
+            f = (lambda Z: self.model.output_matrix(codec.decode(Z))) if classification else \
+                (lambda Z: self.model.output_matrix(codec.decode(Z))[:, 0])
+            out = lime_explain_table_row(f, codec.encode(row, lime=True)[0], self._lime_stats, codec, **kw)
+        else:
+            out = lime_explain_row(self._lime_predict(), row[0], self._lime_stats, self.feature_names,
+                                   **kw)
         out["label_index"] = int(label) if classification else 0
         out["output"] = float(probs[label] if classification else probs[0])
         return out
@@ -483,7 +748,8 @@ class ServeExplainer:
                           expected=["auto", "all"] + self.output_names, received=repr(request)[:40])
 
     def explain(self, X: np.ndarray, method: str = "shap", options: dict | None = None) -> dict:
-        """Explain validated rows ``X`` (float32 [N, F]) and return a JSON-ready dict.
+        """Explain validated rows ``X`` (float32 [N, F]; in table mode the object table [N, C]
+        of the table contract) and return a JSON-ready dict.
 
         Options (the request body): ``seed``, ``max_evals`` (agnostic SHAP), ``num_samples``
         (LIME), ``output`` ("auto" | "all" | class label | index).  Budget violations are
@@ -497,7 +763,7 @@ class ServeExplainer:
         if method not in self.methods:
             raise ClientError(400, f"Method {method!r} is not enabled in this bundle; "
                                    f"enabled: {self.methods}.", expected=self.methods, received=method)
-        X = np.asarray(X, dtype=np.float32)
+        X = np.asarray(X, dtype=object if self.codec is not None else np.float32)
         if X.ndim != 2 or X.shape[1] != len(self.feature_names):
             raise ClientError(400, f"Each row must have {len(self.feature_names)} features; "
                                    f"got shape {list(X.shape)}.",
