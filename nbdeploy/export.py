@@ -1,12 +1,15 @@
 """export / import: carry a bundle to another machine as one archive in BentoML's own format.
 
-``export_bundle`` writes what ``bentoml export`` writes (``.bento`` = xz tar by default), so
-the other side needs only ``pip install -r env/python/requirements.txt``, ``bentoml import``
-and ``bentoml serve``.  ``import_bundle`` is the way back, and treats the archive as untrusted:
-every member is inspected *before anything is written* (no absolute paths, no ``..``, no links
-leaving the bundle, no device files, no pickle), then the archive is unpacked by us into a
-private folder with tarfile's ``data`` filter and BentoML imports that folder, so BentoML's own
-extraction code (see CVE-2026-27905 / GHSA-m6w7-qv66-g3mf) never sees the archive.
+``export_bundle`` writes the bento folder as ``bentoml export`` does (``.bento`` = xz tar by
+default, members ``./...``), plus ``nbdeploy-manifest.json``: the SHA-256 of every file.
+Stock ``bentoml import`` reads it, so the other side needs only ``pip install -r
+env/python/requirements.txt``, ``bentoml import`` and ``bentoml serve``.
+
+``import_bundle`` is the way back and treats the archive as untrusted.  All reading of the
+archive happens in :mod:`nbdeploy.archive` (one decompressed stream, checked and written
+member by member into a private folder, then layout, pickle, manifest and code-identity
+checks); BentoML only ever sees that checked folder, never the archive (CVE-2026-27905 /
+GHSA-m6w7-qv66-g3mf is in BentoML's own extraction).
 
 ``check_bundle`` lists what would stop a bundle from being served elsewhere: unpinned or
 missing requirements, notebook-only packages, imports no requirement provides, pickle files,
@@ -16,12 +19,11 @@ ONNX external data outside the model folder, and text that refers to the build m
 from __future__ import annotations
 
 import ast
-import io
+import hashlib
+import json
 import os
 import re
 import secrets
-import shutil
-import stat
 import sys
 import tarfile
 import tempfile
@@ -29,6 +31,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
+from .archive import MANIFEST, manifest_bytes, pickle_reason, split_name
 from .errors import BundleError, InvalidInputError, NotFoundError
 
 __all__ = ["export_bundle", "import_bundle", "check_bundle", "inspect_archive", "ARCHIVE_SUFFIXES"]
@@ -36,7 +39,6 @@ __all__ = ["export_bundle", "import_bundle", "check_bundle", "inspect_archive", 
 #: archive suffix -> BentoML export format (``bentoml import`` guesses the same way).
 ARCHIVE_SUFFIXES = {".bento": "bento", ".tar.gz": "gz", ".tar.xz": "xz", ".tar": "tar", ".zip": "zip"}
 
-PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 #: Packages a served ONNX bundle must never need (notebook-only or the build tool itself).
 NOTEBOOK_ONLY = re.compile(r"^(ipywidgets|ipykernel|ipython|notebook|widgetsnbextension|anywidget|"
                            r"jupyter.*|torch.*|tensorflow.*|keras|nbdeploy)$")
@@ -48,10 +50,11 @@ _PROVIDERS = {"bentoml": ("bentoml",), "onnxruntime": ("onnxruntime", "onnxrunti
               "sklearn": ("scikit-learn",), "scipy": ("scipy",), "pandas": ("pandas",),
               "starlette": ("bentoml",), "anyio": ("bentoml",), "pydantic": ("bentoml",),
               "uvicorn": ("bentoml",), "yaml": ("bentoml",), "attr": ("bentoml",),
+              "h11": ("bentoml",), "httpx": ("bentoml",), "uvloop": ("uvloop",),
+              "httptools": ("httptools",),
               "fastapi": ("fastapi",), "PIL": ("pillow",), "onnx": ("onnx",)}
-MAX_MEMBERS = 100_000
-MAX_TOTAL_BYTES = 16 * 1024 ** 3
-_HEAD = 4096
+#: import names that the runtime imports lazily, only for the explanation methods it serves
+_EXPLAIN_ONLY = {"shap", "lime", "sklearn", "scipy"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,8 +87,9 @@ def export_bundle(tag: str, path: str | os.PathLike, *, overwrite: bool = False,
         problems = check_bundle(Path(bento.path))
         if problems:
             raise BundleError(f"Bundle {full} is not self-contained: " + "; ".join(problems),
-                              hint="Rebuild it with nbdeploy.deploy(...), or pass check=False "
-                                   "to export it anyway.")
+                              hint="Fix what is listed and rebuild it with nbdeploy.deploy(...). "
+                                   "To write the archive anyway, call "
+                                   "nbdeploy.export.export_bundle(tag, path, check=False).")
     target = Path(os.fspath(path)).expanduser()
     if target.is_dir():
         target = target / f"{bento.tag.name}-{bento.tag.version}.bento"
@@ -107,11 +111,9 @@ def export_bundle(tag: str, path: str | os.PathLike, *, overwrite: bool = False,
     sfx = _suffix_of(target)
     fmt = ARCHIVE_SUFFIXES[sfx]
     tmp = target.with_name(f".{target.name[:-len(sfx)]}.{secrets.token_hex(4)}.partial{sfx}")
-    import bentoml
-
     written = tmp
     try:
-        written = Path(bentoml.bentos.export_bento(full, str(tmp), output_format=fmt))
+        _write_archive(Path(bento.path), tmp, fmt, full)
         if overwrite:
             os.replace(written, target)
         else:
@@ -137,280 +139,143 @@ def export_bundle(tag: str, path: str | os.PathLike, *, overwrite: bool = False,
     return target
 
 
-# ---------------------------------------------------------------------------------------------
-# archive inspection (untrusted input)
-# ---------------------------------------------------------------------------------------------
-def _refuse(member: str, why: str, archive: Path) -> InvalidInputError:
-    return InvalidInputError(
-        f"Refusing to import {archive.name}: member {member!r} {why}.",
-        hint="Nothing was written. Only import archives made by `nbdeploy export` or "
-             "`bentoml export` from a source you trust.",
-        received=member)
+class _Hashing:
+    """A file read once: into the archive and into the manifest's SHA-256."""
+
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        self.n += len(data)
+        return data
 
 
-def _split(name: str) -> list[str]:
-    return [p for p in re.split(r"[\\/]+", name) if p not in ("", ".")]
-
-
-def _is_absolute(name: str) -> bool:
-    return name.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", name))
-
-
-def _check_name(name: str) -> str | None:
-    if "\x00" in name:
-        return "has a NUL byte in its name"
-    if _is_absolute(name):
-        return "has an absolute path"
-    if ".." in _split(name):
-        return "has a '..' path component (it would land outside the bundle folder)"
-    return None
-
-
-def _check_link_target(name: str, target: str, *, hard: bool) -> str | None:
-    """Symlink targets are relative to the link's folder; hard link targets are member names."""
-    if not target or "\x00" in target:
-        return "is a link with an empty or invalid target"
-    if _is_absolute(target):
-        return f"is a {'hard link' if hard else 'symlink'} to {target!r}, outside the bundle folder"
-    parts = _split(target)
-    base = [] if hard else _split(name)[:-1]
-    depth, escapes = len(base), False
-    for p in parts:
-        depth += -1 if p == ".." else 1
-        escapes = escapes or depth < 0
-    if escapes:
-        return f"is a {'hard link' if hard else 'symlink'} to {target!r}, outside the bundle folder"
-    if ".." in parts:
-        # lexically inside, but '..' through another symlink can still escape: not needed in a bundle
-        return f"is a link whose target {target!r} uses '..'"
-    return None
-
-
-def _pickle_reason(name: str, head: bytes, read_all=None) -> str | None:
-    """Why a file's name or first bytes mark it as pickle-bearing (None when clean)."""
-    low = name.lower()
-    if low.endswith(PICKLE_SUFFIXES):
-        return "is a pickle file (pickle runs code when loaded)"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return f"starts with a pickle protocol {head[1]} header (pickle runs code when loaded)"
-    if head.startswith(b"\x93NUMPY"):
-        try:
-            import numpy as np
-
-            f = io.BytesIO(head)
-            version = np.lib.format.read_magic(f)
-            dtype = np.lib.format._read_array_header(f, version, max_header_size=_HEAD)[2]
-            if dtype.hasobject:
-                return "is a .npy array of Python objects (stored as pickle)"
-        except Exception:
-            if b"'O'" in head[:_HEAD] or b"|O" in head[:_HEAD]:
-                return "is a .npy array of Python objects (stored as pickle)"
-    if head.startswith(b"PK\x03\x04") and read_all is not None:   # .npz, torch .pt, nested zips
-        try:
-            with zipfile.ZipFile(io.BytesIO(read_all())) as z:
-                for info in z.infolist():
-                    with z.open(info) as f:
-                        inner = _pickle_reason(info.filename, f.read(_HEAD))
-                    if inner:
-                        return f"contains {info.filename!r}, which {inner}"
-        except zipfile.BadZipFile:
-            pass
-    return None
-
-
-def _tar_problems(archive: Path) -> tuple[list[tuple[str, str]], set[str]]:
-    problems: list[tuple[str, str]] = []
-    names: set[str] = set()
-    total = count = 0
-    with tarfile.open(archive, "r|*") as tar:   # one streaming pass; nothing is written
-        for m in tar:
-            count += 1
-            if count > MAX_MEMBERS:
-                problems.append((m.name, f"is past the limit of {MAX_MEMBERS} members"))
-                break
-            why = _check_name(m.name)
-            if why is None:
-                if m.issym():
-                    why = _check_link_target(m.name, m.linkname, hard=False)
-                elif m.islnk():
-                    why = _check_link_target(m.name, m.linkname, hard=True)
-                elif m.ischr() or m.isblk():
-                    why = "is a device file"
-                elif m.isfifo():
-                    why = "is a FIFO"
-                elif not (m.isfile() or m.isdir()):
-                    why = "is not a regular file, folder or link"
-            if why is None and m.isfile():
-                total += m.size
-                if total > MAX_TOTAL_BYTES:
-                    why = f"takes the archive past {MAX_TOTAL_BYTES >> 30} GiB unpacked"
-                else:
-                    f = tar.extractfile(m)
-                    head = f.read(_HEAD) if f else b""
-                    rest = (lambda: head + f.read()) if f and m.size < 2 * 1024 ** 3 else None
-                    why = _pickle_reason(m.name, head, rest)
-            if why is None and m.isfile() and m.mode & (stat.S_ISUID | stat.S_ISGID):
-                why = "has the setuid/setgid bit"
-            if why:
-                problems.append((m.name, why))
-            names.add("/".join(_split(m.name)))
-    return problems, names
-
-
-def _zip_problems(archive: Path) -> tuple[list[tuple[str, str]], set[str]]:
-    problems: list[tuple[str, str]] = []
-    names: set[str] = set()
-    total = 0
-    with zipfile.ZipFile(archive) as z:
-        infos = z.infolist()
-        if len(infos) > MAX_MEMBERS:
-            return [(infos[MAX_MEMBERS].filename, f"is past the limit of {MAX_MEMBERS} members")], names
-        for info in infos:
-            name = info.filename
-            why = _check_name(name)
-            norm = "/".join(_split(name))
-            if why is None and norm in names and norm:
-                why = "appears twice (a later copy would silently replace the first)"
-            mode = info.external_attr >> 16
-            if why is None and stat.S_ISLNK(mode):
-                target = z.read(info).decode("utf-8", "replace")
-                why = _check_link_target(name, target, hard=False) or \
-                    "is a symlink (zip archives may not carry links)"
-            elif why is None and stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                # zip writers often store only permission bits (no file type): those are files
-                why = "is a device file or other special file"
-            if why is None and not info.is_dir():
-                total += info.file_size
-                if total > MAX_TOTAL_BYTES:
-                    why = f"takes the archive past {MAX_TOTAL_BYTES >> 30} GiB unpacked"
-                else:
-                    with z.open(info) as f:
-                        head = f.read(_HEAD)
-                    why = _pickle_reason(name, head, lambda i=info: z.read(i))
-            if why:
-                problems.append((name, why))
-            names.add("/".join(_split(name)))
-    return problems, names
-
-
-def _archive_kind(archive: Path) -> str:
-    # tar first: is_zipfile() also says yes to a plain tar whose last member is a zip (.npz)
-    try:
-        if tarfile.is_tarfile(archive):
-            return "tar"
-    except (OSError, EOFError, tarfile.TarError):
-        pass
-    if zipfile.is_zipfile(archive):
-        return "zip"
-    raise InvalidInputError(f"{archive.name} is not a bundle archive (neither tar nor zip).",
-                            hint="Give a file made by `nbdeploy export` or `bentoml export`.")
-
-
-def inspect_archive(path: str | os.PathLike) -> list[str]:
-    """Member names of a bundle archive after checking every one; raises InvalidInputError
-    naming the first offending member.  Reads the archive only; writes nothing."""
-    archive = Path(os.fspath(path))
-    if not archive.is_file():
-        raise NotFoundError(f"No archive {str(archive)!r}.", hint="Check the path.")
-    kind = _archive_kind(archive)
-    try:
-        problems, names = (_zip_problems if kind == "zip" else _tar_problems)(archive)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise InvalidInputError(f"{archive.name} is damaged or not a bundle archive: {exc}",
-                                hint="Export the bundle again.") from exc
-    if problems:
-        member, why = problems[0]
-        err = _refuse(member, why, archive)
-        if len(problems) > 1:
-            err.message += f" ({len(problems) - 1} more member(s) refused too)"
-            err.args = (err.message,)
-        raise err
-    if "bento.yaml" not in names:
-        raise InvalidInputError(f"{archive.name} is not a BentoML bundle (no bento.yaml at its top).",
-                                hint="Give a file made by `nbdeploy export` or `bentoml export`.")
-    return sorted(n for n in names if n)
-
-
-def _extract(archive: Path, dest: Path) -> None:
-    """Unpack an archive already passed by :func:`inspect_archive` into ``dest``."""
-    dest_real = dest.resolve()
-    if _archive_kind(archive) == "zip":
-        with zipfile.ZipFile(archive) as z:
-            for info in z.infolist():
-                out = (dest / "/".join(_split(info.filename))).resolve()
-                if out != dest_real and dest_real not in out.parents:
-                    raise _refuse(info.filename, "would be written outside the bundle folder", archive)
-                if info.is_dir():
-                    out.mkdir(parents=True, exist_ok=True)
+def _write_archive(src: Path, out: Path, fmt: str, tag: str) -> None:
+    """The bento folder as ``shutil.make_archive`` (BentoML's export) lays it out, plus the
+    manifest as the last member; owners are not recorded."""
+    entries = sorted(src.rglob("*"))
+    links = [p for p in entries if p.is_symlink()]
+    if links:
+        raise BundleError(f"{links[0]} is a link; nbdeploy bundles never contain links.",
+                          hint="Rebuild the bundle with nbdeploy.deploy(...).")
+    files: dict[str, dict] = {}
+    if fmt == "zip":
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for p in entries:
+                rel = p.relative_to(src).as_posix()
+                info = zipfile.ZipInfo.from_file(p, rel)
+                if p.is_dir():
+                    z.writestr(info, b"")
                     continue
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(info) as src, open(out, "xb") as dst:
-                    shutil.copyfileobj(src, dst)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with open(p, "rb") as f, z.open(info, "w", force_zip64=True) as dst:
+                    r = _Hashing(f)
+                    while chunk := r.read(1 << 20):
+                        dst.write(chunk)
+                files[rel] = {"sha256": r.h.hexdigest(), "size": r.n}
+            z.writestr(MANIFEST, manifest_bytes(tag, files))
         return
-    with tarfile.open(archive, "r:*") as tar:
-        # second line of defence: the stdlib's own 'data' filter (absolute paths, links
-        # outside, device files, setuid bits)
-        try:
-            tar.extractall(dest, filter="data")
-        except tarfile.FilterError as exc:
-            raise _refuse(getattr(getattr(exc, "tarinfo", None), "name", "?"), str(exc), archive) from exc
+    mode = {"bento": "w:xz", "xz": "w:xz", "gz": "w:gz", "tar": "w"}[fmt]
+    with tarfile.open(out, mode, format=tarfile.PAX_FORMAT) as tar:
+        def info_of(p: Path, arc: str) -> tarfile.TarInfo:
+            info = tar.gettarinfo(str(p), arc)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            return info
+
+        tar.addfile(info_of(src, "."))
+        for p in entries:
+            rel = p.relative_to(src).as_posix()
+            info = info_of(p, "./" + rel)
+            if p.is_dir():
+                tar.addfile(info)
+                continue
+            with open(p, "rb") as f:
+                r = _Hashing(f)
+                tar.addfile(info, r)
+            if r.n != info.size:
+                raise BundleError(f"{rel} changed while it was being exported.",
+                                  hint="Export again when nothing is writing to the bundle.")
+            files[rel] = {"sha256": r.h.hexdigest(), "size": r.n}
+        data = manifest_bytes(tag, files)
+        info = tarfile.TarInfo("./" + MANIFEST)
+        info.size, info.mode = len(data), 0o644
+        import io
+
+        tar.addfile(info, io.BytesIO(data))
 
 
-def _bento_root(folder: Path) -> Path:
-    if (folder / "bento.yaml").is_file():
-        return folder
-    raise InvalidInputError("The archive has no bento.yaml at its top.", hint="Export it again.")
+# ---------------------------------------------------------------------------------------------
+# import (the archive itself is read only by nbdeploy.archive: untrusted input in one module)
+# ---------------------------------------------------------------------------------------------
+def inspect_archive(path: str | os.PathLike, *, trust: bool = False) -> list[str]:
+    """File names of a bundle archive after every import check passed (see
+    :mod:`nbdeploy.archive`); raises InvalidInputError naming the first problem.  The archive
+    is unpacked into a private temporary folder, which is deleted again."""
+    from .archive import unpack_bundle
 
-
-def import_bundle(path: str | os.PathLike) -> str:
-    """Import a bundle archive (from :func:`export_bundle` or ``bentoml export``) into the
-    local BentoML store and return its tag.
-
-    The archive is untrusted: see the module docstring.  Refuses archives that are not
-    nbdeploy bundles and tags already in the store.
-    """
     archive = Path(os.fspath(path)).expanduser().absolute()
-    inspect_archive(archive)
-    import yaml
+    with tempfile.TemporaryDirectory(prefix="nbdeploy-import-") as tmp:
+        u = unpack_bundle(archive, Path(tmp), trust=trust)
+        onnx = _onnx_problems(u.root)
+        if onnx:
+            raise InvalidInputError(f"Refusing to import {archive.name}: " + "; ".join(onnx[:5]),
+                                    hint="Nothing was imported.")
+        return u.files
 
+
+def _onnx_problems(root: Path) -> list[str]:
+    model = root / "src" / "model"
+    return [p for f in sorted(model.glob("*.onnx")) for p in _onnx_external_problems(f, root)] \
+        if model.is_dir() else []
+
+
+def import_bundle(path: str | os.PathLike, *, trust: bool = False) -> str:
+    """Import a bundle archive written by :func:`export_bundle` into the local BentoML store
+    and return its tag.
+
+    The archive is untrusted: it is unpacked once into a private folder and checked there
+    (layout, links, limits, pickles, manifest, code identity; see :mod:`nbdeploy.archive`),
+    and only that checked folder is handed to BentoML.  ``trust=True`` accepts an archive
+    without a manifest and code (``service.py``, ``nbdeploy_runtime/``) that differs from this
+    nbdeploy release's: only for bundles whose author you trust, since serving runs that code.
+    Refuses tags already in the store.  A refused archive adds nothing to the store.
+    """
+    from .archive import MANIFEST, unpack_bundle
+
+    archive = Path(os.fspath(path)).expanduser().absolute()
     with tempfile.TemporaryDirectory(prefix="nbdeploy-import-") as tmp:
         dest = Path(tmp) / "bento"
         dest.mkdir()
-        _extract(archive, dest)
-        root = _bento_root(dest)
-        try:
-            info = yaml.safe_load((root / "bento.yaml").read_text(encoding="utf-8")) or {}
-        except Exception as exc:
-            raise InvalidInputError(f"{archive.name}: bento.yaml is not valid YAML: {exc}",
-                                    hint="Export the bundle again.") from exc
-        labels = info.get("labels") or {}
-        if labels.get("created-by") != "nbdeploy":
-            raise InvalidInputError(f"{archive.name} is a BentoML bundle not made by nbdeploy.",
-                                    hint="Import it with `bentoml import` instead; nbdeploy "
-                                         "only manages bundles it built.")
-        from .schema import validate_tag
-
-        tag = f"{info.get('name')}:{info.get('version')}"
-        validate_tag(tag)
-        security = _problems(root, portability=False)
-        if security:
-            raise InvalidInputError(f"Refusing to import {archive.name}: " + "; ".join(security),
+        u = unpack_bundle(archive, dest, trust=trust)
+        onnx = _onnx_problems(dest)
+        if onnx:
+            raise InvalidInputError(f"Refusing to import {archive.name}: " + "; ".join(onnx[:5]),
                                     hint="Nothing was imported.")
+        (dest / MANIFEST).unlink(missing_ok=True)    # the store keeps the bundle as exported
         import bentoml
 
         try:
-            bentoml.get(tag)
+            bentoml.get(u.tag)
         except Exception:
             pass
         else:
-            raise InvalidInputError(f"{tag} is already in the BentoML store.",
-                                    hint=f"Delete it first (`nbdeploy delete {tag}`) to import "
+            raise InvalidInputError(f"{u.tag} is already in the BentoML store.",
+                                    hint=f"Delete it first (`nbdeploy delete {u.tag}`) to import "
                                          "this archive again.")
+        if u.trusted_differences:
+            import warnings
+
+            warnings.warn(f"Importing {u.tag} with code that differs from this nbdeploy "
+                          "release's (trusted): " + "; ".join(u.trusted_differences[:8]),
+                          stacklevel=2)
         try:
-            bento = bentoml.bentos.import_bento(str(root), input_format="folder")
+            bento = bentoml.bentos.import_bento(str(dest), input_format="folder")
         except Exception as exc:
-            raise BundleError(f"BentoML could not import {archive.name}: {type(exc).__name__}: {exc}",
-                              hint="Nothing was added to the store.") from exc
+            raise BundleError(f"BentoML could not import {archive.name}: {type(exc).__name__}: "
+                              f"{str(exc)[:300]}", hint="Nothing was added to the store.") from exc
         return str(bento.tag)
 
 
@@ -491,6 +356,22 @@ def _leak_patterns() -> list[tuple[str, re.Pattern]]:
     return out
 
 
+def _explain_modules(src: Path) -> set[str]:
+    """Modules the served explanations import, from the bundle's own explain config: shap
+    for TreeSHAP only (model-agnostic SHAP is numpy), lime (with sklearn and scipy) for LIME."""
+    cfg = src / "model" / "explain" / "explain_config.json"
+    if not cfg.is_file():
+        return set()
+    try:
+        ecfg = json.loads(cfg.read_text(encoding="utf-8"))
+    except ValueError:
+        return set(_EXPLAIN_ONLY)     # unreadable: ask for everything
+    out = {"shap"} if ecfg.get("kind") == "tree" else set()
+    if "lime" in (ecfg.get("methods") or ()):
+        out |= {"lime", "sklearn", "scipy"}
+    return out
+
+
 def _problems(root: Path, *, portability: bool = True) -> list[str]:
     """Problems of a bundle folder: a bento (``bento.yaml``) or a staged ``src`` folder."""
     is_bento = (root / "bento.yaml").is_file()
@@ -506,9 +387,7 @@ def _problems(root: Path, *, portability: bool = True) -> list[str]:
             except ValueError:
                 problems.append(f"{rel} is a symlink to {target!r}, outside the bundle")
             continue
-        with open(p, "rb") as f:
-            head = f.read(_HEAD)
-        why = _pickle_reason(rel, head, p.read_bytes)
+        why = pickle_reason(p, rel)
         if why:
             problems.append(f"{rel} {why}")
     for onnx_file in (src / "model").glob("*.onnx") if (src / "model").is_dir() else []:
@@ -530,7 +409,7 @@ def _problems(root: Path, *, portability: bool = True) -> list[str]:
         if NOTEBOOK_ONLY.match(dist):
             problems.append(f"requirements include {dist}, which the served bundle does not need "
                             "(notebook-only or the build tool)")
-    has_explain = (src / "model" / "explain").is_dir()
+    explain_needs = _explain_modules(src)
     local = {p.stem for p in src.glob("*.py")} | {p.name for p in src.iterdir() if p.is_dir()} \
         if src.is_dir() else set()
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
@@ -541,7 +420,8 @@ def _problems(root: Path, *, portability: bool = True) -> list[str]:
         except SyntaxError as exc:
             problems.append(f"{rel} does not parse: {exc.msg} (line {exc.lineno})")
             continue
-        needed = eager | (lazy if has_explain else lazy - {"shap", "lime", "sklearn", "scipy"})
+        # explanation libraries are imported lazily, and only for the methods the bundle serves
+        needed = eager | (lazy - _EXPLAIN_ONLY) | (lazy & explain_needs)
         for mod in sorted(needed - stdlib - local):
             if mod == "nbdeploy" or NOTEBOOK_ONLY.match(_norm(mod)):
                 problems.append(f"{rel} imports {mod}, a notebook-only package")
@@ -554,6 +434,8 @@ def _problems(root: Path, *, portability: bool = True) -> list[str]:
     for p in files:
         if p.is_symlink() or p.stat().st_size > 8 * 1024 * 1024:
             continue
+        if p.relative_to(root).parts[:2] == ("env", "docker"):
+            continue    # BentoML's generated image recipe: its paths are inside the image
         data = p.read_bytes()
         if b"\x00" in data[:8192]:
             continue            # binary (ONNX, npy, png)
@@ -585,7 +467,8 @@ def _onnx_external_problems(onnx_file: Path, root: Path) -> list[str]:
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        if not loc or _is_absolute(loc) or ".." in _split(loc):
+        if not loc or loc.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", loc) \
+                or ".." in split_name(loc):
             out.append(f"{rel} keeps tensor {t.name!r} in {loc!r}, outside the model folder")
         elif not (onnx_file.parent / loc).is_file():
             out.append(f"{rel} needs external data {loc!r}, which the bundle lacks")
