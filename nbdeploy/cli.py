@@ -135,7 +135,7 @@ def cmd_export(args) -> int:
 def cmd_import(args) -> int:
     from .export import import_bundle
 
-    print(f"imported {import_bundle(args.path)}")
+    print(f"imported {import_bundle(args.path, trust=args.trust)}")
     return 0
 
 
@@ -213,8 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_export)
 
-    s = sub.add_parser("import", help="import a bundle archive (checked for path tricks and pickles)")
+    s = sub.add_parser("import", help="import a bundle archive written by `nbdeploy export` "
+                                      "(checked: layout, links, pickles, manifest, code)")
     s.add_argument("path")
+    s.add_argument("--trust", action="store_true",
+                   help="accept code (service.py, nbdeploy_runtime/) that differs from this "
+                        "nbdeploy release's, and archives without a manifest: serving runs it")
     s.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("report", help="print a bundle's model card (JSON)")
