@@ -436,6 +436,87 @@ def _pip_platform_args(platform: str, python_version: str) -> list[str]:
                    "--abi", "abi3", "--abi", "none", "--only-binary=:all:"]
 
 
+def _pip_errors(proc: subprocess.CompletedProcess) -> str:
+    """pip's ERROR lines (or the end of its stderr), bounded."""
+    tail = "\n".join(l for l in proc.stderr.splitlines() if l.startswith("ERROR"))[-1500:]
+    return tail or proc.stderr[-1500:]
+
+
+def _pip_install_target(requirements: Path, target: Path, platform: str, python_version: str,
+                        pip_args: Iterable[str], find_links: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pip", "install", "--target", str(target), "--no-compile",
+           "--no-warn-script-location", "--disable-pip-version-check", "--no-input",
+           *_pip_platform_args(platform, python_version), "-r", str(requirements), *pip_args]
+    for d in find_links:
+        cmd += ["--find-links", d]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _is_pure_wheel(filename: str) -> bool:
+    # name-version[-build]-python-abi-platform.whl; compressed tag sets use dots
+    py, abi, plat = filename[:-len(".whl")].split("-")[-3:]
+    return abi == "none" and plat == "any" and all(t.startswith("py") for t in py.split("."))
+
+
+def _build_pure_wheels(requirements: Path, dest: Path, *, platform: str, python_version: str,
+                       pip_args: Iterable[str], find_links: list[str]) -> bool:
+    """Build ``py3-none-any`` wheels of the requirements that pip can only get as source.
+
+    Finds them by resolving the requirements here (``pip install --dry-run --report``: the
+    distributions whose download is not a wheel), builds them with ``pip wheel --no-deps`` and
+    checks each result is pure Python.  Returns False when there is nothing to build (the
+    first error then stands); raises :class:`BundleError` for a source distribution with
+    native code, which cannot be built for the image's platform here.
+    """
+    pip = [sys.executable, "-m", "pip"]
+    common = ["--disable-pip-version-check", "--no-input", *pip_args]
+    for d in find_links:
+        common += ["--find-links", d]
+    with tempfile.TemporaryDirectory(prefix="nbdeploy-resolve-") as tmp:
+        report = Path(tmp) / "report.json"
+        proc = subprocess.run([*pip, "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
+                               str(report), "-r", str(requirements), *common], capture_output=True, text=True)
+        if proc.returncode != 0 or not report.exists():
+            log.info("resolving the requirements here failed too: %s", _pip_errors(proc))
+            return False
+        try:
+            installs = json.loads(report.read_text()).get("install", [])
+        except ValueError:
+            return False
+    sdists = sorted({(i["metadata"]["name"], i["metadata"]["version"]) for i in installs
+                     if not str((i.get("download_info") or {}).get("url", "")).endswith(".whl")})
+    if not sdists:
+        return False
+    dest.mkdir(parents=True, exist_ok=True)
+    specs = [f"{n}=={v}" for n, v in sdists]
+    log.info("building wheels of source-only packages for the image: %s", ", ".join(specs))
+    proc = subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(dest), *specs, *common],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BundleError(
+            f"{', '.join(specs)} {'is' if len(specs) == 1 else 'are'} published only as source, and building "
+            f"{'a wheel' if len(specs) == 1 else 'wheels'} from it here failed (pip exit {proc.returncode}).",
+            hint=_pip_errors(proc) + "\nProvide a wheel for the image's platform: put it in a folder and "
+                 "pass pip_args=['--find-links', FOLDER], or pin a version that publishes wheels.")
+
+    def canon(name: str) -> str:
+        return name.lower().replace("-", "_").replace(".", "_")
+
+    native = sorted(f.name for f in dest.glob("*.whl") if not _is_pure_wheel(f.name))
+    if native:
+        by_name = {canon(n): f"{n} {v}" for n, v in sdists}
+        names = ", ".join(by_name.get(canon(w.split("-")[0]), w.split("-")[0]) for w in native)
+        raise BundleError(
+            f"{names}: no wheel for {platform}, Python {python_version}, and the source distribution "
+            f"contains native code (here it builds as {', '.join(native)}), so it cannot be installed "
+            f"into the image.",
+            hint=f"Build a wheel of it for {platform} (manylinux, cp{python_version.replace('.', '')}), e.g. "
+                 "with cibuildwheel or `pip wheel` inside the base image, put it in a folder and pass "
+                 "pip_args=['--find-links', FOLDER]; or pin a version that publishes such wheels, or "
+                 "leave the package out of the bundle.")
+    return True
+
+
 def dependency_layer(requirements: Path, *, store: Path, home: Path, platform: str = DEFAULT_PLATFORM,
                      python_version: str = "3.11", find_links: Path | None = None,
                      pip_args: Iterable[str] = ()) -> tuple[Layer, bool]:
@@ -458,20 +539,25 @@ def dependency_layer(requirements: Path, *, store: Path, home: Path, platform: s
             pass
     with tempfile.TemporaryDirectory(prefix="nbdeploy-deps-") as tmp:
         target = Path(tmp) / "deps"
-        cmd = [sys.executable, "-m", "pip", "install", "--target", str(target), "--no-compile",
-               "--no-warn-script-location", "--disable-pip-version-check", "--no-input",
-               *_pip_platform_args(platform, python_version), "-r", str(requirements), *pip_args]
-        if find_links and find_links.is_dir():
-            cmd += ["--find-links", str(find_links)]
+        links = [str(find_links)] if find_links and find_links.is_dir() else []
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = _pip_install_target(requirements, target, platform, python_version, pip_args, links)
         if proc.returncode != 0:
-            tail = "\n".join(l for l in proc.stderr.splitlines() if l.startswith("ERROR"))[-1500:]
+            # Pure-Python packages published only as source (lime) are built into
+            # py3-none-any wheels here; anything with native code still needs a platform wheel.
+            built = Path(tmp) / "built-wheels"
+            if _build_pure_wheels(requirements, built, platform=platform, python_version=python_version,
+                                  pip_args=pip_args, find_links=links):
+                shutil.rmtree(target, ignore_errors=True)
+                proc = _pip_install_target(requirements, target, platform, python_version, pip_args,
+                                           links + [str(built)])
+        if proc.returncode != 0:
             raise BundleError(
                 f"Installing the bento's dependencies for {platform}, Python {python_version} failed "
                 f"(pip exit {proc.returncode}).",
-                hint=(tail or proc.stderr[-1500:]) + "\nEvery dependency needs a binary wheel for the image's "
-                     "platform (manylinux, cp" + python_version.replace(".", "") + ").")
+                hint=_pip_errors(proc) + "\nPackages with native code need a binary wheel for the image's "
+                     "platform (manylinux, cp" + python_version.replace(".", "") + "); pure-Python source "
+                     "distributions are built into wheels here.")
         log.info("pip install for the image took %.1f s", time.perf_counter() - t0)
         _fix_scripts(target / "bin")
         created_by = f"nbdeploy: pip install --target {DEPS_PATH} -r requirements.txt (sha256:{key_src['requirements'][:12]})"

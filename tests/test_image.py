@@ -89,6 +89,84 @@ def test_pip_failure_is_a_clear_bundle_error(bentos, tmp_path):
     with pytest.raises(BundleError) as ei:
         build_image(bentos["v1"], base=None, home=tmp_path / "home", pip_args=["--no-index"])
     assert "linux/amd64" in ei.value.message and "wheel" in ei.value.hint
+    assert "No matching distribution found for " in ei.value.hint  # pip's own words, bounded
+    assert len(ei.value.hint) < 2000
+
+
+def _sdist(folder: Path, name: str, *, native: bool) -> Path:
+    """A source distribution as a package index serves it: NAME-1.0.tar.gz with a setup.py.
+    ``native`` declares compiled code the way setuptools sees a C extension (has_ext_modules),
+    so the wheel pip builds from it is tagged for this machine (cp311-cp311-linux_x86_64)."""
+    import io
+
+    mod = name.replace("-", "_")
+    files = {
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        "pyproject.toml": '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n',
+        f"{mod}.py": "ANSWER = 42\n",
+        "setup.py": ("from setuptools import setup\nfrom setuptools.dist import Distribution\n\n\n"
+                     "class Native(Distribution):\n    def has_ext_modules(self):\n        return True\n\n\n"
+                     f"setup(name={name!r}, version='1.0', py_modules=[{mod!r}]"
+                     + (", distclass=Native)\n" if native else ")\n")),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{mod}-1.0.tar.gz"
+    with tarfile.open(path, "w:gz") as t:
+        for fname, text in files.items():
+            data = text.encode()
+            ti = tarfile.TarInfo(f"{mod}-1.0/{fname}")
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def _bento_requiring(src: Path, dest: Path, requirement: str) -> Path:
+    """A copy of a built bento whose requirements lock names only ``requirement``."""
+    import shutil
+
+    shutil.copytree(src, dest)
+    (dest / "env" / "python" / "requirements.txt").write_text(requirement + "\n")
+    return dest
+
+
+def test_pure_python_sdist_is_built_into_a_wheel_for_the_image(bentos, tmp_path):
+    """A dependency published only as source (like lime) lands in the dependency layer,
+    installed from a py3-none-any wheel built here; the layer is reproducible and cached."""
+    links = tmp_path / "index"
+    _sdist(links, "nbdeploy-probe-pure", native=False)
+    bento = _bento_requiring(bentos["v1"], tmp_path / "bento", "nbdeploy-probe-pure==1.0")
+    args = ["--find-links", str(links)]
+    a = build_image(bento, base=None, home=tmp_path / "home", pip_args=args)
+    assert a.info["deps_cached"] is False
+    deps = a.layers[0]
+    with tarfile.open(deps.path) as t:
+        names = {m.name: m for m in t.getmembers()}
+        wheel_meta = t.extractfile("opt/nbdeploy/deps/nbdeploy_probe_pure-1.0.dist-info/WHEEL").read().decode()
+        module = t.extractfile("opt/nbdeploy/deps/nbdeploy_probe_pure.py").read().decode()
+    assert module == "ANSWER = 42\n"
+    assert "Tag: py3-none-any" in wheel_meta and "Root-Is-Purelib: true" in wheel_meta
+    assert all(m.mtime == 0 for m in names.values())
+    # Cached on the second build; rebuilt byte-identically with an empty cache.
+    b = build_image(bento, base=None, home=tmp_path / "home", pip_args=args)
+    assert b.info["deps_cached"] is True and b.digest == a.digest
+    c = build_image(bento, base=None, home=tmp_path / "cold", pip_args=args)
+    assert c.info["deps_cached"] is False and c.layers[0].digest == deps.digest
+
+
+def test_sdist_with_native_code_is_a_clear_error(bentos, tmp_path):
+    links = tmp_path / "index"
+    _sdist(links, "nbdeploy-probe-native", native=True)
+    bento = _bento_requiring(bentos["v1"], tmp_path / "bento", "nbdeploy-probe-native==1.0")
+    home = tmp_path / "home"
+    with pytest.raises(BundleError) as ei:
+        build_image(bento, base=None, home=home, pip_args=["--find-links", str(links)])
+    err = ei.value
+    assert "nbdeploy-probe-native 1.0" in err.message and "native code" in err.message
+    assert "linux/amd64" in err.message and "-linux_" in err.message  # the tag it built as here
+    assert "--find-links" in err.hint and "manylinux" in err.hint
+    assert len(err.message) + len(err.hint) < 2000
+    # nothing half-written: no dependency layer recorded in the cache
+    assert list((home / "cache" / "deps").glob("*.json")) == []
 
 
 @pytest.mark.slow
