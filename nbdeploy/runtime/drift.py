@@ -7,6 +7,13 @@ into the same bins and computes the Population Stability Index::
     PSI = sum_b (served_b - base_b) * ln(served_b / base_b)
 
 Usual reading: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 drift.
+
+Table-mode bundles (models fit on DataFrames; ``"mode": "table"`` in the baseline) are
+monitored per original column by :class:`TableDriftMonitor`: PSI over decile bins of the
+observed values for numeric/boolean columns, PSI over category shares (with an "unseen"
+bucket) for categorical ones, PSI over text-length deciles for text ones, and for every
+column the change in its missing rate.  PSI compares the *observed* (non-missing) values, so
+a column that starts arriving empty shows up in the missing rate, not in its PSI.
 """
 
 from __future__ import annotations
@@ -25,6 +32,136 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     e = np.clip(expected, EPS, None)
     a = np.clip(actual, EPS, None)
     return ((a - e) * np.log(a / e)).sum(axis=1)
+
+
+def _as_floats(col: np.ndarray) -> np.ndarray:
+    try:
+        return np.asarray(col, dtype=np.float64)
+    except (TypeError, ValueError):
+        out = np.empty(len(col))
+        for i, v in enumerate(col):
+            try:
+                out[i] = np.nan if v is None else float(v)
+            except (TypeError, ValueError):
+                out[i] = np.nan
+        return out
+
+
+def column_values(col: np.ndarray, entry: dict, index: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(missing mask, observed values)`` of one table column for drift counting.
+
+    Observed values are floats (numeric/boolean), text lengths (text) or category indices
+    into ``entry["categories"]`` with unseen = ``len(categories)`` (categorical).
+    """
+    kind = entry.get("kind", "numeric")
+    if kind == "categorical":
+        if index is None:
+            index = {c: i for i, c in enumerate(entry["categories"])}
+        unseen = len(index)
+        missing = np.array([not isinstance(v, str) for v in col], dtype=bool)
+        values = np.array([index.get(v, unseen) for v in col[~missing]], dtype=np.float64)
+        return missing, values
+    if kind == "text":
+        missing = np.array([not isinstance(v, str) for v in col], dtype=bool)
+        return missing, np.array([len(v) for v in col[~missing]], dtype=np.float64)
+    x = _as_floats(col)
+    missing = np.isnan(x)
+    return missing, x[~missing]
+
+
+class TableDriftMonitor:
+    """Per-column drift of served object tables (see the module docstring)."""
+
+    def __init__(self, baseline: dict):
+        self.columns = [dict(c) for c in baseline["columns"]]
+        self.feature_names = [c["name"] for c in self.columns]
+        self.threshold = float(baseline.get("threshold", 0.25))
+        self.missing_threshold = float(baseline.get("missing_threshold", 0.1))
+        self.min_rows = int(baseline.get("min_rows", 100))
+        self.expected = [np.asarray(c["shares"], dtype=np.float64) for c in self.columns]
+        self.edges = [np.asarray(c.get("edges") or [], dtype=np.float64) for c in self.columns]
+        self._index = [{v: i for i, v in enumerate(c["categories"])} if c["kind"] == "categorical"
+                       else None for c in self.columns]
+        self.counts = [np.zeros_like(e) for e in self.expected]
+        self.missing = np.zeros(len(self.columns), dtype=np.int64)
+        self.rows = 0
+        self._lock = threading.Lock()
+
+    def observe(self, X: np.ndarray) -> None:
+        """Count served rows (an object table [N, columns]) into the baseline's bins."""
+        X = np.asarray(X, dtype=object)
+        adds, miss = [], np.zeros(len(self.columns), dtype=np.int64)
+        for j, c in enumerate(self.columns):
+            m, v = column_values(X[:, j], c, self._index[j])
+            miss[j] = int(m.sum())
+            n = len(self.expected[j])
+            idx = v.astype(np.int64) if c["kind"] == "categorical" else \
+                np.searchsorted(self.edges[j], v, side="right")
+            adds.append(np.bincount(np.minimum(idx, n - 1), minlength=n)[:n])
+        with self._lock:
+            for j, a in enumerate(adds):
+                self.counts[j] += a
+            self.missing += miss
+            self.rows += len(X)
+
+    def report(self) -> dict:
+        with self._lock:
+            counts = [c.copy() for c in self.counts]
+            missing, rows = self.missing.copy(), self.rows
+        enough = rows >= self.min_rows
+        features = []
+        for j, c in enumerate(self.columns):
+            total = counts[j].sum()
+            score = float(psi(self.expected[j][None, :], (counts[j] / total)[None, :])[0]) if total else 0.0
+            rate = float(missing[j] / rows) if rows else 0.0
+            change = rate - float(c.get("missing_rate", 0.0)) if rows else 0.0
+            flag = bool(enough and (score > self.threshold or abs(change) > self.missing_threshold))
+            f = {"feature": c["name"], "kind": c["kind"], "metric": c.get("metric", "psi"),
+                 "psi": round(score, 6), "observed": int(total),
+                 "missing_rate_baseline": round(float(c.get("missing_rate", 0.0)), 6),
+                 "missing_rate": round(rate, 6), "missing_rate_change": round(change, 6),
+                 "drift": flag}
+            if c["kind"] == "categorical":
+                f["unseen_share"] = round(float(counts[j][-1] / total), 6) if total else 0.0
+            features.append(f)
+        drifted = [f["feature"] for f in features if f["drift"]]
+        return {"metric": "psi", "mode": "table", "threshold": self.threshold,
+                "missing_threshold": self.missing_threshold, "observed_rows": rows,
+                "min_rows": self.min_rows, "enough_data": enough, "drift": bool(drifted),
+                "drifted_features": drifted, "features": features}
+
+    def prometheus(self) -> str:
+        """Gauges in the Prometheus text format, appended to BentoML's /metrics."""
+        r = self.report()
+        lines = []
+        for metric, help_, key in (
+                ("nbdeploy_drift_psi", "Population stability index of served inputs per column "
+                 "(category shares for categorical columns, text length for text ones)", "psi"),
+                ("nbdeploy_drift_missing_rate", "Share of served rows with the column missing",
+                 "missing_rate"),
+                ("nbdeploy_drift_missing_rate_change", "Served missing rate minus the sample's",
+                 "missing_rate_change"),
+                ("nbdeploy_drift_unseen_share", "Share of served categories not seen in the sample",
+                 "unseen_share")):
+            lines += [f"# HELP {metric} {help_}", f"# TYPE {metric} gauge"]
+            for f in r["features"]:
+                if key in f:
+                    lines.append(f'{metric}{{feature="{_label(f["feature"])}"}} {f[key]}')
+        lines += _summary_lines(r)
+        return "\n".join(lines) + "\n"
+
+
+def _label(name: str) -> str:
+    return str(name).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _summary_lines(r: dict) -> list[str]:
+    return ["# HELP nbdeploy_drift_detected 1 when any feature drifted (PSI or missing rate over "
+            "its threshold)",
+            "# TYPE nbdeploy_drift_detected gauge", f"nbdeploy_drift_detected {int(r['drift'])}",
+            "# HELP nbdeploy_drift_observed_rows Rows counted for drift since start",
+            "# TYPE nbdeploy_drift_observed_rows gauge",
+            f"nbdeploy_drift_observed_rows {r['observed_rows']}"]
 
 
 class DriftMonitor:
@@ -47,11 +184,13 @@ class DriftMonitor:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_bundle(cls, model_dir: str | Path) -> "DriftMonitor | None":
+    def from_bundle(cls, model_dir: str | Path) -> "DriftMonitor | TableDriftMonitor | None":
+        """The bundle's monitor: per column for table-mode baselines, per feature otherwise."""
         path = Path(model_dir) / "baseline.json"
         if not path.is_file():
             return None
-        return cls(json.loads(path.read_text(encoding="utf-8")))
+        base = json.loads(path.read_text(encoding="utf-8"))
+        return TableDriftMonitor(base) if base.get("mode") == "table" else cls(base)
 
     def observe(self, X: np.ndarray) -> None:
         """Count served rows into the baseline bins (bin = number of edges <= value)."""
