@@ -9,12 +9,11 @@ import json
 import socket
 
 import pytest
+import schemathesis  # a test dependency (pyproject [test]): missing is an error, never a skip
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 
 import nbdeploy
-
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
