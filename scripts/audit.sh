@@ -7,7 +7,8 @@
 # It fails loudly when pip-audit could not actually look packages up (no route to the
 # vulnerability service, unknown packages): an audit that checked nothing must never pass.
 #
-# Environment: PYTHON (default python3), PIP_AUDIT_SERVICE (pypi | osv, default pypi),
+# Environment: PYTHON (default python3), PIP_AUDIT_SERVICE (which vulnerability service:
+# "pypi" = the package index's JSON API, the default; "osv" = the OSV service),
 # AUDIT_ALLOW_SKIP (space-separated packages that may be un-auditable, e.g. local builds such
 # as "torch"), AUDIT_OFFLINE=1 (only steps 1-2; says so and exits 3 so nobody mistakes it
 # for a full pass).
@@ -135,8 +136,8 @@ if skipped:
     print(f"FAIL {len(skipped)} packages could not be audited, e.g. "
           f"{', '.join(d['name'] for d in skipped[:8])}; reasons: {reasons}", file=sys.stderr)
     print("     The vulnerability service is probably unreachable from here (pip-audit's 'pypi' "
-          "service needs https://pypi.org/pypi/<name>/<version>/json, 'osv' needs "
-          "https://api.osv.dev). Run where it is reachable, or set AUDIT_ALLOW_SKIP for "
+          "service needs the package index's JSON API, 'osv' needs the OSV service; choose "
+          "with PIP_AUDIT_SERVICE). Run where it is reachable, or set AUDIT_ALLOW_SKIP for "
           "packages that are local builds.", file=sys.stderr)
     sys.exit(2)
 sys.exit(1 if vulnerable else 0)
