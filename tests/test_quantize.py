@@ -25,7 +25,7 @@ def cls_data():
 
 
 @pytest.fixture(scope="module")
-def mlp(cls_data):
+def mlp_net(cls_data):
     """A small trained torch MLP (margins large enough for int8 to keep its labels)."""
     import torch
 
@@ -39,7 +39,12 @@ def mlp(cls_data):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(xt), yt).backward()
         opt.step()
-    return convert(net, X)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def mlp(mlp_net, cls_data):
+    return convert(mlp_net, cls_data[0])
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +89,32 @@ def test_int8_dynamic_applies_and_verifies_on_mlp(mlp_auto):
     assert v.delta_unit == "pt" and v.metric == "accuracy" and v.within_tolerance
     assert v.verification["label_agreement"] >= 0.95 and v.verification["passed"]
     assert v.latency["p50_ms_batch1"] > 0
+
+
+def test_int8_dynamic_agrees_with_the_native_model_rerun_independently(mlp_auto, mlp_net, cls_data):
+    """Not nbdeploy's report: run the int8 model with onnxruntime here and compare its labels
+    with the PyTorch model's own, and both with the true labels."""
+    import onnxruntime as ort
+    import torch
+
+    X, y = cls_data
+    v = mlp_auto[0].quantization.get("int8-dynamic")
+    assert v.status == "ok", v.reason
+    ops = {n.op_type for n in v.model.graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "ConvInteger", "QLinearMatMul"}, ops
+    sess = ort.InferenceSession(v.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: X})[0]
+    int8_labels = np.asarray(out).argmax(axis=1)
+    with torch.no_grad():
+        native_labels = mlp_net(torch.from_numpy(X)).argmax(dim=1).numpy()
+    agreement = float((int8_labels == native_labels).mean())
+    assert agreement >= 0.95, agreement
+    native_acc, int8_acc = float((native_labels == y).mean()), float((int8_labels == y).mean())
+    assert native_acc > 0.8                             # the oracle itself learned something
+    assert (native_acc - int8_acc) * 100 <= QuantTolerance().accuracy_points, (native_acc, int8_acc)
+    # and what nbdeploy reported is what really happens
+    assert v.verification["label_agreement"] == pytest.approx(agreement, abs=1e-9)
+    assert v.delta == pytest.approx((native_acc - int8_acc) * 100, abs=1e-6)
 
 
 def test_every_variant_reported_fp16_honest_on_cpu(mlp_auto):
