@@ -1,15 +1,23 @@
-"""convert: a native model + sample -> ONNX graph, spec and input schema."""
+"""convert: a native model + sample -> ONNX graph, spec and input schema.
+
+A DataFrame sample with string, categorical or text columns gives a *table* model (one typed
+ONNX input per column, see ``runtime/model.py``); anything else a float matrix.  Either way the
+spec records the column schema, and whether each column accepts missing values (and unseen
+categories) is decided by running the native model and the graph, not by a rule.
+"""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .adapters import Adapter, detect
-from .errors import InvalidInputError
-from .schema import InputSchema, as_matrix, feature_names_of
+from .errors import ConversionError, InvalidInputError, NbdeployError, UnsupportedModelError, brief
+from .schema import (ColumnSpec, InputSchema, as_matrix, feature_names_of, infer_columns, is_frame,
+                     non_numeric_columns, table_from_frame)
 
 
 @dataclass
@@ -20,7 +28,7 @@ class ConvertResult:
     onnx_model: Any                  # onnx.ModelProto
     spec: dict                       # how the runtime feeds and reads the graph
     schema: InputSchema
-    X: np.ndarray                    # the sample as a float32 matrix
+    X: np.ndarray                    # the sample: a float32 matrix, or an object table (table models)
     converter: str
     notes: list[str] = field(default_factory=list)
 
@@ -32,12 +40,98 @@ class ConvertResult:
     def onnx_bytes(self) -> bytes:
         return self.onnx_model.SerializeToString()
 
+    @property
+    def columns(self) -> list[dict]:
+        """The column schema (``spec["columns"]``)."""
+        return list(self.spec.get("columns") or [])
+
+    @property
+    def is_table(self) -> bool:
+        return self.spec.get("input_mode") == "table"
+
     def to_dict(self) -> dict:
         return {"framework": self.framework, "model_type": self.adapter.model_type,
                 "task": self.spec["task"], "converter": self.converter,
                 "classes": self.spec.get("classes"), "input_schema": self.schema.to_dict(),
+                "columns": self.columns,
                 "onnx_opsets": {(o.domain or "ai.onnx"): o.version for o in self.onnx_model.opset_import},
                 "onnx_size_bytes": len(self.onnx_bytes), "notes": list(self.notes)}
+
+
+def _model_frame(sample, adapter: Adapter):
+    """The sample's columns in the model's order (``feature_names_in_``), extras dropped."""
+    wanted = adapter.feature_names()
+    if not wanted:
+        return sample
+    have = [str(c) for c in sample.columns]
+    missing = [c for c in wanted if c not in have]
+    if missing:
+        raise InvalidInputError(
+            f"The sample lacks {len(missing)} column(s) the model was fit on: {missing[:5]}.",
+            hint="Pass a sample with the training DataFrame's columns.",
+            expected=wanted[:20], received=have[:20])
+    if have == wanted:
+        return sample
+    return sample.rename(columns=str)[wanted]
+
+
+def _table_sample(sample, adapter: Adapter) -> tuple[np.ndarray, list[ColumnSpec]]:
+    frame = _model_frame(sample, adapter)
+    if len(frame) == 0:
+        raise InvalidInputError("The sample is empty (0 rows).",
+                                hint="Pass at least one row; a few hundred make benchmarks meaningful.")
+    hints = adapter.column_hints() if hasattr(adapter, "column_hints") else {}
+    columns = infer_columns(frame, hints=hints)
+    return table_from_frame(frame, columns), columns
+
+
+def _plain_columns(sample, X: np.ndarray, names: list[str] | None) -> list[ColumnSpec]:
+    """The schema of a numeric sample: numeric (or boolean) columns."""
+    if is_frame(sample) and names and len(names) == X.shape[1]:
+        specs = infer_columns(sample[list(sample.columns)])
+        for c, n in zip(specs, names):
+            c.name = n
+        return specs
+    dtype = str(getattr(sample, "dtype", X.dtype))
+    return [ColumnSpec(n, "numeric", dtype, missing_in_sample=int(np.isnan(X[:, i]).sum()))
+            for i, n in enumerate(names or [f"f{i}" for i in range(X.shape[1])])]
+
+
+def _check_native_takes_sample(adapter: Adapter, X: np.ndarray, columns: list[ColumnSpec]) -> None:
+    """Run the native model on the sample; where it raises on the sample's missing values,
+    say which columns, in a few lines."""
+    try:
+        adapter.predict(X[: min(len(X), 2)])
+    except InvalidInputError:
+        raise
+    except Exception as exc:
+        raise InvalidInputError(
+            f"{adapter.model_type} could not predict on the sample (shape {list(X.shape)}): {brief(exc)}",
+            hint="Pass rows shaped like the model's training input (same columns, same types).") from exc
+    with_missing = [c for c in columns if c.missing_in_sample]
+    if not with_missing:
+        return
+    rows = _rows_with_missing(X)
+    try:
+        adapter.predict(X[rows[:64]])
+    except Exception as exc:
+        names = [c.name for c in with_missing]
+        raise InvalidInputError(
+            f"{adapter.model_type} raises on the sample's missing values (NaN) in column(s) "
+            f"{names[:5]} (first: row {int(rows[0])}): {brief(exc, 200)}",
+            hint="The native model does not handle missing values: impute them inside the model "
+                 "(e.g. a Pipeline starting with SimpleImputer), or drop those rows from the sample.",
+            expected="no missing values", received=f"{len(rows)} rows with NaN") from exc
+
+
+def _rows_with_missing(X: np.ndarray) -> np.ndarray:
+    if X.dtype == object:
+        from .runtime.columns import is_missing
+
+        miss = np.array([[is_missing(v) for v in row] for row in X], dtype=bool)
+    else:
+        miss = np.isnan(X)
+    return np.where(miss.any(axis=1))[0]
 
 
 def convert(model: Any, sample: Any, *, task: str | None = None,
@@ -45,33 +139,69 @@ def convert(model: Any, sample: Any, *, task: str | None = None,
     """Detect the framework of ``model`` and convert it to ONNX using ``sample`` for shapes."""
     adapter = detect(model, task=task)
     adapter.check_fitted()
-    names = feature_names or feature_names_of(sample) or adapter.feature_names()
-    X = as_matrix(sample, n_features=adapter.n_features())
-    if names is not None and len(names) != X.shape[1]:
-        raise InvalidInputError(
-            f"{len(names)} feature names were given for {X.shape[1]} columns.",
-            hint="Pass one name per column.", expected=X.shape[1], received=len(names))
-    if hasattr(adapter, "probe"):
-        try:
-            adapter.probe(X)
-        except Exception as exc:
+    table = bool(non_numeric_columns(sample))
+    if table:
+        accepts = "columns" in inspect.signature(adapter.to_onnx).parameters
+        if not accepts:
+            raise UnsupportedModelError(
+                f"The sample has non-numeric columns {non_numeric_columns(sample)[:5]}, but "
+                f"{adapter.framework} models take numbers only.",
+                hint="Encode those columns as numbers first, or deploy a model that encodes them "
+                     "itself (a scikit-learn Pipeline with a ColumnTransformer, LightGBM/XGBoost "
+                     "on pandas categories).", expected="numeric columns",
+                received=non_numeric_columns(sample)[:5])
+        X, columns = _table_sample(sample, adapter)
+        names = [c.name for c in columns]
+        if feature_names is not None and list(feature_names) != names:
             raise InvalidInputError(
-                f"The model could not run on the sample (shape {list(X.shape)}): {exc}",
-                hint="Pass rows shaped like the model's training input.") from exc
+                "feature_names cannot rename the columns of a DataFrame with non-numeric columns.",
+                hint="Drop feature_names: the DataFrame's own column names are used.",
+                expected=names[:20], received=list(feature_names)[:20])
+        adapter.columns = [c.to_dict() for c in columns]   # native_frame rebuilds the DataFrame
+    else:
+        names = feature_names or feature_names_of(sample) or adapter.feature_names()
+        X = as_matrix(sample, n_features=adapter.n_features(), allow_nan=True)
+        if names is not None and len(names) != X.shape[1]:
+            raise InvalidInputError(
+                f"{len(names)} feature names were given for {X.shape[1]} columns.",
+                hint="Pass one name per column.", expected=X.shape[1], received=len(names))
+        columns = _plain_columns(sample, X, names)
+        if hasattr(adapter, "probe"):
+            try:
+                adapter.probe(X)
+            except Exception as exc:
+                raise InvalidInputError(
+                    f"The model could not run on the sample (shape {list(X.shape)}): {brief(exc)}",
+                    hint="Pass rows shaped like the model's training input.") from exc
+    _check_native_takes_sample(adapter, X, columns)
+    kwargs = {"feature_names": names, "opset": opset}
+    if table:
+        kwargs["columns"] = adapter.columns
     try:
-        adapter.predict(X[: min(len(X), 2)])
-    except InvalidInputError:
+        converted = adapter.to_onnx(X, **kwargs)
+    except NbdeployError as exc:
+        if len(exc.message) > 600:     # an adapter passed a converter's dump through
+            exc.message = exc.message[:597] + "..."
         raise
     except Exception as exc:
-        raise InvalidInputError(
-            f"{adapter.model_type} could not predict on the sample (shape {list(X.shape)}): "
-            f"{type(exc).__name__}: {exc}",
-            hint="Pass rows shaped like the model's training input (same columns, numeric).") from exc
-    converted = adapter.to_onnx(X, feature_names=names, opset=opset)
+        raise ConversionError(
+            f"Converting {adapter.model_type} to ONNX failed: {brief(exc)}",
+            hint="The converter does not support this model or one of its settings; see the "
+                 "README's list of supported models, or export to ONNX yourself and pass the "
+                 ".onnx path.") from exc
     spec = dict(converted.spec)
     spec.update(n_features=int(X.shape[1]), dtype="float32", feature_names=names)
+    if table:
+        columns = [ColumnSpec(**c) for c in adapter.columns]
+    notes = list(converted.notes)
+    from .verify import probe_columns
+
+    notes += probe_columns(adapter, converted.onnx_model, spec, X, columns)
+    spec["columns"] = [c.to_dict() for c in columns]
+    if table:
+        adapter.columns = spec["columns"]
     schema = InputSchema(n_features=int(X.shape[1]), feature_names=names,
                          input_mode=spec.get("input_mode", "tensor"),
-                         input_names=list(spec.get("input_names") or ["input"]))
-    return ConvertResult(adapter, converted.onnx_model, spec, schema, X, converted.converter,
-                         list(converted.notes))
+                         input_names=list(spec.get("input_names") or ["input"]),
+                         columns=spec["columns"])
+    return ConvertResult(adapter, converted.onnx_model, spec, schema, X, converted.converter, notes)

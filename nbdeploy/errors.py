@@ -112,3 +112,14 @@ def missing(package: str, extra: str | None = None, why: str = "") -> MissingDep
         f"The package '{package}' is required{(' ' + why) if why else ''} but is not installed.",
         hint=f"Install it with: {cmd}",
     )
+
+
+def brief(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line`` of an exception, at most ``limit`` characters: converters embed whole
+    graphs in their messages (skl2onnx once put 659,120 characters of tree nodes in one)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if len(line) > limit:
+        line = line[: limit - 3] + "..."
+    return line

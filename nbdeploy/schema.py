@@ -46,6 +46,7 @@ class InputSchema:
     feature_names: list[str] | None = None
     input_mode: str = "tensor"            # "tensor" or "columns"
     input_names: list[str] = field(default_factory=lambda: ["input"])
+    columns: list[dict] | None = None     # the column schema (ColumnSpec.to_dict() each)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -70,9 +71,11 @@ def _numeric_dtype(t: Any) -> bool:
 
 
 def as_matrix(sample: Any, *, what: str = "sample", n_features: int | None = None,
-              allow_empty: bool = False) -> np.ndarray:
-    """Turn a sample (ndarray, DataFrame, list of rows) into a finite float32 matrix.
+              allow_empty: bool = False, allow_nan: bool = False) -> np.ndarray:
+    """Turn a sample (ndarray, DataFrame, list of rows) into a float32 matrix.
 
+    Infinite values are refused; NaN (a missing value) only unless ``allow_nan`` (the caller
+    then decides per column from what the native model does, see :func:`nbdeploy.convert.convert`).
     Raises :class:`InvalidInputError` naming what was expected and received.
     """
     if sample is None:
@@ -86,10 +89,12 @@ def as_matrix(sample: Any, *, what: str = "sample", n_features: int | None = Non
                 if bad:
                     raise InvalidInputError(
                         f"The {what} has non-numeric columns: {bad[:5]}.",
-                        hint="nbdeploy serves models on numeric features; encode categorical "
-                             "columns inside a scikit-learn pipeline and pass numbers.",
+                        hint="Pass the DataFrame to a model that encodes them itself (e.g. a "
+                             "scikit-learn Pipeline with a ColumnTransformer), or encode them "
+                             "as numbers first.",
                         expected="numeric columns", received=bad[:5])
-            arr = sample.to_numpy()
+            arr = sample.to_numpy(dtype=np.float64, na_value=np.nan) if dtypes is not None \
+                else sample.to_numpy()
         else:
             arr = np.asarray(sample)
     except InvalidInputError:
@@ -118,7 +123,7 @@ def as_matrix(sample: Any, *, what: str = "sample", n_features: int | None = Non
             hint="Pass rows with the same columns the model was trained on.",
             expected=n_features, received=int(arr.shape[1]))
     arr = arr.astype(np.float32, copy=False)
-    finite = np.isfinite(arr)
+    finite = np.isfinite(arr) | np.isnan(arr) if allow_nan else np.isfinite(arr)
     if not finite.all():
         bad_rows = np.where(~finite.all(axis=1))[0]
         raise InvalidInputError(
@@ -127,3 +132,176 @@ def as_matrix(sample: Any, *, what: str = "sample", n_features: int | None = Non
             hint="Drop or impute missing values first (e.g. X.dropna() or SimpleImputer).",
             expected="finite numbers", received=f"{len(bad_rows)} rows with NaN/Inf")
     return np.ascontiguousarray(arr)
+
+
+# --- column schema (issue 16) -------------------------------------------------------------------
+
+KINDS = ("numeric", "categorical", "text", "boolean")
+MAX_CATEGORIES = 1000   # more distinct strings than this in a column without an encoder: text
+
+
+@dataclass
+class ColumnSpec:
+    """One input column of a model fit on a DataFrame (the contract: nbdeploy/runtime/model.py)."""
+
+    name: str
+    kind: str                             # numeric | categorical | text | boolean
+    dtype: str                            # the sample's pandas dtype, e.g. "float64", "str", "category"
+    nullable: bool = False                # missing values (null) accepted: the native model takes them
+    categories: list[str] | None = None   # categorical: the values the model knows (or the sample has)
+    onnx_input: str | None = None         # graph input fed with this column (None: unused)
+    onnx_type: str = "float"              # float | double | int64 | string | bool
+    accepts_unseen: bool | None = None    # categorical: an unseen value is answered (else a 400)
+    missing_in_sample: int = 0            # rows of the sample with this column missing
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for text front ends: ``city: categorical (3 values, nulls ok)``."""
+        bits = [self.kind]
+        if self.kind == "categorical" and self.categories is not None:
+            bits.append(f"{len(self.categories)} values" + ("" if self.accepts_unseen is not False
+                                                             else ", others refused"))
+        bits.append("nulls ok" if self.nullable else "no nulls")
+        return f"{self.name}: {bits[0]} ({', '.join(bits[1:])})"
+
+
+def is_frame(sample: Any) -> bool:
+    return hasattr(sample, "dtypes") and hasattr(sample, "columns") and hasattr(sample, "iloc")
+
+
+def non_numeric_columns(sample: Any) -> list[str]:
+    """Columns of a DataFrame that are not numbers or booleans ([] for anything else)."""
+    if not is_frame(sample):
+        return []
+    return [str(c) for c, t in sample.dtypes.items() if not _numeric_dtype(t)]
+
+
+def _is_bool_dtype(t: Any) -> bool:
+    from pandas.api.types import is_bool_dtype
+
+    return bool(is_bool_dtype(t))
+
+
+def _looks_like_text(values: list[str]) -> bool:
+    if not values:
+        return False
+    words = sum(len(v.split()) for v in values) / len(values)
+    return words >= 3
+
+
+def infer_columns(df: Any, *, hints: dict[str, dict] | None = None) -> list[ColumnSpec]:
+    """The column schema of a sample DataFrame.
+
+    ``hints`` (from the adapter, which knows the model) override the guess per column name:
+    ``{"kind": "text"}`` for a column a TfidfVectorizer reads, ``{"kind": "categorical",
+    "categories": [...]}`` for one an encoder reads.  Without a hint, string columns with a
+    few distinct short values are categorical and the rest text.  ``nullable`` and
+    ``accepts_unseen`` are decided later, by running the native model.
+    """
+    hints = hints or {}
+    out = []
+    for name in df.columns:
+        s = df[name]
+        key = str(name)
+        dtype = str(s.dtype)
+        hint = hints.get(key) or {}
+        missing = int(s.isna().sum())
+        if _is_bool_dtype(s.dtype) and hint.get("kind") not in ("categorical", "text"):
+            out.append(ColumnSpec(key, "boolean", dtype, missing_in_sample=missing))
+            continue
+        if _numeric_dtype(s.dtype) and hint.get("kind") not in ("categorical", "text"):
+            out.append(ColumnSpec(key, "numeric", dtype, missing_in_sample=missing))
+            continue
+        seen = sorted({str(v) for v in s.dropna().tolist()})
+        if dtype == "category":
+            known = [str(c) for c in s.cat.categories]
+        else:
+            known = seen
+        kind = hint.get("kind")
+        if kind is None:
+            kind = "categorical" if dtype == "category" or (
+                len(seen) <= MAX_CATEGORIES and not _looks_like_text(seen)) else "text"
+        cats = hint.get("categories")
+        if cats is None:
+            cats = known if kind == "categorical" else None
+        out.append(ColumnSpec(key, kind, dtype, categories=[str(c) for c in cats] if cats is not None
+                              else None, onnx_type="string", missing_in_sample=missing))
+    return out
+
+
+def table_from_frame(df: Any, columns: list[ColumnSpec]) -> np.ndarray:
+    """A DataFrame as a table: an object array [N, C] (floats with NaN; str or None).
+
+    Numbers are rounded to float32, the precision the ONNX graph computes in, so that the
+    native model and the graph see the same values during verification.
+    """
+    out = np.empty((len(df), len(columns)), dtype=object)
+    for j, col in enumerate(columns):
+        s = df[col.name]
+        if col.kind in ("numeric", "boolean"):
+            try:
+                v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"Column {col.name!r} ({col.kind}) could not be read as numbers: "
+                                        f"{str(exc).splitlines()[0][:200]}.",
+                                        hint="Give numeric columns a numeric dtype (df[c].astype(float)).",
+                                        expected="numbers", received=str(s.dtype)) from exc
+            if np.isinf(v).any():
+                row = int(np.where(np.isinf(v))[0][0])
+                raise InvalidInputError(f"Column {col.name!r} of the sample has infinite values "
+                                        f"(first: row {row}).",
+                                        hint="Replace them with finite numbers or NaN (missing).",
+                                        expected="finite numbers or NaN", received="inf")
+            out[:, j] = v.astype(np.float32).astype(np.float64)
+        else:
+            out[:, j] = [None if _na(v) else str(v) for v in s.tolist()]
+    return out
+
+
+def _na(v: Any) -> bool:
+    if v is None:
+        return True
+    try:
+        return bool(v != v)
+    except Exception:
+        return False
+
+
+def table_to_frame(table: np.ndarray, columns: list[dict]) -> Any:
+    """A table back as a DataFrame with the sample's dtypes (what the native model was fit on)."""
+    import pandas as pd
+
+    table = np.asarray(table)
+    if table.dtype != object:
+        from .runtime.columns import decode_float
+
+        table = decode_float(table, columns)
+    data = {}
+    for j, col in enumerate(columns):
+        v = table[:, j]
+        dtype = col.get("dtype") or ""
+        if col["kind"] in ("numeric", "boolean"):
+            f = np.array([np.nan if c is None else c for c in v], dtype=np.float64)
+            s = pd.Series(f)
+            if not np.isnan(f).any() and dtype in ("int64", "int32", "int16", "int8", "uint8",
+                                                   "uint16", "uint32", "uint64", "bool"):
+                s = s.astype(dtype)
+            elif dtype in ("Int64", "Int32", "Float64", "boolean"):
+                s = s.astype(dtype) if dtype != "boolean" else s.astype("Float64").astype("boolean")
+            data[col["name"]] = s
+        else:
+            cells = [np.nan if c is None else c for c in v]
+            if dtype == "category":
+                s = pd.Series(pd.Categorical(cells, categories=col.get("categories") or None))
+            elif dtype == "object":
+                s = pd.Series(cells, dtype=object)
+            else:
+                try:
+                    s = pd.Series(cells, dtype=dtype)
+                except (TypeError, ValueError):
+                    s = pd.Series(cells, dtype=object)
+            data[col["name"]] = s
+    return pd.DataFrame(data)
+

@@ -140,3 +140,145 @@ def verify(converted, *, labels=None, tolerance: Tolerance = Tolerance(), raise_
             hint="Check for unsupported options in the converter, or loosen the tolerance with "
                  "deploy(..., tolerance=Tolerance(atol=..., rtol=...)) if the difference is acceptable.")
     return rep
+
+
+# --- what each column accepts (issue 16) -----------------------------------------------------------
+
+UNSEEN = "__nbdeploy_unseen__"
+_PROBE_ROWS = 16384       # rows of all probe blocks together (one native call, one graph run)
+
+
+def _split(out: dict, k: int, n: int) -> list[dict]:
+    return [{key: np.asarray(v)[i * k:(i + 1) * k] for key, v in out.items()} for i in range(n)]
+
+
+def _native_blocks(adapter, blocks: list[np.ndarray], k: int) -> list[dict | None]:
+    """The native model's outputs per probe block; None where it raises (or returns NaN)."""
+    if not blocks:
+        return []
+    try:
+        outs = _split(adapter.predict(np.concatenate(blocks)), k, len(blocks))
+    except Exception:
+        outs = []
+        for b in blocks:
+            try:
+                outs.append(adapter.predict(b))
+            except Exception:
+                outs.append(None)
+    return [o if o is not None and _finite(o) else None for o in outs]
+
+
+def _finite(out: dict) -> bool:
+    for key in ("probabilities", "value"):
+        if key in out and not np.isfinite(np.asarray(out[key], dtype=np.float64)).all():
+            return False
+    return True
+
+
+def _agree(task: str, native: dict, onnx_out: dict, tolerance: Tolerance = Tolerance()) -> bool:
+    """Most probe rows agree.  A few rows may not: float32 arithmetic in the graph can move a
+    value across a tree threshold (verification allows that on the sample too); a graph that
+    mishandles missing values or unseen categories disagrees on far more."""
+    try:
+        if task == "classifier":
+            a = np.asarray(native["probabilities"], dtype=np.float64)
+            b = np.asarray(onnx_out["probabilities"], dtype=np.float64)
+            bad = np.abs(a.reshape(len(a), -1) - b.reshape(len(b), -1)).max(axis=1) > tolerance.proba_atol
+        else:
+            a = np.asarray(native["value"], dtype=np.float64).reshape(len(native["value"]), -1)
+            b = np.asarray(onnx_out["value"], dtype=np.float64).reshape(a.shape)
+            bad = (np.abs(a - b) > tolerance.atol + tolerance.rtol * np.abs(a)).any(axis=1)
+    except Exception:
+        return False
+    return int(bad.sum()) <= max(1, int(0.01 * len(bad)))
+
+
+def _probe(adapter, session, task: str, base: np.ndarray, targets: list[tuple[int, object]]
+           ) -> dict[int, str]:
+    """For each (column, value): 'ok', 'native raises' or 'graph differs'."""
+    k = len(base)
+    blocks = []
+    for j, value in targets:
+        b = base.copy()
+        b[:, j] = value
+        blocks.append(b)
+    natives = _native_blocks(adapter, blocks, k)
+    taken = [i for i, n in enumerate(natives) if n is not None]
+    result = {j: "native raises" for j, _ in targets}
+    if taken:
+        try:
+            graph = _split(session.run(np.concatenate([blocks[i] for i in taken])), k, len(taken))
+        except Exception:
+            graph = [None] * len(taken)
+        for i, g in zip(taken, graph):
+            j = targets[i][0]
+            result[j] = "ok" if g is not None and _agree(task, natives[i], g) else "graph differs"
+    return result
+
+
+def _names(cols: list, limit: int = 8) -> str:
+    shown = ", ".join(repr(c.name) for c in cols[:limit])
+    return shown + (f" and {len(cols) - limit} more" if len(cols) > limit else "")
+
+
+def probe_columns(adapter, onnx_model, spec: dict, X: np.ndarray, columns: list) -> list[str]:
+    """Decide, per column, whether a missing value (and, for categorical columns, an unseen
+    category) may be served: the native model must take it and the ONNX graph must answer as
+    the native model does on probe rows.  Sets ``nullable`` and ``accepts_unseen`` on
+    ``columns`` (``ColumnSpec``) and returns notes for the report.
+
+    Raises :class:`InvalidInputError` when the sample itself has missing values in a column
+    whose missing values the graph cannot reproduce.
+    """
+    from .errors import InvalidInputError
+    from .runtime.model import OnnxModel
+
+    if not columns:
+        return []
+    table = X.dtype == object
+    session = OnnxModel(onnx_model.SerializeToString(), dict(spec, columns=[c.to_dict() for c in columns]))
+    k = int(max(1, min(256, max(16, _PROBE_ROWS // len(columns)), len(X))))
+    base = X[:k]
+    task = spec["task"]
+    missing = [(j, None if table and c.kind in ("categorical", "text") else np.nan)
+               for j, c in enumerate(columns)]
+    verdict = _probe(adapter, session, task, base, missing)
+    notes = []
+    differs = []
+    for j, c in enumerate(columns):
+        c.nullable = verdict[j] == "ok"
+        if verdict[j] == "graph differs":
+            differs.append(c)
+            if c.missing_in_sample:
+                rows = [int(i) for i in np.where([_missing(v) for v in X[:, j]])[0][:1]]
+                raise InvalidInputError(
+                    f"Column {c.name!r} has missing values (NaN) in the sample (first: row "
+                    f"{rows[0] if rows else '?'}): the native {adapter.model_type} accepts them, but "
+                    "the converted ONNX graph answers differently on them, so they cannot be served.",
+                    hint="Impute that column inside the model (e.g. a Pipeline starting with "
+                         "SimpleImputer) or drop those rows from the sample.",
+                    expected="no missing values", received=f"{c.missing_in_sample} rows with NaN")
+    ok = [c for c in columns if c.nullable]
+    if ok:
+        notes.append(f"Missing values (null) are accepted in {_names(ok)}: the native model and "
+                     "the ONNX graph answer the same on them.")
+    if differs:
+        notes.append(f"Missing values are refused in {_names(differs)}: the native model takes them, "
+                     "but the ONNX graph answers differently (impute inside the model to serve them).")
+    cats = [(j, c) for j, c in enumerate(columns) if c.kind == "categorical"]
+    if cats:
+        verdict = _probe(adapter, session, task, base, [(j, UNSEEN) for j, _ in cats])
+        for j, c in cats:
+            c.accepts_unseen = verdict[j] == "ok"
+        refused = [c for _, c in cats if not c.accepts_unseen]
+        if refused:
+            notes.append(f"Unseen categories are refused (400 with the allowed values) in "
+                         f"{_names(refused)}: the native model "
+                         + ("raises on them." if all(verdict[j] == "native raises" for j, c in cats
+                                                    if not c.accepts_unseen)
+                            else "raises on them or the graph answers differently."))
+    return notes
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)

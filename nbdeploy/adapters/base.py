@@ -115,6 +115,10 @@ class Adapter:
 
     def native_frame(self, X: np.ndarray, feature_names: list[str] | None):
         """The input the native model expects (a DataFrame when it was fit on one)."""
+        if getattr(self, "columns", None) is not None:  # a table model: the sample's DataFrame back
+            from ..schema import table_to_frame
+
+            return table_to_frame(X, self.columns)
         if feature_names and getattr(self.model, "feature_names_in_", None) is not None:
             import pandas as pd
 

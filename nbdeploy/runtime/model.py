@@ -84,6 +84,7 @@ class OnnxModel:
         self.classes = spec.get("classes")
         self._classes_arr = np.asarray(self.classes) if self.classes is not None else None
         self.postprocess = spec.get("postprocess", "none")
+        self.columns = spec.get("columns") or []
         in_type = self.session.get_inputs()[0].type
         self._in_dtype = np.float16 if "float16" in in_type else (
             np.float64 if "double" in in_type else np.float32)
@@ -94,6 +95,10 @@ class OnnxModel:
         return list(self.session.get_providers())
 
     def feeds(self, X: np.ndarray) -> dict:
+        if self.input_mode == "table":
+            from .columns import table_feeds
+
+            return table_feeds(X, self.columns)
         X = np.asarray(X, dtype=self._in_dtype)
         if self.input_mode == "columns":
             return {name: X[:, i:i + 1] for i, name in enumerate(self.input_names)}

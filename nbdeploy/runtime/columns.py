@@ -1,0 +1,147 @@
+"""Column helpers for table models (DataFrames with string, categorical or text columns).
+
+Shared by the served bundle (validation, ONNX feeds, explain, drift) and the notebook side.
+numpy only: this module is copied into every bundle.
+
+A *table* is a 2-D numpy object array [N, n_columns] in ``spec["columns"]`` order: numeric and
+boolean cells are floats (NaN = missing), categorical and text cells are ``str`` or ``None``
+(missing).  Each column is a dict (see ``nbdeploy/runtime/model.py`` for the contract)::
+
+    {"name", "kind": "numeric"|"categorical"|"text"|"boolean", "dtype", "nullable",
+     "categories": [str, ...] | None, "onnx_input": str | None, "onnx_type": "float"|"double"|
+     "int64"|"string"|"bool", "accepts_unseen": bool | None}
+
+Float encoding (for explainers and drift): numeric cells as they are, categorical/text cells as
+the index of their value in ``categories``; a value not in ``categories`` is
+``len(categories)``; a missing cell is NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+KINDS = ("numeric", "categorical", "text", "boolean")
+STRING_KINDS = ("categorical", "text")
+#: What a missing categorical/text cell is fed to the ONNX graph as: string tensors have no
+#: missing value, and the converted imputers treat "" as missing (see adapters/sklearn.py).
+MISSING_STRING = ""
+_ONNX_DTYPES = {"float": np.float32, "double": np.float64, "int64": np.int64, "bool": np.bool_}
+
+
+def is_table(spec: dict | None) -> bool:
+    """True when the model takes a table (one typed ONNX input per column)."""
+    return bool(spec) and spec.get("input_mode") == "table"
+
+
+def is_string_column(col: dict) -> bool:
+    return col.get("kind") in STRING_KINDS
+
+
+def is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def names(columns: list[dict]) -> list[str]:
+    return [c["name"] for c in columns]
+
+
+_INDEX: dict[int, tuple] = {}
+
+
+def _category_index(col: dict) -> dict:
+    # built once per column dict, not per request; the cache holds the dict, so its id stays unique
+    hit = _INDEX.get(id(col))
+    if hit is None or hit[0] is not col:
+        hit = _INDEX[id(col)] = (col, {v: i for i, v in enumerate(col.get("categories") or [])})
+    return hit[1]
+
+
+def encode_column(values, col: dict) -> np.ndarray:
+    """One table column as float64: numbers as they are, strings as category indices."""
+    values = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+    if not is_string_column(col):
+        return _floats(values)
+    idx = _category_index(col)
+    unseen = float(len(idx))
+    return np.array([np.nan if is_missing(v) else float(idx.get(v if type(v) is str else str(v), unseen))
+                     for v in values], dtype=np.float64)
+
+
+def encode_float(table: np.ndarray, columns: list[dict]) -> np.ndarray:
+    """A table as a float64 matrix [N, C] (see the module docstring)."""
+    table = np.asarray(table)
+    if table.dtype != object:
+        return table.astype(np.float64, copy=False)
+    out = np.empty(table.shape, dtype=np.float64)
+    for j, col in enumerate(columns):
+        out[:, j] = encode_column(table[:, j], col)
+    return out
+
+
+def decode_float(M: np.ndarray, columns: list[dict]) -> np.ndarray:
+    """The inverse of :func:`encode_float`: category indices back to strings.
+
+    NaN and indices outside ``categories`` decode to ``None`` (missing); a float index is
+    rounded, so perturbed encodings decode to a nearby category.
+    """
+    M = np.asarray(M, dtype=np.float64)
+    if M.ndim == 1:
+        M = M.reshape(1, -1)
+    out = np.empty(M.shape, dtype=object)
+    for j, col in enumerate(columns):
+        v = M[:, j]
+        if not is_string_column(col):
+            out[:, j] = v
+            continue
+        cats = col.get("categories") or []
+        cells = []
+        for x in v:
+            if x != x:
+                cells.append(None)
+            else:
+                i = int(round(x))
+                cells.append(cats[i] if 0 <= i < len(cats) else None)
+        out[:, j] = cells
+    return out
+
+
+def _floats(values: np.ndarray) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):  # None among the numbers
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def as_table(X, columns: list[dict]) -> np.ndarray:
+    """A table as it is, or a float encoding (e.g. a warm-up batch of zeros) decoded to one."""
+    X = np.asarray(X)
+    if X.dtype == object:
+        return X
+    return decode_float(X, columns)
+
+
+def table_feeds(X, columns: list[dict]) -> dict:
+    """One [N, 1] ONNX feed per column, typed by its ``onnx_type``."""
+    X = as_table(X, columns)
+    feeds = {}
+    for j, col in enumerate(columns):
+        name = col.get("onnx_input")
+        if not name:  # the graph does not use this column
+            continue
+        values = X[:, j]
+        t = col.get("onnx_type", "float")
+        if t == "string":
+            cells = [MISSING_STRING if is_missing(v) else (v if type(v) is str else str(v)) for v in values]
+            arr = np.array(cells, dtype=object)
+        elif is_string_column(col):  # categories fed as their index (e.g. booster graphs)
+            arr = encode_column(values, col)
+            if t == "int64":
+                arr = np.where(np.isnan(arr), -1, arr)
+            arr = arr.astype(_ONNX_DTYPES.get(t, np.float32))
+        else:
+            arr = _floats(values)
+            if t == "int64":
+                arr = np.where(np.isnan(arr), -1, arr)
+            arr = arr.astype(_ONNX_DTYPES.get(t, np.float32))
+        feeds[name] = arr.reshape(-1, 1)
+    return feeds
