@@ -132,7 +132,8 @@ class Runtime:
     # -- request handling --------------------------------------------------------------------
     def parse(self, body: Any) -> np.ndarray:
         X = parse_rows(body, n_features=int(self.spec["n_features"]),
-                       feature_names=self.spec.get("feature_names"), max_rows=self.max_rows)
+                       feature_names=self.spec.get("feature_names"), max_rows=self.max_rows,
+                       spec=self.spec)
         if self.drift is not None:
             self.drift.observe(X)
         return X
@@ -144,7 +145,7 @@ class Runtime:
         self._get_explainer()
         X = parse_rows(body, n_features=int(self.spec["n_features"]),
                        feature_names=self.spec.get("feature_names"),
-                       max_rows=min(self.max_rows, self.explainer.max_rows))
+                       max_rows=min(self.max_rows, self.explainer.max_rows), spec=self.spec)
         method = body.get("method", "shap")
         return self.explainer.explain(X, method=method, options=body)
 

@@ -20,13 +20,14 @@ class ClientError(Exception):
     """A client mistake: answered with ``status`` and a JSON body, never a 500."""
 
     def __init__(self, status: int, message: str, *, hint: str | None = None,
-                 expected: Any = None, received: Any = None):
+                 expected: Any = None, received: Any = None, column: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.hint = hint
         self.expected = expected
         self.received = received
+        self.column = column
 
     def to_dict(self) -> dict:
         body = {"error": "invalid_request" if self.status == 400 else _REASONS.get(self.status, "error"),
@@ -37,6 +38,8 @@ class ClientError(Exception):
             body["expected"] = self.expected
         if self.received is not None:
             body["received"] = self.received
+        if self.column is not None:
+            body["column"] = self.column
         return body
 
 
@@ -50,8 +53,13 @@ def _short(v: Any, n: int = 60) -> str:
 
 
 def parse_rows(body: Any, *, n_features: int, feature_names: list[str] | None,
-               max_rows: int, key: str = "inputs") -> np.ndarray:
-    """Validate ``{"inputs": [[...], ...]}`` or ``{"inputs": [{"name": value}, ...]}``."""
+               max_rows: int, key: str = "inputs", spec: dict | None = None) -> np.ndarray:
+    """Validate ``{"inputs": [[...], ...]}`` or ``{"inputs": [{"name": value}, ...]}``.
+
+    With the bundle's ``spec``: a table model (``input_mode == "table"``) gets an object table
+    (see ``columns.py``), validated per column; a numeric model takes ``null`` in the columns
+    whose missing values the native model accepts (``columns[i]["nullable"]``).
+    """
     import numpy as np
     if not isinstance(body, dict):
         raise ClientError(400, f"The request body must be a JSON object with an {key!r} field; "
@@ -75,12 +83,19 @@ def parse_rows(body: Any, *, n_features: int, feature_names: list[str] | None,
         raise ClientError(400, f"Too many rows in one request: {len(rows)} > the limit of {max_rows}.",
                           hint=f"Split the request into batches of at most {max_rows} rows.",
                           expected=f"<= {max_rows} rows", received=len(rows))
+    columns = (spec or {}).get("columns")
+    if columns and (spec or {}).get("input_mode") == "table":
+        return parse_table(rows, columns)
     if isinstance(rows[0], dict):
         rows = _records_to_rows(rows, feature_names)
     try:
         arr = np.asarray(rows)
     except (ValueError, TypeError):
         arr = None
+    nulls = None
+    if arr is not None and arr.dtype == object and arr.ndim == 2 and columns \
+            and any(c.get("nullable") for c in columns):
+        arr, nulls = _nulls_to_nan(rows, arr, columns)
     if arr is None or arr.dtype == object or arr.ndim != 2:
         widths = sorted({len(r) if isinstance(r, list) else -1 for r in rows})
         if any(w == -1 for w in widths):
@@ -114,8 +129,11 @@ def parse_rows(body: Any, *, n_features: int, feature_names: list[str] | None,
     # |x| > float32 max is refused exactly at the documented bound (the cast would round a
     # sliver above it down to max, and overflow the rest to inf)
     too_big = arr.dtype.kind == "f" and bool((np.abs(arr) > F32_MAX).any())
-    if too_big or not np.isfinite(X).all():
-        bad_rows = ~np.isfinite(X).all(axis=1)
+    finite = np.isfinite(X)
+    if nulls is not None:   # a null in a nullable column is a missing value, not a bad number
+        finite |= nulls
+    if too_big or not finite.all():
+        bad_rows = ~finite.all(axis=1)
         if arr.dtype.kind == "f":
             bad_rows |= (np.abs(arr) > F32_MAX).any(axis=1)
         bad = np.where(bad_rows)[0]
@@ -160,3 +178,184 @@ def _records_to_rows(records: list, feature_names: list[str] | None) -> list:
                               expected=feature_names, received=sorted(rec)[:len(feature_names)])
         out.append([rec[f] for f in feature_names])
     return out
+
+
+# --- missing values and tables (issue 16) -----------------------------------------------------------
+
+_NUMBER_TYPES = (int, float)
+_HOW_NULLS = ("Missing values (null) are accepted only in the columns marked nullable in "
+              "GET /metadata (input_schema.columns).")
+
+
+def _is_none(v) -> bool:
+    return v is None
+
+
+_none_mask = None
+
+
+def _nulls_to_nan(rows: list, arr, columns: list) -> tuple:
+    """Rows of numbers and nulls: nulls become NaN where the column is nullable, else a 400."""
+    import numpy as np
+
+    global _none_mask
+    if arr.shape[1] != len(columns):
+        return arr, None
+    types = set(map(type, itertools.chain.from_iterable(rows)))
+    if not types <= {int, float, type(None)}:
+        return arr, None  # strings, booleans, lists: the usual "only numbers" answer
+    if _none_mask is None:
+        _none_mask = np.frompyfunc(_is_none, 1, 1)
+    mask = _none_mask(arr).astype(bool)
+    for j in np.where(mask.any(axis=0))[0]:
+        col = columns[int(j)]
+        if not col.get("nullable"):
+            i = int(np.where(mask[:, j])[0][0])
+            raise ClientError(400, f"Rows must contain only numbers in column {col['name']!r}: row {i} "
+                                   "has null, and this model does not accept missing values there.",
+                              hint="Send a number. " + _HOW_NULLS, expected="numbers",
+                              received=f"null at row {i}", column=col["name"])
+    out = arr.copy()
+    out[mask] = np.nan
+    return out.astype(np.float64), mask
+
+
+def _what(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"{str(v).lower()} (boolean)"
+    if isinstance(v, str):
+        return f"{_short(v, 40)} (string)"
+    if isinstance(v, _NUMBER_TYPES):
+        return f"{_short(v, 40)} (number)"
+    return f"{type(v).__name__}"
+
+
+def _expected(col: dict) -> str:
+    kind = col.get("kind")
+    base = {"numeric": "a number", "boolean": "true or false", "text": "a string"}.get(kind)
+    if base is None:
+        cats = col.get("categories")
+        if cats is not None and col.get("accepts_unseen") is False:
+            shown = ", ".join(repr(c) for c in cats[:20]) + (", ..." if len(cats) > 20 else "")
+            base = f"one of {shown}"
+        else:
+            base = "a string (a category)"
+    return base + (" or null" if col.get("nullable") else "")
+
+
+def _bad_cell(col: dict, i: int, v, why: str = "") -> ClientError:
+    name = col["name"]
+    if v is None:
+        return ClientError(400, f"Column {name!r} does not accept null (row {i}): the model does not "
+                                "take missing values there.",
+                           hint=f"Send {_expected(col)}. " + _HOW_NULLS, expected=_expected(col),
+                           received=f"null at row {i}", column=name)
+    return ClientError(400, f"Column {name!r} expects {_expected(col)}; row {i} has {_what(v)}{why}.",
+                       hint=f"Send {_expected(col)} for {name!r} (see GET /metadata, "
+                            "input_schema.columns).",
+                       expected=_expected(col), received=_what(v), column=name)
+
+
+def _column_cells(col: dict, values: list):
+    """Validate one column's cells; return them as table cells (float/NaN or str/None)."""
+    import numpy as np
+
+    kind = col.get("kind")
+    nullable = bool(col.get("nullable"))
+    types = set(map(type, values))
+    if kind in ("numeric", "boolean"):
+        allowed = {int, float} | ({bool} if kind == "boolean" else set()) | (
+            {type(None)} if nullable else set())
+        if not types <= allowed:
+            i, v = next((i, v) for i, v in enumerate(values) if type(v) not in allowed)
+            raise _bad_cell(col, i, v)
+        cells = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64) \
+            if type(None) in types or bool in types else np.asarray(values, dtype=np.float64)
+        bad = ~np.isfinite(cells)
+        if type(None) in types:
+            bad &= np.array([v is not None for v in values])
+        big = np.abs(np.where(bad, 0.0, cells)) > F32_MAX
+        if bad.any() or big.any():
+            i = int(np.where(bad | big)[0][0])
+            raise ClientError(400, f"Column {col['name']!r} needs finite numbers within +/-{F32_MAX:.4g}; "
+                                   f"row {i} has {values[i]}.",
+                              hint="Send finite numbers" + (" or null for a missing value."
+                                                            if nullable else "."),
+                              expected="finite numbers", received=f"{values[i]} at row {i}",
+                              column=col["name"])
+        return cells
+    allowed = {str} | ({type(None)} if nullable else set())
+    if not types <= allowed:
+        i, v = next((i, v) for i, v in enumerate(values) if type(v) not in allowed)
+        raise _bad_cell(col, i, v)
+    if kind == "categorical" and col.get("accepts_unseen") is False and col.get("categories") is not None:
+        known = _known(col)
+        for i, v in enumerate(values):
+            if v is not None and v not in known:
+                raise _bad_cell(col, i, v, ", a category the model has not seen (the native model "
+                                           "raises on it)")
+    return values
+
+
+_KNOWN: dict = {}
+
+
+def _known(col: dict) -> frozenset:
+    hit = _KNOWN.get(id(col))
+    if hit is None or hit[0] is not col:
+        hit = _KNOWN[id(col)] = (col, frozenset(col.get("categories") or []))
+    return hit[1]
+
+
+def parse_table(rows: list, columns: list):
+    """Records (or rows in column order) of a table model -> an object table [N, C]."""
+    import numpy as np
+
+    names = [c["name"] for c in columns]
+    n = len(columns)
+    if isinstance(rows[0], dict):
+        wanted = set(names)
+        for i, rec in enumerate(rows):
+            if not isinstance(rec, dict):
+                raise ClientError(400, f"Row {i} is not an object; do not mix objects and lists.",
+                                  hint="Send all rows as objects ({\"column\": value, ...}).",
+                                  expected="object", received=type(rec).__name__)
+            if len(rec) != n or not wanted.issuperset(rec):
+                extra = [k for k in rec if k not in wanted]
+                if extra:
+                    raise ClientError(400, f"Row {i} has an unknown column {_short(extra[0], 60)}"
+                                           + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+                                           + ".",
+                                      hint=f"The model's columns are {names[:20]}"
+                                           + (" ..." if n > 20 else "") + "; see GET /metadata.",
+                                      expected=names[:50], received=_short(extra[0], 60),
+                                      column=str(extra[0])[:60])
+                missing = [c for c in names if c not in rec]
+                raise ClientError(400, f"Row {i} lacks column {missing[0]!r}"
+                                       + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                                       + ".",
+                                  hint="Send every column; use null for a missing value where the "
+                                       "column accepts it (see GET /metadata).",
+                                  expected=missing[:20], received=sorted(map(str, rec))[:n],
+                                  column=missing[0])
+        by_column = [[rec[c] for rec in rows] for c in names]
+    else:
+        for i, r in enumerate(rows):
+            if not isinstance(r, list):
+                raise ClientError(400, f"Row {i} is not an object or a list: {_short(r)}.",
+                                  hint="Send rows as objects {\"column\": value, ...}.",
+                                  expected="object", received=type(r).__name__)
+            if len(r) != n:
+                raise ClientError(400, f"Row {i} has {len(r)} values; the model has {n} columns "
+                                       f"{names[:10]}{' ...' if n > 10 else ''}.",
+                                  hint="Send rows as objects {\"column\": value, ...}, or lists in the "
+                                       "column order of GET /metadata.",
+                                  expected=n, received=len(r))
+        by_column = [list(col) for col in zip(*rows)]
+    table = np.empty((len(rows), n), dtype=object)
+    for j, col in enumerate(columns):
+        table[:, j] = _column_cells(col, by_column[j])
+    return table
+
