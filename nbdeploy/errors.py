@@ -98,6 +98,10 @@ class RegistryError(NbdeployError):
     http_status = 502
 
 
+class RegistryUnreachableError(RegistryError):
+    """The registry did not answer at all (connection errors after the client's retries)."""
+
+
 def http_status(exc: BaseException) -> int:
     """The one place that maps exceptions to HTTP status codes."""
     if isinstance(exc, NbdeployError):

@@ -10,7 +10,12 @@ Rules kept on purpose:
   mount when the base came from the same registry).
 * The manifest is PUT last, so a tag never points at a partial image.
 * Credentials (docker ``config.json`` or ``NBDEPLOY_REGISTRY_USER`` /
-  ``NBDEPLOY_REGISTRY_PASSWORD``) never appear in logs, errors or results.
+  ``NBDEPLOY_REGISTRY_PASSWORD``) never appear in logs, errors or results: registry
+  response bodies are cut to a few hundred characters and scrubbed (:func:`scrub`) of the
+  credentials and tokens in use and of anything that looks like an ``Authorization`` value
+  before they reach an error message.
+* The ``Authorization`` header goes only to the registry's own host; credentials go to a
+  token service on another host only over HTTPS.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
-from urllib.parse import urlencode, urljoin, urlparse
+from urllib.parse import quote, quote_plus, urlencode, urljoin, urlparse
 
-from .errors import InvalidInputError, RegistryError
+from .errors import InvalidInputError, RegistryError, RegistryUnreachableError
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +247,41 @@ class RegistryClient:
     def _url(self, path: str) -> str:
         return path if path.startswith("http") else f"{self.base}{path}"
 
+    def _own_url(self, url: str) -> bool:
+        """True when ``url`` is on this registry (its scheme, host and port): only then does
+        it get the ``Authorization`` header (an upload ``Location`` may name another host)."""
+        p = urlparse(url)
+        return f"{p.scheme}://{p.netloc}".lower() == self.base.lower()
+
+    def _plain_http_realm_ok(self, realm_host: str) -> bool:
+        """Credentials may go over plain HTTP only where the registry itself is plain HTTP
+        (loopback or ``insecure=True``) and the token service is on the same host."""
+        if self.scheme != "http":
+            return False
+        reg_host = urlparse(self.base).hostname or ""
+        return realm_host.lower() == reg_host.lower() or (is_loopback(realm_host) and is_loopback(reg_host))
+
+    def _secrets(self) -> list[str]:
+        """Every secret this client holds: the password, user name, and Authorization values."""
+        out: list[str] = []
+        c = self.credentials
+        if c is not None:
+            out += [c.password, base64.b64encode(f"{c.username}:{c.password}".encode()).decode()]
+            if len(c.username) >= _MIN_SCRUB:  # a short user name would withhold every body
+                out.append(c.username)
+        for value in [self._auth_header, *self._scope_tokens.values()]:
+            if value:
+                out += [value, value.split(" ", 1)[-1]]
+        return out
+
+    def _body(self, resp) -> str:
+        """A registry's response body, fit for an error message: cut short and scrubbed."""
+        try:
+            raw = resp.content[:_BODY_READ_LIMIT]
+        except Exception:  # a body we cannot read says nothing useful
+            return ""
+        return scrub(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else "", self._secrets())
+
     def _auth_for(self, response, scope: str) -> str | None:
         """Answer a 401 challenge; returns the Authorization header value to use."""
         header = response.headers.get("WWW-Authenticate", "")
@@ -260,9 +300,14 @@ class RegistryClient:
             query += [("scope", sc) for sc in scope.split()]
             auth = (self.credentials.username, self.credentials.password) if self.credentials else None
             rp = urlparse(realm)
-            if auth and rp.scheme != "https" and not is_loopback(rp.netloc) and self.scheme == "https":
-                raise RegistryError(f"Registry {self.registry} asks for credentials over plain HTTP ({rp.netloc}); "
-                                    "refusing to send them.", hint="Use a registry whose token service speaks HTTPS.")
+            if rp.scheme not in ("http", "https") or not rp.hostname:
+                raise RegistryError(f"Registry {self.registry} sent a bearer challenge with an invalid realm.",
+                                    received=scrub(realm, self._secrets(), limit=120))
+            if auth and rp.scheme != "https" and not self._plain_http_realm_ok(rp.hostname):
+                raise RegistryError(
+                    f"Registry {self.registry} asks for credentials to be sent over plain HTTP to another "
+                    f"host ({rp.hostname}); refusing to send them.",
+                    hint="Use a token service that speaks HTTPS, or one on the registry's own host.")
             resp = self._send("GET", realm + ("&" if "?" in realm else "?") + urlencode(query),
                               auth=auth, _allow_auth=False)
             if resp.status_code in (401, 403):
@@ -273,10 +318,13 @@ class RegistryClient:
                     hint=_LOGIN_HINT.format(registry=self.registry))
             if resp.status_code != 200:
                 raise RegistryError(f"Token service of {self.registry} answered HTTP {resp.status_code}.")
-            body = resp.json()
-            token = body.get("token") or body.get("access_token")
-            if not token:
-                raise RegistryError(f"Token service of {self.registry} returned no token.")
+            try:
+                body = resp.json()
+            except ValueError:
+                body = None
+            token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+            if not isinstance(token, str) or not token or any(ch in token for ch in "\r\n"):
+                raise RegistryError(f"Token service of {self.registry} returned no usable token.")
             return f"Bearer {token}"
         raise RegistryError(f"Registry {self.registry} asks for an unsupported auth scheme {scheme!r}.")
 
@@ -311,7 +359,7 @@ class RegistryClient:
                 time.sleep(self.backoff * (2 ** attempt))
                 continue
             return resp
-        raise RegistryError(
+        raise RegistryUnreachableError(
             f"Cannot reach registry {self.registry} ({self.base}) after {self.retries} attempts: "
             f"{type(last_exc).__name__}.",
             hint="Check the registry address and that it is running; "
@@ -322,10 +370,15 @@ class RegistryClient:
         """A request with auth: retries once after answering a 401 challenge."""
         url = self._url(path)
         hdrs = dict(headers or {})
+        own = self._own_url(url)
         token = self._scope_tokens.get(scope) or self._auth_header
-        if token:
+        if token and own:
             hdrs["Authorization"] = token
         resp = self._send(method, url, data=data, headers=hdrs, stream=stream, rewind=rewind)
+        if resp.status_code == 401 and not own:
+            resp.close()
+            raise RegistryError(f"{urlparse(url).hostname}, where registry {self.registry} sent this request, "
+                                "asks for a login; nbdeploy sends credentials only to the registry itself.")
         if resp.status_code == 401:
             resp.close()
             token = self._auth_for(resp, scope)
@@ -368,7 +421,7 @@ class RegistryClient:
                                 hint="Check the repository name and tag.")
         if resp.status_code != 200:
             raise RegistryError(f"GET manifest {repo}:{reference} from {self.registry} failed: "
-                                f"HTTP {resp.status_code} {_short(resp.text)}")
+                                f"HTTP {resp.status_code} {self._body(resp)}")
         raw = resp.content
         media = resp.headers.get("Content-Type", "").split(";")[0].strip()
         try:
@@ -437,7 +490,7 @@ class RegistryClient:
         resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", scope=scope)
         if resp.status_code != 202 or not resp.headers.get("Location"):
             raise RegistryError(f"Starting an upload to {self.registry}/{repo} failed: "
-                                f"HTTP {resp.status_code} {_short(resp.text)}")
+                                f"HTTP {resp.status_code} {self._body(resp)}")
         location = urljoin(self.base + "/", resp.headers["Location"])
         if chunk_size and size > chunk_size:
             sent = 0
@@ -450,7 +503,7 @@ class RegistryClient:
                         "Content-Range": f"{sent}-{end}", "Content-Length": str(len(chunk))})
                     if r.status_code != 202:
                         raise RegistryError(f"Uploading a chunk of {digest[:19]} to {self.registry}/{repo} "
-                                            f"failed: HTTP {r.status_code} {_short(r.text)}")
+                                            f"failed: HTTP {r.status_code} {self._body(r)}")
                     location = urljoin(self.base + "/", r.headers.get("Location", location))
                     sent = end + 1
                     if progress:
@@ -474,14 +527,14 @@ class RegistryClient:
                 progress(size, size)
         if r.status_code not in (201, 204):
             raise RegistryError(f"Finishing the upload of {digest[:19]} to {self.registry}/{repo} failed: "
-                                f"HTTP {r.status_code} {_short(r.text)}")
+                                f"HTTP {r.status_code} {self._body(r)}")
 
     def put_manifest(self, repo: str, tag: str, raw: bytes, media_type: str) -> str:
         resp = self.request("PUT", f"/v2/{repo}/manifests/{tag}", scope=f"repository:{repo}:pull,push",
                             data=raw, headers={"Content-Type": media_type})
         if resp.status_code not in (200, 201):
             raise RegistryError(f"PUT manifest {repo}:{tag} to {self.registry} failed: "
-                                f"HTTP {resp.status_code} {_short(resp.text)}")
+                                f"HTTP {resp.status_code} {self._body(resp)}")
         return resp.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
@@ -499,8 +552,50 @@ def _redact(url: str) -> str:
 
 
 def _short(text: str, n: int = 200) -> str:
-    text = (text or "").strip().replace("\n", " ")
+    text = _CONTROL.sub(" ", text or "").strip()
     return text[:n] + ("…" if len(text) > n else "")
+
+
+_BODY_READ_LIMIT = 64 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_SECRET_PATTERNS = [
+    # Authorization: <scheme> <value>  (header dumps, JSON echoes, Python reprs)
+    (re.compile(r"(?i)(\b(?:proxy-)?authorization\b[\"']?\s*[:=,]\s*[\"']?)"
+                r"(?:(?:basic|bearer|digest|token)\s+)?[^\s\"',;}\]]+"), r"\1***"),
+    (re.compile(r"(?i)\b(basic|bearer)(\s+)[A-Za-z0-9._~+/=-]{6,}"), r"\1\2***"),
+    # password=..., "token": "..." and the like
+    (re.compile(r"(?i)(\b(?:password|passwd|pwd|secret|token|access_token|refresh_token|api_key)\b"
+                r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}\]]+"), r"\1***"),
+]
+_MIN_SCRUB = 4
+_WITHHELD = "(response body withheld: a credential in use is too short to scrub from it reliably)"
+
+
+def scrub(text: str, secrets: Iterable[str] = (), *, limit: int = 200) -> str:
+    """``text`` without the given secrets (also JSON-, URL- and base64-encoded), without
+    anything that looks like an Authorization/password/token value, without control
+    characters, and cut to ``limit`` characters.  Scrubbing happens before the cut, so no
+    prefix of a secret survives at the edge.
+
+    A secret shorter than 4 characters cannot be replaced without mangling the text, so
+    a text that contains one is withheld whole.
+    """
+    text = text or ""
+    variants: set[str] = set()
+    for secret in secrets:
+        if not secret:
+            continue
+        if len(secret) < _MIN_SCRUB:
+            if secret in text:
+                return _WITHHELD
+            continue
+        variants |= {secret, json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret),
+                     base64.b64encode(secret.encode()).decode()}
+    for v in sorted(variants, key=len, reverse=True):
+        text = text.replace(v, "***")
+    for pattern, repl in _SECRET_PATTERNS:
+        text = pattern.sub(repl, text)
+    return _short(text, limit)
 
 
 def _nbdeploy_version() -> str:
@@ -643,9 +738,9 @@ def push_image(image, ref: str | Reference, *, insecure: bool | None = None, cre
         cb = (lambda done, total, d=digest: progress(d, done, total)) if progress else None
         try:
             c.upload_blob(r.repository, path, digest, chunk_size=chunk_size, progress=cb)
+        except RegistryUnreachableError:
+            raise  # the client already retried the connection
         except RegistryError as exc:
-            if exc.message.startswith("Cannot reach"):
-                raise  # the client already retried the connection
             # An upload session can die with a registry restart: start a fresh one, once.
             log.info("upload of %s failed (%s); retrying in a new upload session", digest[:19], exc.message)
             c.upload_blob(r.repository, path, digest, chunk_size=chunk_size, progress=cb)
@@ -691,13 +786,13 @@ def containerize(tag: str, ref: str, *, builder: str | None = None, push: bool =
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RegistryError(f"bentoml containerize with {name} failed (exit {proc.returncode}).",
-                            hint=_short(proc.stderr[-2000:], 600))
+                            hint=scrub(proc.stderr[-2000:], limit=600))
     if push:
         pcmd = [name, "push", ref] if name != "buildah" else ["buildah", "push", ref, f"docker://{ref}"]
         proc = subprocess.run(pcmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RegistryError(f"{name} push {ref} failed (exit {proc.returncode}).",
-                                hint=_short(proc.stderr[-2000:], 600))
+                                hint=scrub(proc.stderr[-2000:], limit=600))
     return ref
 
 
