@@ -22,6 +22,7 @@ import numpy as np
 
 def _deciles(col: np.ndarray, bins: int) -> tuple[list, list]:
     qs = np.linspace(0, 1, bins + 1)[1:-1]
+    col = col[~np.isnan(col)]
     if not len(col):
         return [], [1.0] + [0.0] * (bins - 1)
     e = np.unique(np.quantile(col, qs))
@@ -34,8 +35,9 @@ def baseline(X: np.ndarray, feature_names: list[str] | None = None, *, bins: int
              threshold: float = 0.25, min_rows: int = 100, columns: list[dict] | None = None,
              missing_threshold: float = 0.1) -> dict:
     """Decile edges and bin shares of every feature of the sample; per column (table mode)
-    when ``X`` is an object table or ``columns`` (the spec's) is given."""
-    if columns is not None or np.asarray(X).dtype == object:
+    when ``X`` is an object table, with kinds and categories from ``columns`` (the spec's)
+    when given, inferred from the cells otherwise."""
+    if np.asarray(X).dtype == object:
         return table_baseline(X, columns, feature_names, bins=bins, threshold=threshold,
                               min_rows=min_rows, missing_threshold=missing_threshold)
     names = list(feature_names) if feature_names else [f"f{i}" for i in range(X.shape[1])]

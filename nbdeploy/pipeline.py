@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 from ._version import __version__
 from .errors import InvalidInputError, NbdeployError
-from .report import kv_table, section, table
+from .report import columns_table, kv_table, section, table
 from .verify import Tolerance
 
 STEPS = ("detect", "convert", "verify", "benchmark", "quantize", "explain", "bundle", "serve", "push")
@@ -184,7 +184,13 @@ class Deployment:
         self.converted = convert(self.model, self.sample, task=self.task,
                                  feature_names=self.feature_names)
         c = self.converted
-        return (f"{c.spec['task']}, {c.schema.n_features} features, ONNX "
+        what = f"{c.schema.n_features} features"
+        if c.is_table:
+            kinds: dict[str, int] = {}
+            for col in c.columns:
+                kinds[col["kind"]] = kinds.get(col["kind"], 0) + 1
+            what = f"{c.schema.n_features} columns (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")"
+        return (f"{c.spec['task']}, {what}, ONNX "
                 f"{len(c.onnx_bytes) / 1024:.0f} KiB via {c.converter}")
 
     def _verify(self, progress) -> str:
@@ -303,7 +309,8 @@ class Deployment:
             progress(0.3, "rendering service")
 
             def extra(model_dir: Path) -> None:
-                write_baseline(model_dir, self.converted.X, self.converted.schema.feature_names)
+                write_baseline(model_dir, self.converted.X, self.converted.schema.feature_names,
+                               columns=self.converted.spec.get("columns"))
                 if self.explanation is not None:
                     self.explanation.write_artifacts(model_dir)
 
@@ -405,7 +412,10 @@ class Deployment:
         from .schema import as_matrix
 
         spec = self.chosen_spec
-        M = as_matrix(X, what="input", n_features=int(spec["n_features"]))
+        if spec.get("input_mode") == "table":
+            M = _table_input(X, spec)
+        else:
+            M = as_matrix(X, what="input", n_features=int(spec["n_features"]), allow_nan=True)
         return OnnxModel(self.chosen_model.SerializeToString(), spec).predict(M)
 
     # -- reporting -------------------------------------------------------------------------------
@@ -447,6 +457,8 @@ class Deployment:
                 "framework": self.converted.framework, "task": self.converted.spec["task"],
                 "features": self.converted.schema.n_features, "bento tag": self.tag,
                 "path": self.path, "variant": self.chosen_variant})))
+            if self.converted.columns:
+                parts.append(section("Columns", columns_table(self.converted.columns)))
         if self.error is not None:
             parts.append(f"<p style='color:#b00'>{html.escape(str(self.error))}</p>")
         return "".join(parts)
@@ -456,6 +468,35 @@ class Deployment:
         for e in self.steps.values():
             lines.append(f"  {e.step:<9} {e.state:<8} {e.summary}")
         return "\n".join(lines)
+
+
+def _table_input(X: Any, spec: dict):
+    """A DataFrame or a list of records for a table model, checked as the served API checks it."""
+    from .runtime.validation import ClientError, parse_table
+    from .schema import ColumnSpec, is_frame, table_from_frame
+
+    columns = spec["columns"]
+    if is_frame(X):
+        missing = [c["name"] for c in columns if c["name"] not in X.columns]
+        if missing:
+            raise InvalidInputError(f"The input lacks column(s) {missing[:5]}.",
+                                    hint="Pass a DataFrame with the model's columns.",
+                                    expected=[c["name"] for c in columns][:20],
+                                    received=list(map(str, X.columns))[:20])
+        T = table_from_frame(X, [ColumnSpec(**c) for c in columns])
+        rows = [[None if isinstance(v, float) and v != v else v for v in r] for r in T.tolist()]
+    elif isinstance(X, list) and X:
+        rows = X
+    else:
+        raise InvalidInputError(f"A model fit on a DataFrame predicts on a DataFrame or a list of "
+                                f"records; got {type(X).__name__}.",
+                                hint="Pass rows as a DataFrame with the training columns.",
+                                expected="DataFrame or list of dicts", received=type(X).__name__)
+    try:
+        return parse_table(rows, columns)
+    except ClientError as exc:
+        raise InvalidInputError(exc.message, hint=exc.hint, expected=exc.expected,
+                                received=exc.received) from None
 
 
 def _versions() -> dict:
