@@ -8,17 +8,20 @@ from ..errors import UnsupportedModelError
 from .base import Adapter, Converted
 
 SUPPORTED = ("scikit-learn estimators and Pipelines (numeric features), XGBoost and LightGBM "
-             "(scikit-learn API), PyTorch nn.Module, ONNX files or onnx.ModelProto")
+             "(scikit-learn API), PyTorch nn.Module, Keras 3 / tf.keras models (one 2-D input), "
+             "ONNX files or onnx.ModelProto")
 
 
 def _adapters() -> list[type[Adapter]]:
-    # Order matters: XGBoost/LightGBM wrappers are also scikit-learn estimators.
+    # Order matters: XGBoost/LightGBM wrappers are also scikit-learn estimators, and a Keras
+    # model on the torch backend is also a torch.nn.Module.
     from .boosters import LightGBMAdapter, XGBoostAdapter
+    from .keras import KerasAdapter
     from .onnx_file import OnnxAdapter
     from .sklearn import SklearnAdapter
     from .torch import TorchAdapter
 
-    return [OnnxAdapter, XGBoostAdapter, LightGBMAdapter, TorchAdapter, SklearnAdapter]
+    return [OnnxAdapter, XGBoostAdapter, LightGBMAdapter, KerasAdapter, TorchAdapter, SklearnAdapter]
 
 
 def detect(model: Any, *, task: str | None = None) -> Adapter:
