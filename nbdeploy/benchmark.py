@@ -184,6 +184,13 @@ def _rss() -> int:
 
 # --- timing ----------------------------------------------------------------------------------------
 
+def sample_matrix(X) -> np.ndarray:
+    """The sample as float32, or as it is when it is a table (an object array of a DataFrame
+    model's cells: strings stay strings)."""
+    X = np.asarray(X)
+    return X if X.dtype == object else X.astype(np.float32, copy=False)
+
+
 def tile_rows(X: np.ndarray, n: int) -> np.ndarray:
     """``n`` rows taken from the sample, repeating it when it is smaller than ``n``."""
     if n <= len(X):
@@ -237,7 +244,7 @@ def benchmark(converted, *, variants: dict[str, Any] | None = None, device: str 
     ``time_budget_s`` (or the absolute ``deadline``, a ``time.perf_counter()`` value) is reached and
     flags the report ``truncated``.
     """
-    X = np.asarray(converted.X, dtype=np.float32)
+    X = sample_matrix(converted.X)
     if len(X) < MIN_BENCH_ROWS:
         raise InvalidInputError(f"The sample has {len(X)} rows; benchmarking needs at least {MIN_BENCH_ROWS}.",
                                 hint="Pass a few representative rows as the sample.",
@@ -360,7 +367,7 @@ def thread_probe(model_bytes: bytes, spec: dict, X: np.ndarray, *, provider: str
                  batch_size: int = 1, deadline: float = math.inf, target_s: float = 0.1) -> dict[int, float]:
     """p50 ms at ``batch_size`` for 1 intra-op thread and for the default (one per core)."""
     out: dict[int, float] = {}
-    Xb = tile_rows(np.asarray(X, dtype=np.float32), batch_size)
+    Xb = tile_rows(sample_matrix(X), batch_size)
     for n in sorted({1, default_threads()}):
         if time.perf_counter() >= deadline:
             break

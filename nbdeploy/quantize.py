@@ -150,7 +150,11 @@ def applicability(model, variant: str) -> tuple[bool, str]:
 # --- building variants -----------------------------------------------------------------------------
 
 def _feeds(X: np.ndarray, spec: dict) -> dict:
-    """The runtime's feeding rule (one 2-D tensor, or one [N, 1] column per input)."""
+    """The runtime's feeding rule (one 2-D tensor, one [N, 1] column per input, or a table)."""
+    if spec.get("input_mode") == "table":
+        from .runtime.columns import table_feeds
+
+        return table_feeds(X, spec["columns"])
     X = np.asarray(X, dtype=np.float32)
     names = list(spec.get("input_names") or ["input"])
     if spec.get("input_mode", "tensor") == "columns":
@@ -245,7 +249,9 @@ def quantize_variants(converted, *, variants: tuple[str, ...] = VARIANTS, labels
     ``calibration`` (default: the sample) feeds int8-static; it needs at least
     ``MIN_CALIBRATION_ROWS`` rows.
     """
-    X = np.asarray(converted.X, dtype=np.float32)
+    from .benchmark import sample_matrix
+
+    X = sample_matrix(converted.X)
     spec = converted.spec
     task = spec["task"]
     tol = QuantTolerance.of(tolerance, task)
@@ -276,6 +282,9 @@ def quantize_variants(converted, *, variants: tuple[str, ...] = VARIANTS, labels
             res.reason = "not requested"
             continue
         ok, why = applicability(converted.onnx_model, name)
+        if ok and name == "fp16" and spec.get("input_mode") == "table":
+            ok, why = False, ("the graph starts with the DataFrame's preprocessing (ai.onnx.ml "
+                              "imputers, encoders, string operators), which has no fp16 kernels")
         if not ok:
             res.status, res.reason = "not_applicable", why
             continue

@@ -34,3 +34,24 @@ def kv_table(d: dict) -> str:
 
 def section(title: str, body: str) -> str:
     return f"<h4>{html.escape(title)}</h4>{body}"
+
+
+def columns_table(columns: list[dict]) -> str:
+    """The column schema of a DataFrame model (``spec["columns"]``) as an HTML table."""
+    return table(column_rows(columns), ["column", "kind", "dtype", "missing (null)", "categories"])
+
+
+def column_rows(columns: list[dict], max_values: int = 8) -> list[list]:
+    """One row per column: name, kind, dtype, whether null is accepted, the categories."""
+    rows = []
+    for c in columns:
+        cats = c.get("categories")
+        shown = "—"
+        if cats is not None:
+            shown = ", ".join(map(str, cats[:max_values])) + (f" … ({len(cats)})" if len(cats) > max_values
+                                                              else "")
+            if c.get("accepts_unseen") is False:
+                shown += "; others refused"
+        rows.append([c.get("name"), c.get("kind"), c.get("dtype"),
+                     "accepted" if c.get("nullable") else "refused", shown])
+    return rows
