@@ -13,14 +13,46 @@ def _explainer(runtime):
         return None
 
 
+def column_schema(col: dict) -> dict:
+    """The JSON schema of one column's values (OpenAPI 3.0: ``nullable`` for null)."""
+    kind = col.get("kind")
+    if kind == "numeric":
+        out = {"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX}
+    elif kind == "boolean":
+        out = {"type": "boolean"}
+    else:
+        out = {"type": "string"}
+        cats = col.get("categories")
+        if kind == "categorical" and cats is not None:
+            if col.get("accepts_unseen") is False:
+                out["enum"] = list(cats)
+            else:
+                out["x-categories-seen"] = list(cats[:1000])
+    if col.get("nullable"):
+        out["nullable"] = True
+    out["description"] = (f"{kind} column ({col.get('dtype')})"
+                          + ("; null = missing" if col.get("nullable") else ""))
+    return out
+
+
 def openapi_document(runtime) -> dict:
     n = int(runtime.spec["n_features"])
     # values must fit float32 (the model's input type): larger ones are a 400, so say so
     number = {"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX}
     row = {"type": "array", "items": number, "minItems": n, "maxItems": n}
     names = runtime.spec.get("feature_names")
+    columns = runtime.spec.get("columns") or []
     record = ({"type": "object", "properties": {f: number for f in names},
                "required": list(names), "additionalProperties": False} if names else None)
+    if columns and len(columns) == n:
+        props = {c["name"]: column_schema(c) for c in columns}
+        record = {"type": "object", "properties": props, "required": list(props),
+                  "additionalProperties": False}
+        if runtime.spec.get("input_mode") == "table":  # rows in column order, mixed types
+            row = {"type": "array", "minItems": n, "maxItems": n,
+                   "description": "values in column order: " + ", ".join(list(props)[:50])}
+        elif any(c.get("nullable") for c in columns):
+            row = dict(row, items=dict(number, nullable=True))
 
     def rows_schema(limit: int) -> dict:
         # all rows are lists, or all rows are records: the server refuses a mix
@@ -42,7 +74,8 @@ def openapi_document(runtime) -> dict:
                              "required": ["inputs"] if m == "shap" else ["inputs", "method"]})
         explain_body = {"oneOf": branches} if len(branches) > 1 else branches[0]
     err = {"type": "object", "properties": {"error": {"type": "string"}, "message": {"type": "string"},
-                                             "hint": {"type": "string"}},
+                                             "hint": {"type": "string"},
+                                             "column": {"type": "string"}},
            "required": ["error", "message"]}
     err_resp = {"description": "Client error", "content": {"application/json": {"schema": err}}}
     pred = {"type": "object", "properties": {"predictions": {"type": "array"},
