@@ -97,7 +97,18 @@ def cmd_prune(args) -> int:
 def cmd_report(args) -> int:
     from .store import read_report
 
-    print(json.dumps(read_report(args.tag), indent=1, default=str))
+    report = read_report(args.tag)
+    if getattr(args, "columns", False):
+        from .report import column_rows
+
+        columns = (report.get("input_schema") or {}).get("columns") or []
+        rows = [["COLUMN", "KIND", "DTYPE", "NULL", "CATEGORIES"]] + [
+            [str(x) for x in r] for r in column_rows(columns)]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            print("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+        return 0
+    print(json.dumps(report, indent=1, default=str))
     return 0
 
 
@@ -223,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="print a bundle's model card (JSON)")
     s.add_argument("tag")
+    s.add_argument("--columns", action="store_true",
+                   help="print only the input columns: kind, dtype, whether null is accepted, categories")
     s.set_defaults(fn=cmd_report)
     return p
 

@@ -383,6 +383,10 @@ class DeployMagics(Magics):
             if view is not None:
                 view.refresh()
         if view is None:
+            if getattr(d.converted, "is_table", False):
+                from .schema import describe_columns
+
+                print(f"nbdeploy: columns: {describe_columns(d.converted.columns)}", flush=True)
             print(f"nbdeploy: built {d.tag}" + (f", serving at {d.server.url}"
                                                 if d.server is not None else ""), flush=True)
         return d

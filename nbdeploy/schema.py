@@ -159,12 +159,26 @@ class ColumnSpec:
 
     def describe(self) -> str:
         """One line for text front ends: ``city: categorical (3 values, nulls ok)``."""
-        bits = [self.kind]
-        if self.kind == "categorical" and self.categories is not None:
-            bits.append(f"{len(self.categories)} values" + ("" if self.accepts_unseen is not False
-                                                             else ", others refused"))
-        bits.append("nulls ok" if self.nullable else "no nulls")
-        return f"{self.name}: {bits[0]} ({', '.join(bits[1:])})"
+        return describe_column(self.to_dict())
+
+
+def describe_column(col: dict) -> str:
+    """``city: categorical (3 values, nulls ok)`` for a column dict of ``spec["columns"]``."""
+    bits = []
+    cats = col.get("categories")
+    if col.get("kind") == "categorical" and cats is not None:
+        bits.append(f"{len(cats)} values" + (", others refused" if col.get("accepts_unseen") is False
+                                             else ""))
+    bits.append("nulls ok" if col.get("nullable") else "no nulls")
+    return f"{col.get('name')}: {col.get('kind')} ({', '.join(bits)})"
+
+
+def describe_columns(columns: list[dict] | None, limit: int = 12) -> str:
+    """The column schema in one short paragraph for text output (``%deploy``, the CLI)."""
+    if not columns:
+        return ""
+    shown = "; ".join(describe_column(c) for c in columns[:limit])
+    return shown + (f"; … {len(columns) - limit} more" if len(columns) > limit else "")
 
 
 def is_frame(sample: Any) -> bool:

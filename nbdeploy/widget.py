@@ -297,6 +297,10 @@ class DeployWidget(W.VBox):
             info.update({"framework": c.framework, "model type": c.adapter.model_type,
                          "task": c.spec.get("task"), "features": c.schema.n_features,
                          "sample rows": len(c.X), "converter": c.converter})
+            if getattr(c, "is_table", False):
+                from .schema import describe_columns
+
+                info["columns"] = describe_columns(c.columns, limit=30)
             if c.spec.get("classes") is not None:
                 info["classes"] = ", ".join(map(str, c.spec["classes"]))[:200]
         v = d.verify_report
@@ -385,7 +389,12 @@ class DeployWidget(W.VBox):
     def _update_snippets(self, url: str | None) -> None:
         d = self.deployment
         # 7 significant digits: what a float32 holds, without 122.800003-style noise
-        row = [float(f"{float(v):.7g}") for v in d.converted.X[0]] if d.converted is not None else []
+        if getattr(d.converted, "is_table", False):  # a record: strings stay strings
+            row = {c["name"]: (None if isinstance(v, float) and v != v else
+                               float(f"{v:.7g}") if isinstance(v, float) else v)
+                   for c, v in zip(d.converted.columns, d.converted.X[0])}
+        else:
+            row = [float(f"{float(v):.7g}") for v in d.converted.X[0]] if d.converted is not None else []
         base = url or DEFAULT_URL
         body = json.dumps({"inputs": [row]})
         note = "" if url else f"# first: bentoml serve {d.tag}   (or press Serve)\n"
