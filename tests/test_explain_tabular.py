@@ -304,3 +304,94 @@ def test_drift_numeric_psi_categorical_shift_and_missing_rate(mixed, drift_basel
     assert 'nbdeploy_drift_psi{feature="city"}' in text
     assert f'nbdeploy_drift_missing_rate_change{{feature="age"}} {r["age"]["missing_rate_change"]}' in text
     assert "nbdeploy_drift_detected 1" in text
+
+
+# ---------------------------------------------------------------------------------------
+# served: nbdeploy.deploy(pipeline, DataFrame) -> stock bentoml serve -> JSON records
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served_mixed(mixed):
+    import nbdeploy
+
+    df, _, pipe = mixed
+    d = nbdeploy.deploy(pipe, df, name="explain-tabular")
+    server = d.serve()
+    yield d, server
+    server.stop()
+
+
+def records(frame: "pd.DataFrame") -> list[dict]:
+    out = []
+    for rec in frame.to_dict(orient="records"):
+        out.append({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in rec.items()})
+    return out
+
+
+@pytest.mark.slow
+def test_served_explain_on_records_is_per_column_and_additive(served_mixed, mixed, post):
+    _, server = served_mixed
+    df, _, pipe = mixed
+    frame = pd.DataFrame({"age": [np.nan, 51.0, 33.0], "income": [25000.0, 12000.0, 40000.0],
+                          "city": ["Oslo", "Tokyo", "Rome"], "plan": ["pro", "basic", "max"]})
+    body = {"inputs": records(frame), "method": "shap"}
+    assert body["inputs"][0]["age"] is None and body["inputs"][1]["city"] == "Tokyo"
+    status, out = post(server.url + "/explain", body)
+    assert status == 200, out
+    assert out["feature_names"] == list(df.columns)
+    assert np.asarray(out["contributions"]).shape == (3, 4)
+    native = native_p1(pipe, frame)
+    recon = np.asarray(out["base_values"]) + np.asarray(out["contributions"]).sum(axis=1)
+    np.testing.assert_allclose(recon, native, atol=1e-5)
+    np.testing.assert_allclose(out["outputs"], native, atol=1e-5)
+    # the served numbers are exact Shapley values of the native pipeline over the bundle's
+    # background (the notebook report's, which the bundle stores)
+    rep = served_mixed[0].explanation
+    bg = pd.DataFrame(rep._serve.codec.decode(rep._serve.background), columns=df.columns).astype(
+        {"age": float, "income": float})
+    want = exact_shapley(lambda fr: native_p1(pipe, fr), frame.iloc[0], bg)
+    np.testing.assert_allclose(out["contributions"][0], want, atol=2e-5)
+
+    status, lime = post(server.url + "/explain", {"inputs": records(frame.iloc[:1]), "method": "lime"})
+    assert status == 200, lime
+    assert len(lime["contributions"][0]) == 4
+    assert lime["rules"][0][0] == "age is missing" and lime["rules"][0][2] == "city = Oslo"
+    assert lime["outputs"][0] == pytest.approx(native[0], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_served_drift_per_column_on_drift_and_metrics(served_mixed, mixed, post, get):
+    _, server = served_mixed
+    df, _, _ = mixed
+    control, _ = make_frame(300, 21)
+    status, _ = post(server.url + "/predict", {"inputs": records(control)})
+    assert status == 200
+    status, r = get(server.url + "/drift")
+    assert status == 200 and r["observed_rows"] == 300 and r["enough_data"]
+    assert not r["drift"], r
+
+    shifted, _ = make_frame(600, 22, nan_age=False)
+    shifted["income"] = shifted["income"] * 2.5
+    shifted["city"] = np.where(np.arange(600) % 2 == 0, "Tokyo", "Paris")
+    shifted.loc[shifted.index[:300], "age"] = np.nan
+    for s in range(0, 600, 200):
+        status, _ = post(server.url + "/predict", {"inputs": records(shifted.iloc[s:s + 200])})
+        assert status == 200
+    status, r = get(server.url + "/drift")
+    assert status == 200 and r["observed_rows"] == 900
+    f = {x["feature"]: x for x in r["features"]}
+    both = pd.concat([control, shifted])
+    want = independent_psi(df["income"].to_numpy(float), both["income"].to_numpy(float))
+    assert f["income"]["psi"] == pytest.approx(want, rel=1e-4, abs=1e-6) and f["income"]["drift"]
+    assert f["city"]["drift"] and f["city"]["unseen_share"] == pytest.approx(
+        300 / (300 + 600), abs=1e-6)
+    want_rate = float(both["age"].isna().mean())
+    assert f["age"]["missing_rate"] == pytest.approx(want_rate, abs=1e-6)
+    assert f["age"]["missing_rate_change"] == pytest.approx(want_rate - df["age"].isna().mean(), abs=1e-6)
+    assert not f["plan"]["drift"]
+    status, metrics = get(server.url + "/metrics")
+    assert status == 200
+    text = metrics.decode() if isinstance(metrics, bytes) else str(metrics)
+    assert f'nbdeploy_drift_psi{{feature="income"}} {f["income"]["psi"]}' in text
+    assert f'nbdeploy_drift_missing_rate_change{{feature="age"}} {f["age"]["missing_rate_change"]}' in text
+    assert 'nbdeploy_drift_unseen_share{feature="city"}' in text
+    assert "nbdeploy_drift_detected 1" in text
