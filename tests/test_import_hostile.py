@@ -1,0 +1,456 @@
+"""Hostile bundle archives (issue 15): each one is built here from a genuine export of a bundle
+deployed with default options, and `nbdeploy import` must refuse it with nothing written
+outside a private temporary folder and the BentoML store unchanged.
+
+The attacker is assumed to know the format: wherever it helps the attack, the archive's
+manifest is recomputed to match the tampered files (it is not signed), so the refusal must
+come from the real check, not from a stale hash."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import pickle
+import pickletools
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nbdeploy
+from nbdeploy.errors import InvalidInputError
+from nbdeploy.export import check_bundle, import_bundle
+
+MANIFEST = "nbdeploy-manifest.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# the genuine bundle: a LogisticRegression deployed and exported with default options
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base(breast_cancer, tmp_path_factory):
+    from sklearn.linear_model import LogisticRegression
+
+    X_train, X_test, y_train, y_test = breast_cancer
+    model = LogisticRegression(max_iter=5000).fit(X_train, y_train)
+    d = nbdeploy.deploy(model, X_test, labels=y_test, name="hostile-base")
+    archive = d.export(str(tmp_path_factory.mktemp("base") / "base.bento"))
+    d.native_model = model
+    return d, Path(archive)
+
+
+def _norm(name: str) -> str:
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+def _members(archive: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """Our own genuine export, read with the stdlib (trusted here: we just wrote it)."""
+    out = []
+    with tarfile.open(archive, "r:*") as tar:
+        for m in tar:
+            out.append((m, tar.extractfile(m).read() if m.isfile() else None))
+    return out
+
+
+def _get(members, name: str) -> bytes:
+    return next(d for m, d in members if _norm(m.name) == name)
+
+
+def _replace(members, name: str, data: bytes) -> list:
+    out, found = [], False
+    for m, d in members:
+        if _norm(m.name) == name:
+            m = _file(m.name, data)[0]
+            d, found = data, True
+        out.append((m, d))
+    assert found, name
+    return out
+
+
+def _file(name: str, data: bytes, mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    return info, data
+
+
+def _retag(members, suffix: str) -> list:
+    """A new version, so that an accepted import does not clash with the genuine bundle."""
+    text = _get(members, "bento.yaml").decode()
+    version = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("version:"))
+    return _replace(members, "bento.yaml", text.replace(f"version: {version}",
+                                                        f"version: {version}-{suffix}").encode())
+
+
+def _with_manifest(members) -> list:
+    """Recompute the manifest the way an attacker would: from the files as they are now."""
+    man = json.loads(_get(members, MANIFEST))
+    yaml_text = _get(members, "bento.yaml").decode()
+    fields = dict(ln.split(":", 1) for ln in yaml_text.splitlines() if ln.startswith(("name:", "version:")))
+    man["tag"] = f"{fields['name'].strip()}:{fields['version'].strip()}"
+    man["files"] = {_norm(m.name): {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
+                    for m, d in members if m.isfile() and _norm(m.name) != MANIFEST}
+    return _replace(members, MANIFEST, json.dumps(man).encode())
+
+
+def _tar_bytes(members, *, end_marker: bool = True) -> bytes:
+    buf = io.BytesIO()
+    tar = tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT)
+    for info, data in members:
+        tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    if not end_marker:
+        return buf.getvalue()[:tar.offset]      # members only: a tar that runs on into the next
+    tar.close()
+    return buf.getvalue()
+
+
+def _write(path: Path, members, mode: str = "xz") -> Path:
+    raw = _tar_bytes(members)
+    path.write_bytes({"xz": lzma.compress, "gz": gzip.compress, "tar": bytes}[mode](raw))
+    return path
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p) for p in folder.rglob("*")} if folder.is_dir() else set()
+
+
+@contextlib.contextmanager
+def _nothing_written(tmp_path: Path):
+    """Nothing new in tmp_path (where the attacks aim), in the BentoML store (bentos and
+    models) or as a leftover import folder in the temp dir."""
+    import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    home = Path(BentoMLContainer.bentoml_home.get())
+    tags = {str(b.tag) for b in bentoml.bentos.list()}
+    before = _tree(tmp_path), _tree(home / "bentos"), _tree(home / "models")
+    tmp_before = set(os.listdir(tempfile.gettempdir()))
+    yield
+    assert (_tree(tmp_path), _tree(home / "bentos"), _tree(home / "models")) == before
+    assert {str(b.tag) for b in bentoml.bentos.list()} == tags
+    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - tmp_before
+                if n.startswith(("nbdeploy-import-", "bentoml-import-"))]
+
+
+def _refused(archive: Path, tmp_path: Path, *words: str, trust: bool = False) -> InvalidInputError:
+    with _nothing_written(tmp_path), pytest.raises(InvalidInputError) as e:
+        import_bundle(archive, trust=trust)
+    for w in words:
+        assert w in e.value.message, (w, e.value.message)
+    assert e.value.hint
+    return e.value
+
+
+class _Marker:
+    """Unpickling this creates a marker file (no shell needed)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 14: a default bundle exports and imports
+# ---------------------------------------------------------------------------------------------
+def test_default_logistic_regression_bundle_exports_imports_and_serves_natively(base, breast_cancer):
+    import bentoml
+
+    from conftest import http
+
+    d, archive = base
+    root = Path(d.path)
+    # the two things the old check refused on: BentoML's own Dockerfile names a path inside
+    # the image, and a model-agnostic explainer needs no shap
+    assert "/tmp/" in (root / "env" / "docker" / "Dockerfile").read_text()
+    cfg = json.loads((root / "src" / "model" / "explain" / "explain_config.json").read_text())
+    reqs = (root / "env" / "python" / "requirements.txt").read_text().lower().split()
+    assert cfg["kind"] != "tree" and not [r for r in reqs if r.startswith("shap==")]
+    assert check_bundle(d.tag) == []
+    assert archive.is_file()
+    bentoml.bentos.delete(d.tag)
+    assert import_bundle(archive) == d.tag
+    # the imported bundle serves what the native scikit-learn model predicts
+    _, X_test, _, _ = breast_cancer
+    server = d.serve()
+    try:
+        rows = X_test.iloc[:20]
+        status, body = http("POST", server.url + "/predict", {"inputs": rows.to_numpy().tolist()})
+        assert status == 200, body
+        np.testing.assert_allclose(body["probabilities"], d.native_model.predict_proba(rows), atol=1e-5)
+        assert body["predictions"] == d.native_model.predict(rows).tolist()
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# hidden second compressed stream
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["gz", "xz"])
+@pytest.mark.parametrize("end_marker", [True, False], ids=["after-end-marker", "seamless"])
+def test_multi_stream_archive_cannot_hide_members(base, tmp_path, fmt, end_marker):
+    _, archive = base
+    members = _members(archive)
+    evil_service = b"open(" + repr(str(tmp_path / "PWNED")).encode() + b", 'w')\n" + \
+        _get(members, "src/service.py")
+    first = _tar_bytes(members, end_marker=end_marker)
+    second = _tar_bytes([_file("./src/service.py", evil_service)])
+    comp = {"gz": gzip.compress, "xz": lzma.compress}[fmt]
+    evil = tmp_path / f"evil.{'tar.gz' if fmt == 'gz' else 'bento'}"
+    evil.write_bytes(comp(first) + comp(second))
+    # the attack is real: a one-stream reader sees one service.py, the stdlib's random-access
+    # reader (what used to unpack) sees the hidden one when the first tar runs on
+    with tarfile.open(evil, "r|*") as t:
+        assert [n for n in t.getnames() if _norm(n) == "src/service.py"] == ["./src/service.py"]
+    with tarfile.open(evil, "r:*") as t:
+        copies = [n for n in t.getnames() if _norm(n) == "src/service.py"]
+    assert len(copies) == (1 if end_marker else 2)
+    words = ("after the tar's end-of-archive marker",) if end_marker else ("src/service.py", "appears twice")
+    _refused(evil, tmp_path, *words)
+    assert not (tmp_path / "PWNED").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# CVE-2025-4517: a symlink chain past PATH_MAX that fools tarfile's 'data' filter
+# ---------------------------------------------------------------------------------------------
+def _link_chain(victim: Path, dest: Path) -> list:
+    """The published proof of concept: lexically every link stays inside ``dest``; really,
+    'l' (past PATH_MAX, so realpath gives up) points back at ``dest`` and 'escape' walks
+    from there to the victim, which 'flaglink' then overwrites."""
+    comp, steps, path, out = "d" * 247, "abcdefghijklmnop", "", []
+    for s in steps:
+        a = tarfile.TarInfo(os.path.join(path, comp))
+        a.type, a.mode = tarfile.DIRTYPE, 0o755
+        b = tarfile.TarInfo(os.path.join(path, s))
+        b.type, b.linkname = tarfile.SYMTYPE, comp
+        out += [(a, None), (b, None)]
+        path = os.path.join(path, comp)
+    linkpath = os.path.join(*steps, "l" * 254)
+    link = tarfile.TarInfo(linkpath)
+    link.type, link.linkname = tarfile.SYMTYPE, "../" * len(steps)
+    esc = tarfile.TarInfo("escape")
+    esc.type, esc.linkname = tarfile.SYMTYPE, linkpath + "/" + os.path.relpath(victim, dest)
+    hard = tarfile.TarInfo("flaglink")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "escape"
+    return out + [(link, None), (esc, None), (hard, None), _file("flaglink", b"PWNED")]
+
+
+def test_cve_2025_4517_link_chain_is_refused(base, tmp_path):
+    _, archive = base
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_text("original")
+    if sys.version_info < (3, 11, 13):
+        # the attack is real on this Python: tarfile's own 'data' filter writes through it
+        scratch = tmp_path / "scratch" / "x"
+        scratch.mkdir(parents=True)
+        with tarfile.open(fileobj=io.BytesIO(_tar_bytes(_link_chain(victim, scratch)))) as t:
+            with contextlib.suppress(tarfile.TarError, OSError):
+                t.extractall(scratch, filter="data")
+        assert victim.read_text() == "PWNED"
+        victim.write_text("original")
+        import shutil
+
+        shutil.rmtree(tmp_path / "scratch")
+    # aimed at where nbdeploy unpacks: <temp dir>/nbdeploy-import-*/bento
+    chain = _link_chain(victim, Path(tempfile.gettempdir()) / "nbdeploy-import-x" / "bento")
+    evil = _write(tmp_path / "chain.bento", _members(archive) + chain)
+    err = _refused(evil, tmp_path, "is a symbolic link", "never contain links")
+    assert "d" * 247 in err.message or "'a'" in err.message
+    assert victim.read_text() == "original"
+
+
+# ---------------------------------------------------------------------------------------------
+# BentoML's global model store
+# ---------------------------------------------------------------------------------------------
+def test_models_folder_is_refused(base, tmp_path):
+    _, archive = base
+    members = _members(archive) + [
+        _file("./models/victim/99990101-evil/model.yaml", b"name: victim\nversion: 99990101-evil\n"),
+        _file("./models/victim/99990101-evil/saved_model.pkl", b"weights"),
+        _file("./models/victim/latest", b"99990101-evil")]
+    evil = _write(tmp_path / "models.bento", _with_manifest(members))
+    err = _refused(evil, tmp_path, "models/victim/99990101-evil/model.yaml", "global model store")
+    assert "more problem" in err.message
+
+
+def test_files_outside_the_layout_and_tampered_files_are_refused(base, tmp_path):
+    _, archive = base
+    members = _members(archive)
+    extra = _with_manifest(members + [_file("./src/sitecustomize.py", b"print('hi')\n")])
+    _refused(_write(tmp_path / "extra.bento", extra), tmp_path, "src/sitecustomize.py",
+             "not part of the layout")
+    wheel = _with_manifest(members + [_file("./env/python/wheels/evil-1.0-py3-none-any.whl", b"PK")])
+    _refused(_write(tmp_path / "wheel.bento", wheel), tmp_path, "env/python/wheels/", "layout")
+    # changed after export, manifest left as it was
+    onnx = _get(members, "src/model/model.onnx")
+    stale = _replace(members, "src/model/model.onnx", onnx[:-1] + bytes([onnx[-1] ^ 1]))
+    _refused(_write(tmp_path / "stale.bento", stale), tmp_path, "src/model/model.onnx", "SHA-256")
+    # no manifest at all: not written by `nbdeploy export`
+    bare = [(m, d) for m, d in members if _norm(m.name) != MANIFEST]
+    _refused(_write(tmp_path / "bare.bento", bare), tmp_path, MANIFEST)
+    # requirement lines that send pip elsewhere
+    req = _get(members, "env/python/requirements.txt")
+    idx = _with_manifest(_replace(members, "env/python/requirements.txt",
+                                  b"--extra-index-url http://127.0.0.1:1/simple\n" + req))
+    _refused(_write(tmp_path / "req.bento", idx), tmp_path, "env/python/requirements.txt",
+             "extra-index-url")
+
+
+# ---------------------------------------------------------------------------------------------
+# code that `bentoml serve` would run
+# ---------------------------------------------------------------------------------------------
+def test_modified_service_is_refused_unless_trusted(base, tmp_path, capsys):
+    import bentoml
+
+    from nbdeploy.cli import main
+
+    d, archive = base
+    marker = tmp_path / "RAN"
+    members = _members(archive)
+    service = _get(members, "src/service.py")
+    evil = _with_manifest(_retag(_replace(
+        members, "src/service.py", f"open({str(marker)!r}, 'w').close()\n".encode() + service),
+        "trusted"))
+    path = _write(tmp_path / "service.bento", evil)
+    err = _refused(path, tmp_path, "src/service.py", "line 1", "found \"open(")
+    assert "src/service.py" in err.received and "--trust" in err.hint
+    # the CLI says the same and exits 2
+    with _nothing_written(tmp_path):
+        assert main(["import", str(path)]) == 2
+    assert "src/service.py" in capsys.readouterr().err
+    # a changed runtime module is named too
+    rt = _with_manifest(_replace(members, "src/nbdeploy_runtime/model.py",
+                                 _get(members, "src/nbdeploy_runtime/model.py") + b"\nimport os\n"))
+    _refused(_write(tmp_path / "runtime.bento", rt), tmp_path, "src/nbdeploy_runtime/model.py")
+    # trusted: imported as it is (and the warning says what differs)
+    tag = f"{d.tag}-trusted"
+    try:
+        with pytest.warns(UserWarning, match="src/service.py"):
+            assert main(["import", "--trust", str(path)]) == 0
+        assert f"imported {tag}" in capsys.readouterr().out
+        got = Path(bentoml.get(tag).path) / "src" / "service.py"
+        assert got.read_bytes().startswith(b"open(")
+        assert not (Path(bentoml.get(tag).path) / MANIFEST).exists()
+        assert not marker.exists()               # importing never runs it
+    finally:
+        with contextlib.suppress(Exception):
+            bentoml.bentos.delete(tag)
+
+
+# ---------------------------------------------------------------------------------------------
+# zip bomb: memory stays bounded
+# ---------------------------------------------------------------------------------------------
+def test_zip_bomb_is_refused_with_bounded_memory(base, tmp_path):
+    _, archive = base
+    bomb = tmp_path / "bomb.zip"
+    size = 1024 ** 3
+    name = "src/model/explain/trees.npz"     # a zip inside: the old check read it whole (+2 GiB)
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        for m, data in _members(archive):
+            if m.isfile():
+                z.writestr(_norm(m.name), data)
+        with z.open(name, "w", force_zip64=True) as outer, \
+                zipfile.ZipFile(outer, "w", zipfile.ZIP_STORED) as npz, \
+                npz.open("arr_0.npy", "w", force_zip64=True) as f:
+            block = bytes(1 << 20)
+            for _ in range(size >> 20):
+                f.write(block)
+    assert bomb.stat().st_size < 8 * 1024 ** 2
+    script = (
+        "import json, resource, sys\n"
+        "from nbdeploy.export import import_bundle\n"
+        "from nbdeploy.errors import InvalidInputError\n"
+        "import yaml, numpy, bentoml\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    import_bundle(sys.argv[1]); msg = 'imported'\n"
+        "except InvalidInputError as e:\n"
+        "    msg = e.message\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps({'before_kib': before, 'after_kib': after, 'message': msg}))\n")
+    with _nothing_written(tmp_path):
+        r = subprocess.run([sys.executable, "-c", script, str(bomb)], capture_output=True,
+                           text=True, timeout=300, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    print("zip bomb: peak RSS before/after import (MiB):", out["before_kib"] >> 10, out["after_kib"] >> 10)
+    assert name in out["message"] and "compression bomb" in out["message"]
+    assert (out["after_kib"] - out["before_kib"]) < 64 * 1024, out
+
+
+# ---------------------------------------------------------------------------------------------
+# pickles judged by content
+# ---------------------------------------------------------------------------------------------
+def test_protocol_0_pickle_under_a_json_name_is_refused(base, tmp_path):
+    _, archive = base
+    marker = tmp_path / "UNPICKLED"
+    payload = pickle.dumps(_Marker(str(marker)), protocol=0)
+    assert not payload.startswith(b"\x80")                 # no protocol header to spot
+    pickletools.dis(payload, out=io.StringIO())            # the stdlib: a complete pickle
+    members = _with_manifest(_replace(_members(archive), "src/model/spec.json", payload))
+    _refused(_write(tmp_path / "p0.bento", members), tmp_path, "src/model/spec.json", "is a pickle")
+    assert not marker.exists()
+
+
+def test_object_npy_with_a_header_past_4_kib_is_refused(base, tmp_path):
+    _, archive = base
+    header = "{" + " " * 5000 + "'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+    body = pickle.dumps([{"a": 1}], protocol=2)
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1") + body
+    # numpy reads this as an array of Python objects once it may read the long header
+    f = io.BytesIO(npy)
+    assert np.lib.format.read_magic(f) == (1, 0)
+    shape, _, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=100_000)
+    assert dtype.hasobject and shape == (1,) and len(header) > 4096
+    name = "src/model/explain/background.npy"
+    members = _with_manifest(_replace(_members(archive), name, npy))
+    _refused(_write(tmp_path / "npy.bento", members), tmp_path, name, "Python objects")
+
+
+def test_duplicate_member_names_are_refused(base, tmp_path):
+    _, archive = base
+    members = _members(archive)
+    onnx = _get(members, "src/model/model.onnx")
+    # the second copy would silently replace the first (and the manifest's hash) on extraction
+    evil = _write(tmp_path / "dup.bento", members + [_file("src//model/./model.onnx", onnx[::-1])])
+    _refused(evil, tmp_path, "src//model/./model.onnx", "appears twice")
+    dup_zip = tmp_path / "dup.zip"
+    with zipfile.ZipFile(dup_zip, "w") as z:
+        for m, data in members:
+            if m.isfile():
+                z.writestr(_norm(m.name), data)
+        z.writestr("./SRC/service.py", b"print('second')\n")   # a case-insensitive disk
+    _refused(dup_zip, tmp_path, "SRC/service.py")
+
+
+def test_genuine_archive_still_imports_in_every_format(base, tmp_path):
+    """The control: what the tests above refuse is the attack, not the format."""
+    import bentoml
+
+    from nbdeploy.export import export_bundle, inspect_archive
+
+    d, archive = base
+    for suffix in (".tar.gz", ".zip", ".tar"):
+        out = export_bundle(d.tag, tmp_path / f"again{suffix}")
+        names = inspect_archive(out)
+        assert {"bento.yaml", "src/service.py", MANIFEST} <= set(names)
+    members = _with_manifest(_retag(_members(archive), "control"))   # rebuilt, still genuine
+    tag = f"{d.tag}-control"
+    try:
+        assert import_bundle(_write(tmp_path / "control.tar.gz", members, "gz")) == tag
+    finally:
+        with contextlib.suppress(Exception):
+            bentoml.bentos.delete(tag)
