@@ -115,23 +115,51 @@ def _check_native_takes_sample(adapter: Adapter, X: np.ndarray, columns: list[Co
     try:
         adapter.predict(X[rows[:64]])
     except Exception as exc:
-        names = [c.name for c in with_missing]
+        culprits = _columns_raising_on_missing(adapter, X, columns) or with_missing
+        c = culprits[0]
+        miss = _missing_mask(X)[:, columns.index(c)]
+        first = int(np.where(miss)[0][0]) if miss.any() else int(rows[0])
+        names = [x.name for x in culprits]
         raise InvalidInputError(
-            f"{adapter.model_type} raises on the sample's missing values (NaN) in column(s) "
-            f"{names[:5]} (first: row {int(rows[0])}): {brief(exc, 200)}",
-            hint="The native model does not handle missing values: impute them inside the model "
-                 "(e.g. a Pipeline starting with SimpleImputer), or drop those rows from the sample.",
-            expected="no missing values", received=f"{len(rows)} rows with NaN") from exc
+            f"{adapter.model_type} raises on missing values (NaN) in column {c.name!r} of the sample "
+            f"(first: row {first}; {int(miss.sum())} rows)"
+            + (f", and in {names[1:4]}" if len(names) > 1 else "") + f": {brief(exc, 200)}",
+            hint="The native model does not handle missing values there: impute them inside the "
+                 "model (e.g. SimpleImputer in the pipeline for that column), or drop those rows "
+                 "from the sample.",
+            expected="no missing values", received=f"{int(miss.sum())} rows with NaN in {c.name!r}") from exc
 
 
-def _rows_with_missing(X: np.ndarray) -> np.ndarray:
+def _missing_mask(X: np.ndarray) -> np.ndarray:
     if X.dtype == object:
         from .runtime.columns import is_missing
 
-        miss = np.array([[is_missing(v) for v in row] for row in X], dtype=bool)
-    else:
-        miss = np.isnan(X)
-    return np.where(miss.any(axis=1))[0]
+        return np.array([[is_missing(v) for v in row] for row in X], dtype=bool).reshape(X.shape)
+    return np.isnan(X)
+
+
+def _columns_raising_on_missing(adapter: Adapter, X: np.ndarray, columns: list[ColumnSpec]) -> list:
+    """The columns whose missing values alone make the native model raise."""
+    mask = _missing_mask(X)
+    complete = ~mask.any(axis=1)
+    if not complete.any():
+        return []
+    base = X[np.where(complete)[0][:4]]
+    found = []
+    for j, c in enumerate(columns):
+        if not c.missing_in_sample:
+            continue
+        b = base.copy()
+        b[:, j] = None if X.dtype == object and c.kind in ("categorical", "text") else np.nan
+        try:
+            adapter.predict(b)
+        except Exception:
+            found.append(c)
+    return found
+
+
+def _rows_with_missing(X: np.ndarray) -> np.ndarray:
+    return np.where(_missing_mask(X).any(axis=1))[0]
 
 
 def convert(model: Any, sample: Any, *, task: str | None = None,
