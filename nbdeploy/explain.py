@@ -375,14 +375,17 @@ class ExplainReport:
     # -- bundle ---------------------------------------------------------------------------
     def write_artifacts(self, model_dir: str | Path) -> list[Path]:
         """Write ``model_dir/explain/``: explain_config.json plus npz/npy arrays (no pickle)."""
-        from .runtime.explain import (BACKGROUND_FILE, CONFIG_FILE, EXPLAIN_DIR, TREES_FILE,
-                                      WEIGHTS_FILE, save_trees)
+        from .runtime.explain import (BACKGROUND_FILE, CONFIG_FILE, EXPLAIN_DIR, FEATURES_FILE,
+                                      TREES_FILE, WEIGHTS_FILE, save_trees)
 
         folder = Path(model_dir) / EXPLAIN_DIR
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         if "trees" in self._artifacts:
             paths.append(save_trees(folder / TREES_FILE, self._artifacts["trees"]))
+        if "features_onnx" in self._artifacts:
+            (folder / FEATURES_FILE).write_bytes(self._artifacts["features_onnx"])
+            paths.append(folder / FEATURES_FILE)
         if "background" in self._artifacts:
             np.save(folder / BACKGROUND_FILE, self._artifacts["background"], allow_pickle=False)
             np.save(folder / WEIGHTS_FILE, self._artifacts["weights"], allow_pickle=False)
@@ -648,13 +651,148 @@ def _shap_rows(serve, rows: np.ndarray, *, seed: int, max_rows: int | None, note
     return rows, phi, base, outputs, algo, round(time.perf_counter() - t1, 4)
 
 
+def _column_groups(model: Any, names: list[str]) -> tuple[list[int] | None, Any, str]:
+    """For a Pipeline ``ColumnTransformer [-> per-feature steps] -> tree ensemble``: the original
+    column index of every transformed feature, the preprocessing as a callable, or a reason."""
+    from .adapters.base import TREE_ENSEMBLES
+
+    steps = getattr(model, "steps", None)
+    if not steps or len(steps) < 2:
+        return None, None, "not a Pipeline"
+    final = steps[-1][1]
+    if type(final).__name__ not in TREE_ENSEMBLES:
+        return None, None, f"the pipeline ends in {type(final).__name__}, not a tree ensemble"
+    pre = [t for _, t in steps[:-1] if t is not None and t != "passthrough"]
+    ct = pre[0] if pre else None
+    if not hasattr(ct, "output_indices_"):
+        return None, None, "its first step is not a ColumnTransformer"
+    inputs = list(getattr(ct, "feature_names_in_", names))
+    n_out = max((sl.stop for sl in ct.output_indices_.values()), default=0)
+    groups: list[int | None] = [None] * n_out
+    for name, tr, cols in ct.transformers_:
+        sl = ct.output_indices_.get(name)
+        if tr == "drop" or sl is None or sl.stop == sl.start:
+            continue
+        if isinstance(cols, str):
+            cols = [cols]
+        cols = [inputs[c] if isinstance(c, (int, np.integer)) else str(c) for c in np.asarray(cols).tolist()]
+        if any(c not in names for c in cols):
+            return None, None, f"transformer {name!r} reads columns the table does not name"
+        if len(cols) == 1:
+            groups[sl] = [names.index(cols[0])] * (sl.stop - sl.start)
+            continue
+        try:
+            outs = list(cols) if tr == "passthrough" else [str(o) for o in tr.get_feature_names_out(cols)]
+        except Exception:
+            return None, None, f"transformer {name!r} does not name its outputs"
+        if len(outs) != sl.stop - sl.start:
+            return None, None, f"transformer {name!r} names {len(outs)} outputs for {sl.stop - sl.start}"
+        for k, o in enumerate(outs):
+            o = o.removeprefix("missingindicator_")
+            hits = [c for c in cols if o == c or o.startswith(c + "_")]
+            if not hits:
+                return None, None, f"output {o!r} of {name!r} cannot be traced to one column"
+            groups[sl.start + k] = names.index(max(hits, key=len))
+    if any(g is None for g in groups):
+        return None, None, "some transformed features come from no column"
+    prev = [str(n) for n in ct.get_feature_names_out()] if hasattr(ct, "get_feature_names_out") else None
+    for t in pre[1:]:          # later steps must keep features one to one (scalers, ...)
+        try:
+            now = [str(n) for n in t.get_feature_names_out(prev)]
+        except Exception:
+            return None, None, f"step {type(t).__name__} does not name its outputs"
+        if now != prev:
+            return None, None, f"step {type(t).__name__} mixes or drops features"
+
+    def transform(frame):
+        Z = frame
+        for t in pre:
+            Z = t.transform(Z)
+        return np.asarray(Z.toarray() if hasattr(Z, "toarray") else Z, dtype=np.float64)
+
+    return [int(g) for g in groups], transform, ""
+
+
+def _features_graph(onnx_model: Any, n_features: int) -> tuple[bytes | None, str]:
+    """The ONNX graph cut at the tree ensemble's input: its output is the preprocessed
+    features (bytes, output name), or (None, reason)."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(onnx_model if hasattr(onnx_model, "graph") else onnx.load_from_string(onnx_model))
+    trees = [n for n in m.graph.node if n.op_type.startswith("TreeEnsemble")]
+    inputs = {n.input[0] for n in trees}
+    if len(inputs) != 1:
+        return None, "the graph has no single tree-ensemble input"
+    target = inputs.pop()
+    producers = {o: n for n in m.graph.node for o in n.output}
+    keep, todo = set(), [target]
+    while todo:                 # the nodes the features depend on, nothing downstream
+        t = todo.pop()
+        n = producers.get(t)
+        if n is None or id(n) in keep:
+            continue
+        keep.add(id(n))
+        todo.extend(i for i in n.input if i)
+    nodes = [n for n in m.graph.node if id(n) in keep]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, [None, n_features]))
+    used = {i for n in nodes for i in n.input}
+    inits = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    return m.SerializeToString(), target
+
+
+def _table_tree(converted: Any, onnx: Any, names: list[str], rows: np.ndarray,
+                notes: list[str]) -> dict | None:
+    """Exact TreeSHAP for a ColumnTransformer -> tree pipeline, summed back per column."""
+    groups, transform, why = _column_groups(converted.adapter.model, names)
+    if groups is None:
+        if why != "not a Pipeline" and "not a tree ensemble" not in why:
+            notes.append(f"TreeSHAP per column not used ({why}); model-agnostic SHAP per column instead.")
+        return None
+    try:
+        import shap
+    except ImportError:
+        notes.append("TreeSHAP needs the 'shap' package; used model-agnostic SHAP per column instead.")
+        return None
+    from .runtime.explain import FeatureGraph, tree_arrays_from_ensemble
+
+    final = converted.adapter.model.steps[-1][1]
+    try:
+        graph, out_name = _features_graph(converted.onnx_model, len(groups))
+        if graph is None:
+            raise ValueError(out_name)
+        features = FeatureGraph(graph, out_name, onnx.feeds)
+        te = shap.TreeExplainer(final)
+        arrays, meta = tree_arrays_from_ensemble(te.model)
+        frame = converted.adapter.native_frame(rows, names)
+        native_t = transform(frame)
+        onnx_t = features(rows).astype(np.float64)
+    except Exception as exc:
+        notes.append(f"TreeSHAP per column not used ({type(exc).__name__}: "
+                     f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); model-agnostic SHAP instead.")
+        return None
+    gap = float(np.max(np.abs(onnx_t - native_t) / (1.0 + np.abs(native_t)))) if len(rows) else 0.0
+    if native_t.shape != onnx_t.shape or gap > 1e-4:
+        notes.append(f"TreeSHAP per column not used: the ONNX preprocessing differs from the native "
+                     f"one by {gap:.2g}; model-agnostic SHAP instead.")
+        return None
+    return {"te": te, "arrays": arrays, "meta": meta, "groups": groups, "graph": graph,
+            "output": out_name, "features": features, "transform": transform, "frame": frame}
+
+
 def _explain_table(converted: Any, *, onnx_model: Any, served_methods: list[str], mode: str,
                    max_background: int, report: Callable[[float, str], None], seed: int,
                    max_rows: int | None, budget: dict | None) -> ExplainReport:
     """Table mode: SHAP/LIME with one feature per original DataFrame column (see the module
     docstring); the rows are the object table of the table contract."""
     from .runtime.explain import (DEFAULT_BUDGET, FORMAT_VERSION, ServeExplainer, TableCodec,
-                                  lime_table_stats)
+                                  group_columns, lime_table_stats)
     from .runtime.model import OnnxModel
 
     spec = converted.spec
@@ -672,46 +810,101 @@ def _explain_table(converted: Any, *, onnx_model: Any, served_methods: list[str]
     notes: list[str] = []
     timings: dict = {}
     t0 = time.perf_counter()
-    if mode == "tree" or converted.adapter.tree_support()[0] or "tree ensemble" in str(
-            converted.adapter.tree_support()[1] or ""):
-        notes.append("Explained per original column with model-agnostic SHAP over the ONNX graph "
-                     "(its preprocessing included); TreeSHAP would only see the transformed features.")
     if any(c.get("kind") == "text" for c in columns):
         notes.append("Text columns are explained as a whole (one contribution per column), not per token.")
 
+    # categorical pools: the model's categories plus the whole sample's; text: the background's
     rng = np.random.default_rng(seed)
     k = max(1, int(max_background))
     pick = np.sort(rng.choice(len(X_all), k, replace=False)) if len(X_all) > k else np.arange(len(X_all))
     bg_rows = X_all[pick]
-    # categorical pools: the model's categories plus the whole sample's; text: the background's
     codec = TableCodec.build(columns, X_all)
     codec = TableCodec([dict(c, pool=[t for t in dict.fromkeys(v for v in bg_rows[:, j]
                                                                if isinstance(v, str))])
                         if c["kind"] == "text" else c for j, c in enumerate(codec.to_json()["columns"])])
-    bg = codec.encode(bg_rows)
-    w = np.full(len(bg), 1.0 / len(bg))
     config: dict = {"format_version": FORMAT_VERSION, "task": task, "feature_names": names,
                     "classes": [str(c) for c in classes] if classes is not None else None,
                     "methods": served_methods, "seed": int(seed), "budget": budget,
-                    "kind": "agnostic", "background_rows": int(len(bg)), "table": codec.to_json()}
+                    "table": codec.to_json()}
     width = onnx.output_matrix(X_all[:1]).shape[1]
-    if task == "classifier":
-        config["output_space"] = "probability"
-        config["output_names"] = [str(c) for c in classes] if classes is not None else \
-            [str(i) for i in range(width)]
+
+    tree = None
+    if mode in ("auto", "tree"):
+        report(0.05, "TreeSHAP: tracing transformed features to columns")
+        tree = _table_tree(converted, onnx, names, X_all[:int(max_rows or DEFAULT_ROWS["tree"])], notes)
+    elif converted.adapter.tree_support()[0] or _column_groups(converted.adapter.model, names)[0]:
+        notes.append("Model-agnostic SHAP was requested for a tree model; TreeSHAP ('tree') would be "
+                     "exact and much faster.")
+    artifacts: dict = {}
+    if tree is not None:
+        meta = tree["meta"]
+        K = int(meta["num_outputs"])
+        if task == "classifier" and meta.get("tree_output") == "probability":
+            space = "probability"
+        elif task == "classifier":
+            space = "log_odds" if K == 1 else "margin"
+        else:
+            frame = tree["frame"]
+            margin = converted.adapter.native_output(frame, "margin")
+            value = converted.adapter.native_output(frame, "value")
+            space = "value" if np.allclose(margin, value, rtol=1e-5, atol=1e-5) else "margin"
+        config.update(kind="tree", tree=meta, tree_groups=tree["groups"],
+                      tree_features_output=tree["output"], output_space=space)
+        if task == "classifier":
+            cls = [str(c) for c in classes] if classes is not None else [str(i) for i in range(width)]
+            config["output_names"] = [cls[-1]] if space == "log_odds" else cls
+        else:
+            config["output_names"] = ["value"] if K == 1 else [f"value_{i}" for i in range(K)]
+        if space in ("log_odds", "margin"):
+            notes.append(f"TreeSHAP explains the trees in margin space ({space}); apply the model's "
+                         "link to base + sum(SHAP) to get its predictions.")
+        notes.append("Exact TreeSHAP on the features the trees see (computed by the served graph's "
+                     "preprocessing); each transformed feature, e.g. every one-hot column, is summed "
+                     "into its original column.")
+        artifacts.update(trees=tree["arrays"], features_onnx=tree["graph"])
     else:
-        config["output_space"] = "value"
-        config["output_names"] = ["value"] if width == 1 else [f"value_{i}" for i in range(width)]
+        bg = codec.encode(bg_rows)
+        w = np.full(len(bg), 1.0 / len(bg))
+        artifacts.update(background=bg, weights=w)
+        config.update(kind="agnostic", background_rows=int(len(bg)))
+        if task == "classifier":
+            config["output_space"] = "probability"
+            config["output_names"] = [str(c) for c in classes] if classes is not None else \
+                [str(i) for i in range(width)]
+        else:
+            config["output_space"] = "value"
+            config["output_names"] = ["value"] if width == 1 else [f"value_{i}" for i in range(width)]
+        notes.append("Explained per original column with model-agnostic SHAP over the ONNX graph "
+                     "(its preprocessing included): each column is one player.")
     if "lime" in served_methods:
         report(0.02, "LIME: column statistics")
         config["lime"] = {"discretizer": "quartile",
                           "stats": lime_table_stats(codec.encode(X_all, lime=True), codec.kinds)}
     config["notes"] = notes
     config = json.loads(json.dumps(config))          # exactly what the bundle will read
-    serve = ServeExplainer(onnx, config, background=bg, weights=w)
-    rows = X_all[:int(max_rows or DEFAULT_ROWS["agnostic"])]
-    rows, phi, base, outputs, algo, timings["shap_s"] = _shap_rows(
-        serve, rows, seed=seed, max_rows=max_rows, notes=notes, report=report)
+    serve = ServeExplainer(onnx, config, trees=artifacts.get("trees"),
+                           background=artifacts.get("background"), weights=artifacts.get("weights"),
+                           features=tree["features"] if tree is not None else None)
+    agreement = None
+    if tree is not None:
+        t1 = time.perf_counter()
+        rows = X_all[:int(max_rows or DEFAULT_ROWS["tree"])]
+        phi, base, tree_out, algo = serve.shap_values(rows)
+        outputs = converted.adapter.native_output(tree["frame"], config["output_space"])
+        # the same TreeSHAP on the native preprocessing: how far the served path is from it
+        te = tree["te"]
+        nphi = te.shap_values(tree["transform"](tree["frame"]), check_additivity=False)
+        nphi = np.asarray(np.stack(nphi, -1) if isinstance(nphi, list) else nphi, dtype=np.float64)
+        nphi = group_columns(nphi if nphi.ndim == 3 else nphi[:, :, None], tree["groups"], len(names))
+        agreement = float(np.max(np.abs(nphi - phi))) if len(rows) else 0.0
+        if agreement > 1e-4:
+            notes.append(f"TreeSHAP on the served graph's features differs from TreeSHAP on the native "
+                         f"preprocessing by up to {agreement:.2g} (float32 features near split thresholds).")
+        timings["shap_s"] = round(time.perf_counter() - t1, 4)
+    else:
+        rows = X_all[:int(max_rows or DEFAULT_ROWS["agnostic"])]
+        rows, phi, base, outputs, algo, timings["shap_s"] = _shap_rows(
+            serve, rows, seed=seed, max_rows=max_rows, notes=notes, report=report)
     add_err = float(np.max(np.abs(base[None, :] + phi.sum(axis=1) - outputs))) if len(rows) else 0.0
     config["explainer"] = algo
     config["notes"] = notes
@@ -720,8 +913,8 @@ def _explain_table(converted: Any, *, onnx_model: Any, served_methods: list[str]
                         output_space=config["output_space"], output_names=config["output_names"],
                         X=rows, shap_values=phi, base_values=base, outputs=outputs,
                         additivity_error=add_err, config=config, methods=served_methods, seed=int(seed),
-                        notes=notes, timings=timings, _serve=serve,
-                        _artifacts={"background": bg, "weights": w})
+                        serve_agreement=agreement, notes=notes, timings=timings, _serve=serve,
+                        _artifacts=artifacts)
     if "lime" in served_methods and len(rows):
         t2 = time.perf_counter()
         report(0.9, "LIME: row 0")

@@ -57,13 +57,46 @@ def mixed():
 
 
 @pytest.fixture(scope="module")
-def converted(mixed):
+def mixed_lr(mixed):
+    from sklearn.linear_model import LogisticRegression
+
+    df, y, _ = mixed
+    return df, y, make_pipeline(LogisticRegression(max_iter=1000)).fit(df, y)
+
+
+def _convert(pipe, df):
     from nbdeploy.convert import convert
 
-    df, _, pipe = mixed
     c = convert(pipe, df)
     assert c.spec["input_mode"] == "table"
     return c
+
+
+@pytest.fixture(scope="module")
+def converted(mixed):
+    return _convert(mixed[2], mixed[0])
+
+
+@pytest.fixture(scope="module")
+def converted_lr(mixed_lr):
+    return _convert(mixed_lr[2], mixed_lr[0])
+
+
+def native_tree_shap_per_column(pipe, frame: "pd.DataFrame") -> np.ndarray:
+    """The oracle for tree pipelines: shap.TreeExplainer on the native trees over sklearn's own
+    preprocessing, one-hot columns summed by their sklearn names ("cat__city_Oslo" -> city)."""
+    import shap
+
+    T = pipe[:-1].transform(frame)
+    T = T.toarray() if hasattr(T, "toarray") else np.asarray(T)
+    phi = np.asarray(shap.TreeExplainer(pipe[-1]).shap_values(T))[:, :, 1]
+    out_names = list(pipe[:-1].get_feature_names_out())
+    cols = []
+    for c in frame.columns:
+        idx = [i for i, n in enumerate(out_names) if n == f"num__{c}" or n.startswith(f"cat__{c}_")]
+        assert idx, c
+        cols.append(phi[:, idx].sum(axis=1))
+    return np.stack(cols, axis=1)
 
 
 def native_p1(pipe, rows) -> np.ndarray:
@@ -94,11 +127,26 @@ def exact_shapley(f, x: "pd.Series", background: "pd.DataFrame") -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # explanations in the notebook
 # ---------------------------------------------------------------------------------------
-def test_shap_per_original_column_is_additive_against_the_native_model(mixed, converted):
+def test_tree_pipeline_gets_exact_treeshap_summed_per_column(mixed, converted):
     from nbdeploy.explain import explain
 
     df, _, pipe = mixed
-    rep = explain(converted, methods="shap", max_rows=12)
+    rep = explain(converted, methods="shap")
+    assert rep.explainer == "tree" and rep.output_space == "probability"
+    assert rep.shap_values.shape == (len(df), 4, 2)
+    want = native_tree_shap_per_column(pipe, df)
+    np.testing.assert_allclose(rep.shap_values[:, :, 1], want, atol=1e-6)
+    recon = rep.base_values[1] + rep.shap_values[:, :, 1].sum(axis=1)
+    np.testing.assert_allclose(recon, native_p1(pipe, df), atol=1e-6)
+    assert any("summed into its original column" in n for n in rep.notes)
+
+
+def test_shap_per_original_column_is_additive_against_the_native_model(mixed_lr, converted_lr):
+    from nbdeploy.explain import explain
+
+    df, _, pipe = mixed_lr
+    rep = explain(converted_lr, methods="shap", max_rows=12)
+    assert rep.explainer == "exact"                  # 4 columns: all 16 coalitions
     assert rep.feature_names == list(df.columns)
     assert rep.shap_values.shape == (12, 4, 2)
     assert rep.output_space == "probability"
@@ -116,14 +164,19 @@ def test_shap_per_original_column_is_additive_against_the_native_model(mixed, co
     json.dumps(d)  # JSON-ready: no NaN-bearing object cells
 
 
-def test_shap_values_equal_exact_shapley_of_the_native_pipeline(mixed, converted):
-    """Background = the whole sample (max_background >= its rows), so the test knows it and
-    can enumerate all 16 coalitions with the native pipeline on DataFrames."""
+@pytest.mark.parametrize("which", ["lr", "rf-permutation"])
+def test_shap_values_equal_exact_shapley_of_the_native_pipeline(which, mixed, mixed_lr, converted,
+                                                                converted_lr):
+    """Model-agnostic route.  Background = the whole sample (max_background >= its rows), so the
+    test knows it and can enumerate all 16 coalitions with the native pipeline on DataFrames."""
     from nbdeploy.explain import explain
 
-    df, _, pipe = mixed
+    df, _, pipe = mixed_lr if which == "lr" else mixed
+    conv = converted_lr if which == "lr" else converted
     rows = [0, int(np.flatnonzero(df["age"].isna())[0])]        # one row with a missing age
-    rep = explain(converted, methods="shap", max_background=len(df), max_rows=max(rows) + 1)
+    rep = explain(conv, methods="shap" if which == "lr" else "permutation",
+                  max_background=len(df), max_rows=max(rows) + 1)
+    assert rep.explainer == "exact"
     assert rep.config["background_rows"] == len(df)
     for r in rows:
         want = exact_shapley(lambda fr: native_p1(pipe, fr), df.iloc[r], df)
@@ -131,11 +184,11 @@ def test_shap_values_equal_exact_shapley_of_the_native_pipeline(mixed, converted
         assert rep.base_values[1] == pytest.approx(native_p1(pipe, df).mean(), abs=1e-5)
 
 
-def test_unseen_category_and_missing_value_are_explained(mixed, converted):
+def test_unseen_category_and_missing_value_are_explained(mixed, mixed_lr, converted, converted_lr):
     from nbdeploy.explain import explain
 
-    df, _, pipe = mixed
-    rep = explain(converted, methods="shap", max_rows=2)
+    df, _, pipe = mixed_lr
+    rep = explain(converted_lr, methods="shap", max_rows=2)
     row = np.array([[np.nan, 21000.0, "Tokyo", "pro"]], dtype=object)
     body = rep._serve.explain(row, "shap", {})
     frame = pd.DataFrame([[np.nan, 21000.0, "Tokyo", "pro"]], columns=df.columns)
@@ -149,6 +202,13 @@ def test_unseen_category_and_missing_value_are_explained(mixed, converted):
                              pd.DataFrame(bg, columns=df.columns).astype(
                                  {"age": float, "income": float}))
     np.testing.assert_allclose(body["contributions"][0], want_phi, atol=2e-5)
+    # the tree route: the same row, against TreeSHAP on the native preprocessing
+    _, _, rf = mixed
+    body = explain(converted, methods="shap", max_rows=2)._serve.explain(row, "shap", {})
+    assert body["explainer"] == "tree"
+    np.testing.assert_allclose(body["contributions"][0], native_tree_shap_per_column(rf, frame)[0],
+                               atol=1e-6)
+    assert body["outputs"][0] == pytest.approx(native_p1(rf, frame)[0], abs=1e-6)
 
 
 def test_lime_per_column_matches_lime_run_on_the_encoded_sample(converted):
@@ -216,20 +276,27 @@ def test_plots_are_labelled_with_the_original_columns(mixed, converted, tmp_path
     assert {p.name for p in paths} >= {"shap_summary.png", "lime_row_0.png"}
 
 
-def test_artifacts_are_json_and_numeric_npy(converted, tmp_path):
+@pytest.mark.parametrize("which", ["lr", "rf"])
+def test_artifacts_are_json_and_numeric_arrays(which, converted, converted_lr, tmp_path):
     from nbdeploy.explain import explain
-    from nbdeploy.runtime.explain import ServeExplainer
+    from nbdeploy.runtime.explain import ServeExplainer, load_trees
     from nbdeploy.runtime.model import OnnxModel
 
-    rep = explain(converted, methods="shap,lime", max_rows=3)
-    rep.write_artifacts(tmp_path)
-    bg = np.load(tmp_path / "explain" / "background.npy", allow_pickle=False)
-    assert bg.dtype == np.float64 and bg.shape[1] == 4
-    cfg = json.loads((tmp_path / "explain" / "explain_config.json").read_text())
+    conv = converted_lr if which == "lr" else converted
+    rep = explain(conv, methods="shap,lime", max_rows=3)
+    paths = rep.write_artifacts(tmp_path)
+    folder = tmp_path / "explain"
+    if which == "lr":
+        bg = np.load(folder / "background.npy", allow_pickle=False)
+        assert bg.dtype == np.float64 and bg.shape[1] == 4
+    else:
+        assert {p.name for p in paths} == {"trees.npz", "features.onnx", "explain_config.json"}
+        assert all(a.dtype != object for a in load_trees(folder / "trees.npz").values())
+    cfg = json.loads((folder / "explain_config.json").read_text())
     assert [c["name"] for c in cfg["table"]["columns"]] == ["age", "income", "city", "plan"]
     # the explainer rebuilt from the files answers as the notebook's does
-    served = ServeExplainer.from_bundle(tmp_path, OnnxModel(converted.onnx_model.SerializeToString(),
-                                                            converted.spec))
+    served = ServeExplainer.from_bundle(tmp_path, OnnxModel(conv.onnx_model.SerializeToString(),
+                                                            conv.spec))
     body = served.explain(rep.X[:2], "shap", {})
     np.testing.assert_allclose(body["contributions"], rep.shap_values[:2, :, 1], atol=1e-12)
 
@@ -309,13 +376,23 @@ def test_drift_numeric_psi_categorical_shift_and_missing_rate(mixed, drift_basel
 # ---------------------------------------------------------------------------------------
 # served: nbdeploy.deploy(pipeline, DataFrame) -> stock bentoml serve -> JSON records
 # ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def served_mixed(mixed):
+def _deploy_and_serve(pipe, df, name):
     import nbdeploy
 
-    df, _, pipe = mixed
-    d = nbdeploy.deploy(pipe, df, name="explain-tabular")
-    server = d.serve()
+    d = nbdeploy.deploy(pipe, df, name=name)          # defaults: quantize auto, shap + lime
+    return d, d.serve()
+
+
+@pytest.fixture(scope="module")
+def served_mixed(mixed):
+    d, server = _deploy_and_serve(mixed[2], mixed[0], "explain-tabular-rf")
+    yield d, server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def served_lr(mixed_lr):
+    d, server = _deploy_and_serve(mixed_lr[2], mixed_lr[0], "explain-tabular-lr")
     yield d, server
     server.stop()
 
@@ -328,9 +405,10 @@ def records(frame: "pd.DataFrame") -> list[dict]:
 
 
 @pytest.mark.slow
-def test_served_explain_on_records_is_per_column_and_additive(served_mixed, mixed, post):
-    _, server = served_mixed
-    df, _, pipe = mixed
+@pytest.mark.parametrize("which", ["lr", "rf"])
+def test_served_explain_on_records_is_per_column_and_additive(which, request, post):
+    d, server = request.getfixturevalue("served_lr" if which == "lr" else "served_mixed")
+    df, _, pipe = request.getfixturevalue("mixed_lr" if which == "lr" else "mixed")
     frame = pd.DataFrame({"age": [np.nan, 51.0, 33.0], "income": [25000.0, 12000.0, 40000.0],
                           "city": ["Oslo", "Tokyo", "Rome"], "plan": ["pro", "basic", "max"]})
     body = {"inputs": records(frame), "method": "shap"}
@@ -343,13 +421,18 @@ def test_served_explain_on_records_is_per_column_and_additive(served_mixed, mixe
     recon = np.asarray(out["base_values"]) + np.asarray(out["contributions"]).sum(axis=1)
     np.testing.assert_allclose(recon, native, atol=1e-5)
     np.testing.assert_allclose(out["outputs"], native, atol=1e-5)
-    # the served numbers are exact Shapley values of the native pipeline over the bundle's
-    # background (the notebook report's, which the bundle stores)
-    rep = served_mixed[0].explanation
-    bg = pd.DataFrame(rep._serve.codec.decode(rep._serve.background), columns=df.columns).astype(
-        {"age": float, "income": float})
-    want = exact_shapley(lambda fr: native_p1(pipe, fr), frame.iloc[0], bg)
-    np.testing.assert_allclose(out["contributions"][0], want, atol=2e-5)
+    if which == "rf":       # exact TreeSHAP, summed per column
+        assert out["explainer"] == "tree"
+        np.testing.assert_allclose(out["contributions"], native_tree_shap_per_column(pipe, frame),
+                                   atol=1e-6)
+    else:                   # exact Shapley values of the native pipeline over the bundle's background
+        assert out["explainer"] == "exact"
+        rep = d.explanation
+        bg = pd.DataFrame(rep._serve.codec.decode(rep._serve.background), columns=df.columns).astype(
+            {"age": float, "income": float})
+        for r in range(3):
+            want = exact_shapley(lambda fr: native_p1(pipe, fr), frame.iloc[r], bg)
+            np.testing.assert_allclose(out["contributions"][r], want, atol=2e-5)
 
     status, lime = post(server.url + "/explain", {"inputs": records(frame.iloc[:1]), "method": "lime"})
     assert status == 200, lime

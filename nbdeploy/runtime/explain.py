@@ -17,6 +17,8 @@ Artifacts, all under ``model/explain/`` (written by ``ExplainReport.write_artifa
                           (numeric as is, categorical/text = index into the column's pool
                           in explain_config.json's "table", NaN = missing)
     background_weights.npy  its cluster weights (sum to 1)
+    features.onnx         table-mode tree pipelines only: the served graph with the tree
+                          ensemble's input as its output (the preprocessed features)
 
 Algorithms
 ----------
@@ -37,7 +39,11 @@ Algorithms
   coalition back to an object table and runs the ONNX graph, so one-hot/TF-IDF features of a
   column move together and ``base + sum(phi) = f(x)`` holds by construction.  LIME treats
   categorical/text/boolean columns as lime categorical features.  Text columns are
-  explained per column, not per token.
+  explained per column, not per token.  Tree pipelines (ColumnTransformer -> forest or
+  boosting) get exact TreeSHAP instead: ``features.onnx`` computes the preprocessed features
+  the trees see, TreeSHAP explains those, and each transformed feature's value (e.g. every
+  one-hot column of "city") is summed into its original column (``config["tree_groups"]``);
+  sums keep additivity.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ CONFIG_FILE = "explain_config.json"
 TREES_FILE = "trees.npz"
 BACKGROUND_FILE = "background.npy"
 WEIGHTS_FILE = "background_weights.npy"
+FEATURES_FILE = "features.onnx"   # table-mode trees: the served graph cut at the trees' input
 FORMAT_VERSION = 1
 
 METHODS = ("shap", "lime")
@@ -449,6 +456,28 @@ class TableCodec:
         return f"{self.names[j]} = {float(v):.4g}"
 
 
+def group_columns(phi: np.ndarray, groups: list[int], n_columns: int) -> np.ndarray:
+    """Sum per-transformed-feature SHAP values [N, F', K] into original columns [N, C, K]."""
+    G = np.zeros((len(groups), n_columns))
+    G[np.arange(len(groups)), np.asarray(groups, dtype=np.int64)] = 1.0
+    return np.einsum("nfk,fc->nck", phi, G)
+
+
+class FeatureGraph:
+    """The preprocessed features the trees see, computed by ``features.onnx`` from a table."""
+
+    def __init__(self, model: Any, output: str, feeds: Callable[[np.ndarray], dict]):
+        from .model import make_session
+
+        self.session = make_session(model)
+        self.output = output
+        self._feeds = feeds
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output], self._feeds(X))[0]
+        return np.asarray(out, dtype=np.float32).reshape(len(X), -1)
+
+
 def json_cells(row: Any) -> list:
     """A table row as JSON values (NaN -> null)."""
     return [None if _is_missing(v) else (v if isinstance(v, str) else float(v)) for v in row]
@@ -571,7 +600,8 @@ class ServeExplainer:
     """
 
     def __init__(self, model: Any, config: dict, *, trees: dict | None = None,
-                 background: np.ndarray | None = None, weights: np.ndarray | None = None):
+                 background: np.ndarray | None = None, weights: np.ndarray | None = None,
+                 features: Callable[[np.ndarray], np.ndarray] | None = None):
         self.model = model
         self.config = config
         self.kind = config.get("kind", "agnostic")
@@ -594,6 +624,9 @@ class ServeExplainer:
         self._lime_stats = lime_stats_from_json(lime["stats"]) if lime else None
         # table mode: rows are object tables, explained one original column per feature
         self.codec = TableCodec.from_json(config["table"]) if config.get("table") else None
+        self.features = features           # table-mode trees: table -> preprocessed features
+        if self.codec is not None and self.kind == "tree" and features is None:
+            raise ValueError("a table-mode tree explainer needs its feature graph")
         if self.kind == "tree" and trees is None:
             raise ValueError("a tree explainer needs its tree arrays")
         if self.kind == "agnostic" and background is None:
@@ -619,12 +652,16 @@ class ServeExplainer:
         if override:
             ecfg["budget"] = dict(ecfg.get("budget") or {}, **override)
         trees = load_trees(folder / TREES_FILE) if ecfg.get("kind") == "tree" else None
+        features = None
+        if ecfg.get("kind") == "tree" and ecfg.get("table"):
+            features = FeatureGraph(str(folder / FEATURES_FILE), ecfg["tree_features_output"],
+                                    onnx_model.feeds)
         bg = w = None
         if (folder / BACKGROUND_FILE).is_file():
             bg = np.load(folder / BACKGROUND_FILE, allow_pickle=False)
             if (folder / WEIGHTS_FILE).is_file():
                 w = np.load(folder / WEIGHTS_FILE, allow_pickle=False)
-        return cls(onnx_model, ecfg, trees=trees, background=bg, weights=w)
+        return cls(onnx_model, ecfg, trees=trees, background=bg, weights=w, features=features)
 
     def tree_explainer(self):
         """shap.TreeExplainer over the rebuilt dict-of-trees (built once, then reused)."""
@@ -662,6 +699,11 @@ class ServeExplainer:
         Table mode: ``X`` is an object table; each original column is one player, so the
         coalitions mix whole cells of the row and of the background, decoded back to a table
         for the ONNX model (additivity holds exactly, as for float rows)."""
+        if self.codec is not None and self.kind == "tree":
+            Xt = self.features(np.asarray(X, dtype=object))
+            phi, base, outputs = tree_shap(self.tree_explainer(), Xt)
+            return group_columns(phi, self.config["tree_groups"], len(self.feature_names)), \
+                base, outputs, "tree"
         if self.codec is not None:
             codec = self.codec.for_rows(np.asarray(X, dtype=object))
             return agnostic_shap(lambda Z: self.model.output_matrix(codec.decode(Z)),
