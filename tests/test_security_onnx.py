@@ -216,8 +216,78 @@ def test_probe_does_not_import_code_planted_next_to_the_model(valid_file, tmp_pa
     for mod in ("onnx.py", "numpy.py", "onnxruntime.py"):
         (folder / mod).write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('planted')\n")
     monkeypatch.chdir(folder)
-    try:
-        onnx_file.probe_onnx_file(valid_file.name)
-    except InvalidInputError:
-        pass
+    # the planted modules raise ImportError: the probe succeeds only if it never imports them
+    assert onnx_file.probe_onnx_file(valid_file.name) is None
     assert not marker.exists()
+
+
+# -- memory bombs -------------------------------------------------------------------------------
+def _memory_bomb(n: int = 60000):
+    """y = x @ W + sum(ConstantOfShape([n, n])): a few hundred bytes on disk that ask for
+    n * n * 4 bytes (14.4 GB for n = 60000) at their first inference."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([n, n], dtype=np.int64), name="shape")
+    w = numpy_helper.from_array(np.ones((3, 1), dtype=np.float32), name="W")
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+             helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+             helper.make_node("MatMul", ["x", "W"], ["xw"]),
+             helper.make_node("Add", ["xw", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "bomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+                              initializer=[shape, w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def test_memory_bomb_fails_in_the_probe_not_here(model_dir):
+    path = model_dir / "bomb.onnx"
+    path.write_bytes(_memory_bomb().SerializeToString())
+    assert path.stat().st_size < 1000
+    X = np.ones((20, 3), dtype=np.float32)
+    # once to load every module deploy needs, so the measured call shows only the model's cost
+    with pytest.raises(InvalidInputError):
+        nbdeploy.deploy(str(path), X, name="bomb", explain="none", quantize="none")
+    before = _peak_rss_mb()
+    with pytest.raises(InvalidInputError) as info:
+        nbdeploy.deploy(str(path), X, name="bomb", explain="none", quantize="none")
+    grew = _peak_rss_mb() - before
+    msg = str(info.value)
+    assert "bomb.onnx" in msg and "first inference" in msg and "throw-away process" in msg, msg
+    assert "GiB of memory" in msg and info.value.hint and onnx_file.MEMORY_ENV in info.value.hint
+    assert len(msg) < 1500
+    # the 14.4 GB never touched this process: its peak RSS did not move by more than noise
+    assert grew < 150, f"peak RSS grew by {grew:.0f} MB"
+
+
+def test_memory_bomb_as_model_proto_is_probed_too():
+    X = np.ones((5, 3), dtype=np.float32)
+    before = _peak_rss_mb()
+    with pytest.raises(InvalidInputError, match="first inference") as info:
+        nbdeploy.deploy(_memory_bomb(), X, name="bomb-proto", explain="none", quantize="none")
+    assert _peak_rss_mb() - before < 500, info.value
+
+
+def test_same_graph_of_harmless_size_deploys(model_dir):
+    """The positive control: the same graph asking for 40 KB passes the probe and verifies."""
+    path = model_dir / "small.onnx"
+    path.write_bytes(_memory_bomb(100).SerializeToString())
+    X = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    d = nbdeploy.deploy(str(path), X, name="not-a-bomb", explain="none", quantize="none")
+    np.testing.assert_allclose(d.predict(X[:4])["predictions"], X[:4].sum(axis=1), rtol=1e-5)
+
+
+def test_probe_memory_limit_is_configurable(monkeypatch):
+    monkeypatch.setenv(onnx_file.MEMORY_ENV, "6144")
+    assert onnx_file.probe_memory_limit() == 6144 << 20
+    monkeypatch.setenv(onnx_file.MEMORY_ENV, "lots")
+    with pytest.raises(InvalidInputError, match=onnx_file.MEMORY_ENV):
+        onnx_file.probe_memory_limit()
+    monkeypatch.delenv(onnx_file.MEMORY_ENV)
+    assert onnx_file.probe_memory_limit() >= 4 << 30
