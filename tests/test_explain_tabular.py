@@ -301,6 +301,43 @@ def test_artifacts_are_json_and_numeric_arrays(which, converted, converted_lr, t
     np.testing.assert_allclose(body["contributions"], rep.shap_values[:2, :, 1], atol=1e-12)
 
 
+@pytest.mark.parametrize("final", ["lr", "rf"])
+def test_text_column_is_explained_as_one_column(final):
+    """A TF-IDF text column next to numeric and categorical ones: one contribution for the
+    whole text (its token features summed on the tree route), additive against the native model."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from nbdeploy.explain import explain
+
+    rng = np.random.default_rng(5)
+    n = 200
+    words = ["great", "bad", "slow", "fast", "cheap", "pricey", "ok", "nice"]
+    df = pd.DataFrame({"x": rng.normal(size=n), "plan": rng.choice(PLANS, n).astype(object),
+                       "note": [" ".join(rng.choice(words, 4)) for _ in range(n)]})
+    y = ((df["x"] + (df["plan"] == "pro") + df["note"].str.contains("great")) > 0.8).astype(int)
+    pre = ColumnTransformer([("num", StandardScaler(), ["x"]),
+                             ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan"]),
+                             ("txt", TfidfVectorizer(), "note")])
+    clf = LogisticRegression(max_iter=1000) if final == "lr" else \
+        RandomForestClassifier(n_estimators=15, max_depth=5, random_state=0)
+    pipe = Pipeline([("pre", pre), ("clf", clf)]).fit(df, y)
+    conv = _convert(pipe, df)
+    assert [c["kind"] for c in conv.spec["columns"]] == ["numeric", "categorical", "text"]
+    rep = explain(conv, methods="shap,lime", max_rows=6)
+    assert rep.explainer == ("tree" if final == "rf" else "exact")
+    assert rep.shap_values.shape[:2] == (6, 3)
+    recon = rep.base_values[1] + rep.shap_values[:, :, 1].sum(axis=1)
+    np.testing.assert_allclose(recon, native_p1(pipe, df.iloc[:6]), atol=1e-5)
+    assert any("not per token" in note for note in rep.notes)
+    lime = rep.explain_row(1, "lime")
+    assert len(lime["contributions"]) == 3 and lime["rules"][2].startswith("note = ")
+
+
 # ---------------------------------------------------------------------------------------
 # drift per column
 # ---------------------------------------------------------------------------------------
