@@ -16,12 +16,14 @@ def _adapters() -> list[type[Adapter]]:
     # Order matters: XGBoost/LightGBM wrappers are also scikit-learn estimators, and a Keras
     # model on the torch backend is also a torch.nn.Module.
     from .boosters import LightGBMAdapter, XGBoostAdapter
+    from .hgb import HistGradientBoostingAdapter
     from .keras import KerasAdapter
     from .onnx_file import OnnxAdapter
     from .sklearn import SklearnAdapter
     from .torch import TorchAdapter
 
-    return [OnnxAdapter, XGBoostAdapter, LightGBMAdapter, KerasAdapter, TorchAdapter, SklearnAdapter]
+    return [OnnxAdapter, XGBoostAdapter, LightGBMAdapter, KerasAdapter, TorchAdapter,
+            HistGradientBoostingAdapter, SklearnAdapter]
 
 
 def detect(model: Any, *, task: str | None = None) -> Adapter:
