@@ -250,7 +250,9 @@ def probe_columns(adapter, onnx_model, spec: dict, X: np.ndarray, columns: list)
         if verdict[j] == "graph differs":
             differs.append(c)
             if c.missing_in_sample:
-                rows = [int(i) for i in np.where([_missing(v) for v in X[:, j]])[0][:1]]
+                col = X[:, j]
+                miss = [_missing(v) for v in col] if table else np.isnan(col.astype(np.float64))
+                rows = [int(i) for i in np.where(miss)[0][:1]]
                 raise InvalidInputError(
                     f"Column {c.name!r} has missing values (NaN) in the sample (first: row "
                     f"{rows[0] if rows else '?'}): the native {adapter.model_type} accepts them, but "
