@@ -1,25 +1,18 @@
 """The served bundle's HTTP API under stock `bentoml serve`: predict, validation, metadata,
-drift, metrics, health."""
+health.  Drift and metrics: tests/test_drift_served.py (servers of their own)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 
-import nbdeploy
-
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def served(rf_model, breast_cancer):
-    _, X_test, _, y_test = breast_cancer
-    d = nbdeploy.deploy(rf_model, X_test, labels=y_test, name="api-test", explain="none", quantize="none")
-    server = d.serve()
-    yield d, server, X_test
-    server.stop()
+@pytest.fixture
+def served(ref_deployment, ref_server, breast_cancer):
+    """The session's reference bundle and server (tests/conftest.py): nothing here changes it."""
+    return ref_deployment, ref_server, breast_cancer[1]
 
 
 def test_predict_lists_and_records(served, post, rf_model):
@@ -90,22 +83,6 @@ def test_health_endpoints(served, get):
     _, server, _ = served
     assert get(server.url + "/readyz")[0] == 200
     assert get(server.url + "/livez")[0] == 200
-
-
-def test_drift_reacts_to_shifted_inputs(served, post, get):
-    _, server, X = served
-    status, before = get(server.url + "/drift")
-    assert status == 200 and before["metric"] == "psi"
-    shifted = (X.values * 3.0 + 10.0)[:150].tolist()
-    assert post(server.url + "/predict", {"inputs": shifted})[0] == 200
-    status, after = get(server.url + "/drift")
-    assert after["observed_rows"] >= before["observed_rows"] + 150
-    assert after["drift"] is True and "mean radius" in after["drifted_features"]
-    status, metrics = get(server.url + "/metrics")
-    text = metrics.decode() if isinstance(metrics, bytes) else json.dumps(metrics)
-    assert 'nbdeploy_drift_psi{feature="mean radius"}' in text
-    assert "nbdeploy_drift_detected 1" in text
-    assert "bentoml_service_request" in text  # BentoML's own metrics are still there
 
 
 def test_openapi_document(served, get):
