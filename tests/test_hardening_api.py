@@ -2,7 +2,8 @@
 
 Deep JSON and non-finite /explain options must be 400s (they were RecursionError /
 OverflowError 500s); a client that never finishes its request headers must be cut off
-within the header timeout; ordinary keep-alive traffic must be unaffected.
+within the header timeout, one whose headers are huge refused, one that trickles its body
+cut off by the request timeout; ordinary keep-alive traffic must be unaffected.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 import nbdeploy
 from nbdeploy.runtime.jsonlimits import MAX_JSON_DEPTH
-from nbdeploy.runtime.timeouts import DEFAULT_HEADER_TIMEOUT_S
+from nbdeploy.runtime.timeouts import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_HEADER_BYTES
 
 pytestmark = pytest.mark.slow
 
@@ -137,3 +138,48 @@ def test_keep_alive_requests_are_unaffected(served):
         assert conn.sock is not None  # still the same connection
     finally:
         conn.close()
+
+
+def test_huge_headers_are_refused(served):
+    server, X = served
+    u = urllib.parse.urlsplit(server.url)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        big = b"a" * (DEFAULT_MAX_HEADER_BYTES + 1)
+        try:  # the server may close before it has read all of it
+            s.sendall(b"GET /metadata HTTP/1.1\r\nHost: x\r\nX-Big: " + big + b"\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    # just under the limit is an ordinary request
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall(b"GET /metadata HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: "
+                  + b"a" * (DEFAULT_MAX_HEADER_BYTES - 200) + b"\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200"), "a 64 KiB header block was refused"
+
+
+def test_slow_body_is_cut_off_by_the_request_timeout(served):
+    """BentoML's traffic timeout (ServeConfig.timeout_s, 30 s by default) covers reading the
+    body: a client that trickles one byte a second gets a 504 instead of a connection held."""
+    from nbdeploy.bundle import ServeConfig
+
+    server, _ = served
+    bound = ServeConfig().timeout_s
+    u = urllib.parse.urlsplit(server.url)
+    with socket.create_connection((u.hostname, u.port)) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000\r\n\r\n{")
+        t0 = time.monotonic()
+        s.settimeout(1.0)
+        answer = b""
+        while time.monotonic() - t0 < bound + 10 and not answer:
+            try:
+                s.sendall(b" ")
+                answer = s.recv(4096)
+            except socket.timeout:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        took = time.monotonic() - t0
+    assert answer.startswith(b"HTTP/1.1 504"), (took, answer[:200])
+    assert bound - 2 <= took <= bound + 5, took

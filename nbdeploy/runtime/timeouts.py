@@ -1,4 +1,4 @@
-"""A header timeout for the HTTP server under ``bentoml serve`` (uvicorn).
+"""A header timeout and a header size limit for the HTTP server under ``bentoml serve`` (uvicorn).
 
 uvicorn, as BentoML 1.4 runs it, bounds the idle time *between* requests
 (``timeout_keep_alive``, 5 s; ``bentoml serve --timeout-keep-alive``) and BentoML bounds
@@ -13,7 +13,13 @@ for it, so :func:`install_header_timeout` adds one to uvicorn's two HTTP protoco
 * it stops when the request's headers are complete;
 * when it fires, the connection is closed.
 
-It is called from the generated ``service.py`` at import, so it applies in BentoML's
+uvicorn's httptools parser (the one it picks when httptools is installed, as in every
+nbdeploy bundle) also accepts request headers of any size (8 MB were answered with a 200);
+its h11 parser stops at 16 KB.  :func:`install_header_limits` therefore also caps the
+request line plus headers at 64 KiB for httptools: a larger request gets uvicorn's own 400
+("Invalid HTTP request received.") and the connection is closed.
+
+Both are installed from the generated ``service.py`` at import, so they apply in BentoML's
 worker before uvicorn accepts a connection.  If uvicorn's classes do not look as expected
 (another release), it logs a warning and changes nothing rather than break serving.
 """
@@ -28,6 +34,9 @@ log = logging.getLogger("nbdeploy.runtime")
 #: seconds from connection open (or the end of the previous response) to complete headers
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 ENV_VAR = "NBDEPLOY_HEADER_TIMEOUT_S"
+#: bytes of request line plus headers (httptools; h11 has its own 16 KB bound)
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+SIZE_ENV_VAR = "NBDEPLOY_MAX_HEADER_BYTES"
 
 _installed: dict[str, float] = {}
 
@@ -46,6 +55,45 @@ def header_timeout(config: dict | None = None) -> float:
         log.warning("ignoring %s=%r (not a number); using %s s", ENV_VAR, raw, DEFAULT_HEADER_TIMEOUT_S)
         return DEFAULT_HEADER_TIMEOUT_S
     return value if value == value and value != float("inf") else DEFAULT_HEADER_TIMEOUT_S
+
+
+def max_header_bytes(config: dict | None = None) -> int:
+    """``$NBDEPLOY_MAX_HEADER_BYTES``, else the bundle's ``max_header_bytes``, else 64 KiB."""
+    raw = os.environ.get(SIZE_ENV_VAR)
+    if raw is None and config:
+        raw = config.get("max_header_bytes")
+    try:
+        return int(raw) if raw is not None else DEFAULT_MAX_HEADER_BYTES
+    except (TypeError, ValueError):
+        log.warning("ignoring %s=%r (not an integer)", SIZE_ENV_VAR, raw)
+        return DEFAULT_MAX_HEADER_BYTES
+
+
+class HeaderTooLarge(Exception):
+    """Raised inside httptools' callbacks: uvicorn answers 400 and closes the connection."""
+
+
+def _patch_header_size(cls, limit: int) -> None:
+    begin, on_url, on_header = cls.on_message_begin, cls.on_url, cls.on_header
+
+    def on_message_begin(self, *a, **kw):
+        self._nbdeploy_header_bytes = 0
+        return begin(self, *a, **kw)
+
+    def _count(self, n: int) -> None:
+        self._nbdeploy_header_bytes = getattr(self, "_nbdeploy_header_bytes", 0) + n
+        if self._nbdeploy_header_bytes > limit:
+            raise HeaderTooLarge(f"request line and headers exceed {limit} bytes")
+
+    def url_hook(self, url, *a, **kw):
+        _count(self, len(url))
+        return on_url(self, url, *a, **kw)
+
+    def header_hook(self, name, value, *a, **kw):
+        _count(self, len(name) + len(value) + 4)
+        return on_header(self, name, value, *a, **kw)
+
+    cls.on_message_begin, cls.on_url, cls.on_header = on_message_begin, url_hook, header_hook
 
 
 def _expire(proto) -> None:
@@ -108,6 +156,34 @@ def _patch(cls, headers_done: str, seconds: float, *, after: bool) -> None:
     setattr(cls, headers_done, headers_hook)
 
 
+def install_header_limits(config: dict | None = None) -> dict:
+    """Install the header timeout and (for httptools) the header size limit (idempotent).
+
+    Returns ``{"timeout_s": ..., "max_header_bytes": ...}`` with None for what is off or
+    could not be installed.
+    """
+    out = {"timeout_s": install_header_timeout(config), "max_header_bytes": None}
+    limit = max_header_bytes(config)
+    key = "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol:size"
+    if limit <= 0:
+        return out
+    if key in _installed:
+        out["max_header_bytes"] = limit
+        return out
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # no httptools: uvicorn uses h11, which has its own bound
+        return out
+    if not all(callable(getattr(HttpToolsProtocol, m, None))
+               for m in ("on_message_begin", "on_url", "on_header")):
+        log.warning("uvicorn's HttpToolsProtocol has changed; request headers have no size limit")
+        return out
+    _patch_header_size(HttpToolsProtocol, limit)
+    _installed[key] = float(limit)
+    out["max_header_bytes"] = limit
+    return out
+
+
 def install_header_timeout(config: dict | None = None) -> float | None:
     """Bound the time to complete request headers in uvicorn's protocols (idempotent).
 
@@ -134,4 +210,4 @@ def install_header_timeout(config: dict | None = None) -> float | None:
             return None
         _patch(cls, hook, seconds, after=after)
         _installed[key] = seconds
-    return seconds if _installed else None
+    return seconds if any(not k.endswith(":size") for k in _installed) else None
