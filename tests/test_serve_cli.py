@@ -41,7 +41,7 @@ def test_versions_serve_list_stop_from_another_process(rf_model, breast_cancer, 
     out = _cli("stop", "versions")
     assert out.returncode == 0 and "stopped" in out.stdout
     assert not h.is_alive()
-    assert serve.list_servers() == []
+    assert serve.find("versions") == []     # other tests' servers (the shared one) may be running
 
     assert store.delete(d1.tag) == d1.tag
     assert [b.tag for b in store.list_bundles("versions")] == [d2.tag]
@@ -62,4 +62,4 @@ def test_demo_command():
     assert out.returncode == 0, out.stdout + out.stderr
     assert "served predictions match the native model" in out.stdout
     assert "server stopped" in out.stdout
-    assert serve.list_servers() == []
+    assert serve.find("nbdeploy-demo") == []
