@@ -543,7 +543,10 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
         n_rows = int(max_rows or DEFAULT_ROWS["agnostic"])
         rows = X_all[:n_rows]
         k = int(max_background)
-        if len(X_all) > k:
+        if len(X_all) > k and np.isnan(X_all).any():   # k-means cannot take NaN: a seeded subsample
+            bg = X_all[np.sort(np.random.default_rng(seed).choice(len(X_all), k, replace=False))]
+            w = np.full(len(bg), 1.0 / len(bg))
+        elif len(X_all) > k:
             report(0.05, f"summarising the background to {k} k-means centroids")
             pool = X_all
             if len(pool) > KMEANS_POOL:     # k-means cost grows with rows; a seeded subsample is plenty
@@ -566,7 +569,13 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
             width = onnx.output_matrix(X_all[:1]).shape[1]
             config["output_names"] = ["value"] if width == 1 and task != "classifier" else \
                 [str(i) if task == "classifier" else f"value_{i}" for i in range(width)]
-    if "lime" in served_methods:
+    if "lime" in served_methods and np.isnan(X_all).any():
+        from .runtime.explain import lime_table_stats
+
+        report(0.8 if use_tree else 0.02, "LIME: discretiser statistics (with missing values)")
+        config["lime"] = {"discretizer": "quartile", "table": True,
+                          "stats": lime_table_stats(X_all.astype(np.float64), ["numeric"] * len(names))}
+    elif "lime" in served_methods:
         report(0.8 if use_tree else 0.02, "LIME: discretiser statistics")
         config["lime"] = {"discretizer": "quartile", "stats": lime_stats(X_all, names, seed)}
     config["notes"] = notes

@@ -338,6 +338,33 @@ def test_text_column_is_explained_as_one_column(final):
     assert len(lime["contributions"]) == 3 and lime["rules"][2].startswith("note = ")
 
 
+def test_numeric_frame_with_missing_values_treeshap_and_lime():
+    """HistGradientBoosting on an all-numeric DataFrame with NaN: TreeSHAP additive against the
+    native margin, LIME explains the missing cell as missing (lime's own statistics cannot)."""
+    import shap
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from nbdeploy.convert import convert
+    from nbdeploy.explain import explain
+
+    rng = np.random.default_rng(2)
+    n = 300
+    # float32-exact values: the sample's float32 copy and the DataFrame agree cell for cell
+    df = pd.DataFrame({k: rng.normal(size=n).astype(np.float32).astype(np.float64) for k in "abc"})
+    df.loc[rng.random(n) < 0.15, "a"] = np.nan
+    y = ((np.nan_to_num(df["a"], nan=1.0) + df["b"]) > 0.3).astype(int)
+    m = HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(df, y)
+    rep = explain(convert(m, df), methods="shap,lime", max_rows=60)
+    assert rep.explainer == "tree" and rep.output_space == "log_odds"
+    margin = m.decision_function(df.iloc[:60])
+    np.testing.assert_allclose(rep.base_values[0] + rep.shap_values[:, :, 0].sum(axis=1), margin, atol=1e-6)
+    want = shap.TreeExplainer(m).shap_values(df.iloc[:60])
+    np.testing.assert_allclose(rep.shap_values[:, :, 0], want, atol=1e-6)
+    r = int(np.flatnonzero(df["a"].iloc[:60].isna())[0])
+    lime = rep.explain_row(r, "lime")
+    assert lime["rules"][0] == "a is missing" and np.all(np.isfinite(lime["contributions"]))
+
+
 # ---------------------------------------------------------------------------------------
 # drift per column
 # ---------------------------------------------------------------------------------------

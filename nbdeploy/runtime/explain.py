@@ -624,6 +624,11 @@ class ServeExplainer:
         self._lime_stats = lime_stats_from_json(lime["stats"]) if lime else None
         # table mode: rows are object tables, explained one original column per feature
         self.codec = TableCodec.from_json(config["table"]) if config.get("table") else None
+        # LIME over a table (categorical columns, "missing" rules): table models, and numeric
+        # models whose sample has missing values (lime's own statistics cannot take NaN)
+        self._lime_codec = self.codec if self.codec is not None else (
+            TableCodec([{"name": n, "kind": "numeric"} for n in self.feature_names])
+            if lime and lime.get("table") else None)
         self.features = features           # table-mode trees: table -> preprocessed features
         if self.codec is not None and self.kind == "tree" and features is None:
             raise ValueError("a table-mode tree explainer needs its feature graph")
@@ -742,8 +747,8 @@ class ServeExplainer:
         kw = dict(mode="classification" if classification else "regression", label=label or 0,
                   num_samples=int(num_samples or self.budget["lime_samples"]),
                   seed=self.seed if seed is None else int(seed))
-        if self.codec is not None:
-            codec = self.codec.for_rows(row)
+        if self._lime_codec is not None:
+            codec = self._lime_codec.for_rows(np.asarray(row, dtype=object))
             f = (lambda Z: self.model.output_matrix(codec.decode(Z))) if classification else \
                 (lambda Z: self.model.output_matrix(codec.decode(Z))[:, 0])
             out = lime_explain_table_row(f, codec.encode(row, lime=True)[0], self._lime_stats, codec, **kw)
