@@ -449,7 +449,7 @@ def _pip_install_target(requirements: Path, target: Path, platform: str, python_
            *_pip_platform_args(platform, python_version), "-r", str(requirements), *pip_args]
     for d in find_links:
         cmd += ["--find-links", d]
-    return subprocess.run(cmd, capture_output=True, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 
 def _is_pure_wheel(filename: str) -> bool:
@@ -475,7 +475,8 @@ def _build_pure_wheels(requirements: Path, dest: Path, *, platform: str, python_
     with tempfile.TemporaryDirectory(prefix="nbdeploy-resolve-") as tmp:
         report = Path(tmp) / "report.json"
         proc = subprocess.run([*pip, "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
-                               str(report), "-r", str(requirements), *common], capture_output=True, text=True)
+                               str(report), "-r", str(requirements), *common],
+                              capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not report.exists():
             log.info("resolving the requirements here failed too: %s", _pip_errors(proc))
             return False
@@ -491,7 +492,7 @@ def _build_pure_wheels(requirements: Path, dest: Path, *, platform: str, python_
     specs = [f"{n}=={v}" for n, v in sdists]
     log.info("building wheels of source-only packages for the image: %s", ", ".join(specs))
     proc = subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(dest), *specs, *common],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BundleError(
             f"{', '.join(specs)} {'is' if len(specs) == 1 else 'are'} published only as source, and building "
