@@ -2,7 +2,8 @@
 
 Used as a pytest plugin (``pytest_plugins = ["tests.conftest_containers"]`` or imported by
 the test modules). System tools (docker-registry, debootstrap, skopeo, umoci, htpasswd)
-must be installed; without them the tests skip locally and fail under CI (``CI`` set).
+must be installed (``scripts/test.sh`` installs them); without them the tests skip locally and
+fail under CI (``CI`` set to anything but ``false``/``0``/empty).
 
 The debootstrap root file system is cached under ``$NBDEPLOY_TEST_CACHE`` (default
 ``/tmp/nbdeploy-test-cache``) so reruns skip the ≈40 s bootstrap.
