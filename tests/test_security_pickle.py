@@ -52,6 +52,18 @@ def served(full_bundle):
     server.stop()
 
 
+def _stdlib_loads_as_pickle(data: bytes) -> bool:
+    """Protocol 0/1 pickles have no magic bytes: ask the stdlib's own disassembler whether
+    the bytes form a complete pickle (it checks opcodes, arguments and the stack)."""
+    import pickletools
+
+    try:
+        pickletools.dis(data, out=io.StringIO())
+        return True
+    except Exception as exc:
+        return "after STOP" in str(exc)     # a complete pickle with extra stack items
+
+
 def _pickle_findings(name: str, data: bytes) -> list[str]:
     """Why ``data`` (the content of a file called ``name``) looks like pickle; [] if clean."""
     found = []
@@ -63,6 +75,8 @@ def _pickle_findings(name: str, data: bytes) -> list[str]:
         found.append(f"{name}: starts with pickle protocol magic {data[:2]!r}")
     if re.search(rb"\x80[\x04\x05]\x95", data):
         found.append(f"{name}: contains a protocol-4/5 pickle frame")
+    if _stdlib_loads_as_pickle(data):
+        found.append(f"{name}: the stdlib's pickletools reads it as a complete pickle")
     if suffix == ".npy" or data[:6] == b"\x93NUMPY":
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
@@ -88,7 +102,7 @@ def _pickle_findings(name: str, data: bytes) -> list[str]:
 
 def test_scanner_catches_pickle(tmp_path):
     """The scanner itself: pickles of every protocol, joblib-style files, object npy, zips."""
-    for proto in (2, 3, 4, 5):
+    for proto in (0, 1, 2, 3, 4, 5):
         assert _pickle_findings("x.dat", pickle.dumps({"a": 1}, protocol=proto)), proto
     assert _pickle_findings("model.joblib", b"anything")
     buf = io.BytesIO()
@@ -120,6 +134,37 @@ def test_bundle_contains_no_pickle(full_bundle):
     reqs = (root / "src" / "requirements.txt").read_text().lower()
     for dist in ("joblib", "cloudpickle", "dill", "torch"):
         assert not re.search(rf"^{dist}\b", reqs, re.M), reqs
+
+
+def test_import_check_finds_pickles_by_content(full_bundle, tmp_path):
+    """nbdeploy's import check (nbdeploy.archive.pickle_reason) against the scanner above:
+    every pickle the scanner finds, under any name and protocol, in .npy headers of any
+    length and inside zips, is found; no file of a real bundle is."""
+    from nbdeploy.archive import pickle_reason
+
+    root = Path(full_bundle.path)
+    for p in root.rglob("*"):
+        if p.is_file():
+            assert pickle_reason(p) is None, p
+    cases = {}
+    for proto in range(6):
+        cases[f"p{proto}.json"] = pickle.dumps(_OpenMarker(tmp_path / "M"), protocol=proto)
+        cases[f"plain{proto}.bin"] = pickle.dumps({"w": [1.0, 2.0]}, protocol=proto)
+    cases["extra-stack.dat"] = b"N" + pickle.dumps(_OpenMarker(tmp_path / "M"), protocol=0)
+    header = "{" + " " * 6000 + "'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+    cases["long.npy"] = (b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                         + header.encode("latin1") + pickle.dumps([None], protocol=2))
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as z:
+        z.writestr("arr_0.npy", cases["long.npy"])
+        z.writestr("data.txt", cases["p0.json"])
+    cases["trees.npz"] = zbuf.getvalue()
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert _pickle_findings(name, data), name          # the scanner above agrees
+        assert pickle_reason(tmp_path / name), name
+    assert not (tmp_path / "M").exists()
 
 
 # -- the served bundle never unpickles ----------------------------------------------------------
