@@ -50,30 +50,49 @@ def test_a_failing_batch_fails_only_its_requests():
     assert second["value"].tolist() == [0.0]
 
 
-def test_served_bundle_with_batching_answers_concurrent_requests(rf_model, breast_cancer, post, get):
+def test_served_bundle_batches_concurrent_requests(rf_model, breast_cancer, post, get):
+    """Against a real `bentoml serve`: 96 single-row requests from 16 threads at once are all
+    answered with their own row's probabilities (scikit-learn's), and the server's own counters
+    show they shared model calls: exactly 96 rows went through the batcher in fewer calls."""
     import concurrent.futures as cf
-
-    import pytest
 
     import nbdeploy
 
-    pytest.importorskip("sklearn")
     X = breast_cancer[1]
     d = nbdeploy.deploy(rf_model, X, name="batched", explain="none", quantize="none",
                         serving={"batching": {"max_batch_size": 16, "max_latency_ms": 5}})
     server = d.serve()
     try:
-        expected = rf_model.predict_proba(X.iloc[:40])
+        before = get(server.url + "/metadata")[1]["serving"]["batching"]
+        assert before["max_batch_size"] == 16
+        n = 96
+        idx = [i % len(X) for i in range(n)]
+        expected = rf_model.predict_proba(X.iloc[idx])
 
-        def one(i):
-            return i, post(server.url + "/predict", {"inputs": [X.values[i].tolist()]})
+        def one(k):
+            return k, post(server.url + "/predict", {"inputs": [X.values[idx[k]].tolist()]})
 
-        with cf.ThreadPoolExecutor(8) as ex:
-            results = list(ex.map(one, range(40)))
-        for i, (status, body) in results:
-            assert status == 200
-            np.testing.assert_allclose(body["probabilities"][0], expected[i], atol=1e-5)
-        meta = get(server.url + "/metadata")[1]
-        assert meta["serving"]["batching"]["rows"] >= 40
+        with cf.ThreadPoolExecutor(16) as ex:
+            results = list(ex.map(one, range(n)))
+        for k, (status, body) in results:
+            assert status == 200, body
+            np.testing.assert_allclose(body["probabilities"][0], expected[k], atol=1e-5)
+        after = get(server.url + "/metadata")[1]["serving"]["batching"]
+        rows, calls = after["rows"] - before["rows"], after["batches"] - before["batches"]
+        print(f"batching: {rows} rows in {calls} model calls")
+        assert rows == n, (before, after)
+        assert 0 < calls < n, f"{n} concurrent requests took {calls} model calls: nothing was batched"
+        # a multi-row request still goes through as one batch of its own rows
+        status, body = post(server.url + "/predict", {"inputs": X.values[:10].tolist()})
+        assert status == 200
+        np.testing.assert_allclose(body["probabilities"], rf_model.predict_proba(X.iloc[:10]), atol=1e-5)
+        last = get(server.url + "/metadata")[1]["serving"]["batching"]
+        assert last["rows"] - after["rows"] == 10 and last["batches"] - after["batches"] == 1
     finally:
         server.stop()
+
+
+def test_unbatched_bundle_reports_no_batcher(ref_server, get):
+    """The control: the reference bundle (rows too cheap to batch) has no batcher at all."""
+    meta = get(ref_server.url + "/metadata")[1]
+    assert meta["serving"]["batching"] is None
