@@ -70,6 +70,14 @@ def odd_rows(df):
     return rows
 
 
+def known_rows(rows):
+    """odd_rows without the unseen city, with the training categories (XGBoost checks the
+    dtype's categories, not only the values)."""
+    rows = rows[rows["city"].astype(object) != "Reykjavik"].copy()
+    rows["city"] = rows["city"].cat.set_categories(CITIES)
+    return rows
+
+
 @pytest.fixture(scope="module")
 def frames():
     train, y, s = make_frame(1500, seed=1)
@@ -180,3 +188,123 @@ def test_hgb_served_explain_is_additive_per_column(served_hgb, frames, post):
         np.testing.assert_allclose(out["outputs"], want, atol=1e-5)
     else:
         np.testing.assert_allclose(out["outputs"], model.decision_function(rows), atol=1e-5)
+
+
+# --- LightGBM and XGBoost on pandas categories ---------------------------------------------------
+
+def table_of(rows, spec) -> np.ndarray:
+    """Rows as the table a served bundle builds from records: floats with NaN, str or None."""
+    out = np.empty((len(rows), len(spec["columns"])), dtype=object)
+    for j, col in enumerate(spec["columns"]):
+        values = rows[col["name"]].astype(object).tolist()
+        if col["kind"] == "categorical":
+            out[:, j] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+                         for v in values]
+        else:
+            out[:, j] = [np.nan if v is None else float(v) for v in values]
+    return out
+
+
+def _booster(name, frames):
+    import lightgbm
+    import xgboost
+
+    train, y, s, _ = frames
+    y3 = np.where(train["income"] > 35000, "high", np.where(train["age"].fillna(0) > 45, "older", "other"))
+    make = {
+        "lgbm-binary": lambda: lightgbm.LGBMClassifier(n_estimators=40, verbose=-1).fit(train, y),
+        "lgbm-3class": lambda: lightgbm.LGBMClassifier(n_estimators=40, verbose=-1).fit(train, y3),
+        "lgbm-regression": lambda: lightgbm.LGBMRegressor(n_estimators=40, verbose=-1).fit(train, s),
+        "lgbm-poisson": lambda: lightgbm.LGBMRegressor(n_estimators=40, verbose=-1,
+                                                       objective="poisson").fit(train, s),
+        "xgb-binary": lambda: xgboost.XGBClassifier(n_estimators=40, max_depth=4, enable_categorical=True
+                                                    ).fit(train, (y == "churn").astype(int)),
+        "xgb-3class": lambda: xgboost.XGBClassifier(n_estimators=40, max_depth=4, enable_categorical=True
+                                                    ).fit(train, pd.Series(y3).astype("category").cat.codes),
+        "xgb-regression": lambda: xgboost.XGBRegressor(n_estimators=40, max_depth=4,
+                                                       enable_categorical=True).fit(train, s),
+        "xgb-poisson": lambda: xgboost.XGBRegressor(n_estimators=40, max_depth=4, enable_categorical=True,
+                                                    objective="count:poisson").fit(train, s),
+    }
+    return make[name]()
+
+
+@pytest.mark.parametrize("name", ["lgbm-binary", "lgbm-3class", "lgbm-regression", "lgbm-poisson",
+                                  "xgb-binary", "xgb-3class", "xgb-regression", "xgb-poisson"])
+def test_boosters_on_pandas_categories_take_strings(name, frames):
+    model = _booster(name, frames)
+    test = frames[3]
+    c = convert(model, test)
+    assert c.spec["input_mode"] == "table" and verify(c).passed
+    cols = {col["name"]: col for col in c.spec["columns"]}
+    assert cols["city"]["onnx_type"] == "string" and cols["city"]["categories"] == CITIES
+    assert cols["age"]["nullable"] and cols["city"]["nullable"]
+    session = OnnxModel(c.onnx_bytes, c.spec)
+    rows = odd_rows(test)
+    for frame in (test, rows):
+        try:
+            native = model.predict_proba(frame) if c.spec["task"] == "classifier" else model.predict(frame)
+        except Exception:
+            # XGBoost refuses a category it was not trained on: so does the served API
+            assert frame is rows and name.startswith("xgb") and cols["city"]["accepts_unseen"] is False
+            frame = known_rows(frame)
+            native = model.predict_proba(frame) if c.spec["task"] == "classifier" else model.predict(frame)
+        out = session.run(table_of(frame, c.spec))
+        if c.spec["task"] == "classifier":
+            np.testing.assert_allclose(out["probabilities"], native, atol=1e-6)
+            assert [str(v) for v in out["label"]] == [str(v) for v in model.predict(frame)]
+        else:
+            np.testing.assert_allclose(out["value"], native, rtol=1e-5, atol=1e-6)
+    if name.startswith("lgbm"):       # LightGBM reads an unseen category as missing
+        assert cols["city"]["accepts_unseen"] is True
+
+
+@pytest.fixture(scope="module")
+def served_boosters(frames):
+    _, _, _, test = frames
+    out, servers = {}, []
+    try:
+        for name in ("lgbm-binary", "xgb-regression"):
+            model = _booster(name, frames)
+            d = nbdeploy.deploy(model, test, name=f"trees-{name}")      # defaults, as a user would
+            server = d.serve()
+            servers.append(server)
+            out[name] = (model, d, server)
+        yield out
+    finally:
+        for s in servers:
+            s.stop()
+
+
+@pytest.mark.slow
+def test_lightgbm_on_categories_served_from_records(served_boosters, frames, post):
+    model, d, server = served_boosters["lgbm-binary"]
+    test = frames[3]
+    for rows in (test, odd_rows(test)):     # nulls, and an unseen city (missing to LightGBM)
+        status, body = post(server.url + "/predict", {"inputs": records(rows)})
+        assert status == 200, body
+        assert body["predictions"] == list(model.predict(rows))
+        np.testing.assert_allclose(body["probabilities"], model.predict_proba(rows), atol=1e-6)
+    status, out = post(server.url + "/explain", {"inputs": records(test.head(2)), "method": "shap"})
+    assert status == 200, out
+    assert out["feature_names"] == list(test.columns)
+    np.testing.assert_allclose(np.asarray(out["base_values"]) + np.asarray(out["contributions"]).sum(axis=1),
+                               out["outputs"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_xgboost_enable_categorical_served_from_records(served_boosters, frames, post):
+    model, d, server = served_boosters["xgb-regression"]
+    test = frames[3]
+    rows = odd_rows(test)
+    known = known_rows(rows)
+    for frame in (test, known):
+        status, body = post(server.url + "/predict", {"inputs": records(frame)})
+        assert status == 200, body
+        np.testing.assert_allclose(body["predictions"], model.predict(frame), rtol=1e-4, atol=1e-6)
+    # XGBoost raises on a category it never saw; the served API answers 400 naming the column
+    with pytest.raises(Exception):
+        model.predict(rows)
+    status, body = post(server.url + "/predict", {"inputs": records(rows)})
+    assert status == 400, body
+    assert body["column"] == "city" and "Reykjavik" in str(body["received"])

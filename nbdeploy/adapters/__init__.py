@@ -7,8 +7,9 @@ from typing import Any
 from ..errors import UnsupportedModelError
 from .base import Adapter, Converted
 
-SUPPORTED = ("scikit-learn estimators and Pipelines (numeric features), XGBoost and LightGBM "
-             "(scikit-learn API), PyTorch nn.Module, Keras 3 / tf.keras models (one 2-D input), "
+SUPPORTED = ("scikit-learn estimators and Pipelines (HistGradientBoosting with NaN and "
+             "categorical_features included), XGBoost and LightGBM (scikit-learn API; pandas "
+             "categories included), PyTorch nn.Module, Keras 3 / tf.keras models (one 2-D input), "
              "ONNX files or onnx.ModelProto")
 
 
