@@ -46,8 +46,12 @@ def baseline(X: np.ndarray, feature_names: list[str] | None = None, *, bins: int
         e, share = _deciles(X[:, j].astype(np.float64), bins)
         edges.append(e)
         shares.append(share)
-    return {"feature_names": names, "edges": edges, "shares": shares, "bins": bins,
-            "threshold": threshold, "min_rows": min_rows, "rows": int(len(X))}
+    out = {"feature_names": names, "edges": edges, "shares": shares, "bins": bins,
+           "threshold": threshold, "min_rows": min_rows, "rows": int(len(X))}
+    nan = np.isnan(np.asarray(X, dtype=np.float64))
+    if nan.any():       # a numeric model that accepts missing values: their rate per feature
+        out.update(missing_rates=nan.mean(axis=0).tolist(), missing_threshold=missing_threshold)
+    return out
 
 
 def _infer_columns(X: np.ndarray, names: list[str]) -> list[dict]:

@@ -542,3 +542,28 @@ def test_served_drift_per_column_on_drift_and_metrics(served_mixed, mixed, post,
     assert f'nbdeploy_drift_missing_rate_change{{feature="age"}} {f["age"]["missing_rate_change"]}' in text
     assert 'nbdeploy_drift_unseen_share{feature="city"}' in text
     assert "nbdeploy_drift_detected 1" in text
+
+
+def test_numeric_drift_counts_missing_values_apart():
+    """A numeric model that accepts NaN: PSI over the observed values, missing rate reported."""
+    from nbdeploy.drift import baseline
+    from nbdeploy.runtime.drift import DriftMonitor
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(400, 2)).astype(np.float32)
+    X[rng.random(400) < 0.1, 0] = np.nan
+    mon = DriftMonitor(json.loads(json.dumps(baseline(X, ["a", "b"]))))
+    served = rng.normal(0.5, 1.0, size=(300, 2)).astype(np.float32)
+    served[:150, 0] = np.nan
+    mon.observe(served)
+    f = {x["feature"]: x for x in mon.report()["features"]}
+    assert f["a"]["psi"] == pytest.approx(independent_psi(X[:, 0].astype(float), served[:, 0].astype(float)),
+                                          rel=1e-4)
+    assert f["b"]["psi"] == pytest.approx(independent_psi(X[:, 1].astype(float), served[:, 1].astype(float)),
+                                          rel=1e-4)
+    assert f["a"]["missing_rate"] == pytest.approx(0.5)
+    assert f["a"]["missing_rate_change"] == pytest.approx(0.5 - np.isnan(X[:, 0]).mean(), abs=1e-6)
+    assert f["a"]["drift"] and f["b"]["missing_rate_change"] == 0.0
+    assert 'nbdeploy_drift_missing_rate{feature="a"} 0.5' in mon.prometheus()
+    # a sample without missing values keeps the baseline it always had
+    assert "missing_rates" not in baseline(np.nan_to_num(X), ["a", "b"])

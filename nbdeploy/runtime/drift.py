@@ -174,12 +174,19 @@ class DriftMonitor:
         self.n_bins = self.expected.shape[1]
         n_features = len(self.edges)
         # All edges in one [features, bins-1] matrix padded with +inf, so a batch is binned
-        # with one vectorised comparison instead of one searchsorted call per feature.
-        self._edges = np.full((n_features, self.n_bins - 1), np.inf, dtype=np.float32)
+        # with one vectorised comparison instead of one searchsorted call per feature.  float64,
+        # as the baseline counted the sample: float32 edges would round a decile onto a data
+        # value and move that value one bin (replaying the sample would not give PSI 0).
+        self._edges = np.full((n_features, self.n_bins - 1), np.inf, dtype=np.float64)
         for j, e in enumerate(self.edges):
             self._edges[j, : len(e)] = e
         self._offsets = np.arange(n_features) * self.n_bins
         self.counts = np.zeros_like(self.expected)
+        # numeric models that accept missing values: NaN is counted apart from the bins
+        rates = baseline.get("missing_rates")
+        self.missing_rates = np.asarray(rates, dtype=np.float64) if rates is not None else None
+        self.missing_threshold = float(baseline.get("missing_threshold", 0.1))
+        self.missing = np.zeros(n_features, dtype=np.int64)
         self.rows = 0
         self._lock = threading.Lock()
 
@@ -195,26 +202,41 @@ class DriftMonitor:
     def observe(self, X: np.ndarray) -> None:
         """Count served rows into the baseline bins (bin = number of edges <= value)."""
         idx = (X[:, :, None] >= self._edges[None, :, :]).sum(axis=2) + self._offsets
-        add = np.bincount(idx.ravel(), minlength=self.counts.size).reshape(self.counts.shape)
+        nan = np.isnan(X)
+        if nan.any():
+            add = np.bincount(idx[~nan], minlength=self.counts.size).reshape(self.counts.shape)
+            miss = nan.sum(axis=0)
+        else:
+            add = np.bincount(idx.ravel(), minlength=self.counts.size).reshape(self.counts.shape)
+            miss = 0
         with self._lock:
             self.counts += add
+            self.missing += miss
             self.rows += len(X)
 
     def report(self) -> dict:
         with self._lock:
-            counts, rows = self.counts.copy(), self.rows
+            counts, rows, missing = self.counts.copy(), self.rows, self.missing.copy()
+        totals = counts.sum(axis=1, keepdims=True)
         if rows == 0:
             scores = np.zeros(len(self.feature_names))
         else:
-            scores = psi(self.expected, counts / counts.sum(axis=1, keepdims=True))
+            scores = np.where(totals[:, 0] > 0, psi(self.expected, counts / np.maximum(totals, 1)), 0.0)
         enough = rows >= self.min_rows
-        drifted = [f for f, s in zip(self.feature_names, scores) if enough and s > self.threshold]
+        features = [{"feature": f, "psi": round(float(s), 6), "drift": bool(enough and s > self.threshold)}
+                    for f, s in zip(self.feature_names, scores)]
+        if self.missing_rates is not None or missing.any():
+            base = self.missing_rates if self.missing_rates is not None else np.zeros(len(features))
+            for j, f in enumerate(features):
+                rate = float(missing[j] / rows) if rows else 0.0
+                change = rate - float(base[j]) if rows else 0.0
+                f.update(missing_rate_baseline=round(float(base[j]), 6), missing_rate=round(rate, 6),
+                         missing_rate_change=round(change, 6))
+                f["drift"] = bool(f["drift"] or (enough and abs(change) > self.missing_threshold))
+        drifted = [f["feature"] for f in features if f["drift"]]
         return {"metric": "psi", "threshold": self.threshold, "observed_rows": rows,
                 "min_rows": self.min_rows, "enough_data": enough, "drift": bool(drifted),
-                "drifted_features": drifted,
-                "features": [{"feature": f, "psi": round(float(s), 6),
-                              "drift": bool(enough and s > self.threshold)}
-                             for f, s in zip(self.feature_names, scores)]}
+                "drifted_features": drifted, "features": features}
 
     def prometheus(self) -> str:
         """Gauges in the Prometheus text format, appended to BentoML's /metrics."""
@@ -224,6 +246,13 @@ class DriftMonitor:
         for f in r["features"]:
             name = f["feature"].replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'nbdeploy_drift_psi{{feature="{name}"}} {f["psi"]}')
+        if r["features"] and "missing_rate" in r["features"][0]:
+            for metric, key in (("nbdeploy_drift_missing_rate", "missing_rate"),
+                                ("nbdeploy_drift_missing_rate_change", "missing_rate_change")):
+                lines += [f"# HELP {metric} Served missing rate per feature"
+                          + (" minus the sample's" if key.endswith("change") else ""),
+                          f"# TYPE {metric} gauge"]
+                lines += [f'{metric}{{feature="{_label(f["feature"])}"}} {f[key]}' for f in r["features"]]
         lines += ["# HELP nbdeploy_drift_detected 1 when any feature's PSI exceeds the threshold",
                   "# TYPE nbdeploy_drift_detected gauge", f"nbdeploy_drift_detected {int(r['drift'])}",
                   "# HELP nbdeploy_drift_observed_rows Rows counted for drift since start",
