@@ -20,7 +20,10 @@ request line plus headers at 64 KiB for httptools: a larger request gets uvicorn
 ("Invalid HTTP request received.") and the connection is closed.
 
 Both are installed from the generated ``service.py`` at import, so they apply in BentoML's
-worker before uvicorn accepts a connection.  If uvicorn's classes do not look as expected
+worker before uvicorn accepts a connection.  They are installed only where uvicorn is
+already imported: BentoML's worker imports it before it loads the service, while BentoML's
+arbiter (which imports the service only to read its config, and whose start-up time counts)
+never does.  If uvicorn's classes do not look as expected
 (another release), it logs a warning and changes nothing rather than break serving.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 log = logging.getLogger("nbdeploy.runtime")
 
@@ -162,7 +166,10 @@ def install_header_limits(config: dict | None = None) -> dict:
     Returns ``{"timeout_s": ..., "max_header_bytes": ...}`` with None for what is off or
     could not be installed.
     """
-    out = {"timeout_s": install_header_timeout(config), "max_header_bytes": None}
+    out = {"timeout_s": None, "max_header_bytes": None}
+    if "uvicorn" not in sys.modules:  # not a process that serves HTTP: nothing to bound
+        return out
+    out["timeout_s"] = install_header_timeout(config)
     limit = max_header_bytes(config)
     key = "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol:size"
     if limit <= 0:
