@@ -12,10 +12,11 @@ from .errors import NbdeployError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Deployment, deploy
+    from .score import score
     from .verify import Tolerance
 
 __all__ = ["__version__", "deploy", "Deployment", "Tolerance", "NbdeployError", "load",
-           "list_bundles", "list_servers"]
+           "list_bundles", "list_servers", "score"]
 
 _LAZY = {
     "deploy": ("pipeline", "deploy"),
@@ -24,6 +25,7 @@ _LAZY = {
     "Tolerance": ("verify", "Tolerance"),
     "list_bundles": ("store", "list_bundles"),
     "list_servers": ("serve", "list_servers"),
+    "score": ("score", "score"),
 }
 
 
