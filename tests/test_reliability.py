@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import nbdeploy
 from nbdeploy import bundle, serve
 from nbdeploy.bundle import ServeConfig
 
@@ -35,10 +34,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def base(rf_model, breast_cancer):
-    _, X_test, _, y_test = breast_cancer
-    return nbdeploy.deploy(rf_model, X_test.iloc[:120], labels=y_test.iloc[:120], name="rel-base",
-                           explain="none", quantize="none", benchmark_budget_s=2)
+def base(ref_deployment):
+    """The session's reference bundle (tests/conftest.py); every test here starts servers and
+    builds bundles of its own from it, and never changes it."""
+    return ref_deployment
 
 
 @pytest.fixture(scope="module")
