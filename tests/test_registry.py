@@ -15,7 +15,7 @@ import pytest
 from nbdeploy.errors import InvalidInputError, RegistryError
 from nbdeploy.image import OCIImage, image_from_rootfs
 from nbdeploy.registry import (
-    MT_OCI_INDEX, Credentials, Reference, RegistryClient, is_loopback, pull, push, push_image,
+    MT_OCI_INDEX, Reference, RegistryClient, is_loopback, pull, push, push_image,
     resolve_credentials, select_platform,
 )
 

@@ -38,8 +38,6 @@ def _models(breast_cancer, regression_data):
 
 def _native(model, X) -> dict:
     """The model's own answer, from its own library (never nbdeploy's adapters)."""
-    if isinstance(model, str):                  # the ONNX file was made from rf_model
-        raise AssertionError("pass the source model for an ONNX file")
     try:
         import torch
     except ImportError:
