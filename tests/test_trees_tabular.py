@@ -135,6 +135,46 @@ def test_hgb_numeric_categorical_features_in_a_matrix():
                                rtol=1e-9)
 
 
+def _hgb_pipeline(**hgb):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
+    pre = ColumnTransformer([
+        ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1,
+                               encoded_missing_value=-1), ["city", "plan"]),
+        ("num", "passthrough", ["age", "income", "tenure_months"]),   # NaN left to the booster
+    ])
+    return Pipeline([("pre", pre), ("hgb", HistGradientBoostingClassifier(max_iter=40, **hgb))])
+
+
+def test_hgb_at_the_end_of_a_pipeline(frames):
+    """Inside a Pipeline skl2onnx converts the whole thing; nbdeploy fixes its HGB converter
+    for numpy 2 (it crashed with a 600-kB message) and the answers match the native pipeline."""
+    train, y, _, test = frames
+    as_str = {"city": object, "plan": object}
+    pipe = _hgb_pipeline().fit(train.astype(as_str), y)
+    c = convert(pipe, test.astype(as_str))
+    assert c.converter == "skl2onnx" and verify(c).passed
+    rows = odd_rows(test).astype(as_str)
+    out = OnnxModel(c.onnx_bytes, c.spec).run(table_of(rows, c.spec))
+    np.testing.assert_allclose(out["probabilities"], pipe.predict_proba(rows), atol=1e-5)
+    assert list(out["label"]) == list(pipe.predict(rows))
+
+
+def test_hgb_categorical_inside_a_pipeline_is_a_bounded_error(frames):
+    from nbdeploy.errors import ConversionError
+
+    train, y, _, test = frames
+    as_str = {"city": object, "plan": object}
+    pipe = _hgb_pipeline(categorical_features=[0, 1]).fit(train.astype(as_str), y)
+    with pytest.raises(ConversionError) as e:
+        convert(pipe, test.astype(as_str))
+    msg = str(e.value)
+    assert "categorical_features inside a Pipeline" in msg and len(msg) < 1000
+
+
 @pytest.fixture(scope="module")
 def served_hgb(frames):
     _, _, _, test = frames

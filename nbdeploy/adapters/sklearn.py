@@ -19,6 +19,9 @@ def _register_boosters() -> None:
 
     from skl2onnx import update_registered_converter
 
+    from .hgb import register_skl2onnx_fix  # HistGradientBoosting in a Pipeline (numpy 2 fix)
+    register_skl2onnx_fix()
+
     if "xgboost" in sys.modules:
         from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
         from skl2onnx.common.shape_calculator import (
