@@ -173,3 +173,23 @@ def test_import_and_detect_stay_light():
             "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tf_keras_functional_model_is_detected_and_converted():
+    """tf.keras (TensorFlow's bundled Keras) models go the same way."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(4)
+    X, y, _ = _data(seed=4)
+    inp = tf.keras.Input((6,))
+    out = tf.keras.layers.Dense(3, activation="softmax")(tf.keras.layers.Dense(8, activation="relu")(inp))
+    model = tf.keras.Model(inp, out)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(X, y, epochs=3, verbose=0)
+    c = convert(model, X)
+    assert c.framework == "keras" and c.converter == "keras.export(onnx)"
+    assert verify(c).passed
+    from nbdeploy.runtime.model import OnnxModel
+
+    got = OnnxModel(c.onnx_bytes, c.spec).run(X)["probabilities"]
+    np.testing.assert_allclose(got, model.predict(X, verbose=0), atol=1e-5)

@@ -71,8 +71,9 @@ class KerasAdapter(Adapter):
     The task comes from the output: one column without a sigmoid is a regressor; one sigmoid
     column is a binary classifier (probability of class 1); k > 1 columns are a classifier over
     classes 0..k-1, read as probabilities when the last layer applies softmax, else as logits
-    (a softmax is applied to the ONNX output).  Pass ``task="regressor"`` for multi-target
-    regression, or ``task="classifier"`` for a one-column logit output.
+    (a softmax is applied to the ONNX output); k > 1 sigmoid columns (multi-label) are served
+    as k values.  Pass ``task="regressor"`` for multi-target regression, or
+    ``task="classifier"`` for a one-column logit output.
     """
 
     framework = "keras"
