@@ -338,6 +338,49 @@ def test_text_column_is_explained_as_one_column(final):
     assert len(lime["contributions"]) == 3 and lime["rules"][2].startswith("note = ")
 
 
+@pytest.mark.parametrize("final", ["lr", "rf"])
+def test_boolean_column_and_missing_category(final):
+    """A boolean column and a categorical one with missing values (imputed inside the pipeline)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from nbdeploy.drift import baseline
+    from nbdeploy.explain import explain
+    from nbdeploy.runtime.drift import TableDriftMonitor
+
+    rng = np.random.default_rng(8)
+    n = 300
+    city = rng.choice(["Oslo", "Bergen", "Rome"], n).astype(object)
+    city[rng.random(n) < 0.1] = None
+    df = pd.DataFrame({"x": rng.normal(size=n), "vip": rng.random(n) < 0.3, "city": city})
+    y = ((df["x"] + df["vip"] + (df["city"] == "Oslo")) > 0.8).astype(int)
+    pre = ColumnTransformer([
+        ("num", StandardScaler(), ["x"]), ("b", "passthrough", ["vip"]),
+        ("cat", Pipeline([("imp", SimpleImputer(strategy="constant", fill_value="none")),
+                          ("oh", OneHotEncoder(handle_unknown="ignore"))]), ["city"])])
+    clf = LogisticRegression() if final == "lr" else RandomForestClassifier(20, max_depth=4, random_state=0)
+    pipe = Pipeline([("pre", pre), ("clf", clf)]).fit(df, y)
+    conv = _convert(pipe, df)
+    assert [c["kind"] for c in conv.spec["columns"]] == ["numeric", "boolean", "categorical"]
+    rep = explain(conv, methods="shap,lime", max_rows=20)
+    assert rep.explainer == ("tree" if final == "rf" else "exact")
+    recon = rep.base_values[1] + rep.shap_values[:, :, 1].sum(axis=1)
+    np.testing.assert_allclose(recon, native_p1(pipe, df.iloc[:20]), atol=1e-5)
+    r = int(np.flatnonzero(df["city"].iloc[:20].isna())[0])
+    lime = rep.explain_row(r, "lime")
+    assert lime["rules"][2] == "city is missing" and lime["values"][2] is None
+    assert lime["rules"][1] == f"vip = {bool(df['vip'][r])}"
+    mon = TableDriftMonitor(baseline(conv.X, None, columns=conv.spec["columns"]))
+    mon.observe(conv.X)
+    f = {x["feature"]: x for x in mon.report()["features"]}
+    assert f["city"]["missing_rate"] == pytest.approx(float(df["city"].isna().mean()), abs=1e-6)
+    assert max(x["psi"] for x in f.values()) < 1e-9          # the sample itself: no drift
+
+
 def test_numeric_frame_with_missing_values_treeshap_and_lime():
     """HistGradientBoosting on an all-numeric DataFrame with NaN: TreeSHAP additive against the
     native margin, LIME explains the missing cell as missing (lime's own statistics cannot)."""

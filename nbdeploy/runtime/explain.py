@@ -453,6 +453,8 @@ class TableCodec:
             return f"{self.names[j]} = {t[:37] + '...' if len(t) > 40 else t!r}"
         if isinstance(v, str):
             return f"{self.names[j]} = {v}"
+        if self.kinds[j] == "boolean":
+            return f"{self.names[j]} = {bool(float(v))}"
         return f"{self.names[j]} = {float(v):.4g}"
 
 
