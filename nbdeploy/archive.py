@@ -72,6 +72,8 @@ MAX_DEPTH = 24
 PICKLE_SCAN = 1024 * 1024
 #: numpy itself refuses larger .npy headers without allow_pickle
 MAX_NPY_HEADER = 64 * 1024
+#: the largest service.py / runtime module / bento.yaml looked at (nbdeploy's are kilobytes)
+_MAX_CODE = 1024 * 1024
 MANIFEST = "nbdeploy-manifest.json"
 MANIFEST_FORMAT = "nbdeploy-manifest/1"
 _CHUNK = 1024 * 1024
@@ -484,7 +486,7 @@ def manifest_bytes(tag: str, files: dict[str, dict]) -> bytes:
 
 def _manifest_problems(root: Path, files: list[str], tag: str) -> list[tuple[str, str]]:
     p = root / MANIFEST
-    if p.stat().st_size > 64 * 1024 ** 2:
+    if p.stat().st_size > 32 * 1024 ** 2:
         return [(MANIFEST, "is too large")]
     try:
         man = json.loads(p.read_bytes())
@@ -580,6 +582,9 @@ def code_differences(root: Path, files: list[str], name: str, service: str) -> l
     svc = root / "src" / "service.py"
     if not svc.is_file():
         out.append(("src/service.py", "is missing"))
+    elif svc.stat().st_size > _MAX_CODE:
+        out.append(("src/service.py", f"is larger than {_MAX_CODE} bytes (this release's is a "
+                                      "few kilobytes)"))
     else:
         why = service_difference(svc.read_text(encoding="utf-8", errors="replace"), name)
         if why:
@@ -591,15 +596,19 @@ def code_differences(root: Path, files: list[str], name: str, service: str) -> l
     for n in sorted(set(ours) - theirs):
         out.append((f"src/nbdeploy_runtime/{n}", "is missing (this release's runtime has it)"))
     for n in sorted(theirs & set(ours)):
-        mine = ours[n].read_bytes()
-        got = (root / "src" / "nbdeploy_runtime" / n).read_bytes()
+        mine, path = ours[n].read_bytes(), root / "src" / "nbdeploy_runtime" / n
+        if path.stat().st_size > max(len(mine), _MAX_CODE):
+            out.append((f"src/nbdeploy_runtime/{n}", "is much larger than this release's"))
+            continue
+        got = path.read_bytes()
         if mine != got:
             out.append((f"src/nbdeploy_runtime/{n}",
                         _first_diff(mine.decode("utf-8", "replace"), got.decode("utf-8", "replace"))))
     ep = root / "env" / "docker" / "entrypoint.sh"
     if ep.is_file():
         stock = _bentoml_entrypoint()
-        if stock is None or stock.read_bytes() != ep.read_bytes():
+        if stock is None or stock.stat().st_size != ep.stat().st_size \
+                or stock.read_bytes() != ep.read_bytes():
             out.append(("env/docker/entrypoint.sh", "is not the installed BentoML's entrypoint.sh"))
     return out
 
@@ -624,7 +633,10 @@ def _requirement_problems(root: Path) -> list[tuple[str, str]]:
         p = root / rel
         if not p.is_file():
             continue
-        for raw in p.read_text(encoding="utf-8", errors="replace").splitlines()[:10_000]:
+        if p.stat().st_size > _MAX_CODE:
+            out.append((rel, "is too large for a requirements file"))
+            continue
+        for raw in p.read_text(encoding="utf-8", errors="replace").splitlines():
             line = raw.split(" #", 1)[0].strip()
             if not line or line.startswith("#"):
                 continue
@@ -678,15 +690,20 @@ def unpack_bundle(path: str | os.PathLike, dest: Path, *, trust: bool = False) -
     if problems:
         raise _refusal(archive, *problems[0], more=len(problems) - 1)
 
-    if (dest / "bento.yaml").stat().st_size > 16 * 1024 ** 2:
-        raise _refusal(archive, "bento.yaml", "is larger than 16 MiB")
+    if (dest / "bento.yaml").stat().st_size > _MAX_CODE:
+        raise _refusal(archive, "bento.yaml", f"is larger than {_MAX_CODE} bytes")
+    text = (dest / "bento.yaml").read_text(encoding="utf-8", errors="replace")
     try:
-        info = yaml.safe_load((dest / "bento.yaml").read_text(encoding="utf-8")) or {}
+        aliases = any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader))
+        info = {} if aliases else (yaml.safe_load(text) or {})
         if not isinstance(info, dict):
             raise ValueError("not a mapping")
     except Exception as exc:
         raise InvalidInputError(f"{archive.name}: bento.yaml is not valid YAML: {str(exc)[:200]}",
                                 hint="Nothing was imported. Export the bundle again.") from exc
+    if aliases:
+        raise _refusal(archive, "bento.yaml", "uses YAML aliases (BentoML never writes them; "
+                                              "they can expand without bound)")
     labels = info.get("labels") if isinstance(info.get("labels"), dict) else {}
     if labels.get("created-by") != "nbdeploy":
         raise InvalidInputError(f"{archive.name} is a BentoML bundle not made by nbdeploy.",

@@ -125,20 +125,25 @@ def _tree(folder: Path) -> set[str]:
 
 @contextlib.contextmanager
 def _nothing_written(tmp_path: Path):
-    """Nothing new in tmp_path (where the attacks aim), in the BentoML store (bentos and
-    models) or as a leftover import folder in the temp dir."""
+    """Nothing new in tmp_path (where the attacks aim) or in the BentoML store (bentos and
+    models), and the import's own temporary folder (a private one, since other test runs
+    share the system's) left empty.  Yields that folder."""
     import bentoml
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     home = Path(BentoMLContainer.bentoml_home.get())
     tags = {str(b.tag) for b in bentoml.bentos.list()}
     before = _tree(tmp_path), _tree(home / "bentos"), _tree(home / "models")
-    tmp_before = set(os.listdir(tempfile.gettempdir()))
-    yield
+    private = Path(tempfile.mkdtemp(prefix="hostile-tmp-"))
+    saved, tempfile.tempdir = tempfile.tempdir, str(private)
+    try:
+        yield private
+    finally:
+        tempfile.tempdir = saved
     assert (_tree(tmp_path), _tree(home / "bentos"), _tree(home / "models")) == before
     assert {str(b.tag) for b in bentoml.bentos.list()} == tags
-    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - tmp_before
-                if n.startswith(("nbdeploy-import-", "bentoml-import-"))]
+    assert list(private.iterdir()) == []
+    private.rmdir()
 
 
 def _refused(archive: Path, tmp_path: Path, *words: str, trust: bool = False) -> InvalidInputError:
@@ -380,9 +385,9 @@ def test_zip_bomb_is_refused_with_bounded_memory(base, tmp_path):
         "    msg = e.message\n"
         "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print(json.dumps({'before_kib': before, 'after_kib': after, 'message': msg}))\n")
-    with _nothing_written(tmp_path):
+    with _nothing_written(tmp_path) as private:
         r = subprocess.run([sys.executable, "-c", script, str(bomb)], capture_output=True,
-                           text=True, timeout=300, env=dict(os.environ))
+                           text=True, timeout=300, env=dict(os.environ, TMPDIR=str(private)))
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     print("zip bomb: peak RSS before/after import (MiB):", out["before_kib"] >> 10, out["after_kib"] >> 10)
