@@ -18,15 +18,27 @@ Which SHAP explainer
 * **LIME**: lime's tabular explainer with quartile discretisation, rebuilt from stored bin
   statistics (no training rows in the bundle), seeded per row.
 * **Table mode** (models fit on DataFrames with categorical/text columns or missing values):
-  one contribution per original DataFrame column.  Model-agnostic Shapley values over the
-  served ONNX graph with each column as one player (a categorical/text cell moves as a whole,
-  so its one-hot/TF-IDF features are never split and never need summing back); the background
-  is a seeded subsample of the sample's rows, stored encoded (floats + string pools in JSON).
-  Additivity ``base + sum(phi) == ONNX output`` is exact; against the native model it holds
-  to the ONNX-vs-native difference (float32, about 1e-6 for probabilities).  TreeSHAP is not
-  used in table mode: the preprocessing lives in the ONNX graph, so a tree explainer would see
-  only the transformed features.  LIME uses categorical features for categorical, text and
-  boolean columns.  Text columns are explained per column, not per token.
+  one contribution per original DataFrame column, two routes:
+
+  - ``ColumnTransformer [-> per-feature steps] -> tree ensemble`` pipelines: exact TreeSHAP on
+    the features the trees see, computed by the served graph cut at the tree ensemble's input
+    (``explain/features.onnx``); each transformed feature (every one-hot column of "city",
+    every TF-IDF token of a text column) is traced to its column through
+    ``ColumnTransformer.output_indices_`` and the transformers' output names, and summed into
+    it.  Sums keep additivity, exactly against the trees' output.
+  - everything else (linear/other pipelines, boosters splitting on categories inside the
+    graph, pipelines whose features cannot be traced): model-agnostic Shapley values over the
+    served ONNX graph with each column as one player (a categorical/text cell moves as a
+    whole, so its one-hot/TF-IDF features are never split); the background is a seeded
+    subsample of the sample's rows, stored encoded (floats + string pools in JSON).
+    ``base + sum(phi) == ONNX output`` holds exactly.
+
+  Against the native model additivity holds to the ONNX-vs-native difference (float32, about
+  1e-6 for probabilities).  LIME uses lime categorical features for categorical, text and
+  boolean columns and explains a missing numeric cell as "missing".  Text columns are
+  explained per column, not per token.
+* **Numeric samples with missing values** (e.g. HistGradientBoosting on NaN): the same
+  explainers; LIME's statistics and the background subsample skip NaN ("x is missing" rules).
 """
 
 from __future__ import annotations
@@ -761,7 +773,10 @@ def _table_tree(converted: Any, onnx: Any, names: list[str], rows: np.ndarray,
     """Exact TreeSHAP for a ColumnTransformer -> tree pipeline, summed back per column."""
     groups, transform, why = _column_groups(converted.adapter.model, names)
     if groups is None:
-        if why != "not a Pipeline" and "not a tree ensemble" not in why:
+        if converted.adapter.tree_support()[0]:
+            notes.append("TreeSHAP not used: the trees read columns encoded inside the ONNX graph "
+                         "(e.g. category splits); model-agnostic SHAP per column instead.")
+        elif why != "not a Pipeline" and "not a tree ensemble" not in why:
             notes.append(f"TreeSHAP per column not used ({why}); model-agnostic SHAP per column instead.")
         return None
     try:
