@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 from conftest import IN_CI  # noqa: E402  (one reading of CI for the whole suite)
 
 pytestmark = pytest.mark.slow
+pytest_plugins = ["conftest_containers"]
 
 
 def _require(ok: bool, why: str) -> None:
@@ -105,7 +107,13 @@ def browser_tools() -> str:
 
 
 @pytest.fixture
-def jupyter_lab(browser_tools, tmp_path):
+def lab_env() -> dict:
+    """Extra environment for the JupyterLab server (and so for the jobs it runs)."""
+    return {}
+
+
+@pytest.fixture
+def jupyter_lab(browser_tools, tmp_path, lab_env):
     """JupyterLab with the nbdeploy server extension and the freshly built labextension."""
     token = os.urandom(16).hex()
     port = _free_port()
@@ -124,7 +132,7 @@ def jupyter_lab(browser_tools, tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(cfg), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"))
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), **lab_env)
     log = tmp_path / "lab.log"
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
@@ -159,22 +167,26 @@ def _first_plot(tag: str) -> str:
     return sorted(store.read_report(tag)["plots"])[0]
 
 
-def test_sidebar_serve_and_stop_in_chromium(browser_tools, browser_bundle, jupyter_lab):
-    base, token, log = jupyter_lab
+def _drive(node: str, lab, tag: str, timeout: float = 420, **extra) -> tuple[dict, str]:
+    base, token, log = lab
     OUT.mkdir(exist_ok=True)
-    for old in OUT.glob("nbdeploy-sidebar-*.png"):
-        old.unlink()
-    env = dict(os.environ, LAB_URL=base, LAB_TOKEN=token, BUNDLE_TAG=browser_bundle, SHOT_DIR=str(OUT),
-               EXPECT_PLOT=_first_plot(browser_bundle),
-               CHROMIUM=CHROMIUM, NODE_PATH=str(NODE_MODULES))
+    env = dict(os.environ, LAB_URL=base, LAB_TOKEN=token, BUNDLE_TAG=tag, SHOT_DIR=str(OUT),
+               CHROMIUM=CHROMIUM, NODE_PATH=str(NODE_MODULES), **extra)
     t0 = time.monotonic()
-    proc = subprocess.run([browser_tools, str(DRIVER)], env=env, capture_output=True, text=True, timeout=420,
+    proc = subprocess.run([node, str(DRIVER)], env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     result = json.loads(lines[-1]) if lines else {"ok": False, "error": "no result"}
     detail = (f"driver exit {proc.returncode} after {time.monotonic() - t0:.0f} s\n{json.dumps(result, indent=1)}\n"
               f"driver stderr:\n{proc.stderr[-3000:]}\nlab log:\n{log.read_text()[-3000:]}")
     assert proc.returncode == 0 and result["ok"], detail
+    return result, detail
+
+
+def test_sidebar_serve_and_stop_in_chromium(browser_tools, browser_bundle, jupyter_lab):
+    for old in OUT.glob("nbdeploy-sidebar-*.png"):
+        old.unlink()
+    result, detail = _drive(browser_tools, jupyter_lab, browser_bundle, EXPECT_PLOT=_first_plot(browser_bundle))
     assert [s["name"] for s in result["steps"]][-1] == "done", detail
     assert result["server_url"].startswith("http://127.0.0.1:"), detail
     assert (OUT / "nbdeploy-sidebar-serving.png").stat().st_size > 10_000
@@ -184,3 +196,61 @@ def test_sidebar_serve_and_stop_in_chromium(browser_tools, browser_bundle, jupyt
     from nbdeploy.serve import find
 
     assert not find(browser_bundle), "the server is still running after Stop"
+
+
+# --- Push and Delete ---------------------------------------------------------------------------------
+PUSH_NAME = "browser-push"
+
+
+@pytest.fixture
+def push_bundle(ref_deployment):
+    """A bundle of its own (the test deletes it), built from the reference model."""
+    from nbdeploy import bundle
+
+    info = bundle.build(name=PUSH_NAME, onnx_bytes=ref_deployment.chosen_model.SerializeToString(),
+                        spec=ref_deployment.chosen_spec, metadata=ref_deployment.to_dict(include_bundle=False),
+                        config=ref_deployment.serve_config())
+    yield info.tag
+    import bentoml
+
+    try:
+        bentoml.bentos.delete(info.tag)
+    except bentoml.exceptions.NotFound:
+        pass
+
+
+@pytest.fixture
+def push_env(registry, base_image_ref, nbdeploy_home, lab_env):
+    """The server extension's pushes use the test registry's base image and the session's
+    image cache (its push body carries only the reference, as the sidebar sends it)."""
+    from conftest_containers import need_root
+
+    need_root()
+    lab_env.update(NBDEPLOY_BASE_IMAGE=base_image_ref, NBDEPLOY_HOME=str(nbdeploy_home))
+    return registry
+
+
+# push_env comes before jupyter_lab: it sets the lab's environment before the lab starts
+def test_sidebar_push_and_delete_in_chromium(browser_tools, push_bundle, push_env, jupyter_lab):
+    """Click Push, type a reference, see it pushed; the registry itself holds that digest under
+    that tag.  Click Delete: Cancel keeps the bundle, confirming removes it from BentoML's store."""
+    import bentoml
+
+    registry = push_env
+    ref = f"{registry.host}/browser/push:1"
+    result, detail = _drive(browser_tools, jupyter_lab, push_bundle, timeout=600, MODE="push-delete",
+                            PUSH_REF=ref)
+    names = [s["name"] for s in result["steps"]]
+    assert names[-1] == "done" and "delete: click Delete, then Cancel" in names, detail
+    m = re.fullmatch(r"Pushed (\S+)@(sha256:[0-9a-f]{64})", result["pushed_message"].strip())
+    assert m and m.group(1) == ref, detail
+    digest, manifest = registry.manifest("browser/push", "1")      # the registry's own answer
+    assert digest == m.group(2), (digest, detail)
+    assert manifest["layers"], manifest
+    assert push_bundle in result["delete_question"], detail
+    assert result["deleted_message"].strip() == f"Deleted {push_bundle}.", detail
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.bentos.get(push_bundle)
+    assert (OUT / "nbdeploy-sidebar-pushed.png").stat().st_size > 10_000
+    errors = [e for e in result["console_errors"] if "nbdeploy" in e.lower()]
+    assert not errors, detail

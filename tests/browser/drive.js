@@ -1,5 +1,7 @@
 // Drive JupyterLab's nbdeploy sidebar in headless Chromium (Playwright, no browser download).
-// Env: LAB_URL (http://127.0.0.1:PORT/), LAB_TOKEN, BUNDLE_TAG, SHOT_DIR, CHROMIUM (default /usr/bin/chromium).
+// Env: LAB_URL (http://127.0.0.1:PORT/), LAB_TOKEN, BUNDLE_TAG, SHOT_DIR, CHROMIUM (default /usr/bin/chromium),
+// MODE ("serve", the default: report, serve, logs, stop, error messages; or "push-delete": the Push
+// button with PUSH_REF typed into its dialog, then the Delete button, cancelled once, then confirmed).
 // Prints one JSON line {ok, steps, console_errors, ...}; exits non-zero on failure.
 const { chromium } = require('playwright-core');
 const path = require('path');
@@ -14,6 +16,57 @@ const consoleErrors = [];
 function step(name) {
   steps.push({ name, t: Date.now() });
   console.error(`[drive] ${name}`);
+}
+
+// The sidebar's message after an action: waits until it reports success or failure.
+async function outcome(page, startsWith, timeout) {
+  await page.waitForFunction(prefix => {
+    const m = document.querySelector('#nbdeploy-sidebar .nbdeploy-message');
+    if (!m) return false;
+    if (m.classList.contains('nbdeploy-error')) return true;
+    return m.classList.contains('nbdeploy-ok') && m.textContent.startsWith(prefix);
+  }, startsWith, { timeout });
+  const m = page.locator('#nbdeploy-sidebar .nbdeploy-message');
+  return { cls: await m.getAttribute('class'), text: await m.innerText() };
+}
+
+async function pushAndDelete(page, panel, bundle) {
+  const REF = process.env.PUSH_REF;
+  step('push: click Push');
+  const pushBtn = bundle.locator('[data-action="push"]');
+  if (await pushBtn.isDisabled()) throw new Error('the Push button is disabled');
+  await pushBtn.click();
+  const dialog = page.locator('.jp-Dialog');
+  await dialog.waitFor({ state: 'visible' });
+  step('push: type the image reference');
+  await dialog.locator('input').fill(REF);
+  await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-push-dialog.png') });
+  await dialog.locator('.jp-Dialog-button.jp-mod-accept').click();
+  await dialog.waitFor({ state: 'detached' });
+  step('push: wait for the job');
+  const pushed = await outcome(page, 'Pushed ', 480000);
+  await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-pushed.png') });
+  if (!/nbdeploy-ok/.test(pushed.cls)) throw new Error(`push failed in the sidebar: ${pushed.text}`);
+
+  step('delete: click Delete, then Cancel');
+  await bundle.locator('[data-action="delete"]').click();
+  await dialog.waitFor({ state: 'visible' });
+  const question = await dialog.innerText();
+  await dialog.locator('.jp-Dialog-button.jp-mod-reject').click();
+  await dialog.waitFor({ state: 'detached' });
+  await page.waitForTimeout(1000);
+  if (!(await bundle.isVisible())) throw new Error('Cancel deleted the bundle');
+
+  step('delete: click Delete, then confirm');
+  await bundle.locator('[data-action="delete"]').click();
+  await dialog.waitFor({ state: 'visible' });
+  await dialog.locator('.jp-Dialog-button.jp-mod-warn').click();
+  await dialog.waitFor({ state: 'detached' });
+  const deleted = await outcome(page, 'Deleted ', 60000);
+  if (!/nbdeploy-ok/.test(deleted.cls)) throw new Error(`delete failed in the sidebar: ${deleted.text}`);
+  await bundle.waitFor({ state: 'detached' });
+  await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-deleted.png') });
+  return { pushed_message: pushed.text, delete_question: question, deleted_message: deleted.text };
 }
 
 (async () => {
@@ -45,6 +98,13 @@ function step(name) {
     step('see the bundle');
     const bundle = panel.locator(`.nbdeploy-bundle[data-tag="${TAG}"]`);
     await bundle.waitFor({ state: 'visible' });
+
+    if (process.env.MODE === 'push-delete') {
+      const result = await pushAndDelete(page, panel, bundle);
+      step('done');
+      console.log(JSON.stringify({ ok: true, steps, ...result, console_errors: consoleErrors }));
+      return;
+    }
 
     step('open its report');
     await bundle.locator('[data-action="details"]').click();
