@@ -160,24 +160,14 @@ def ref_deployment(rf_model, breast_cancer):
                            quantize="none")
 
 
-@pytest.fixture(scope="session")
-def _ref_server_holder():
-    holder: dict = {}
-    yield holder
-    h = holder.get("server")
-    if h is not None and h.is_alive():
-        h.stop()
-
-
-@pytest.fixture
-def ref_server(ref_deployment, _ref_server_holder):
-    """``ref_deployment`` served by stock ``bentoml serve`` on a free loopback port, started once
-    and reused; started again if a test elsewhere stopped every server."""
+@pytest.fixture(scope="module")
+def ref_server(ref_deployment):
+    """``ref_deployment`` served by stock ``bentoml serve`` on a free loopback port, shared by
+    the tests of one module.  Module-scoped on purpose: a server left running across modules
+    would break the tests that check that no server runs (the sidebar's empty server list,
+    ``list_servers() == []``) and be stopped by those that stop every server."""
     from nbdeploy import serve
 
-    h = _ref_server_holder.get("server")
-    if h is None or not h.is_alive() or h.health() != "ready":
-        if h is not None and h.is_alive():
-            h.stop()
-        h = _ref_server_holder["server"] = serve.start(ref_deployment.tag)
-    return h
+    h = serve.start(ref_deployment.tag)
+    yield h
+    h.stop()

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def served(ref_deployment, ref_server, breast_cancer):
-    """The session's reference bundle and server (tests/conftest.py): nothing here changes it."""
+    """The session's reference bundle and its server (tests/conftest.py): nothing here changes them."""
     return ref_deployment, ref_server, breast_cancer[1]
 
 
