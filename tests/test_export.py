@@ -296,16 +296,18 @@ def test_hostile_tar_is_refused_and_writes_nothing(case, tmp_path, monkeypatch):
     members, offender = _hostile(case, token, outside)
     evil = _tar(tmp_path / "evil.bento", members)
     tags, before = _store_tags(), _snapshot(tmp_path)
-    tmp_before = set(os.listdir(tempfile.gettempdir()))
+    system_tmp = Path(tempfile.gettempdir())
+    private = tmp_path.parent / f"private-tmp-{token}"      # other runs share the system's
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
     with pytest.raises(InvalidInputError) as e:
         import_bundle(evil)
     assert offender in e.value.message, e.value.message
     assert "Refusing to import" in e.value.message and e.value.hint
     assert _snapshot(tmp_path) == before
     assert not any(token in p for p in _snapshot(tmp_path))
-    assert not list(Path(tempfile.gettempdir()).glob(f"*{token}*"))
-    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - tmp_before
-                if n.startswith(("nbdeploy-import-", "bentoml-import-"))]
+    assert not [p for p in system_tmp.glob(f"*{token}*") if p != private]
+    assert list(private.iterdir()) == []                     # the import's folder is gone
     assert _store_tags() == tags
 
 
