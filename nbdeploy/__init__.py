@@ -12,7 +12,7 @@ from .errors import NbdeployError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Deployment, deploy
-    from .score import score
+    from .scoring import score
     from .verify import Tolerance
 
 __all__ = ["__version__", "deploy", "Deployment", "Tolerance", "NbdeployError", "load",
@@ -25,7 +25,7 @@ _LAZY = {
     "Tolerance": ("verify", "Tolerance"),
     "list_bundles": ("store", "list_bundles"),
     "list_servers": ("serve", "list_servers"),
-    "score": ("score", "score"),
+    "score": ("scoring", "score"),
 }
 
 

@@ -248,3 +248,56 @@ def test_table_bundle_csv_with_strings_and_missing_values(table_model, tmp_path)
     with pytest.raises(InvalidInputError, match=r"Column 'city'.*row 321") as ei:
         nbdeploy.score(d.tag, bad, batch_size=100, progress=False)
     assert ei.value.row == 321 and ei.value.column == "city"
+
+
+# --- front ends ---------------------------------------------------------------------------------
+
+def test_cli_score_file_and_bad_row(rf_bundle, rf_model, breast_cancer, tmp_path, capsys):
+    import pandas as pd
+
+    from nbdeploy.cli import main
+
+    X_train, _, _, _ = breast_cancer
+    X = X_train.reset_index(drop=True)
+    X.to_parquet(tmp_path / "in.parquet")
+    rc = main(["score", rf_bundle.tag, str(tmp_path / "in.parquet"), str(tmp_path / "out.csv"),
+               "--batch-size", "100", "--explain"])
+    assert rc == 0, capsys.readouterr().err
+    assert f"scored {len(X)} rows" in capsys.readouterr().out
+    got = pd.read_csv(tmp_path / "out.csv")
+    _check_against_native(got, rf_model, X)
+    phi = got[[f"shap_{c}" for c in X.columns]].to_numpy()
+    np.testing.assert_allclose(got["shap_base"] + phi.sum(axis=1), rf_model.predict_proba(X)[:, 1],
+                               atol=1e-5)
+    X.loc[123, "worst radius"] = np.nan
+    X.to_parquet(tmp_path / "bad.parquet")
+    rc = main(["score", rf_bundle.tag, str(tmp_path / "bad.parquet"), str(tmp_path / "o2.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Row 123" in err and "worst radius" in err and "hint:" in err
+    assert not (tmp_path / "o2.parquet").exists()
+
+
+def test_magic_score(rf_bundle, rf_model, breast_cancer, capsys):
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "nbdeploy")
+    _, X_test, _, _ = breast_cancer
+    shell.user_ns["X_new"] = X_test
+    out = shell.run_line_magic("deploy", f"score {rf_bundle.tag} X_new[:60]")
+    _check_against_native(out, rf_model, X_test[:60])
+    assert shell.run_line_magic("deploy", f"score {rf_bundle.tag} X_nwe") is None
+    assert "did you mean X_new" in capsys.readouterr().err.lower()
+
+
+def test_score_stays_the_function_after_the_modules_load():
+    """``import nbdeploy.spark`` (which imports the scoring module) must not replace
+    ``nbdeploy.score`` with a module, and none of it imports pandas, pyarrow or pyspark."""
+    import subprocess
+    import sys
+
+    code = ("import nbdeploy.spark, nbdeploy.scoring, nbdeploy, sys; "
+            "assert nbdeploy.score.__module__ == 'nbdeploy.scoring', nbdeploy.score; "
+            "heavy = [m for m in ('pandas', 'pyarrow', 'pyspark', 'bentoml') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,5 @@
-"""Batch scoring: a DataFrame, an array or a file (Parquet, CSV, JSON lines) scored with a bundle.
+"""Batch scoring (``nbdeploy.score``; the module is not named ``score`` so that importing it
+cannot shadow the function on the package): a DataFrame, an array or a file (Parquet, CSV, JSON lines) scored with a bundle.
 
 ``nbdeploy.score(bundle, data)`` runs the bundle's chosen ONNX variant (``model/model.onnx``
 with its ``spec.json``) through the same runtime code the served bundle uses
