@@ -139,14 +139,24 @@ def cmd_k8s(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_bundle
 
-    print(f"exported to {export_bundle(args.tag, args.path, overwrite=args.overwrite)}")
+    print(f"exported to {export_bundle(args.tag, args.path, overwrite=args.overwrite, sign_key=args.sign)}")
     return 0
 
 
 def cmd_import(args) -> int:
     from .export import import_bundle
 
-    print(f"imported {import_bundle(args.path, trust=args.trust)}")
+    print(f"imported {import_bundle(args.path, trust=args.trust, trusted_keys=args.trusted_key)}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .scoring import score
+
+    result = score(args.tag, args.input, output=args.output, explain=args.explain,
+                   batch_size=args.batch_size, rejects=args.rejects, overwrite=args.overwrite,
+                   keep_columns=args.keep or None, progress=True)
+    print(result)
     return 0
 
 
@@ -222,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("tag")
     s.add_argument("path")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--sign", metavar="KEY", default=None,
+                   help="sign the archive's manifest with this Ed25519 private key (PEM or OpenSSH)")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("import", help="import a bundle archive written by `nbdeploy export` "
@@ -230,7 +242,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trust", action="store_true",
                    help="accept code (service.py, nbdeploy_runtime/) that differs from this "
                         "nbdeploy release's, and archives without a manifest: serving runs it")
+    s.add_argument("--trusted-key", metavar="PUBKEY", action="append", default=None,
+                   help="require a signature by this Ed25519 public key (repeatable); a bundle "
+                        "so signed may carry code from another nbdeploy release")
     s.set_defaults(fn=cmd_import)
+
+    s = sub.add_parser("score", help="score a Parquet, CSV or JSON-lines file (or folder) with a "
+                                     "bundle, in chunks; writes Parquet or CSV")
+    s.add_argument("tag", help="NAME, NAME:VERSION or an exported archive")
+    s.add_argument("input", help="a .parquet, .csv or .jsonl file, or a folder of them")
+    s.add_argument("output", help="a .parquet or .csv file to write")
+    s.add_argument("--explain", action="store_true", help="add SHAP columns (shap_<column>, shap_base)")
+    s.add_argument("--batch-size", type=int, default=None, metavar="N", help="rows per chunk (default 20000)")
+    s.add_argument("--rejects", metavar="PATH",
+                   help="write bad rows to this JSON-lines file and score the rest (default: stop at "
+                        "the first bad row)")
+    s.add_argument("--keep", action="append", metavar="COLUMN", help="copy this input column to the output")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_score)
 
     s = sub.add_parser("report", help="print a bundle's model card (JSON)")
     s.add_argument("tag")

@@ -21,7 +21,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from .errors import NbdeployError
 
 QUANTIZE_CHOICES = ("auto", "none", "int8-dynamic", "int8-static", "fp16")
-SUBCOMMANDS = ("list", "status", "stop", "logs", "traceback", "last")
+SUBCOMMANDS = ("list", "status", "stop", "logs", "traceback", "last", "score")
 
 EXAMPLES = """\
 examples:
@@ -37,6 +37,8 @@ examples:
   %deploy status churn         versions of `churn` and its servers
   %deploy logs churn --tail 50 the last lines of its server log
   %deploy stop churn           stop its server(s)
+  scores = %deploy score churn df --explain
+      score a DataFrame (or a file path) with a bundle: predictions, probabilities, SHAP
   %deploy traceback            full traceback of the last failed %deploy
   d = %deploy last             the Deployment of the last %deploy (even a failed one)
 """
@@ -127,6 +129,12 @@ def build_sub_parser(command: str) -> _Parser:
         p.add_argument("name", metavar="NAME", help="bundle name, tag or server id")
     if command == "logs":
         p.add_argument("--tail", type=int, default=100, metavar="N", help="last N lines (default 100)")
+    if command == "score":
+        p.add_argument("name", metavar="NAME", help="bundle name or tag")
+        p.add_argument("data", metavar="DATAFRAME", help="a DataFrame, an array or a file path (expression)")
+        p.add_argument("--explain", action="store_true", help="add SHAP columns")
+        p.add_argument("--batch-size", type=int, default=None, metavar="N", help="rows per chunk")
+        p.add_argument("--output", "-o", metavar="PATH", help="write .parquet/.csv instead of returning")
     return p
 
 
@@ -466,6 +474,13 @@ class DeployMagics(Magics):
             if len(servers) > 1:
                 print(f"==> {h.id} <==")
             print(h.logs(tail=args.tail))
+
+    def _cmd_score(self, args):
+        from .scoring import score
+
+        data = self._resolve(args.data, "data")
+        return score(_unquote(args.name), data, output=_unquote(args.output), explain=args.explain,
+                     batch_size=args.batch_size, progress=True)
 
     def _cmd_traceback(self, args) -> None:
         print(self.last_traceback or "No %deploy has failed in this session.")
