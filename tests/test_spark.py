@@ -1,0 +1,155 @@
+"""nbdeploy.spark (issue 17): a real local Spark session (``local[2]``, pyspark from PyPI, Java 17)
+scores Spark DataFrames with a bundle; the oracle is the native model's predict/predict_proba
+and shap's TreeExplainer on the native forest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nbdeploy
+
+pytestmark = pytest.mark.slow
+pyspark = pytest.importorskip("pyspark")
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from pyspark.sql import SparkSession
+
+    s = (SparkSession.builder.master("local[2]").appName("nbdeploy-tests")
+         .config("spark.ui.enabled", "false")
+         .config("spark.sql.shuffle.partitions", "2")
+         .config("spark.driver.memory", "1g")
+         .getOrCreate())
+    s.sparkContext.setLogLevel("ERROR")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def shap_bundle(rf_model, breast_cancer):
+    _, X_test, _, y_test = breast_cancer
+    return nbdeploy.deploy(rf_model, X_test, labels=y_test, name="spark-rf", explain="shap",
+                           quantize="none")
+
+
+def _decided(P):
+    # exact ties (0.5/0.5 of 20 trees) may tip either way in float32: compare labels elsewhere
+    return np.abs(P[:, 1] - P[:, 0]) > 1e-6
+
+
+def test_predict_udf_defaults_one_session_per_worker(spark, ref_deployment, rf_model, breast_cancer):
+    import os
+
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+
+    import nbdeploy.spark as nbspark
+
+    X_train, _, _, _ = breast_cancer
+    X = X_train.reset_index(drop=True)
+    sdf = spark.createDataFrame(X.assign(id=np.arange(len(X)))).repartition(8)
+    predict = nbspark.predict_udf(spark, ref_deployment.tag)
+
+    @pandas_udf("string")
+    def probe(ids):     # runs in the same Python worker as `predict`
+        return pd.Series([f"{os.getpid()}:{nbspark.SESSIONS_CREATED}"] * len(ids))
+
+    got = (sdf.select("id", predict(*[sdf[c] for c in X.columns]).alias("prediction"),
+                      probe("id").alias("probe"))
+           .toPandas().sort_values("id"))
+    assert list(got["id"]) == list(range(len(X)))
+    P = rf_model.predict_proba(X)
+    d = _decided(P)
+    np.testing.assert_array_equal(got["prediction"].to_numpy()[d], rf_model.predict(X)[d])
+    # one onnxruntime session per executor Python worker, reused across the 8 partitions
+    per_pid = {}
+    for s in got["probe"]:
+        pid, n = s.split(":")
+        per_pid[pid] = max(per_pid.get(pid, 0), int(n))
+    assert set(per_pid.values()) == {1}, per_pid
+    assert len(per_pid) < 8, per_pid
+
+
+def test_score_map_in_pandas_with_shap(spark, shap_bundle, rf_model, breast_cancer):
+    import shap
+
+    import nbdeploy.spark as nbspark
+
+    _, X_test, _, _ = breast_cancer
+    X = X_test.reset_index(drop=True)
+    sdf = spark.createDataFrame(X.assign(id=[f"p{i}" for i in range(len(X))])).repartition(3)
+    out = nbspark.score(sdf, shap_bundle.tag, explain=True).toPandas()
+    out["i"] = out["id"].str[1:].astype(int)
+    out = out.sort_values("i").reset_index(drop=True)
+    np.testing.assert_allclose(out[list(X.columns)].to_numpy(), X.to_numpy())   # passed through
+    P = rf_model.predict_proba(X)
+    np.testing.assert_allclose(out[["proba_0", "proba_1"]].to_numpy(), P, atol=1e-5)
+    d = _decided(P)
+    np.testing.assert_array_equal(out["prediction"].to_numpy()[d], rf_model.predict(X)[d])
+    phi = out[[f"shap_{c}" for c in X.columns]].to_numpy()
+    np.testing.assert_allclose(out["shap_base"] + phi.sum(axis=1), P[:, 1], atol=1e-5)
+    sv = shap.TreeExplainer(rf_model).shap_values(X.to_numpy(dtype=np.float32))
+    np.testing.assert_allclose(phi, sv[:, :, 1] if np.ndim(sv) == 3 else sv[1], atol=1e-5)
+    # the same answers as nbdeploy.score on the driver
+    local = nbdeploy.score(shap_bundle.tag, X, explain=True, progress=False)
+    np.testing.assert_allclose(out[local.columns[1:-1]].to_numpy(dtype=float),
+                               local[local.columns[1:-1]].to_numpy(dtype=float), atol=1e-9)
+
+
+def test_bad_row_fails_the_job_with_the_served_message(spark, ref_deployment, breast_cancer):
+    from pyspark.errors import PythonException
+
+    import nbdeploy.spark as nbspark
+
+    _, X_test, _, _ = breast_cancer
+    X = X_test.reset_index(drop=True).copy()
+    X.loc[17, "mean texture"] = np.nan                 # null in Spark: this model takes none
+    sdf = spark.createDataFrame(X)
+    with pytest.raises(PythonException) as ei:
+        nbspark.score(sdf, ref_deployment.tag).collect()
+    text = str(ei.value)
+    assert "InvalidInputError" in text and "'mean texture'" in text and ref_deployment.tag in text
+    with pytest.raises(nbdeploy.NbdeployError, match="lacks 1 of the model's columns"):
+        nbspark.score(sdf.drop("mean texture"), ref_deployment.tag)
+
+
+def _customers(n, seed):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"age": rng.normal(40, 10, n).round(),
+                       "city": rng.choice(["Oslo", "Bergen", "Paris", "Lima"], n),
+                       "income": rng.lognormal(10, 0.4, n).round(-2)})
+    df.loc[rng.random(n) < 0.1, "age"] = np.nan
+    df.loc[rng.random(n) < 0.1, "city"] = np.nan
+    y = np.where((np.nan_to_num(df["age"], nan=40) > 42) ^ (df["city"] == "Lima"), "churn", "stay")
+    return df, y
+
+
+def test_table_bundle_on_spark_with_strings_and_nulls(spark):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    import nbdeploy.spark as nbspark
+
+    X, y = _customers(500, 1)
+    pre = ColumnTransformer([
+        ("num", SimpleImputer(strategy="median"), ["age", "income"]),
+        ("city", make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
+                               OneHotEncoder(handle_unknown="ignore")), ["city"])])
+    model = make_pipeline(pre, LogisticRegression(max_iter=1000)).fit(X, y)
+    Xt, _ = _customers(120, 5)
+    d = nbdeploy.deploy(model, Xt, name="spark-table", explain="none", quantize="none")
+    sdf = spark.createDataFrame(Xt.assign(k=np.arange(len(Xt))).astype({"city": object})
+                                .replace({np.nan: None}))
+    predict = nbspark.predict_udf(spark, d.tag, probabilities=True)
+    got = sdf.select("k", predict("age", "city", "income").alias("s")).select("k", "s.*") \
+        .toPandas().sort_values("k")
+    np.testing.assert_array_equal(got["prediction"].to_numpy(), model.predict(Xt))
+    np.testing.assert_allclose(got[["proba_churn", "proba_stay"]].to_numpy(),
+                               model.predict_proba(Xt), atol=1e-5)
