@@ -182,7 +182,7 @@ class Deployment:
         from .convert import convert
 
         self.converted = convert(self.model, self.sample, task=self.task,
-                                 feature_names=self.feature_names)
+                                 feature_names=self.feature_names, adapter=getattr(self, "_adapter", None))
         c = self.converted
         what = f"{c.schema.n_features} features"
         if c.is_table:
