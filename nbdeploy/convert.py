@@ -163,9 +163,13 @@ def _rows_with_missing(X: np.ndarray) -> np.ndarray:
 
 
 def convert(model: Any, sample: Any, *, task: str | None = None,
-            feature_names: list[str] | None = None, opset: int | None = None) -> ConvertResult:
-    """Detect the framework of ``model`` and convert it to ONNX using ``sample`` for shapes."""
-    adapter = detect(model, task=task)
+            feature_names: list[str] | None = None, opset: int | None = None,
+            adapter: Adapter | None = None) -> ConvertResult:
+    """Detect the framework of ``model`` and convert it to ONNX using ``sample`` for shapes.
+
+    ``adapter``: one :func:`detect` already returned for ``model`` (detecting an ONNX file
+    probes it in a throw-away process, which costs seconds; do it once)."""
+    adapter = adapter if adapter is not None else detect(model, task=task)
     adapter.check_fitted()
     table = bool(non_numeric_columns(sample))
     if table:
