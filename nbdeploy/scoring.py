@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import InvalidInputError, NbdeployError, NotFoundError
+from .errors import InvalidInputError, NbdeployError, NotFoundError, missing
 
 DEFAULT_BATCH_SIZE = 20_000
 #: File suffixes read as each format (a folder is read as the format of its files).
@@ -858,6 +858,9 @@ def score(bundle: Any, data: Any, *, output: str | os.PathLike | None = None,
             Path(os.fspath(data)).expanduser().absolute() == out_path:
         raise InvalidInputError("output must not be the input file.", received=str(out_path))
 
+    _require("pandas")
+    if output is not None or isinstance(data, (str, os.PathLike)):
+        _require("pyarrow")
     tag, model_dir = resolve_bundle(bundle)
     scorer = Scorer(model_dir)
     if explain:
@@ -913,6 +916,13 @@ def score(bundle: Any, data: Any, *, output: str | os.PathLike | None = None,
     df = pd.concat(parts) if parts else pd.DataFrame({c: [] for c in columns + keep})
     df.attrs["nbdeploy"] = result.to_dict()
     return df
+
+
+def _require(package: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise missing(package, "batch", "to score files and DataFrames")
 
 
 def _check_output(path: Any, overwrite: bool, *, what: str = "output",
