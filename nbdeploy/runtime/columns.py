@@ -120,28 +120,43 @@ def as_table(X, columns: list[dict]) -> np.ndarray:
     return decode_float(X, columns)
 
 
+_PLANS: dict[int, tuple] = {}
+
+
+def _plan(columns: list[dict]) -> list[tuple]:
+    """(index, column, graph input, onnx type, how) per fed column, once per columns list."""
+    hit = _PLANS.get(id(columns))
+    if hit is None or hit[0] is not columns:
+        plan = []
+        for j, col in enumerate(columns):
+            name = col.get("onnx_input")
+            if not name:  # the graph does not use this column
+                continue
+            t = col.get("onnx_type", "float")
+            how = "string" if t == "string" else "codes" if is_string_column(col) else "number"
+            plan.append((j, col, name, t, how))
+        hit = _PLANS[id(columns)] = (columns, plan)
+    return hit[1]
+
+
 def table_feeds(X, columns: list[dict]) -> dict:
     """One [N, 1] ONNX feed per column, typed by its ``onnx_type``."""
     X = as_table(X, columns)
     feeds = {}
-    for j, col in enumerate(columns):
-        name = col.get("onnx_input")
-        if not name:  # the graph does not use this column
+    for j, col, name, t, how in _plan(columns):
+        if how == "string":
+            cells = [MISSING_STRING if v is None or v != v else (v if type(v) is str else str(v))
+                     for v in X[:, j]]
+            feeds[name] = np.array(cells, dtype=object).reshape(-1, 1)
             continue
-        values = X[:, j]
-        t = col.get("onnx_type", "float")
-        if t == "string":
-            cells = [MISSING_STRING if is_missing(v) else (v if type(v) is str else str(v)) for v in values]
-            arr = np.array(cells, dtype=object)
-        elif is_string_column(col):  # categories fed as their index (e.g. booster graphs)
-            arr = encode_column(values, col)
-            if t == "int64":
-                arr = np.where(np.isnan(arr), -1, arr)
-            arr = arr.astype(_ONNX_DTYPES.get(t, np.float32))
+        if how == "codes":  # categories fed as their index (e.g. booster graphs)
+            arr = encode_column(X[:, j], col)
         else:
-            arr = _floats(values)
-            if t == "int64":
-                arr = np.where(np.isnan(arr), -1, arr)
-            arr = arr.astype(_ONNX_DTYPES.get(t, np.float32))
-        feeds[name] = arr.reshape(-1, 1)
+            try:
+                arr = X[:, j].astype(np.float64)
+            except (TypeError, ValueError):
+                arr = _floats(X[:, j])
+        if t == "int64":
+            arr = np.where(np.isnan(arr), -1, arr)
+        feeds[name] = arr.astype(_ONNX_DTYPES.get(t, np.float32)).reshape(-1, 1)
     return feeds
