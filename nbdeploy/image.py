@@ -4,8 +4,9 @@ The image is the base image's layers, plus
 
 1. a layer with the bento's Python dependencies, installed by ``pip install --target``
    for the image's platform (manylinux wheels, the base's Python version), under
-   ``/opt/nbdeploy/deps``; cached by a hash of the requirements, so rebuilding after a
-   model change reuses it;
+   ``/opt/nbdeploy/deps``; dependencies published only as source (lime) are built here
+   into ``py3-none-any`` wheels when they are pure Python (native code needs a platform
+   wheel); cached by a hash of the requirements, so rebuilding after a model change reuses it;
 2. a layer with the bento itself under ``/home/bentoml/bento``;
 
 and a config whose entrypoint runs ``python3 -m bentoml serve`` on port 3000.
