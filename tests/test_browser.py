@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import IN_CI  # one reading of CI for the whole suite
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "test-output"
@@ -29,7 +30,6 @@ DRIVER = ROOT / "tests" / "browser" / "drive.js"
 NODE_MODULES = ROOT / "labextension" / "node_modules"
 BUILT = ROOT / "nbdeploy" / "labextension"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-from conftest import IN_CI  # noqa: E402  (one reading of CI for the whole suite)
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["conftest_containers"]
