@@ -30,6 +30,10 @@ A security reviewer can read this one module to know what ``nbdeploy import`` ac
   must equal this release's runtime byte for byte, and ``env/docker/entrypoint.sh`` must be
   the installed BentoML's.  ``trust=True`` (CLI ``--trust``) lifts only this rule and the need
   for a manifest; it never lifts the others.
+* **Optional signatures.**  ``nbdeploy export --sign KEY`` adds :data:`SIGNATURE`, an Ed25519
+  signature of the manifest's exact bytes.  With trusted keys given (``--trusted-key``), import
+  requires a valid signature by one of them, and then accepts differing code as ``trust``
+  does: the author is known.  Without trusted keys a signature proves nothing and is ignored.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ from typing import BinaryIO
 
 from .errors import InvalidInputError, NotFoundError
 
-__all__ = ["MAX_TOTAL_BYTES", "MAX_MEMBERS", "MANIFEST", "LAYOUT", "unpack_bundle",
+__all__ = ["MAX_TOTAL_BYTES", "MAX_MEMBERS", "MANIFEST", "SIGNATURE", "LAYOUT", "unpack_bundle",
+           "load_private_key", "load_public_key", "signature_bytes",
            "pickle_reason", "manifest_bytes", "Unpacked"]
 
 #: the most bytes an archive may unpack to (the one place this limit is defined)
@@ -75,12 +80,14 @@ MAX_NPY_HEADER = 64 * 1024
 #: the largest service.py / runtime module / bento.yaml looked at (nbdeploy's are kilobytes)
 _MAX_CODE = 1024 * 1024
 MANIFEST = "nbdeploy-manifest.json"
+#: optional Ed25519 signature of the manifest's exact bytes
+SIGNATURE = "nbdeploy-manifest.sig"
 MANIFEST_FORMAT = "nbdeploy-manifest/1"
 _CHUNK = 1024 * 1024
 
 #: every file an nbdeploy bundle (bento folder) may contain, relative to its top
 LAYOUT = [re.compile(p) for p in (
-    r"bento\.yaml", r"README\.md", re.escape(MANIFEST),
+    r"bento\.yaml", r"README\.md", re.escape(MANIFEST), re.escape(SIGNATURE),
     r"apis/openapi\.yaml", r"apis/schema\.json",
     r"env/docker/Dockerfile", r"env/docker/entrypoint\.sh",
     r"env/python/(requirements\.txt|requirements\.in|requirements\.lock\.txt|version\.txt)",
@@ -498,7 +505,7 @@ def _manifest_problems(root: Path, files: list[str], tag: str) -> list[tuple[str
     out = []
     if man.get("tag") != tag:
         out.append((MANIFEST, f"is for {man.get('tag')!r}, not {tag!r}"))
-    present = set(files) - {MANIFEST}
+    present = set(files) - {MANIFEST, SIGNATURE}
     for rel in sorted(present - set(listed)):
         out.append((rel, "is not listed in the archive's manifest (added after export)"))
     for rel in sorted(set(listed) - present):
@@ -510,6 +517,104 @@ def _manifest_problems(root: Path, files: list[str], tag: str) -> list[tuple[str
             out.append((rel, "does not match the SHA-256 in the archive's manifest (changed "
                              "after export)"))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# optional Ed25519 signatures (the `cryptography` package)
+# ---------------------------------------------------------------------------------------------
+def _crypto():
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError as exc:
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError("Signing and checking bundle signatures needs the "
+                                     "'cryptography' package.", hint="pip install cryptography") from exc
+    return serialization, ed25519
+
+
+def _key_text(key: str | os.PathLike | bytes) -> bytes:
+    if isinstance(key, bytes):
+        return key
+    p = Path(os.fspath(key)).expanduser()
+    if not p.is_file():
+        raise NotFoundError(f"No key file {str(p)!r}.", hint="Give the path of an Ed25519 key "
+                                                              "(PEM or OpenSSH format).")
+    if p.stat().st_size > 64 * 1024:
+        raise InvalidInputError(f"{p.name} is too large to be a key file.")
+    return p.read_bytes()
+
+
+def load_private_key(key: str | os.PathLike | bytes):
+    """An Ed25519 private key from a PEM (PKCS#8) or OpenSSH file, unencrypted."""
+    serialization, ed25519 = _crypto()
+    data = _key_text(key)
+    for load in (serialization.load_pem_private_key, serialization.load_ssh_private_key):
+        try:
+            k = load(data, password=None)
+        except (ValueError, TypeError, Exception):   # noqa: BLE001 (each loader its own errors)
+            continue
+        if isinstance(k, ed25519.Ed25519PrivateKey):
+            return k
+    raise InvalidInputError("The signing key is not an unencrypted Ed25519 private key.",
+                            hint="Make one with `ssh-keygen -t ed25519 -N '' -f KEY` or "
+                                 "`openssl genpkey -algorithm ed25519 -out key.pem`.")
+
+
+def load_public_key(key: str | os.PathLike | bytes):
+    """An Ed25519 public key from a PEM file or an OpenSSH ``ssh-ed25519 ...`` line."""
+    serialization, ed25519 = _crypto()
+    data = _key_text(key)
+    for load in (serialization.load_pem_public_key, serialization.load_ssh_public_key):
+        try:
+            k = load(data.strip())
+        except (ValueError, TypeError, Exception):   # noqa: BLE001
+            continue
+        if isinstance(k, ed25519.Ed25519PublicKey):
+            return k
+    raise InvalidInputError("A trusted key is not an Ed25519 public key.",
+                            hint="Give a PEM public key or an OpenSSH 'ssh-ed25519 ...' line.")
+
+
+def _raw_public(k) -> bytes:
+    serialization, _ = _crypto()
+    return k.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def signature_bytes(manifest: bytes, private_key) -> bytes:
+    import base64
+
+    return json.dumps({"algorithm": "ed25519",
+                       "public_key": base64.b64encode(_raw_public(private_key.public_key())).decode(),
+                       "signature": base64.b64encode(private_key.sign(manifest)).decode()},
+                      indent=1).encode()
+
+
+def _signer(root: Path, trusted: list) -> tuple[str | None, str | None]:
+    """(fingerprint of the trusted key that signed the manifest, None) or (None, why not)."""
+    import base64
+
+    sig = root / SIGNATURE
+    if not sig.is_file():
+        return None, f"is not signed ({SIGNATURE} is missing) and trusted keys are configured"
+    if sig.stat().st_size > 64 * 1024 or not (root / MANIFEST).is_file():
+        return None, f"has an invalid {SIGNATURE}"
+    try:
+        doc = json.loads(sig.read_bytes())
+        raw = base64.b64decode(doc["public_key"], validate=True)
+        signature = base64.b64decode(doc["signature"], validate=True)
+    except Exception:  # noqa: BLE001 (any malformed document is the same refusal)
+        return None, f"has an invalid {SIGNATURE}"
+    manifest = (root / MANIFEST).read_bytes()
+    for k in trusted:
+        if _raw_public(k) == raw:
+            try:
+                k.verify(signature, manifest)
+            except Exception:  # noqa: BLE001 (cryptography's InvalidSignature)
+                return None, "has a signature that does not match its manifest (changed after signing)"
+            return hashlib.sha256(raw).hexdigest()[:16], None
+    return None, f"is signed by key {hashlib.sha256(raw).hexdigest()[:16]}, which is not a trusted key"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,6 +729,7 @@ class Unpacked:
     tag: str
     files: list[str] = field(default_factory=list)
     manifest: bool = False
+    signed_by: str | None = None       # fingerprint of the trusted key that signed it
     trusted_differences: list[str] = field(default_factory=list)
 
 
@@ -648,10 +754,16 @@ def _requirement_problems(root: Path) -> list[tuple[str, str]]:
     return out
 
 
-def unpack_bundle(path: str | os.PathLike, dest: Path, *, trust: bool = False) -> Unpacked:
+def unpack_bundle(path: str | os.PathLike, dest: Path, *, trust: bool = False,
+                  trusted_keys: list | None = None) -> Unpacked:
     """Unpack the archive at ``path`` into the empty private folder ``dest`` and check it as
     described in the module docstring.  Raises InvalidInputError naming the first problem
-    (and how many more there are); ``dest`` is then left for the caller to delete."""
+    (and how many more there are); ``dest`` is then left for the caller to delete.
+
+    ``trusted_keys`` (Ed25519 public keys, or key files): when given, the manifest must be
+    signed by one of them, and a bundle so signed may carry code that differs from this
+    release's (its author is known, as with ``trust``)."""
+    keys = [k if hasattr(k, "verify") else load_public_key(k) for k in (trusted_keys or [])]
     import yaml
 
     archive = Path(os.fspath(path))
@@ -730,8 +842,18 @@ def unpack_bundle(path: str | os.PathLike, dest: Path, *, trust: bool = False) -
             "`nbdeploy export`), so its files cannot be checked against what was exported.",
             hint="Export it again with `nbdeploy export`, or pass --trust (trust=True) if you "
                  "know where it comes from.")
+    signed_by = None
+    if keys:
+        if not result.manifest:
+            raise _refusal(archive, MANIFEST, "is missing, so nothing can be signed")
+        signed_by, why = _signer(dest, keys)
+        if why:
+            raise InvalidInputError(f"Refusing to import {archive.name}: it {why}.",
+                                    hint="Ask its author for an archive signed with a key you "
+                                         "trust (nbdeploy export --sign KEY).")
+        result.signed_by = signed_by
     diffs = code_differences(dest, files, name, str(info.get("service")))
-    if diffs and not trust:
+    if diffs and not trust and not signed_by:
         listed = "; ".join(f"{f}: {why}" for f, why in diffs[:8])
         raise InvalidInputError(
             f"Refusing to import {archive.name}: its code is not this nbdeploy release's, and "

@@ -69,7 +69,7 @@ def _suffix_of(p: Path) -> str | None:
 
 
 def export_bundle(tag: str, path: str | os.PathLike, *, overwrite: bool = False,
-                  check: bool = True) -> Path:
+                  check: bool = True, sign_key: str | os.PathLike | None = None) -> Path:
     """Write bundle ``tag`` to ``path`` as one archive that ``bentoml import`` reads.
 
     ``path`` is a file name ending in ``.bento`` (xz tar, BentoML's default), ``.tar.gz``,
@@ -77,12 +77,19 @@ def export_bundle(tag: str, path: str | os.PathLike, *, overwrite: bool = False,
     folder gets ``NAME-VERSION.bento`` inside it.  An existing file is only replaced with
     ``overwrite=True``.  The archive is written to a temporary file next to the target and
     renamed, so ``path`` never holds a half-written archive.  With ``check`` (default) the
-    bundle must pass :func:`check_bundle` first.  Returns the archive's absolute path.
+    bundle must pass :func:`check_bundle` first.  ``sign_key`` (an unencrypted Ed25519
+    private key file, PEM or OpenSSH) adds a signature of the archive's manifest, which
+    ``import_bundle(..., trusted_keys=[PUBLIC KEY])`` checks.  Returns the archive's absolute path.
     """
     from .store import get
 
     bento = get(tag)
     full = str(bento.tag)
+    key = None
+    if sign_key is not None:
+        from .archive import load_private_key
+
+        key = load_private_key(sign_key)
     if check:
         problems = check_bundle(Path(bento.path))
         if problems:
@@ -113,7 +120,7 @@ def export_bundle(tag: str, path: str | os.PathLike, *, overwrite: bool = False,
     tmp = target.with_name(f".{target.name[:-len(sfx)]}.{secrets.token_hex(4)}.partial{sfx}")
     written = tmp
     try:
-        _write_archive(Path(bento.path), tmp, fmt, full)
+        _write_archive(Path(bento.path), tmp, fmt, full, key)
         if overwrite:
             os.replace(written, target)
         else:
@@ -152,9 +159,11 @@ class _Hashing:
         return data
 
 
-def _write_archive(src: Path, out: Path, fmt: str, tag: str) -> None:
+def _write_archive(src: Path, out: Path, fmt: str, tag: str, key=None) -> None:
     """The bento folder as ``shutil.make_archive`` (BentoML's export) lays it out, plus the
-    manifest as the last member; owners are not recorded."""
+    manifest (and its signature) as the last members; owners are not recorded."""
+    from .archive import SIGNATURE, signature_bytes
+
     entries = sorted(src.rglob("*"))
     links = [p for p in entries if p.is_symlink()]
     if links:
@@ -175,7 +184,10 @@ def _write_archive(src: Path, out: Path, fmt: str, tag: str) -> None:
                     while chunk := r.read(1 << 20):
                         dst.write(chunk)
                 files[rel] = {"sha256": r.h.hexdigest(), "size": r.n}
-            z.writestr(MANIFEST, manifest_bytes(tag, files))
+            data = manifest_bytes(tag, files)
+            z.writestr(MANIFEST, data)
+            if key is not None:
+                z.writestr(SIGNATURE, signature_bytes(data, key))
         return
     mode = {"bento": "w:xz", "xz": "w:xz", "gz": "w:gz", "tar": "w"}[fmt]
     with tarfile.open(out, mode, format=tarfile.PAX_FORMAT) as tar:
@@ -199,18 +211,21 @@ def _write_archive(src: Path, out: Path, fmt: str, tag: str) -> None:
                 raise BundleError(f"{rel} changed while it was being exported.",
                                   hint="Export again when nothing is writing to the bundle.")
             files[rel] = {"sha256": r.h.hexdigest(), "size": r.n}
-        data = manifest_bytes(tag, files)
-        info = tarfile.TarInfo("./" + MANIFEST)
-        info.size, info.mode = len(data), 0o644
         import io
 
-        tar.addfile(info, io.BytesIO(data))
+        data = manifest_bytes(tag, files)
+        extra = [(MANIFEST, data)] + ([(SIGNATURE, signature_bytes(data, key))] if key else [])
+        for name, blob in extra:
+            info = tarfile.TarInfo("./" + name)
+            info.size, info.mode = len(blob), 0o644
+            tar.addfile(info, io.BytesIO(blob))
 
 
 # ---------------------------------------------------------------------------------------------
 # import (the archive itself is read only by nbdeploy.archive: untrusted input in one module)
 # ---------------------------------------------------------------------------------------------
-def inspect_archive(path: str | os.PathLike, *, trust: bool = False) -> list[str]:
+def inspect_archive(path: str | os.PathLike, *, trust: bool = False,
+                    trusted_keys: list | None = None) -> list[str]:
     """File names of a bundle archive after every import check passed (see
     :mod:`nbdeploy.archive`); raises InvalidInputError naming the first problem.  The archive
     is unpacked into a private temporary folder, which is deleted again."""
@@ -218,7 +233,7 @@ def inspect_archive(path: str | os.PathLike, *, trust: bool = False) -> list[str
 
     archive = Path(os.fspath(path)).expanduser().absolute()
     with tempfile.TemporaryDirectory(prefix="nbdeploy-import-") as tmp:
-        u = unpack_bundle(archive, Path(tmp), trust=trust)
+        u = unpack_bundle(archive, Path(tmp), trust=trust, trusted_keys=trusted_keys)
         onnx = _onnx_problems(u.root)
         if onnx:
             raise InvalidInputError(f"Refusing to import {archive.name}: " + "; ".join(onnx[:5]),
@@ -232,7 +247,8 @@ def _onnx_problems(root: Path) -> list[str]:
         if model.is_dir() else []
 
 
-def import_bundle(path: str | os.PathLike, *, trust: bool = False) -> str:
+def import_bundle(path: str | os.PathLike, *, trust: bool = False,
+                  trusted_keys: list | None = None) -> str:
     """Import a bundle archive written by :func:`export_bundle` into the local BentoML store
     and return its tag.
 
@@ -241,20 +257,23 @@ def import_bundle(path: str | os.PathLike, *, trust: bool = False) -> str:
     and only that checked folder is handed to BentoML.  ``trust=True`` accepts an archive
     without a manifest and code (``service.py``, ``nbdeploy_runtime/``) that differs from this
     nbdeploy release's: only for bundles whose author you trust, since serving runs that code.
+    ``trusted_keys`` (Ed25519 public key files, PEM or ``ssh-ed25519``): the archive must be
+    signed (``export_bundle(..., sign_key=...)``) by one of them; so signed, its code may differ.
     Refuses tags already in the store.  A refused archive adds nothing to the store.
     """
-    from .archive import MANIFEST, unpack_bundle
+    from .archive import MANIFEST, SIGNATURE, unpack_bundle
 
     archive = Path(os.fspath(path)).expanduser().absolute()
     with tempfile.TemporaryDirectory(prefix="nbdeploy-import-") as tmp:
         dest = Path(tmp) / "bento"
         dest.mkdir()
-        u = unpack_bundle(archive, dest, trust=trust)
+        u = unpack_bundle(archive, dest, trust=trust, trusted_keys=trusted_keys)
         onnx = _onnx_problems(dest)
         if onnx:
             raise InvalidInputError(f"Refusing to import {archive.name}: " + "; ".join(onnx[:5]),
                                     hint="Nothing was imported.")
-        (dest / MANIFEST).unlink(missing_ok=True)    # the store keeps the bundle as exported
+        for extra in (MANIFEST, SIGNATURE):          # the store keeps the bundle as exported
+            (dest / extra).unlink(missing_ok=True)
         import bentoml
 
         try:
@@ -268,8 +287,9 @@ def import_bundle(path: str | os.PathLike, *, trust: bool = False) -> str:
         if u.trusted_differences:
             import warnings
 
+            who = f"signed by trusted key {u.signed_by}" if u.signed_by else "trusted"
             warnings.warn(f"Importing {u.tag} with code that differs from this nbdeploy "
-                          "release's (trusted): " + "; ".join(u.trusted_differences[:8]),
+                          f"release's ({who}): " + "; ".join(u.trusted_differences[:8]),
                           stacklevel=2)
         try:
             bento = bentoml.bentos.import_bento(str(dest), input_format="folder")
