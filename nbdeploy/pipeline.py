@@ -416,6 +416,7 @@ class Deployment:
             M = _table_input(X, spec)
         else:
             M = as_matrix(X, what="input", n_features=int(spec["n_features"]), allow_nan=True)
+            _refuse_nan_where_not_nullable(M, spec.get("columns") or [])
         return OnnxModel(self.chosen_model.SerializeToString(), spec).predict(M)
 
     # -- reporting -------------------------------------------------------------------------------
@@ -468,6 +469,24 @@ class Deployment:
         for e in self.steps.values():
             lines.append(f"  {e.step:<9} {e.state:<8} {e.summary}")
         return "\n".join(lines)
+
+
+def _refuse_nan_where_not_nullable(M, columns: list[dict]) -> None:
+    """NaN only where the served API would take null (the native model and the graph agree)."""
+    import numpy as np
+
+    if not columns or len(columns) != M.shape[1]:
+        return
+    nan = np.isnan(M)
+    for j in np.where(nan.any(axis=0))[0]:
+        col = columns[int(j)]
+        if not col.get("nullable"):
+            row = int(np.where(nan[:, j])[0][0])
+            raise InvalidInputError(f"Column {col['name']!r} has NaN (row {row}), and this model does "
+                                    "not accept missing values there.",
+                                    hint="Impute the value first; GET /metadata (input_schema.columns) "
+                                         "marks the columns that take missing values.",
+                                    expected="finite numbers", received=f"NaN at row {row}")
 
 
 def _table_input(X: Any, spec: dict):

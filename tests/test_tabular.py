@@ -344,3 +344,34 @@ def test_non_numeric_sample_for_a_numeric_only_framework():
     with pytest.raises(nbdeploy.errors.UnsupportedModelError) as e:
         nbdeploy.deploy(net, df, name="tab-torch", explain="none", quantize="none")
     assert "'b'" in e.value.message and e.value.hint
+
+
+def test_in_process_predict_refuses_nan_where_the_server_refuses_null(customers):
+    from sklearn.linear_model import LogisticRegression
+
+    train, y_train, *_ = customers
+    X = train[["income", "tenure_months"]].to_numpy(dtype=float)
+    model = LogisticRegression(max_iter=2000).fit(X, y_train)
+    d = nbdeploy.Deployment(model, X[:200], explain="none", quantize="none")
+    d.run(build=False)
+    assert not any(c["nullable"] for c in d.converted.columns)   # LogisticRegression raises on NaN
+    bad = X[:3].copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(InvalidInputError) as e:
+        d.predict(bad)
+    assert "row 1" in e.value.message and e.value.hint
+
+
+def test_report_prints_the_columns(customers, capsys):
+    from nbdeploy.cli import main
+
+    train, y_train, _, test, *_ = customers
+    model = _rf_pipeline().fit(train, y_train)
+    d = nbdeploy.deploy(model, test, name="tab-report", explain="none", quantize="none")
+    assert main(["report", d.tag, "--columns"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["COLUMN", "KIND", "DTYPE", "NULL"]
+    city = next(line for line in out if line.startswith("city"))
+    assert "categorical" in city and "Oslo" in city and "others refused" in city
+    age = next(line for line in out if line.startswith("age"))
+    assert "numeric" in age and "accepted" in age
