@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .columns import encode_column
+
 EPS = 1e-4
 
 
@@ -35,16 +37,7 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
 
 
 def _as_floats(col: np.ndarray) -> np.ndarray:
-    try:
-        return np.asarray(col, dtype=np.float64)
-    except (TypeError, ValueError):
-        out = np.empty(len(col))
-        for i, v in enumerate(col):
-            try:
-                out[i] = np.nan if v is None else float(v)
-            except (TypeError, ValueError):
-                out[i] = np.nan
-        return out
+    return encode_column(col, {"kind": "numeric"})
 
 
 def column_values(col: np.ndarray, entry: dict, index: dict | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -56,6 +56,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .columns import encode_column, is_missing
 from .validation import ClientError
 
 EXPLAIN_DIR = "explain"
@@ -328,20 +329,7 @@ LIME_MISSING = -1.0          # LIME's code for a missing categorical/text/boolea
 
 def _as_floats(col: np.ndarray) -> np.ndarray:
     """Numeric/boolean cells of an object column as float64, None/NaN -> NaN."""
-    try:
-        return np.asarray(col, dtype=np.float64)
-    except (TypeError, ValueError):
-        out = np.empty(len(col))
-        for i, v in enumerate(col):
-            try:
-                out[i] = np.nan if v is None else float(v)
-            except (TypeError, ValueError):
-                out[i] = np.nan
-        return out
-
-
-def _is_missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
+    return encode_column(col, {"kind": "numeric"})
 
 
 class TableCodec:
@@ -446,7 +434,7 @@ class TableCodec:
 
     def cell_text(self, j: int, v: Any) -> str:
         """A short human-readable cell for rules and plot labels."""
-        if _is_missing(v):
+        if is_missing(v):
             return f"{self.names[j]} is missing"
         if self.kinds[j] == "text":
             t = str(v)
@@ -482,7 +470,7 @@ class FeatureGraph:
 
 def json_cells(row: Any) -> list:
     """A table row as JSON values (NaN -> null)."""
-    return [None if _is_missing(v) else (v if isinstance(v, str) else float(v)) for v in row]
+    return [None if is_missing(v) else (v if isinstance(v, str) else float(v)) for v in row]
 
 
 def lime_table_stats(Z: np.ndarray, kinds: list[str]) -> dict:
