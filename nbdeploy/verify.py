@@ -238,7 +238,12 @@ def probe_columns(adapter, onnx_model, spec: dict, X: np.ndarray, columns: list)
     table = X.dtype == object
     session = OnnxModel(onnx_model.SerializeToString(), dict(spec, columns=[c.to_dict() for c in columns]))
     k = int(max(1, min(256, max(16, _PROBE_ROWS // len(columns)), len(X))))
-    base = X[:k]
+    # complete rows, so that a probe changes one column only (another column's missing value
+    # would otherwise be blamed on the probed one)
+    miss = (np.array([[_missing(v) for v in row] for row in X], dtype=bool).reshape(X.shape)
+            if table else np.isnan(X.astype(np.float64)))
+    complete = np.where(~miss.any(axis=1))[0]
+    base = X[complete[:k]] if len(complete) else X[:k]
     task = spec["task"]
     missing = [(j, None if table and c.kind in ("categorical", "text") else np.nan)
                for j, c in enumerate(columns)]
