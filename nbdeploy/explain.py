@@ -731,6 +731,8 @@ def _column_groups(model: Any, names: list[str]) -> tuple[list[int] | None, Any,
             Z = t.transform(Z)
         return np.asarray(Z.toarray() if hasattr(Z, "toarray") else Z, dtype=np.float64)
 
+    # transformed feature names without the transformer prefix ("txt__great" -> "great")
+    transform.feature_names = [n.split("__", 1)[-1] for n in prev] if prev else None
     return [int(g) for g in groups], transform, ""
 
 
@@ -807,7 +809,8 @@ def _table_tree(converted: Any, onnx: Any, names: list[str], rows: np.ndarray,
                      f"one by {gap:.2g}; model-agnostic SHAP instead.")
         return None
     return {"te": te, "arrays": arrays, "meta": meta, "groups": groups, "graph": graph,
-            "output": out_name, "features": features, "transform": transform, "frame": frame}
+            "output": out_name, "features": features, "transform": transform, "frame": frame,
+            "feature_names": transform.feature_names}
 
 
 def _explain_table(converted: Any, *, onnx_model: Any, served_methods: list[str], mode: str,
@@ -834,8 +837,6 @@ def _explain_table(converted: Any, *, onnx_model: Any, served_methods: list[str]
     notes: list[str] = []
     timings: dict = {}
     t0 = time.perf_counter()
-    if any(c.get("kind") == "text" for c in columns):
-        notes.append("Text columns are explained as a whole (one contribution per column), not per token.")
 
     # categorical pools: the model's categories plus the whole sample's; text: the background's
     rng = np.random.default_rng(seed)
@@ -874,6 +875,8 @@ def _explain_table(converted: Any, *, onnx_model: Any, served_methods: list[str]
             space = "value" if np.allclose(margin, value, rtol=1e-5, atol=1e-5) else "margin"
         config.update(kind="tree", tree=meta, tree_groups=tree["groups"],
                       tree_features_output=tree["output"], output_space=space)
+        if tree["feature_names"] and any(c["kind"] == "text" for c in columns):
+            config["tree_feature_names"] = tree["feature_names"]     # per-token detail of text
         if task == "classifier":
             cls = [str(c) for c in classes] if classes is not None else [str(i) for i in range(width)]
             config["output_names"] = [cls[-1]] if space == "log_odds" else cls
@@ -885,8 +888,14 @@ def _explain_table(converted: Any, *, onnx_model: Any, served_methods: list[str]
         notes.append("Exact TreeSHAP on the features the trees see (computed by the served graph's "
                      "preprocessing); each transformed feature, e.g. every one-hot column, is summed "
                      "into its original column.")
+        if "tree_feature_names" in config:
+            notes.append("Text columns: one contribution per column (the sum over its tokens, present "
+                         "or absent); the largest token terms are listed per row in text_tokens.")
         artifacts.update(trees=tree["arrays"], features_onnx=tree["graph"])
     else:
+        if any(c.get("kind") == "text" for c in columns):
+            notes.append("Text columns are explained as a whole (one contribution per column), "
+                         "not per token.")
         bg = codec.encode(bg_rows)
         w = np.full(len(bg), 1.0 / len(bg))
         artifacts.update(background=bg, weights=w)

@@ -333,9 +333,25 @@ def test_text_column_is_explained_as_one_column(final):
     assert rep.shap_values.shape[:2] == (6, 3)
     recon = rep.base_values[1] + rep.shap_values[:, :, 1].sum(axis=1)
     np.testing.assert_allclose(recon, native_p1(pipe, df.iloc[:6]), atol=1e-5)
-    assert any("not per token" in note for note in rep.notes)
     lime = rep.explain_row(1, "lime")
     assert len(lime["contributions"]) == 3 and lime["rules"][2].startswith("note = ")
+    body = rep._serve.explain(conv.X[:2], "shap", {})
+    if final == "lr":
+        assert "text_tokens" not in body and any("not per token" in note for note in rep.notes)
+        return
+    # tree route: per-token terms, against TreeSHAP on sklearn's own TF-IDF features
+    import shap
+
+    T = pipe[:-1].transform(df.iloc[:2])
+    T = T.toarray() if hasattr(T, "toarray") else np.asarray(T)
+    native = np.asarray(shap.TreeExplainer(pipe[-1]).shap_values(T))[:, :, 1]
+    out_names = list(pipe[:-1].get_feature_names_out())
+    for r in range(2):
+        tokens = dict((t, v) for t, v in body["text_tokens"][r]["note"])
+        assert len(tokens) == 8                               # the vocabulary is 8 words
+        for t, v in tokens.items():
+            assert v == pytest.approx(native[r, out_names.index(f"txt__{t}")], abs=1e-6)
+        assert sum(tokens.values()) == pytest.approx(body["contributions"][r][2], abs=1e-9)
 
 
 @pytest.mark.parametrize("final", ["lr", "rf"])

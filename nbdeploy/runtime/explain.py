@@ -695,8 +695,7 @@ class ServeExplainer:
         coalitions mix whole cells of the row and of the background, decoded back to a table
         for the ONNX model (additivity holds exactly, as for float rows)."""
         if self.codec is not None and self.kind == "tree":
-            Xt = self.features(np.asarray(X, dtype=object))
-            phi, base, outputs = tree_shap(self.tree_explainer(), Xt)
+            phi, base, outputs = self.feature_shap(X)
             return group_columns(phi, self.config["tree_groups"], len(self.feature_names)), \
                 base, outputs, "tree"
         if self.codec is not None:
@@ -714,6 +713,27 @@ class ServeExplainer:
                              max_evals=int(max_evals or self.budget["max_evals"]),
                              seed=self.seed if seed is None else int(seed),
                              chunk_rows=int(self.budget["max_model_rows"]))
+
+    def feature_shap(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Table-mode trees: TreeSHAP per transformed feature ``(phi [N, F', K], base, outputs)``."""
+        return tree_shap(self.tree_explainer(), self.features(np.asarray(X, dtype=object)))
+
+    def text_tokens(self, phi_t: np.ndarray, idx: list[int], top: int = 10) -> list[dict]:
+        """Per row, the largest token terms of each text column: ``{column: [[token, value]]}``."""
+        names = self.config.get("tree_feature_names") or []
+        groups = np.asarray(self.config["tree_groups"])
+        out = []
+        for r, k in enumerate(idx):
+            row = {}
+            for j, kind in enumerate(self.codec.kinds):
+                if kind != "text":
+                    continue
+                feats = np.flatnonzero(groups == j)
+                vals = phi_t[r, feats, k]
+                order = [i for i in np.argsort(-np.abs(vals), kind="stable")[:top] if vals[i] != 0]
+                row[self.feature_names[j]] = [[names[feats[i]], float(vals[i])] for i in order]
+            out.append(row)
+        return out
 
     def _lime_predict(self):
         if self.task == "classifier":
@@ -820,7 +840,13 @@ class ServeExplainer:
             if max_evals is not None:
                 max_evals = _as_int(max_evals, "max_evals", low=2,
                                     high=int(self.budget["max_evals_limit"]))
-            phi, base, outputs, algo = self.shap_values(X, max_evals=max_evals, seed=seed)
+            tokens = self.kind == "tree" and self.codec is not None and \
+                bool(self.config.get("tree_feature_names"))
+            if tokens:
+                phi_t, base, outputs = self.feature_shap(X)
+                phi, algo = group_columns(phi_t, self.config["tree_groups"], len(self.feature_names)), "tree"
+            else:
+                phi, base, outputs, algo = self.shap_values(X, max_evals=max_evals, seed=seed)
             idx = self._choose_outputs(outputs, options.get("output"))
             body.update(explainer=algo, output_space=self.output_space, output_names=self.output_names)
             if algo == "permutation":
@@ -835,6 +861,8 @@ class ServeExplainer:
                             base_values=base[idx].tolist(),
                             contributions=phi[rows, :, idx].tolist(),
                             outputs=outputs[rows, idx].tolist())
+                if tokens:
+                    body["text_tokens"] = self.text_tokens(phi_t, idx)
             return body
         num_samples = options.get("num_samples")
         if num_samples is not None:
