@@ -54,11 +54,13 @@ _ENCODERS = ("OneHotEncoder", "OrdinalEncoder")
 
 def _register_string_imputer() -> None:
     """skl2onnx converts SimpleImputer on strings only when ``missing_values`` is a string, but
-    users keep the default (NaN).  The graph receives missing strings as "" (see
-    ``runtime/columns.MISSING_STRING``), so convert such an imputer as if it replaced ""."""
+    users keep the default (NaN).  The graph receives missing strings as
+    ``runtime/columns.MISSING_STRING``, so convert such an imputer as if it replaced that."""
     import copy
 
     from skl2onnx.common._registration import get_converter, register_converter
+
+    from ..runtime.columns import MISSING_STRING
     from skl2onnx.common.data_types import StringTensorType
 
     original = get_converter("SklearnSimpleImputer")._fct
@@ -70,7 +72,7 @@ def _register_string_imputer() -> None:
         if isinstance(operator.inputs[0].type, StringTensorType) \
                 and not isinstance(op.missing_values, str):
             patched = copy.copy(op)
-            patched.missing_values = ""
+            patched.missing_values = MISSING_STRING
             operator.raw_operator = patched
             try:
                 return original(scope, operator, container)

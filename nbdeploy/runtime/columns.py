@@ -23,8 +23,10 @@ import numpy as np
 KINDS = ("numeric", "categorical", "text", "boolean")
 STRING_KINDS = ("categorical", "text")
 #: What a missing categorical/text cell is fed to the ONNX graph as: string tensors have no
-#: missing value, and the converted imputers treat "" as missing (see adapters/sklearn.py).
-MISSING_STRING = ""
+#: missing value, and the converted imputers treat this marker as missing (adapters/sklearn.py).
+#: Not "": an empty string a client sends is a value (an unseen category for an encoder), not
+#: a missing one, exactly as for the native model.
+MISSING_STRING = "__nbdeploy_missing__"
 _ONNX_DTYPES = {"float": np.float32, "double": np.float64, "int64": np.int64, "bool": np.bool_}
 
 

@@ -48,10 +48,11 @@ def openapi_document(runtime) -> dict:
         props = {c["name"]: column_schema(c) for c in columns}
         record = {"type": "object", "properties": props, "required": list(props),
                   "additionalProperties": False}
-        if runtime.spec.get("input_mode") == "table":  # rows in column order, mixed types
-            row = {"type": "array", "minItems": n, "maxItems": n,
-                   "description": "values in column order: " + ", ".join(list(props)[:50])}
-        elif any(c.get("nullable") for c in columns):
+        if runtime.spec.get("input_mode") == "table":
+            # OpenAPI 3.0 cannot type an array position by position, so only records are
+            # documented; rows of values in column order are accepted too
+            row = None
+        elif all(c.get("nullable") for c in columns):
             row = dict(row, items=dict(number, nullable=True))
 
     def rows_schema(limit: int) -> dict:
@@ -59,6 +60,8 @@ def openapi_document(runtime) -> dict:
         lists = {"type": "array", "minItems": 1, "maxItems": limit, "items": row}
         if not record:
             return lists
+        if row is None:
+            return dict(lists, items=record)
         return {"oneOf": [lists, dict(lists, items=record)]}
 
     rows = rows_schema(runtime.max_rows)
