@@ -399,3 +399,18 @@ def test_openapi_fuzz_on_a_table_model(served_models, mode):
 
     check()
 
+
+
+def test_brief_caps_a_converter_dump():
+    """skl2onnx once embedded 659,120 characters of tree nodes in one message."""
+    from nbdeploy.errors import brief
+
+    nodes = "[" + ", ".join(f"np.uint32({i})" for i in range(80_000)) + "]"
+    try:
+        raise RuntimeError(f"Unable to create node 'TreeEnsembleRegressor' with attributes {nodes}"
+                           "\nmore lines\nof the same")
+    except RuntimeError as exc:
+        text = brief(exc)
+    assert len(nodes) > 600_000
+    assert len(text) <= 300 and "\n" not in text
+    assert text.startswith("RuntimeError: Unable to create node 'TreeEnsembleRegressor'")
