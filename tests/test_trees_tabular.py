@@ -135,6 +135,22 @@ def test_hgb_numeric_categorical_features_in_a_matrix():
                                rtol=1e-9)
 
 
+def test_hgb_categorical_features_named_on_string_columns(frames):
+    """pandas 3's default string dtype with categorical_features=[names]: same exact graph."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    train, y, _, test = frames
+    as_str = {"city": "str", "plan": "str"}
+    model = HistGradientBoostingClassifier(max_iter=40, categorical_features=["city", "plan"]
+                                           ).fit(train.astype(as_str), y)
+    c = convert(model, test.astype(as_str))
+    assert c.converter == "nbdeploy.trees_onnx" and verify(c).passed
+    rows = odd_rows(test).astype(as_str)        # an unseen city and missing cells
+    out = OnnxModel(c.onnx_bytes, c.spec).run(table_of(rows, c.spec))
+    np.testing.assert_allclose(out["probabilities"], model.predict_proba(rows), atol=1e-9)
+    assert list(out["label"]) == list(model.predict(rows))
+
+
 def _hgb_pipeline(**hgb):
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
