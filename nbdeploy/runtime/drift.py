@@ -75,31 +75,62 @@ class TableDriftMonitor:
         self.edges = [np.asarray(c.get("edges") or [], dtype=np.float64) for c in self.columns]
         self._index = [{v: i for i, v in enumerate(c["categories"])} if c["kind"] == "categorical"
                        else None for c in self.columns]
-        self.counts = [np.zeros_like(e) for e in self.expected]
+        # one flat count vector (column j's bins at offsets[j]) so a request is one bincount;
+        # numeric/boolean columns are binned together against padded float64 edges
+        sizes = [len(e) for e in self.expected]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self._flat = np.zeros(int(sum(sizes)), dtype=np.int64)
+        self._num = [j for j, c in enumerate(self.columns) if c["kind"] in ("numeric", "boolean")]
+        width = max([len(self.edges[j]) for j in self._num] + [1])
+        self._num_edges = np.full((len(self._num), width), np.inf)
+        for i, j in enumerate(self._num):
+            self._num_edges[i, :len(self.edges[j])] = self.edges[j]
+        self._num_offsets = self._offsets[self._num]
+        self._other = [j for j in range(len(self.columns)) if j not in self._num]
         self.missing = np.zeros(len(self.columns), dtype=np.int64)
         self.rows = 0
         self._lock = threading.Lock()
 
+    @property
+    def counts(self) -> list[np.ndarray]:
+        """Served counts per column, in the baseline's bins."""
+        return [self._flat[o:o + len(e)].astype(np.float64) for o, e in zip(self._offsets, self.expected)]
+
     def observe(self, X: np.ndarray) -> None:
         """Count served rows (an object table [N, columns]) into the baseline's bins."""
         X = np.asarray(X, dtype=object)
-        adds, miss = [], np.zeros(len(self.columns), dtype=np.int64)
-        for j, c in enumerate(self.columns):
-            m, v = column_values(X[:, j], c, self._index[j])
-            miss[j] = int(m.sum())
-            n = len(self.expected[j])
-            idx = v.astype(np.int64) if c["kind"] == "categorical" else \
-                np.searchsorted(self.edges[j], v, side="right")
-            adds.append(np.bincount(np.minimum(idx, n - 1), minlength=n)[:n])
+        n = len(X)
+        flat, miss = [], np.zeros(len(self.columns), dtype=np.int64)
+        if self._num:
+            V = X[:, self._num]
+            try:
+                V = V.astype(np.float64)
+            except (TypeError, ValueError):       # None among the numbers
+                V = np.stack([_as_floats(V[:, i]) for i in range(V.shape[1])], axis=1)
+            nan = np.isnan(V)
+            b = (V[:, :, None] >= self._num_edges[None, :, :]).sum(axis=2) + self._num_offsets
+            flat.append(b[~nan] if nan.any() else b.ravel())
+            miss[self._num] = nan.sum(axis=0)
+        for j in self._other:
+            c, off = self.columns[j], int(self._offsets[j])
+            col = X[:, j]
+            if c["kind"] == "categorical":
+                idx, unseen = self._index[j], len(self._index[j])
+                codes = [idx.get(v, unseen) + off for v in col if type(v) is str]
+            else:
+                lens = [len(v) for v in col if type(v) is str]
+                codes = (np.searchsorted(self.edges[j], lens, side="right") + off).tolist() if lens else []
+            miss[j] = n - len(codes)
+            flat.append(np.asarray(codes, dtype=np.int64))
+        add = np.bincount(np.concatenate(flat), minlength=self._flat.size) if flat else 0
         with self._lock:
-            for j, a in enumerate(adds):
-                self.counts[j] += a
+            self._flat += add
             self.missing += miss
-            self.rows += len(X)
+            self.rows += n
 
     def report(self) -> dict:
         with self._lock:
-            counts = [c.copy() for c in self.counts]
+            counts = self.counts
             missing, rows = self.missing.copy(), self.rows
         enough = rows >= self.min_rows
         features = []
