@@ -771,14 +771,14 @@ def _features_graph(onnx_model: Any, n_features: int) -> tuple[bytes | None, str
 
 
 def _table_tree(converted: Any, onnx: Any, names: list[str], rows: np.ndarray,
-                notes: list[str]) -> dict | None:
+                notes: list[str], *, asked: bool = False) -> dict | None:
     """Exact TreeSHAP for a ColumnTransformer -> tree pipeline, summed back per column."""
     groups, transform, why = _column_groups(converted.adapter.model, names)
     if groups is None:
         if converted.adapter.tree_support()[0]:
             notes.append("TreeSHAP not used: the trees read columns encoded inside the ONNX graph "
                          "(e.g. category splits); model-agnostic SHAP per column instead.")
-        elif why != "not a Pipeline" and "not a tree ensemble" not in why:
+        elif asked or (why != "not a Pipeline" and "not a tree ensemble" not in why):
             notes.append(f"TreeSHAP per column not used ({why}); model-agnostic SHAP per column instead.")
         return None
     try:
@@ -856,7 +856,8 @@ def _explain_table(converted: Any, *, onnx_model: Any, served_methods: list[str]
     tree = None
     if mode in ("auto", "tree"):
         report(0.05, "TreeSHAP: tracing transformed features to columns")
-        tree = _table_tree(converted, onnx, names, X_all[:int(max_rows or DEFAULT_ROWS["tree"])], notes)
+        tree = _table_tree(converted, onnx, names, X_all[:int(max_rows or DEFAULT_ROWS["tree"])], notes,
+                           asked=mode == "tree")
     elif converted.adapter.tree_support()[0] or _column_groups(converted.adapter.model, names)[0]:
         notes.append("Model-agnostic SHAP was requested for a tree model; TreeSHAP ('tree') would be "
                      "exact and much faster.")
