@@ -171,3 +171,23 @@ def ref_server(ref_deployment):
     h = serve.start(ref_deployment.tag)
     yield h
     h.stop()
+
+
+@pytest.fixture(scope="session")
+def ref_copy(ref_deployment):
+    """``make(name)`` builds one more bundle of the reference model under ``name`` (a new
+    version each call) and returns its tag: about 2 s instead of a whole deploy, for tests that
+    change, push or delete a bundle.  Same ONNX model, spec, model card, serving config and
+    drift baseline as ``ref_deployment``."""
+    def make(name: str) -> str:
+        from nbdeploy import bundle
+        from nbdeploy.drift import write_baseline
+
+        d = ref_deployment
+        info = bundle.build(name=name, onnx_bytes=d.chosen_model.SerializeToString(), spec=d.chosen_spec,
+                            metadata=d.to_dict(include_bundle=False), config=d.serve_config(),
+                            extra=lambda model_dir: write_baseline(model_dir, d.converted.X,
+                                                                   d.converted.schema.feature_names))
+        return info.tag
+
+    return make

@@ -64,13 +64,11 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> N
 
 
 @pytest.fixture
-def browser_bundle(rf_model, breast_cancer):
-    import nbdeploy
+def browser_bundle(ref_copy, rf_model, breast_cancer):
     from nbdeploy import store
 
     _, X_test, _, _ = breast_cancer
-    nbdeploy.deploy(rf_model, X_test, name="browser-rf", explain="none", quantize="none")
-    tag = store.list_bundles("browser-rf")[0].tag
+    tag = ref_copy("browser-rf")            # a bundle of its own: this test adds a plot to it
     plots = store.bundle_dir(tag) / "plots"
     if not any(plots.glob("*.png")):  # give the detail view a plot to show
         import matplotlib
@@ -203,18 +201,14 @@ PUSH_NAME = "browser-push"
 
 
 @pytest.fixture
-def push_bundle(ref_deployment):
+def push_bundle(ref_copy):
     """A bundle of its own (the test deletes it), built from the reference model."""
-    from nbdeploy import bundle
-
-    info = bundle.build(name=PUSH_NAME, onnx_bytes=ref_deployment.chosen_model.SerializeToString(),
-                        spec=ref_deployment.chosen_spec, metadata=ref_deployment.to_dict(include_bundle=False),
-                        config=ref_deployment.serve_config())
-    yield info.tag
+    tag = ref_copy(PUSH_NAME)
+    yield tag
     import bentoml
 
     try:
-        bentoml.bentos.delete(info.tag)
+        bentoml.bentos.delete(tag)
     except bentoml.exceptions.NotFound:
         pass
 

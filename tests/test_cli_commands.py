@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nbdeploy import bundle, serve
-from nbdeploy.bundle import ServeConfig
+from nbdeploy import serve
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +104,7 @@ def _predict(url: str, rows: np.ndarray, post) -> np.ndarray:
     return np.asarray(body["probabilities"])
 
 
-def test_serve_stable_rollout_prune_stop_delete(ref_deployment, rf_model, breast_cancer, post, get):
+def test_serve_stable_rollout_prune_stop_delete(ref_copy, rf_model, breast_cancer, post, get):
     from sklearn.ensemble import RandomForestClassifier
 
     import nbdeploy
@@ -113,11 +112,7 @@ def test_serve_stable_rollout_prune_stop_delete(ref_deployment, rf_model, breast
     X_train, X_test, y_train, _ = breast_cancer
     rows = X_test.values[:6]
 
-    def version_of(d):
-        return bundle.build(name=NAME, onnx_bytes=d.chosen_model.SerializeToString(), spec=d.chosen_spec,
-                            metadata=d.to_dict(include_bundle=False), config=ServeConfig()).tag
-
-    v1 = version_of(ref_deployment)                       # rf_model's answers
+    v1 = ref_copy(NAME)                                   # rf_model's answers
     model2 = RandomForestClassifier(n_estimators=5, max_depth=2, random_state=1).fit(X_train, y_train)
     v2 = nbdeploy.deploy(model2, X_test, name=NAME, explain="none", quantize="none").tag
     assert not np.allclose(rf_model.predict_proba(X_test.iloc[:6]), model2.predict_proba(X_test.iloc[:6]))
@@ -145,8 +140,8 @@ def test_serve_stable_rollout_prune_stop_delete(ref_deployment, rf_model, breast
         assert out.returncode == 2 and "stop it first" in out.stderr and v2 in bentoml_versions(NAME)
 
         time.sleep(0.01)
-        v3 = version_of(ref_deployment)
-        v4 = version_of(ref_deployment)
+        v3 = ref_copy(NAME)
+        v4 = ref_copy(NAME)
         assert bentoml_versions(NAME) == {v1, v2, v3, v4}
         out = cli("prune", NAME, "--keep", "1")
         assert out.returncode == 0, out.stderr

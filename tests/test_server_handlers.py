@@ -20,14 +20,13 @@ PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
 
 
 @pytest.fixture(scope="module")
-def bundle(rf_model, breast_cancer):
-    """One bundle made by nbdeploy, plus a plot (and a hostile symlink) in its plots folder."""
-    import nbdeploy
+def bundle(ref_copy):
+    """One bundle made by nbdeploy (a copy of the session's reference bundle, which this module
+    changes), plus a plot (and a hostile symlink) in its plots folder."""
     from nbdeploy import store
 
-    _, X_test, _, _ = breast_cancer
-    nbdeploy.deploy(rf_model, X_test, name=NAME, explain="none", quantize="none")
-    tag = store.list_bundles(NAME)[0].tag
+    tag = ref_copy(NAME)
+    assert store.list_bundles(NAME)[0].tag == tag
     plots = store.bundle_dir(tag) / "plots"
     plots.mkdir(exist_ok=True)
     (plots / "test-plot.png").write_bytes(PNG)
@@ -420,13 +419,11 @@ async def test_failed_job_reports_error(jp_fetch, bundle):
     assert done["error"]["hint"] and "Traceback" not in json.dumps(done)
 
 
-async def test_delete_version(jp_fetch, rf_model, breast_cancer):
-    import nbdeploy
+async def test_delete_version(jp_fetch, ref_copy):
     from nbdeploy import store
 
-    _, X_test, _, _ = breast_cancer
-    nbdeploy.deploy(rf_model, X_test, name="handlers-delete-me", explain="none", quantize="none")
-    tag = store.list_bundles("handlers-delete-me")[0].tag
+    tag = ref_copy("handlers-delete-me")
+    assert store.list_bundles("handlers-delete-me")[0].tag == tag
     r = _json(await jp_fetch("nbdeploy", "bundles", tag, method="DELETE"))
     assert r["deleted"] == tag
     code, _ = await _status(jp_fetch, "nbdeploy", "bundles", tag, "report")
