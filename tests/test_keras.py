@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
-import nbdeploy  # noqa: E402
+import nbdeploy  # noqa: E402  (after the importorskip lines)
 from nbdeploy.convert import convert  # noqa: E402
 from nbdeploy.verify import verify  # noqa: E402
 
@@ -151,7 +151,7 @@ def test_logits_head_gets_softmax():
 def test_unsupported_keras_models_get_bounded_errors():
     from nbdeploy.errors import NbdeployError
 
-    X, y, _ = _data()
+    X, _, _ = _data()
     a, b = keras.Input((3,)), keras.Input((3,))
     two = keras.Model([a, b], keras.layers.Dense(1)(keras.layers.Concatenate()([a, b])))
     with pytest.raises(NbdeployError) as e:

@@ -81,7 +81,7 @@ def known_rows(rows):
 @pytest.fixture(scope="module")
 def frames():
     train, y, s = make_frame(1500, seed=1)
-    test, y_test, s_test = make_frame(300, seed=2)
+    test, _, _ = make_frame(300, seed=2)
     return train, y, s, test
 
 
@@ -227,7 +227,7 @@ def test_hgb_records_with_strings_and_nulls_match_native(served_hgb, frames, pos
 
 @pytest.mark.slow
 def test_hgb_served_explain_is_additive_per_column(served_hgb, frames, post):
-    model, d, server = served_hgb["hgb-clf"]
+    model, _, server = served_hgb["hgb-clf"]
     rows = frames[3].head(3)
     status, out = post(server.url + "/explain", {"inputs": records(rows), "method": "shap"})
     assert status == 200, out
@@ -334,7 +334,7 @@ def served_boosters(frames):
 
 @pytest.mark.slow
 def test_lightgbm_on_categories_served_from_records(served_boosters, frames, post):
-    model, d, server = served_boosters["lgbm-binary"]
+    model, _, server = served_boosters["lgbm-binary"]
     test = frames[3]
     for rows in (test, odd_rows(test)):     # nulls, and an unseen city (missing to LightGBM)
         status, body = post(server.url + "/predict", {"inputs": records(rows)})
@@ -350,7 +350,7 @@ def test_lightgbm_on_categories_served_from_records(served_boosters, frames, pos
 
 @pytest.mark.slow
 def test_xgboost_enable_categorical_served_from_records(served_boosters, frames, post):
-    model, d, server = served_boosters["xgb-regression"]
+    model, _, server = served_boosters["xgb-regression"]
     test = frames[3]
     rows = odd_rows(test)
     known = known_rows(rows)
@@ -359,7 +359,9 @@ def test_xgboost_enable_categorical_served_from_records(served_boosters, frames,
         assert status == 200, body
         np.testing.assert_allclose(body["predictions"], model.predict(frame), rtol=1e-4, atol=1e-6)
     # XGBoost raises on a category it never saw; the served API answers 400 naming the column
-    with pytest.raises(Exception):
+    import xgboost
+
+    with pytest.raises(xgboost.core.XGBoostError, match="Reykjavik"):
         model.predict(rows)
     status, body = post(server.url + "/predict", {"inputs": records(rows)})
     assert status == 400, body

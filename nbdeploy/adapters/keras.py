@@ -244,7 +244,7 @@ class KerasAdapter(Adapter):
         import tensorflow as tf
         import tf2onnx
 
-        onx, _ = tf2onnx.convert.from_keras(
+        tf2onnx.convert.from_keras(
             self.model, input_signature=[tf.TensorSpec([None, n], tf.float32, name="input")],
             opset=opset, output_path=path)
         return "tf2onnx.from_keras"
