@@ -50,7 +50,7 @@ def cmd_list(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import start
 
-    h = start(args.tag, port=args.port, host=args.host, stable=args.stable)
+    h = start(args.tag, port=args.port, host=args.host, stable=args.stable, engine=args.engine)
     print(f"serving {h.tag} at {h.url} (pid {h.pid}); stop with: nbdeploy stop {h.name}")
     return 0
 
@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--stable", action="store_true",
                    help="keep this address across versions (a small proxy in front), for `nbdeploy rollout`")
+    s.add_argument("--engine", choices=["bentoml", "direct"], default="bentoml",
+                   help="bentoml: stock `bentoml serve` (default); direct: the bundle's own app on uvicorn "
+                        "(same API, faster, lighter)")
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("rollout", help="switch a --stable server to another version with no failed request")

@@ -337,15 +337,17 @@ class Deployment:
         return self.bundle.path if self.bundle else None
 
     def serve(self, port: int | None = None, *, host: str = "127.0.0.1", timeout: float = 90.0,
-              stable: bool = False):
-        """Serve the bundle with ``bentoml serve`` in the background; returns a ServerHandle."""
+              stable: bool = False, engine: str = "bentoml"):
+        """Serve the bundle in the background (``engine``: "bentoml" for ``bentoml serve``, or
+        "direct" for the bundle's own app on uvicorn); returns a ServerHandle."""
         from .serve import start
 
         self._require_bundle()
         t0 = time.perf_counter()
         self._emit(StepEvent("serve", "running"))
         try:
-            self.server = start(self.tag, port=port, host=host, timeout=timeout, stable=stable)
+            self.server = start(self.tag, port=port, host=host, timeout=timeout, stable=stable,
+                                engine=engine)
         except NbdeployError as exc:
             self._emit(StepEvent("serve", "failed", time.perf_counter() - t0, exc.message))
             raise

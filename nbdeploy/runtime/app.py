@@ -1,8 +1,12 @@
 """The served bundle's HTTP API as a Starlette app, mounted into the BentoML service.
 
 Routes: POST /predict, POST /explain, GET /metadata, GET /drift, GET /plots/{name}, and
-GET /nbdeploy/openapi.json.  BentoML itself answers /livez, /readyz (via the service's
-``__is_ready__``) and /metrics.
+GET /nbdeploy/openapi.json.  Under ``bentoml serve`` BentoML itself answers /livez, /readyz
+(via the service's ``__is_ready__``) and /metrics, and the service's ``@bentoml.api`` methods
+(``/api/predict``, ``/api/explain``, for BentoML's clients) call :meth:`Runtime.api`.  Under the
+direct engine (``engine.py``) the same app, built with ``direct=True``, answers those too.
+
+Model work beyond the concurrency limit (``limits.py``) gets a 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import limits as _limits
 from .jsonlimits import JsonTooDeep, loads_bounded
 from .validation import ClientError, parse_rows
 
@@ -24,6 +30,13 @@ if TYPE_CHECKING:  # numpy loads in the worker (Runtime.load), not in BentoML's 
 log = logging.getLogger("nbdeploy.runtime")
 
 JSON_TYPES = ("application/json", "text/json")
+ENGINE_ENV = "NBDEPLOY_ENGINE"
+ENGINES = ("bentoml", "direct")
+#: when the explainer stack (shap: numba, scipy...) is loaded: on the first /explain (lazy,
+#: the default: a predict-only replica never pays its memory), right after start-up (eager),
+#: or never (off: /explain answers 501)
+EXPLAIN_ENV = "NBDEPLOY_EXPLAIN"
+EXPLAIN_POLICIES = ("lazy", "eager", "off")
 
 
 def _read_json(path: Path, default: Any = None) -> Any:
@@ -31,6 +44,23 @@ def _read_json(path: Path, default: Any = None) -> Any:
         return default
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def _memory() -> dict:
+    """Resident memory of this process (the worker under bentoml serve), from /proc."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return {"rss_mb": round(int(line.split()[1]) / 1024, 1), "process": os.getpid()}
+    except (OSError, ValueError, IndexError):
+        pass
+    return {}
+
+
+def not_ready_body() -> dict:
+    return {"error": "unavailable", "message": "The model is still loading.",
+            "hint": "Retry after GET /readyz answers 200."}
 
 
 class Runtime:
@@ -53,6 +83,15 @@ class Runtime:
         self.batcher = None
         self.explainer = None
         self.started = time.time()
+        engine = os.environ.get(ENGINE_ENV, "bentoml").strip().lower()
+        self.engine = engine if engine in ENGINES else "bentoml"
+        policy = os.environ.get(EXPLAIN_ENV) or self.config.get("explain_load") or "lazy"
+        self.explain_policy = policy if policy in EXPLAIN_POLICIES else "lazy"
+        self.limit: int | None = None       # requests in flight before model work is shed
+        self.limit_info: dict = {}
+        self.retry_after_s = _limits.RETRY_AFTER_S
+        self.pending = _limits.LoopTasks()  # the direct engine counts uvicorn's tasks instead
+        self.shed = 0
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -86,12 +125,23 @@ class Runtime:
         import numpy as np
 
         self.model.run(np.zeros((1, int(self.spec["n_features"])), dtype=np.float32))
+        self.limit_info = _limits.derive(_read_json(self.model_dir / "metadata.json", {}) or {},
+                                         self.config, self.engine)
+        self.limit = self.limit_info["limit"]
         self.ready = True
-        log.info("nbdeploy bundle ready on %s", self.providers)
-        if (self.model_dir / "explain").is_dir():
+        log.info("nbdeploy bundle ready on %s (%s engine; at most %s requests in flight)",
+                 self.providers, self.engine, self.limit)
+        if (self.model_dir / "explain").is_dir() and self.explain_policy == "eager":
             # importing shap/lime takes seconds: do it after readiness, off the request path
             threading.Thread(target=self._warm_explainer, name="nbdeploy-explain-warmup",
                              daemon=True).start()
+
+    def overloaded(self) -> bool:
+        """Whether model work should be refused now (counts it when so)."""
+        if self.limit and self.pending() > self.limit:
+            self.shed += 1
+            return True
+        return False
 
     def _warm_explainer(self) -> None:
         try:
@@ -124,7 +174,12 @@ class Runtime:
                                           "batches": self.batcher.batches, "rows": self.batcher.rows}
                                          if self.batcher else None),
                                ready=self.ready, uptime_s=round(time.time() - self.started, 1),
-                               max_rows=self.max_rows)
+                               max_rows=self.max_rows, engine=self.engine,
+                               concurrency_limit=dict(self.limit_info, shed=self.shed),
+                               explainer={"load": self.explain_policy,
+                                          "loaded": self.explainer is not None,
+                                          "shap_imported": "shap" in sys.modules},
+                               memory=_memory())
         if "tag" not in meta:
             meta["tag"] = os.environ.get("BENTOML_BENTO_TAG")
         return meta
@@ -150,6 +205,9 @@ class Runtime:
         return self.explainer.explain(X, method=method, options=body)
 
     def _get_explainer(self):
+        if self.explainer is None and self.explain_policy == "off":
+            raise ClientError(501, f"Explanations are turned off in this replica (${EXPLAIN_ENV}=off).",
+                              hint="Send /explain to a replica started without it.")
         if self.explainer is None:
             with self._lock:
                 if self.explainer is None:
@@ -162,12 +220,17 @@ class Runtime:
         return self.explainer
 
 
-def build_app(runtime: Runtime):
-    """The Starlette app with nbdeploy's routes."""
+def build_app(runtime: Runtime, *, direct: bool = False, metrics=None):
+    """The Starlette app with nbdeploy's routes.
+
+    ``direct=True`` (the direct engine) adds what BentoML answers otherwise: /livez, /readyz,
+    /healthz, /metrics (``metrics``: a :class:`metrics.Metrics`), BentoML's client routes
+    /api/predict and /api/explain, and /schema.json for BentoML's clients.
+    """
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
     from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
     def error(exc: ClientError) -> JSONResponse:
@@ -205,23 +268,13 @@ def build_app(runtime: Runtime):
                               hint='Send e.g. {"inputs": [[1.0, 2.0]]}.') from exc
 
     def not_ready() -> JSONResponse:
-        return JSONResponse({"error": "unavailable", "message": "The model is still loading.",
-                             "hint": "Retry after GET /readyz answers 200."}, status_code=503)
+        return JSONResponse(not_ready_body(), status_code=503)
 
     async def predict(request: Request) -> Response:
         if not runtime.ready:
             return not_ready()
         try:
-            body = await read_json(request)
-            rows = body.get("inputs") if isinstance(body, dict) else None
-            small = isinstance(rows, list) and len(rows) <= 64
-            if runtime.batcher is not None and small:
-                X = runtime.parse(body)
-                out = runtime.model.to_json(await runtime.batcher.submit(X))
-            elif small:
-                out = runtime.predict(body)         # cheaper inline than a thread hop
-            else:
-                out = await run_in_threadpool(runtime.predict, body)
+            out = await predict_body(runtime, await read_json(request))
         except ClientError as exc:
             return error(exc)
         return JSONResponse(out)
@@ -230,8 +283,7 @@ def build_app(runtime: Runtime):
         if not runtime.ready:
             return not_ready()
         try:
-            body = await read_json(request)
-            out = await run_in_threadpool(runtime.explain, body)
+            out = await explain_body(runtime, await read_json(request))
         except ClientError as exc:
             return error(exc)
         return JSONResponse(out)
@@ -272,4 +324,118 @@ def build_app(runtime: Runtime):
         Route("/plots/{name}", plot, methods=["GET"]),
         Route("/nbdeploy/openapi.json", openapi, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    if direct:
+        async def livez(request: Request) -> Response:
+            return PlainTextResponse("\n")
+
+        async def readyz(request: Request) -> Response:
+            if runtime.ready:
+                return PlainTextResponse("\n")
+            if runtime.load_error:
+                return PlainTextResponse(f"load failed: {runtime.load_error}\n", status_code=503)
+            return PlainTextResponse("Service is not ready.\n", status_code=503)
+
+        async def prometheus(request: Request) -> Response:
+            text = metrics.text(in_flight=max(0, runtime.pending() - 1)) if metrics else ""
+            if runtime.drift is not None:
+                text += runtime.drift.prometheus()
+            return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+        async def schema(request: Request) -> Response:
+            from .engine import client_schema
+
+            return JSONResponse(client_schema(runtime))
+
+        routes += [Route("/livez", livez, methods=["GET"]), Route("/healthz", livez, methods=["GET"]),
+                   Route("/readyz", readyz, methods=["GET"]),
+                   Route("/metrics", prometheus, methods=["GET"]),
+                   # BentoML's client posts {"inputs": ..., "method": ...}: the same bodies
+                   Route("/api/predict", predict, methods=["POST"]),
+                   Route("/api/explain", explain, methods=["POST"]),
+                   Route("/schema.json", schema, methods=["GET"])]
+    paths = _limits.SHED_PATHS | ({"/api/predict", "/api/explain"} if direct else frozenset())
+    gate = Middleware(_limits.Gate, runtime=runtime, paths=paths, metrics=metrics)
+    return Starlette(routes=routes, middleware=[gate],
+                     lifespan=_lifespan(runtime))
+
+
+def _lifespan(runtime: Runtime):
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        # the event loop's long-lived tasks (BentoML's), counted before any request arrives
+        calibrate = getattr(runtime.pending, "calibrate", None)
+        if calibrate is not None:
+            calibrate()
+        yield
+
+    return lifespan
+
+
+async def predict_body(runtime: Runtime, body: Any) -> dict:
+    from starlette.concurrency import run_in_threadpool
+
+    rows = body.get("inputs") if isinstance(body, dict) else None
+    small = isinstance(rows, list) and len(rows) <= 64
+    if runtime.batcher is not None and small:
+        X = runtime.parse(body)
+        return runtime.model.to_json(await runtime.batcher.submit(X))
+    if small:
+        return runtime.predict(body)         # cheaper inline than a thread hop
+    return await run_in_threadpool(runtime.predict, body)
+
+
+async def explain_body(runtime: Runtime, body: Any) -> dict:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(runtime.explain, body)
+
+
+async def api_call(runtime: Runtime, route: str, body: dict):
+    """For the service's ``@bentoml.api`` methods: the mounted routes' checks and answers
+    (a dict, or a JSON response with the same error body and status)."""
+    from starlette.responses import JSONResponse
+
+    if not runtime.ready:
+        return JSONResponse(not_ready_body(), status_code=503)
+    if runtime.overloaded():
+        return JSONResponse(json.loads(_limits.busy_body(runtime.limit, runtime.retry_after_s)),
+                            status_code=503, headers={"Retry-After": str(runtime.retry_after_s)})
+    try:
+        if route == "predict":
+            return await predict_body(runtime, body)
+        return await explain_body(runtime, body)
+    except ClientError as exc:
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+
+class JsonOnly:
+    """ASGI middleware for BentoML's own app: its ``@bentoml.api`` endpoints pick a
+    deserialiser by Content-Type, and one of them is pickle (``application/vnd.bentoml+pickle``,
+    which BentoML uses between co-served services).  A bundle never loads pickle, so anything
+    but JSON sent to those routes gets the mounted routes' 415 before BentoML reads the body."""
+
+    ROUTES = frozenset({"/api/predict", "/api/explain"})
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in self.ROUTES:
+            ctype = ""
+            for k, v in scope.get("headers") or ():
+                if k == b"content-type":
+                    ctype = v.decode("latin-1").split(";")[0].strip().lower()
+            if ctype not in JSON_TYPES:
+                exc = ClientError(415, f"Unsupported content type {ctype!r}; this API takes JSON only.",
+                                  hint="Send Content-Type: application/json.",
+                                  expected="application/json", received=ctype[:100])
+                body = json.dumps(exc.to_dict()).encode()
+                await send({"type": "http.response.start", "status": 415,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
