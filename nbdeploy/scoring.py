@@ -121,8 +121,8 @@ class Scorer:
         self.names = ([c["name"] for c in self.columns] if self.table
                       else list(self.spec.get("feature_names") or []))
         self.n_features = int(self.spec["n_features"])
-        self.model = OnnxModel(self.model_dir / self.config.get("model_file", "model.onnx"),
-                               self.spec, providers=_providers(self.config), threads=threads)
+        path = self.model_dir / self.config.get("model_file", "model.onnx")
+        self.model = OnnxModel(path, self.spec, session=_batch_session(path, self.config, threads))
         self.task = self.spec["task"]
         self.classes = self.spec.get("classes")
         self._explainer = None
@@ -322,6 +322,23 @@ class Scorer:
         if explain:
             cols.update(self.explain(X))
         return pd.DataFrame(cols, index=idx), rejects, keep
+
+
+def _batch_session(path: Path, config: dict, threads: int | None):
+    """An onnxruntime session for large batches: its threads sleep instead of spinning between
+    runs.  On a busy machine spinning threads cost a forest 2-3x its throughput (measured here:
+    56k rows/s spinning vs 104-136k not, next to scikit-learn's 186k, under a load of 8 on 2
+    cores); for batches of thousands of rows there is nothing to gain from spinning."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=_providers(config))
 
 
 def _providers(config: dict) -> list[str]:
