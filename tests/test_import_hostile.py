@@ -396,6 +396,43 @@ def test_zip_bomb_is_refused_with_bounded_memory(base, tmp_path):
     assert (out["after_kib"] - out["before_kib"]) < 64 * 1024, out
 
 
+def test_tar_bomb_and_member_flood_are_refused_on_what_is_unpacked(base, tmp_path, monkeypatch):
+    """Limits count the decompressed stream as it is written, not what headers declare."""
+    import nbdeploy.archive as archive_mod
+
+    _, archive = base
+    members = _members(archive)
+    bomb = tmp_path / "bomb.tar.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as gz, \
+            tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            if _norm(info.name) != "src/model/explain/background.npy":
+                tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        big = tarfile.TarInfo("./src/model/explain/background.npy")
+        big.size = 512 * 1024 ** 2
+
+        class Zeros(io.RawIOBase):
+            left = big.size
+
+            def readable(self):
+                return True
+
+            def readinto(self, b):
+                n = min(len(b), self.left)
+                b[:n] = bytes(n)
+                self.left -= n
+                return n
+
+        tar.addfile(big, io.BufferedReader(Zeros()))
+    assert bomb.stat().st_size < 4 * 1024 ** 2
+    _refused(bomb, tmp_path, "src/model/explain/background.npy", "compression bomb")
+    # a flood of members: the limit is checked as members arrive (lowered here to keep it quick)
+    monkeypatch.setattr(archive_mod, "MAX_MEMBERS", len(members) + 5)
+    flood = _write(tmp_path / "flood.bento",
+                   members + [_file(f"./src/plots/p{i}.png", b"\x89PNG") for i in range(10)], "gz")
+    _refused(flood, tmp_path, "past the limit of")
+
+
 # ---------------------------------------------------------------------------------------------
 # pickles judged by content
 # ---------------------------------------------------------------------------------------------
