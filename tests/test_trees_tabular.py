@@ -366,3 +366,25 @@ def test_xgboost_enable_categorical_served_from_records(served_boosters, frames,
     status, body = post(server.url + "/predict", {"inputs": records(rows)})
     assert status == 400, body
     assert body["column"] == "city" and "Reykjavik" in str(body["received"])
+
+
+def _explain_regressor(server, model, rows, post):
+    status, out = post(server.url + "/explain", {"inputs": records(rows), "method": "shap"})
+    assert status == 200, out
+    assert out["feature_names"] == list(rows.columns)
+    contrib = np.asarray(out["contributions"], dtype=np.float64).reshape(len(rows), -1)
+    assert contrib.shape == (len(rows), 5)
+    total = np.asarray(out["base_values"], dtype=np.float64).reshape(-1) + contrib.sum(axis=1)
+    np.testing.assert_allclose(total, np.asarray(out["outputs"], dtype=np.float64).reshape(-1), rtol=1e-5,
+                               atol=1e-4)
+    if out["output_space"] == "value":
+        np.testing.assert_allclose(np.asarray(out["outputs"]).reshape(-1), model.predict(rows), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_regressors_served_explain_is_additive(served_hgb, served_boosters, frames, post):
+    rows = frames[3].head(3)
+    model, _, server = served_hgb["hgb-reg"]
+    _explain_regressor(server, model, rows, post)
+    model, _, server = served_boosters["xgb-regression"]
+    _explain_regressor(server, model, rows, post)
