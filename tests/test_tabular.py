@@ -414,3 +414,34 @@ def test_brief_caps_a_converter_dump():
     assert len(nodes) > 600_000
     assert len(text) <= 300 and "\n" not in text
     assert text.startswith("RuntimeError: Unable to create node 'TreeEnsembleRegressor'")
+
+
+def test_front_ends_show_the_schema(customers):
+    """%deploy (text mode, a real IPython shell) prints the columns; the widget's Summary lists
+    them and its snippets send a record that the served API's validation takes."""
+    import json
+
+    from IPython.testing import globalipapp
+    from IPython.utils.capture import capture_output
+
+    from nbdeploy.runtime.validation import parse_table
+    from nbdeploy.widget import DeployWidget
+
+    train, y_train, _, test, *_ = customers
+    globalipapp.start_ipython()
+    ip = globalipapp.get_ipython()
+    ip.run_line_magic("load_ext", "nbdeploy")
+    ip.user_ns.update(tab_model=_lr_pipeline().fit(train, y_train), tab_test=test)
+    with capture_output() as cap:
+        d = ip.run_line_magic("deploy", "tab_model --sample tab_test --name tab-magic --quantize none "
+                                        "--explain none --budget 1 --text")
+    assert "columns: age: numeric (nulls ok)" in cap.stdout, cap.stdout
+    assert "city: categorical (6 values, nulls ok)" in cap.stdout
+    assert "income: numeric (no nulls)" in cap.stdout
+    w = DeployWidget(d)
+    w.refresh()
+    assert "city: categorical" in w.summary_html.value
+    body = json.loads(w.curl_snippet.split("-d '", 1)[1].rsplit("'", 1)[0])
+    rec = body["inputs"][0]
+    assert set(rec) == set(test.columns) and isinstance(rec["city"], (str, type(None)))
+    parse_table(body["inputs"], d.converted.columns)   # raises if the served API would refuse it
