@@ -208,8 +208,13 @@ def _probe(adapter, session, task: str, base: np.ndarray, targets: list[tuple[in
     if taken:
         try:
             graph = _split(session.run(np.concatenate([blocks[i] for i in taken])), k, len(taken))
-        except Exception:
-            graph = [None] * len(taken)
+        except Exception:  # one block makes the graph raise: find which, block by block
+            graph = []
+            for i in taken:
+                try:
+                    graph.append(session.run(blocks[i]))
+                except Exception:
+                    graph.append(None)
         for i, g in zip(taken, graph):
             j = targets[i][0]
             result[j] = "ok" if g is not None and _agree(task, natives[i], g) else "graph differs"
