@@ -38,6 +38,17 @@ def client(server):
         yield c
 
 
+def test_explainer_stack_loads_on_first_explain(server, get, post, breast_cancer):
+    """A replica that only predicts never imports shap (its memory is the point); the first
+    /explain loads it.  (First in this module, so no test before it has explained.)"""
+    status, meta = get(server.url + "/metadata")
+    assert meta["serving"]["explainer"] == {"load": "lazy", "loaded": False, "shap_imported": False}
+    status, body = post(server.url + "/explain", {"inputs": breast_cancer[1].values[:1].tolist()})
+    assert status == 200, body
+    status, meta = get(server.url + "/metadata")
+    assert meta["serving"]["explainer"]["loaded"] is True and meta["serving"]["explainer"]["shap_imported"]
+
+
 def test_sync_client_predict_equals_sklearn(client, rf_model, breast_cancer):
     X = breast_cancer[1]
     rows = X.values[:7]
