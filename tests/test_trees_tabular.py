@@ -315,6 +315,29 @@ def test_boosters_on_pandas_categories_take_strings(name, frames):
         assert cols["city"]["accepts_unseen"] is True
 
 
+def test_boosters_with_early_stopping_use_the_best_iteration(frames):
+    """predict() stops at best_iteration; so must the graph (the later trees are left out)."""
+    import lightgbm
+    import xgboost
+
+    train, _, s, test = frames
+    val, _, s_val = make_frame(300, seed=3)
+    band = lambda df: np.where(df["income"] > 35000, 2, np.where(df["age"].fillna(0) > 45, 1, 0))  # noqa: E731
+    xgb = xgboost.XGBClassifier(n_estimators=300, max_depth=6, learning_rate=0.3, enable_categorical=True,
+                                early_stopping_rounds=5).fit(train, band(train), eval_set=[(val, band(val))],
+                                                             verbose=False)
+    assert xgb.best_iteration + 1 < xgb.get_booster().num_boosted_rounds()
+    lgbm = lightgbm.LGBMRegressor(n_estimators=300, verbose=-1).fit(
+        train, s, eval_set=[(val, s_val)], callbacks=[lightgbm.early_stopping(5, verbose=False)])
+    for model in (xgb, lgbm):
+        c = convert(model, test)
+        out = OnnxModel(c.onnx_bytes, c.spec).run(table_of(test, c.spec))
+        if hasattr(model, "predict_proba"):
+            np.testing.assert_allclose(out["probabilities"], model.predict_proba(test), atol=1e-6)
+        else:
+            np.testing.assert_allclose(out["value"], model.predict(test), rtol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def served_boosters(frames):
     _, _, _, test = frames
