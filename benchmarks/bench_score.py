@@ -16,8 +16,9 @@ and a scikit-learn MLP (30 -> 256 -> 128 -> 2), both deployed with ``quantize="n
 * Spark (``local[2]``): ``nbdeploy.spark.predict_udf`` vs ``mlflow.pyfunc.spark_udf``
   (``env_manager="local"``) on the same Spark DataFrame, forced with the ``noop`` sink;
   first (cold: executors load the model) and best warm run.  mlflow is optional: run this
-  script with a Python that has ``mlflow-skinny`` (mlflow unpickles its saved model on every
-  executor; that is the mechanism compared, on a model this script itself saved).
+  script with a Python that has ``mlflow-skinny`` and ``skops`` (mlflow 3 saves scikit-learn
+  models with skops by default and loads that file on every executor; the model is one this
+  script saved itself, in its own temporary folder).
 
 Timings on a shared 2-core machine are noisy; read the ratios.
 """

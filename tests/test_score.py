@@ -287,7 +287,7 @@ def test_magic_score(rf_bundle, rf_model, breast_cancer, capsys):
     out = shell.run_line_magic("deploy", f"score {rf_bundle.tag} X_new[:60]")
     _check_against_native(out, rf_model, X_test[:60])
     assert shell.run_line_magic("deploy", f"score {rf_bundle.tag} X_nwe") is None
-    assert "did you mean X_new" in capsys.readouterr().err.lower()
+    assert "did you mean x_new" in capsys.readouterr().err.lower()
 
 
 def test_score_stays_the_function_after_the_modules_load():
