@@ -180,7 +180,7 @@ class _Writer:
         for i, p in enumerate(parts):
             path = path / p
             try:
-                os.mkdir(path, 0o700)
+                os.mkdir(path, 0o755)     # dest's parent is private (0o700) until the import ends
             except FileExistsError:
                 st = os.lstat(path)
                 if not stat.S_ISDIR(st.st_mode):
@@ -198,7 +198,7 @@ class _Writer:
         parent = self._mkdirs(parts[:-1])
         target = parent / parts[-1]
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-                     0o700 if executable else 0o600)
+                     0o755 if executable else 0o644)
         with os.fdopen(fd, "wb") as out:
             while True:
                 chunk = src.read(_CHUNK)

@@ -7,9 +7,10 @@ env/python/requirements.txt``, ``bentoml import`` and ``bentoml serve``.
 
 ``import_bundle`` is the way back and treats the archive as untrusted.  All reading of the
 archive happens in :mod:`nbdeploy.archive` (one decompressed stream, checked and written
-member by member into a private folder, then layout, pickle, manifest and code-identity
-checks); BentoML only ever sees that checked folder, never the archive (CVE-2026-27905 /
-GHSA-m6w7-qv66-g3mf is in BentoML's own extraction).
+member by member into a private folder next to the BentoML store, then layout, pickle,
+manifest and code-identity checks); the checked folder is then renamed into the store, so
+each byte is written once and BentoML's own extraction code never sees the archive
+(CVE-2026-27905 / GHSA-m6w7-qv66-g3mf).
 
 ``check_bundle`` lists what would stop a bundle from being served elsewhere: unpinned or
 missing requirements, notebook-only packages, imports no requirement provides, pickle files,
@@ -264,8 +265,20 @@ def import_bundle(path: str | os.PathLike, *, trust: bool = False,
     from .archive import MANIFEST, SIGNATURE, unpack_bundle
 
     archive = Path(os.fspath(path)).expanduser().absolute()
-    with tempfile.TemporaryDirectory(prefix="nbdeploy-import-") as tmp:
-        dest = Path(tmp) / "bento"
+    import shutil
+
+    import bentoml
+    from bentoml._internal.bento import Bento
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    from .bundle import _private_store, _store_root
+
+    # unpacked next to the store (same file system), checked there, then renamed into it:
+    # each byte is written once, and the store never shows a half-imported bundle
+    store_root = _store_root()
+    staging = _private_store(store_root)
+    try:
+        dest = staging / "bento"
         dest.mkdir()
         u = unpack_bundle(archive, dest, trust=trust, trusted_keys=trusted_keys)
         onnx = _onnx_problems(dest)
@@ -274,16 +287,17 @@ def import_bundle(path: str | os.PathLike, *, trust: bool = False,
                                     hint="Nothing was imported.")
         for extra in (MANIFEST, SIGNATURE):          # the store keeps the bundle as exported
             (dest / extra).unlink(missing_ok=True)
-        import bentoml
-
-        try:
-            bentoml.get(u.tag)
-        except Exception:
-            pass
-        else:
+        name, version = u.tag.split(":")
+        final = store_root / name / version
+        if final.exists():
             raise InvalidInputError(f"{u.tag} is already in the BentoML store.",
                                     hint=f"Delete it first (`nbdeploy delete {u.tag}`) to import "
                                          "this archive again.")
+        try:
+            Bento.from_path(str(dest)).validate()
+        except Exception as exc:
+            raise InvalidInputError(f"BentoML does not accept {archive.name}: {type(exc).__name__}: "
+                                    f"{str(exc)[:300]}", hint="Nothing was imported.") from exc
         if u.trusted_differences:
             import warnings
 
@@ -291,12 +305,27 @@ def import_bundle(path: str | os.PathLike, *, trust: bool = False,
             warnings.warn(f"Importing {u.tag} with code that differs from this nbdeploy "
                           f"release's ({who}): " + "; ".join(u.trusted_differences[:8]),
                           stacklevel=2)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(dest, 0o755)
         try:
-            bento = bentoml.bentos.import_bento(str(dest), input_format="folder")
-        except Exception as exc:
-            raise BundleError(f"BentoML could not import {archive.name}: {type(exc).__name__}: "
-                              f"{str(exc)[:300]}", hint="Nothing was added to the store.") from exc
-        return str(bento.tag)
+            os.rename(dest, final)       # fails if the version appeared meanwhile
+        except OSError as exc:
+            raise BundleError(f"Could not add {u.tag} to the BentoML store: {exc}",
+                              hint="Nothing was added; check that the store is writable.") from exc
+        store = BentoMLContainer.bento_store.get()
+        latest = store_root / name / "latest"
+        try:
+            newest = not latest.exists() or \
+                store.get(u.tag).creation_time >= store.get(name).creation_time
+        except Exception:   # noqa: BLE001 (a dangling 'latest' is replaced)
+            newest = True
+        if newest:
+            tmp_latest = latest.with_name(f".latest-{version}")
+            tmp_latest.write_text(version, encoding="utf-8")
+            os.replace(tmp_latest, latest)
+        return str(bentoml.get(u.tag).tag)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,22 +126,23 @@ def _tree(folder: Path) -> set[str]:
 
 @contextlib.contextmanager
 def _nothing_written(tmp_path: Path):
-    """Nothing new in tmp_path (where the attacks aim) or in the BentoML store (bentos and
-    models), and the import's own temporary folder (a private one, since other test runs
-    share the system's) left empty.  Yields that folder."""
+    """Nothing new in tmp_path (where the attacks aim), in the BentoML store (bentos and
+    models) or in the import's staging folder next to it, and no temporary folder left (a
+    private temp dir, since other test runs share the system's).  Yields that temp dir."""
     import bentoml
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     home = Path(BentoMLContainer.bentoml_home.get())
     tags = {str(b.tag) for b in bentoml.bentos.list()}
-    before = _tree(tmp_path), _tree(home / "bentos"), _tree(home / "models")
+    staging = home / ".nbdeploy-staging"            # where import unpacks, next to the store
+    before = _tree(tmp_path), _tree(home / "bentos"), _tree(home / "models"), _tree(staging)
     private = Path(tempfile.mkdtemp(prefix="hostile-tmp-"))
     saved, tempfile.tempdir = tempfile.tempdir, str(private)
     try:
         yield private
     finally:
         tempfile.tempdir = saved
-    assert (_tree(tmp_path), _tree(home / "bentos"), _tree(home / "models")) == before
+    assert (_tree(tmp_path), _tree(home / "bentos"), _tree(home / "models"), _tree(staging)) == before
     assert {str(b.tag) for b in bentoml.bentos.list()} == tags
     assert list(private.iterdir()) == []
     private.rmdir()
