@@ -37,6 +37,7 @@ ENGINES = ("bentoml", "direct")
 #: or never (off: /explain answers 501)
 EXPLAIN_ENV = "NBDEPLOY_EXPLAIN"
 EXPLAIN_POLICIES = ("lazy", "eager", "off")
+GC_FREEZE_ENV = "NBDEPLOY_GC_FREEZE"
 
 
 def _read_json(path: Path, default: Any = None) -> Any:
@@ -128,6 +129,14 @@ class Runtime:
         self.limit_info = _limits.derive(_read_json(self.model_dir / "metadata.json", {}) or {},
                                          self.config, self.engine)
         self.limit = self.limit_info["limit"]
+        if os.environ.get(GC_FREEZE_ENV, "1") != "0":
+            # Everything imported so far (BentoML, pydantic, onnxruntime...) lives as long as the
+            # process: move it out of the collector's reach, so a full collection scans only what
+            # requests allocate instead of pausing every request in flight for it.
+            import gc
+
+            gc.collect()
+            gc.freeze()
         self.ready = True
         log.info("nbdeploy bundle ready on %s (%s engine; at most %s requests in flight)",
                  self.providers, self.engine, self.limit)
