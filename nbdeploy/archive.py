@@ -152,6 +152,7 @@ class _Writer:
         self.count = 0
         self.seen: dict[str, str] = {}      # casefolded name -> "file" | "dir"
         self.files: list[str] = []
+        self.digests: dict[str, tuple[str, int]] = {}   # hashed as written, for the manifest
 
     def _claim(self, name: str, kind: str) -> list[str]:
         self.count += 1
@@ -199,11 +200,14 @@ class _Writer:
         target = parent / parts[-1]
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
                      0o755 if executable else 0o644)
+        h, size = hashlib.sha256(), 0
         with os.fdopen(fd, "wb") as out:
             while True:
                 chunk = src.read(_CHUNK)
                 if not chunk:
                     break
+                h.update(chunk)
+                size += len(chunk)
                 self.total += len(chunk)
                 if self.total > MAX_TOTAL_BYTES:
                     raise _Refused(name, f"takes the archive past {MAX_TOTAL_BYTES >> 30} GiB unpacked")
@@ -212,6 +216,7 @@ class _Writer:
                                          f"size (a compression bomb)")
                 out.write(chunk)
         self.files.append("/".join(parts))
+        self.digests["/".join(parts)] = (h.hexdigest(), size)
 
 
 class _Counted(io.RawIOBase):
@@ -491,7 +496,8 @@ def manifest_bytes(tag: str, files: dict[str, dict]) -> bytes:
                        "files": dict(sorted(files.items()))}, indent=1).encode()
 
 
-def _manifest_problems(root: Path, files: list[str], tag: str) -> list[tuple[str, str]]:
+def _manifest_problems(root: Path, files: list[str], tag: str,
+                       digests: dict[str, tuple[str, int]]) -> list[tuple[str, str]]:
     p = root / MANIFEST
     if p.stat().st_size > 32 * 1024 ** 2:
         return [(MANIFEST, "is too large")]
@@ -511,7 +517,7 @@ def _manifest_problems(root: Path, files: list[str], tag: str) -> list[tuple[str
     for rel in sorted(set(listed) - present):
         out.append((rel, "is listed in the archive's manifest but missing"))
     for rel in sorted(present & set(listed)):
-        digest, size = sha256_file(root / rel)
+        digest, size = digests[rel] if rel in digests else sha256_file(root / rel)
         entry = listed[rel] if isinstance(listed[rel], dict) else {}
         if entry.get("sha256") != digest or entry.get("size") != size:
             out.append((rel, "does not match the SHA-256 in the archive's manifest (changed "
@@ -833,7 +839,7 @@ def unpack_bundle(path: str | os.PathLike, dest: Path, *, trust: bool = False,
 
     result = Unpacked(root=dest, tag=tag, files=files, manifest=MANIFEST in files)
     if result.manifest:
-        bad = _manifest_problems(dest, files, tag)
+        bad = _manifest_problems(dest, files, tag, w.digests)
         if bad:
             raise _refusal(archive, *bad[0], more=len(bad) - 1)
     elif not trust:
