@@ -54,6 +54,8 @@ def _category_index(col: dict) -> dict:
     # built once per column dict, not per request; the cache holds the dict, so its id stays unique
     hit = _INDEX.get(id(col))
     if hit is None or hit[0] is not col:
+        if len(_INDEX) > 512:  # a notebook converts many models: keep the cache bounded
+            _INDEX.clear()
         hit = _INDEX[id(col)] = (col, {v: i for i, v in enumerate(col.get("categories") or [])})
     return hit[1]
 
@@ -129,6 +131,8 @@ def _plan(columns: list[dict]) -> list[tuple]:
     """(index, column, graph input, onnx type, how) per fed column, once per columns list."""
     hit = _PLANS.get(id(columns))
     if hit is None or hit[0] is not columns:
+        if len(_PLANS) > 256:
+            _PLANS.clear()
         plan = []
         for j, col in enumerate(columns):
             name = col.get("onnx_input")

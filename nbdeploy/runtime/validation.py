@@ -305,6 +305,8 @@ _KNOWN: dict = {}
 def _known(col: dict) -> frozenset:
     hit = _KNOWN.get(id(col))
     if hit is None or hit[0] is not col:
+        if len(_KNOWN) > 512:
+            _KNOWN.clear()
         hit = _KNOWN[id(col)] = (col, frozenset(col.get("categories") or []))
     return hit[1]
 
