@@ -92,10 +92,11 @@ def test_score_map_in_pandas_with_shap(spark, shap_bundle, rf_model, breast_canc
     np.testing.assert_allclose(out["shap_base"] + phi.sum(axis=1), P[:, 1], atol=1e-5)
     sv = shap.TreeExplainer(rf_model).shap_values(X.to_numpy(dtype=np.float32))
     np.testing.assert_allclose(phi, sv[:, :, 1] if np.ndim(sv) == 3 else sv[1], atol=1e-5)
-    # the same answers as nbdeploy.score on the driver
+    # the same answers as nbdeploy.score on the driver (to float32 rounding: onnxruntime's sums
+    # over trees run in an order that depends on the batch, and Spark's batches are others)
     local = nbdeploy.score(shap_bundle.tag, X, explain=True, progress=False)
     np.testing.assert_allclose(out[local.columns[1:-1]].to_numpy(dtype=float),
-                               local[local.columns[1:-1]].to_numpy(dtype=float), atol=1e-9)
+                               local[local.columns[1:-1]].to_numpy(dtype=float), atol=5e-7)
 
 
 def test_bad_row_fails_the_job_with_the_served_message(spark, ref_deployment, breast_cancer):
