@@ -269,6 +269,8 @@ def _unpack_tar(archive: Path, magic: bytes, w: _Writer) -> None:
         tar = tarfile.open(fileobj=buffered, mode="r|", tarinfo=_TarInfo)
         try:
             for m in tar:
+                if m.issparse():      # pax/GNU sparse maps expand a few bytes into many
+                    raise _Refused(m.name, "is a sparse file")
                 if m.isdir():
                     w.folder(m.name)
                 elif m.isreg():
