@@ -574,3 +574,19 @@ def test_signed_export_and_trusted_keys(base, tmp_path, capsys):
     # without trusted keys the same archive is judged like any other: its code differs
     with _nothing_written(tmp_path), pytest.raises(InvalidInputError, match="src/service.py"):
         import_bundle(tmp_path / "team.bento")
+
+
+def test_sparse_member_is_refused(tmp_path):
+    """A pax sparse member: 10 KB of archive that tarfile would expand to 64 MiB of zeros."""
+    src = tmp_path.parent / f"{tmp_path.name}-sparse"
+    src.mkdir()
+    (src / "bento.yaml").write_bytes(b"name: x\n")
+    with open(src / "model.onnx", "wb") as f:
+        f.seek(64 * 1024 ** 2)
+        f.write(b"x")
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "--sparse", "--format=pax", "-cf", str(archive), "-C", str(src),
+                    "bento.yaml", "model.onnx"], check=True)
+    with tarfile.open(archive) as t:
+        assert t.getmember("model.onnx").issparse()
+    _refused(archive, tmp_path, "model.onnx", "sparse")
