@@ -180,7 +180,9 @@ def spark_bench(tags: dict, native: dict, df, repeat: int, tmp: Path) -> None:
                 path = tmp / f"mlflow-{name}"
                 if hasattr(model, "n_jobs"):
                     model.n_jobs = None          # one thread per task, as onnxruntime gets
-                mlflow.sklearn.save_model(model, str(path))
+                # a model this script just trained and saved: its tree type is trusted
+                mlflow.sklearn.save_model(model, str(path),
+                                          skops_trusted_types=["sklearn.tree._tree.Tree"])
                 engines.append(("mlflow.pyfunc.spark_udf",
                                 mlflow.pyfunc.spark_udf(spark, str(path), result_type="double",
                                                         env_manager="local")))

@@ -655,6 +655,56 @@ def _records_frame(records: list[dict]) -> Any:
     return pd.DataFrame({n: pd.Series([r.get(n) for r in records], dtype=object) for n in names})
 
 
+class _Prefetch:
+    """Reads the next chunk in a background thread while the current one is scored (pyarrow's
+    readers and onnxruntime release the GIL); at most ``depth`` chunks wait, so memory stays
+    bounded.  Errors of the reader are raised in the caller, in order."""
+
+    _END = object()
+
+    def __init__(self, it: Iterator, depth: int = 1):
+        import queue
+        import threading
+
+        self._q: Any = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(it,), name="nbdeploy-score-reader",
+                                        daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, it: Iterator) -> None:
+        try:
+            for item in it:
+                if not self._put(("item", item)):
+                    return
+            self._put(("end", None))
+        except BaseException as exc:   # handed to the consumer
+            self._put(("error", exc))
+
+    def __iter__(self):
+        while True:
+            kind, value = self._q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 # ----------------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------------
@@ -889,8 +939,9 @@ def score(bundle: Any, data: Any, *, output: str | os.PathLike | None = None,
     rej_file = open(rej_path.with_name(f".{rej_path.name}.partial"), "w", encoding="utf-8") \
         if rej_path else None
     parts, n_rows, n_bad = [], 0, 0
+    chunks = _Prefetch(source.chunks)
     try:
-        for start, frame, index in source.chunks:
+        for start, frame, index in chunks:
             scored, bad, pos = scorer.score_frame(frame, start=start, explain=bool(explain),
                                                   collect=rej_file is not None, index=index)
             for k in keep:
@@ -909,6 +960,7 @@ def score(bundle: Any, data: Any, *, output: str | os.PathLike | None = None,
                 parts.append(scored)
             bar.update(len(frame))
     except BaseException as exc:
+        chunks.close()
         if writer is not None:
             writer.abort()
         if rej_file is not None:
