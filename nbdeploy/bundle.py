@@ -63,6 +63,10 @@ def requirements(*, device: str = "cpu", explain: bool = False,
     for dist in ("uvloop", "httptools"):
         if _version_of(dist):
             reqs.append(f"{dist}=={_version_of(dist)}")
+    # runtime/auth.py verifies OIDC tokens with joserfc, if turned on where the bundle is deployed
+    for dist in ("joserfc", "cryptography"):
+        if _version_of(dist):
+            reqs.append(f"{dist}=={_version_of(dist)}")
     if extra is not None:
         reqs.extend(r for r in extra if r.split("==")[0] not in {q.split("==")[0] for q in reqs})
     elif explain:

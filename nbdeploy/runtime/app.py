@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import auth as _auth
 from . import limits as _limits
 from .jsonlimits import JsonTooDeep, loads_bounded
 from .validation import ClientError, parse_rows
@@ -348,6 +349,7 @@ def build_app(runtime: Runtime, *, direct: bool = False, metrics=None):
             text = metrics.text(in_flight=max(0, runtime.pending() - 1)) if metrics else ""
             if runtime.drift is not None:
                 text += runtime.drift.prometheus()
+            text += _auth.prometheus()
             return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
         async def schema(request: Request) -> Response:
@@ -364,7 +366,10 @@ def build_app(runtime: Runtime, *, direct: bool = False, metrics=None):
                    Route("/schema.json", schema, methods=["GET"])]
     paths = _limits.SHED_PATHS | ({"/api/predict", "/api/explain"} if direct else frozenset())
     gate = Middleware(_limits.Gate, runtime=runtime, paths=paths, metrics=metrics)
-    return Starlette(routes=routes, middleware=[gate],
+    # access control (off unless configured); under bentoml serve the service adds it around
+    # BentoML's whole app instead, so that its own routes are guarded too
+    guard = [Middleware(_auth.AuthMiddleware, config=runtime.config)] if direct else []
+    return Starlette(routes=routes, middleware=[*guard, gate],
                      lifespan=_lifespan(runtime))
 
 
