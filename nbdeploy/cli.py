@@ -50,8 +50,39 @@ def cmd_list(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import start
 
-    h = start(args.tag, port=args.port, host=args.host, stable=args.stable, engine=args.engine)
+    env = None
+    if args.auth == "key":  # the local key file (nbdeploy keys create); reread when it changes
+        from . import keys
+
+        if not keys.list_keys():
+            print(f"created API key 'default' (shown once, keep it): {keys.create('default')}")
+        env = {"NBDEPLOY_AUTH": "key", keys.ENV_VAR: str(keys.keys_file())}
+    h = start(args.tag, port=args.port, host=args.host, stable=args.stable, engine=args.engine,
+              tls_cert=args.tls_cert, tls_key=args.tls_key, env=env)
     print(f"serving {h.tag} at {h.url} (pid {h.pid}); stop with: nbdeploy stop {h.name}")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from . import keys
+    from .errors import InvalidInputError
+
+    if args.action != "list" and not args.name:
+        raise InvalidInputError(f"`nbdeploy keys {args.action}` needs the key's name.",
+                                hint=f"e.g. nbdeploy keys {args.action} ci")
+    if args.action == "create":
+        key = keys.create(args.name, args.file)
+        print(f"API key {args.name!r} (shown once; only its salted hash is kept in "
+              f"{keys.keys_file(args.file)}):\n{key}")
+    elif args.action == "revoke":
+        keys.revoke(args.name, args.file)
+        print(f"revoked {args.name!r}; servers reading {keys.keys_file(args.file)} refuse it within a second")
+    else:
+        found = keys.list_keys(args.file)
+        for k in found:
+            print(f"{k.name}\tcreated {k.created}")
+        if not found:
+            print("(no API keys)")
     return 0
 
 
@@ -187,7 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=["bentoml", "direct"], default="bentoml",
                    help="bentoml: stock `bentoml serve` (default); direct: the bundle's own app on uvicorn "
                         "(same API, faster, lighter)")
+    s.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS only (with --tls-key)")
+    s.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    s.add_argument("--auth", choices=["off", "key"], default="off",
+                   help="key: require an API key from `nbdeploy keys` (Authorization: Bearer KEY)")
     s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("keys", help="API keys for servers started with --auth key (create, list, revoke)")
+    s.add_argument("action", choices=["create", "list", "revoke"])
+    s.add_argument("name", nargs="?", default=None, help="the key's name (create, revoke)")
+    s.add_argument("--file", default=None, help="key file (default: $NBDEPLOY_HOME/api_keys)")
+    s.set_defaults(fn=cmd_keys)
 
     s = sub.add_parser("rollout", help="switch a --stable server to another version with no failed request")
     s.add_argument("name", help="server id or bundle name")

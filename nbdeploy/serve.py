@@ -53,8 +53,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _http_status(url: str, timeout: float = 1.0) -> int | None:
+    ctx = None
+    if url.startswith("https:"):  # probing our own loopback server (no credentials sent):
+        import ssl                # a self-signed certificate must not hide its readiness
+
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -77,14 +84,19 @@ class ServerHandle:
     proxy_pid: int | None = None      # and nbdeploy.proxy listens on ``port``
     workers: list = field(default_factory=list)  # BentoML workers run in sessions of their own
     engine: str = "bentoml"
+    tls: bool = False                 # HTTPS (nbdeploy serve --tls-cert/--tls-key)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def backend_url(self) -> str:
-        return f"http://{self.host}:{self.backend_port or self.port}"
+        return f"{self.scheme}://{self.host}:{self.backend_port or self.port}"
 
     @property
     def stable(self) -> bool:
@@ -264,8 +276,22 @@ def _check_engine(engine: str) -> str:
     return engine
 
 
+def _check_tls(tls_cert, tls_key) -> tuple[str, str] | None:
+    if not tls_cert and not tls_key:
+        return None
+    if not (tls_cert and tls_key):
+        raise InvalidInputError("HTTPS needs both a certificate and its private key.",
+                                hint="Pass --tls-cert CERT.pem --tls-key KEY.pem (PEM files).")
+    for what, p in (("certificate", tls_cert), ("private key", tls_key)):
+        if not Path(p).is_file():
+            raise InvalidInputError(f"The TLS {what} file {str(p)[:200]!r} does not exist.",
+                                    hint="Give the path of a PEM file readable by this user.")
+    return str(Path(tls_cert).resolve()), str(Path(tls_key).resolve())
+
+
 def _spawn_bentoml(tag: str, host: str, port: int, log_path: Path, env: dict | None,
-                   engine: str = "bentoml") -> subprocess.Popen:
+                   engine: str = "bentoml", tls: tuple[str, str] | None = None) -> subprocess.Popen:
+    ssl_args = ["--ssl-certfile", tls[0], "--ssl-keyfile", tls[1]] if tls else []
     if engine == "direct":
         import bentoml
 
@@ -274,14 +300,15 @@ def _spawn_bentoml(tag: str, host: str, port: int, log_path: Path, env: dict | N
         env.pop("PYTHONPATH", None)
         # the bundle's own runtime (nbdeploy_runtime in src/), not this nbdeploy's copy
         return _spawn([sys.executable, "-m", "nbdeploy_runtime.engine", "--host", host,
-                       "--port", str(port), "--tag", tag], log_path, env, cwd=str(src))
-    return _spawn([*bentoml_executable(), "serve", tag, "--host", host, "--port", str(port)],
+                       "--port", str(port), "--tag", tag, *ssl_args], log_path, env, cwd=str(src))
+    return _spawn([*bentoml_executable(), "serve", tag, "--host", host, "--port", str(port), *ssl_args],
                   log_path, env)
 
 
 def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout: float = 90.0,
           wait: bool = True, stable: bool = False, env: dict | None = None,
-          engine: str = "bentoml") -> ServerHandle:
+          engine: str = "bentoml", tls_cert: str | None = None,
+          tls_key: str | None = None) -> ServerHandle:
     """Run stock ``bentoml serve TAG`` in the background and wait until ``/readyz`` is 200.
 
     ``engine="direct"`` runs the bundle's own ASGI app on uvicorn instead (one process; the
@@ -289,8 +316,16 @@ def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout
 
     ``stable=True`` puts a small proxy on ``port`` so that :func:`rollout` can later switch
     the address to another version without failing a request.
+
+    ``tls_cert``/``tls_key`` (PEM files) serve HTTPS only, through ``bentoml serve
+    --ssl-certfile/--ssl-keyfile`` or uvicorn's own options under the direct engine.  Access
+    control (API keys, OIDC) is configured through ``env``: see ``nbdeploy_runtime.auth``.
     """
     _check_engine(engine)
+    tls = _check_tls(tls_cert, tls_key)
+    if tls and stable:
+        raise InvalidInputError("A stable address (its proxy) does not serve HTTPS yet.",
+                                hint="Leave out --stable, or terminate TLS in front of the proxy.")
     tag = _resolve(tag)
     port = port or free_port(host)
     if _http_status(f"http://{host}:{port}/livez", timeout=0.3) is not None:
@@ -300,10 +335,10 @@ def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout
     log_path = servers_dir() / f"{sid}.log"
     log_path.write_bytes(b"")
     backend_port = free_port(host) if stable else None
-    proc = _spawn_bentoml(tag, host, backend_port or port, log_path, env, engine)
+    proc = _spawn_bentoml(tag, host, backend_port or port, log_path, env, engine, tls)
     handle = ServerHandle(id=sid, tag=tag, host=host, port=port, pid=proc.pid,
                           log_path=str(log_path), started=time.time(), backend_port=backend_port,
-                          engine=engine)
+                          engine=engine, tls=bool(tls))
     handle._save()
     if wait or stable:
         handle.wait_ready(timeout, proc=proc)

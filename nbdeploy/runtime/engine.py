@@ -79,13 +79,20 @@ def exec_if_requested(root: Path) -> None:
     if addr is None or not _serves(root, sys.argv[2:]):
         return
     host, port = addr
+    tls, args = [], sys.argv[2:]  # bentoml serve's HTTPS options carry over (absolute: chdir below)
+    for i, a in enumerate(args):
+        for flag in ("--ssl-certfile", "--ssl-keyfile"):
+            if a == flag and i + 1 < len(args):
+                tls += [flag, os.path.abspath(args[i + 1])]
+            elif a.startswith(flag + "="):
+                tls += [flag, os.path.abspath(a.split("=", 1)[1])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     sys.stdout.flush()
     sys.stderr.flush()
     os.chdir(root)
     os.execve(sys.executable, [sys.executable, "-m", "nbdeploy_runtime.engine", "--host", host,
-                               "--port", str(port)], env)
+                               "--port", str(port), *tls], env)
 
 
 def client_schema(runtime) -> dict:
@@ -127,7 +134,8 @@ def _read_json(path: Path) -> dict:
 
 
 def serve(root: Path, host: str, port: int, *, backlog: int = 2048,
-          timeout_keep_alive: int = 5) -> int:
+          timeout_keep_alive: int = 5, ssl_certfile: str | None = None,
+          ssl_keyfile: str | None = None) -> int:
     os.environ[ENGINE_ENV] = "direct"   # Runtime reads it: /metadata, and the derived limit
     import uvicorn
 
@@ -142,7 +150,8 @@ def serve(root: Path, host: str, port: int, *, backlog: int = 2048,
     # no access log (it costs more than a tree model's prediction); uvicorn's own lifespan
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             backlog=backlog, timeout_keep_alive=timeout_keep_alive,
-                            server_header=False, lifespan="on")
+                            server_header=False, lifespan="on",
+                            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)  # HTTPS only
     server = uvicorn.Server(config)
     # requests in flight = uvicorn's request tasks, including those waiting for the loop
     runtime.pending = lambda: len(server.server_state.tasks)
@@ -171,12 +180,15 @@ def main(argv: list[str] | None = None) -> int:
                                                   "the folder above this package")
     ap.add_argument("--backlog", type=int, default=2048)
     ap.add_argument("--timeout-keep-alive", type=int, default=5)
+    ap.add_argument("--ssl-certfile", default=None, help="PEM certificate: serve HTTPS only")
+    ap.add_argument("--ssl-keyfile", default=None, help="PEM private key of --ssl-certfile")
     ap.add_argument("--tag", default=None, help="only recorded on the command line, to find the process")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = Path(args.root) if args.root else Path(__file__).resolve().parent.parent
     return serve(root, args.host, args.port, backlog=args.backlog,
-                 timeout_keep_alive=args.timeout_keep_alive)
+                 timeout_keep_alive=args.timeout_keep_alive, ssl_certfile=args.ssl_certfile,
+                 ssl_keyfile=args.ssl_keyfile)
 
 
 if __name__ == "__main__":
