@@ -1,21 +1,26 @@
-"""Serving speed, side by side in one run: the nbdeploy bundle vs hand-written baselines.
+"""Serving speed and memory, side by side in one run: the nbdeploy bundle under both engines and
+its BentoML typed endpoint, against the bare-ASGI ceiling, BentoML's own floor and peers.
 
-    python benchmarks/bench_serving.py [--seconds 5] [--starts 5] [--profile-start] [--with-mlflow]
+    python benchmarks/bench_serving.py [--seconds 3] [--rounds 2] [--starts 0]
+                                       [--litserve-python PATH] [--with-sklearn] [--with-mlflow]
 
-Single-row POST requests to a 100-tree, depth-8 RandomForest on 30 features, with `wrk` on
-loopback (Debian package `wrk`), at 1 and 16 connections:
+Single-row POST requests to a 100-tree, depth-8 RandomForest on 30 features (deployed with
+TreeSHAP explanations), with `wrk` on loopback (Debian package `wrk`), at 1 and 16 connections:
 
-  nbdeploy      the nbdeploy bundle under stock `bentoml serve`
-  bento+ort     (a) a hand-written BentoML service around an onnxruntime session
-  bento+sklearn (b) a hand-written BentoML service around the scikit-learn model (trained at
-                    start-up from the same seed instead of loading a joblib file: nbdeploy never
-                    loads pickles, not even in benchmarks)
-  mlflow        (c) `mlflow models serve` (only with --with-mlflow and mlflow installed)
-  starlette     a bare Starlette + uvicorn app around the same onnxruntime session (the ceiling)
+  ceiling       a bare Starlette + uvicorn app around the same onnxruntime session
+  floor         a constant-answer Starlette app mounted in a BentoML service (BentoML's own cost)
+  nbdeploy      the bundle under stock `bentoml serve`, POST /predict (the mounted app)
+  nbdeploy-api  the same server, POST /api/predict (the @bentoml.api endpoint BentoML's client uses)
+  direct        the bundle under the direct engine (`nbdeploy serve --engine direct`)
+  bento+ort     a hand-written BentoML service around an onnxruntime session
+  litserve      LitServe around the same session (--litserve-python: a Python that has litserve)
+  bento+sklearn, mlflow   optional (--with-sklearn, --with-mlflow)
 
-Prints req/s, p50/p99 latency, errors, first answer after start (median of --starts cold starts
-per server, interleaved), and the ratios that the targets are stated in (nbdeploy req/s at 16
-connections / bento+ort's).  --profile-start shows where the start-up time goes.
+All servers run at once and are measured in turns, round after round (--rounds), so that the
+background load of a shared machine hits them alike; the table gives medians over rounds and
+each server's req/s and p99 as a ratio to the ceiling's.  Then: memory (RSS of all of a
+server's processes, after a predict and after one /explain), /explain latency, and overload
+(64 and 256 connections with the default, benchmark-derived concurrency limit).
 """
 
 from __future__ import annotations
@@ -73,6 +78,21 @@ BENTO_SKLEARN = TRAIN + textwrap.dedent("""
                     "probabilities": MODEL.predict_proba(x).tolist()}
 """)
 
+FLOOR = textwrap.dedent("""
+    import bentoml
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    async def predict(request):
+        await request.body()
+        return JSONResponse({"predictions": [1], "probabilities": [[0.2, 0.8]]})
+    app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+    @bentoml.asgi_app(app, path="/")
+    @bentoml.service
+    class Svc:
+        pass
+""")
+
 STARLETTE = textwrap.dedent("""
     import json, sys, numpy as np, onnxruntime as ort, uvicorn
     from starlette.applications import Starlette
@@ -85,6 +105,22 @@ STARLETTE = textwrap.dedent("""
         return JSONResponse({"predictions": label.tolist(), "probabilities": proba.tolist()})
     app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+""")
+
+LITSERVE = textwrap.dedent("""
+    import sys, numpy as np, onnxruntime as ort, litserve as ls
+    class API(ls.LitAPI):
+        def setup(self, device):
+            self.s = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+        def decode_request(self, request):
+            return np.asarray(request["inputs"], dtype=np.float32)
+        def predict(self, x):
+            return self.s.run(None, {"input": x})
+        def encode_response(self, out):
+            return {"predictions": out[0].tolist(), "probabilities": out[1].tolist()}
+    if __name__ == "__main__":
+        ls.LitServer(API(), accelerator="cpu", workers_per_device=1).run(
+            port=int(sys.argv[1]), host="127.0.0.1", log_level="warning", generate_client_file=False)
 """)
 
 
@@ -114,7 +150,8 @@ def wrk(url: str, body_file: Path, conns: int, seconds: int) -> dict:
     lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                    f'local f = io.open("{body_file}", "r"); wrk.body = f:read("*a"); f:close()\n')
     out = subprocess.run(["wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{seconds}s", "--latency",
-                          "-s", str(lua), url], capture_output=True, text=True, timeout=seconds + 30).stdout
+                          "--timeout", "2s", "-s", str(lua), url], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
 
     def ms(label):
         m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)\b", out)
@@ -123,9 +160,36 @@ def wrk(url: str, body_file: Path, conns: int, seconds: int) -> dict:
         return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    sock = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return {"rps": rps, "p50_ms": ms("50"), "p99_ms": ms("99"), "errors": non2xx + sock}
+    timeouts = int(m.group(1)) if (m := re.search(r"timeout (\d+)", out)) else 0
+    sock = sum(int(x) for x in re.findall(r"(?:connect|read|write) (\d+)", out))
+    return {"rps": rps, "p50_ms": ms("50"), "p99_ms": ms("99"), "errors": non2xx + sock + timeouts,
+            "non2xx": non2xx, "timeouts": timeouts, "requests": total, "ok_rps": rps * (1 - non2xx / max(total, 1))}
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a server: the process and all its children (BentoML: arbiter + worker)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p] + p.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2 ** 20
+
+
+def post(url: str, body: bytes) -> dict:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
 
 
 def profile_start(launch, stop, body: bytes, log: Path) -> None:
@@ -159,9 +223,13 @@ def profile_start(launch, stop, body: bytes, log: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=3, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all servers")
+    ap.add_argument("--starts", type=int, default=0, help="cold starts per server for the first-answer time")
+    ap.add_argument("--litserve-python", default=None,
+                    help="a Python with litserve installed (e.g. a venv made with --system-site-packages)")
+    ap.add_argument("--with-sklearn", action="store_true", help="also the hand-written BentoML + scikit-learn")
     ap.add_argument("--with-mlflow", action="store_true")
-    ap.add_argument("--starts", type=int, default=5, help="cold starts per server for the first-answer time")
     ap.add_argument("--profile-start", action="store_true",
                     help="also start the nbdeploy bundle once with PYTHONPROFILEIMPORTTIME and print "
                          "where the start-up time goes, per process and package")
@@ -171,60 +239,71 @@ def main() -> int:
         return 2
     ns: dict = {}
     exec(TRAIN, ns)
-    import numpy as np
+    import bentoml
 
     import nbdeploy
     from nbdeploy.serve import bentoml_executable
 
     X, model = ns["X"], ns["MODEL"]
-    d = nbdeploy.deploy(model, X[:1000], name="bench-serving", explain="none", quantize="none")
+    d = nbdeploy.deploy(model, X[:1000], name="bench-serving", explain="shap", quantize="none")
     print(f"nbdeploy bundle {d.tag}: serving config {d.serve_config().to_dict()}")
+    src = Path(bentoml.get(d.tag).path) / "src"
     work = HERE / "baselines"
     work.mkdir()
     from nbdeploy.convert import convert
 
     (work / "model.onnx").write_bytes(convert(model, X[:10]).onnx_bytes)
-    (work / "bento_ort.py").write_text(BENTO_ORT)
-    (work / "bento_sklearn.py").write_text(BENTO_SKLEARN)
-    (work / "bare.py").write_text(STARLETTE)
+    for name, code in (("bento_ort.py", BENTO_ORT), ("bento_sklearn.py", BENTO_SKLEARN),
+                       ("bare.py", STARLETTE), ("floor.py", FLOOR), ("lit.py", LITSERVE)):
+        (work / name).write_text(code)
     body = json.dumps({"inputs": [X[0].tolist()]}).encode()
     body_file = work / "body.json"
     body_file.write_bytes(body)
-
-    servers = {
-        "nbdeploy": lambda p: [*bentoml_executable(), "serve", d.tag, "--port", str(p), "--host", "127.0.0.1"],
-        "bento+ort": lambda p: [*bentoml_executable(), "serve", "bento_ort:Svc", "--port", str(p), "--host", "127.0.0.1"],
-        "bento+sklearn": lambda p: [*bentoml_executable(), "serve", "bento_sklearn:Svc", "--port", str(p), "--host", "127.0.0.1"],
-        "starlette": lambda p: [sys.executable, "bare.py", str(p)],
+    explain_file = work / "explain.json"
+    explain_file.write_bytes(json.dumps({"inputs": [X[1].tolist()], "method": "shap"}).encode())
+    bentoml_cmd = lambda target: lambda p: [*bentoml_executable(), "serve", target, "--port", str(p),  # noqa: E731
+                                            "--host", "127.0.0.1"]
+    # name -> (command for a port, working folder, path); nbdeploy-api shares nbdeploy's server
+    servers: dict = {
+        "ceiling": (lambda p: [sys.executable, "bare.py", str(p)], work, "/predict"),
+        "floor": (bentoml_cmd("floor:Svc"), work, "/predict"),
+        "nbdeploy": (bentoml_cmd(d.tag), work, "/predict"),
+        "direct": (lambda p: [sys.executable, "-m", "nbdeploy_runtime.engine", "--port", str(p)], src,
+                   "/predict"),
+        "bento+ort": (bentoml_cmd("bento_ort:Svc"), work, "/predict"),
     }
+    if args.litserve_python:
+        servers["litserve"] = (lambda p: [args.litserve_python, "lit.py", str(p)], work, "/predict")
+    if args.with_sklearn:
+        servers["bento+sklearn"] = (bentoml_cmd("bento_sklearn:Svc"), work, "/predict")
     if args.with_mlflow:
         try:
+            import mlflow
             import mlflow.sklearn  # noqa: F401
 
             mdir = work / "mlflow-model"
-            import mlflow
-
             mlflow.sklearn.save_model(model, str(mdir))
-            servers["mlflow"] = lambda p: ["mlflow", "models", "serve", "-m", str(mdir), "-p", str(p),
-                                           "--env-manager", "local", "-h", "127.0.0.1"]
+            servers["mlflow"] = (lambda p: ["mlflow", "models", "serve", "-m", str(mdir), "-p", str(p),
+                                            "--env-manager", "local", "-h", "127.0.0.1"], work, "/invocations")
         except ImportError:
-            print("mlflow is not installed: skipping baseline (c)")
+            print("mlflow is not installed: skipping it")
+
     def launch(name: str, env: dict | None = None, stderr=subprocess.DEVNULL):
+        cmd, cwd, path = servers[name]
         port = free_port()
-        proc = subprocess.Popen(servers[name](port), cwd=work, stdout=subprocess.DEVNULL, stderr=stderr,
+        proc = subprocess.Popen(cmd(port), cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr,
                                 start_new_session=True, env=env)
-        path = "/invocations" if name == "mlflow" else "/predict"
         return proc, f"http://127.0.0.1:{port}{path}"
 
     def stop(proc) -> None:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
-    # First answer after start: one cold start says little on a shared machine, so each server
-    # is started --starts times, interleaved so that background load hits all of them alike.
     starts: dict[str, list[float]] = {name: [] for name in servers}
     for _ in range(args.starts):
         for name in servers:
@@ -235,48 +314,120 @@ def main() -> int:
                 print(f"{name}: failed to start: {exc}")
             finally:
                 stop(proc)
-    rows = {}
-    for name in servers:
-        if not starts[name]:
-            continue
-        proc, url = launch(name)
-        try:
-            first_answer(url, body, proc)
-            wrk(url, body_file, 4, 1)  # warm-up
-            one = wrk(url, body_file, 1, args.seconds)
-            many = wrk(url, body_file, 16, args.seconds)
-            rows[name] = {"first_answer_s": statistics.median(starts[name]), "starts": starts[name],
-                          "c1": one, "c16": many}
-        except Exception as exc:
-            print(f"{name}: failed: {exc}")
-        finally:
+
+    running: dict = {}
+    try:
+        for name in servers:
+            proc, url = launch(name)
+            try:
+                first_answer(url, body, proc)
+            except Exception as exc:
+                print(f"{name}: failed to start: {exc}")
+                stop(proc)
+                continue
+            running[name] = (proc, url)
+        if "nbdeploy" in running:
+            proc, url = running["nbdeploy"]
+            running["nbdeploy-api"] = (proc, url.replace("/predict", "/api/predict"))
+        order = [n for n in ("ceiling", "floor", "nbdeploy", "nbdeploy-api", "direct", "bento+ort",
+                             "litserve", "bento+sklearn", "mlflow") if n in running]
+        memory: dict = {}
+        for name in order:  # warm-up, and memory of a replica that has only predicted
+            wrk(running[name][1], body_file, 4, 1)
+            memory[name] = {"predict": tree_rss_mb(running[name][0].pid)}
+        runs: dict = {name: {"c1": [], "c16": []} for name in order}
+        for _ in range(args.rounds):
+            for name in order:
+                runs[name]["c1"].append(wrk(running[name][1], body_file, 1, args.seconds))
+                runs[name]["c16"].append(wrk(running[name][1], body_file, 16, args.seconds))
+        explain: dict = {}
+        inproc_ms = _shap_in_process_ms(model, X[1:2])
+        for name in ("nbdeploy", "direct"):
+            if name not in running:
+                continue
+            url = running[name][1].replace("/predict", "/explain")
+            t0 = time.perf_counter()
+            first = post(url, explain_file.read_bytes())
+            first_s = time.perf_counter() - t0
+            memory[name]["explain"] = tree_rss_mb(running[name][0].pid)
+            ref = _shap_reference(model, X[1:2])
+            err = float(abs(__import__("numpy").asarray(first["contributions"]) - ref).max())
+            e = wrk(url, explain_file, 1, args.seconds)
+            explain[name] = {"first_s": first_s, "p50_ms": e["p50_ms"], "p99_ms": e["p99_ms"],
+                             "rps": e["rps"], "max_abs_err": err}
+        overload: dict = {}
+        for name in ("nbdeploy", "direct", "floor", "ceiling"):
+            if name in running:
+                overload[name] = {c: wrk(running[name][1], body_file, c, args.seconds + 1) for c in (64, 256)}
+    finally:
+        for proc, _ in {id(v[0]): v for v in running.values()}.values():
             stop(proc)
     if args.profile_start:
         profile_start(launch, stop, body, work / "importtime.txt")
 
-    print(f"\n{'server':<14} {'req/s c1':>9} {'p50 c1':>8} {'req/s c16':>10} {'p50 c16':>8} {'p99 c16':>8} "
-          f"{'errors':>7} {'first':>7}")
-    for name, r in rows.items():
-        print(f"{name:<14} {r['c1']['rps']:9.0f} {r['c1']['p50_ms']:7.2f}ms {r['c16']['rps']:10.0f} "
-              f"{r['c16']['p50_ms']:7.2f}ms {r['c16']['p99_ms']:7.1f}ms "
-              f"{r['c1']['errors'] + r['c16']['errors']:7d} {r['first_answer_s']:6.2f}s")
-    print(f"\nfirst answer after start over {args.starts} cold starts each (min / median / max):")
-    for name, r in rows.items():
-        st = r["starts"]
-        print(f"  {name:<14} {min(st):.2f} / {statistics.median(st):.2f} / {max(st):.2f} s")
-    if "nbdeploy" in rows and "bento+ort" in rows:
-        nb, a = rows["nbdeploy"], rows["bento+ort"]
-        print(f"\nnbdeploy / bento+ort at 16 connections: {nb['c16']['rps'] / a['c16']['rps']:.2f}x "
-              f"(target >= 3x); at 1 connection: {nb['c1']['rps'] / a['c1']['rps']:.2f}x")
-        print(f"nbdeploy p50 at 1 connection: {nb['c1']['p50_ms']:.2f} ms (target <= 1 ms); "
-              f"first answer {nb['first_answer_s']:.2f} s after start, median (target <= 2 s; "
-              f"bento+ort {a['first_answer_s']:.2f} s); "
-              f"errors {nb['c1']['errors'] + nb['c16']['errors']} (target 0)")
-    if "starlette" in rows and "nbdeploy" in rows:
-        print(f"nbdeploy / bare starlette ceiling at 16 connections: "
-              f"{rows['nbdeploy']['c16']['rps'] / rows['starlette']['c16']['rps']:.2f}x")
+    def med(name, conns, key):
+        return statistics.median(r[key] for r in runs[name][conns])
+
+    ceiling = ("ceiling" in runs and med("ceiling", "c16", "rps")) or float("nan")
+    ceiling_p99 = ("ceiling" in runs and med("ceiling", "c16", "p99_ms")) or float("nan")
+    print(f"\nmedians over {args.rounds} interleaved rounds of {args.seconds} s per run (wrk, single-row POST)")
+    print(f"{'server':<14} {'req/s c1':>9} {'p50 c1':>8} {'req/s c16':>10} {'p50 c16':>8} {'p99 c16':>8} "
+          f"{'x ceiling':>9} {'p99 x ceil':>10} {'errors':>7} {'RSS MB':>7}")
+    for name in order:
+        errs = sum(r["errors"] for c in ("c1", "c16") for r in runs[name][c])
+        print(f"{name:<14} {med(name, 'c1', 'rps'):9.0f} {med(name, 'c1', 'p50_ms'):7.2f}ms "
+              f"{med(name, 'c16', 'rps'):10.0f} {med(name, 'c16', 'p50_ms'):7.2f}ms "
+              f"{med(name, 'c16', 'p99_ms'):7.1f}ms {med(name, 'c16', 'rps') / ceiling:9.2f} "
+              f"{med(name, 'c16', 'p99_ms') / ceiling_p99:10.1f} {errs:7d} "
+              f"{memory.get(name, {}).get('predict', float('nan')):7.0f}")
+    print("\nmemory per replica (RSS of all its processes, MB): after predicts / after one /explain")
+    for name in order:
+        m = memory.get(name, {})
+        if name == "nbdeploy-api":
+            continue
+        print(f"  {name:<14} {m.get('predict', float('nan')):6.0f}" +
+              (f" / {m['explain']:6.0f}" if "explain" in m else ""))
+    if explain:
+        print("\n/explain, one row, TreeSHAP over HTTP at 1 connection (max |served - shap.TreeExplainer|):")
+        for name, e in explain.items():
+            print(f"  {name:<14} p50 {e['p50_ms']:.2f} ms ({e['p50_ms'] / inproc_ms:.1f}x shap.TreeExplainer in "
+                  f"process, {inproc_ms:.2f} ms), p99 {e['p99_ms']:.2f} ms, {e['rps']:.0f} req/s; "
+                  f"first call {e['first_s']:.2f} s (loads shap); max abs error {e['max_abs_err']:.1e}")
+    if overload:
+        print("\noverload (default configuration; wrk --timeout 2s): ok req/s, 503 shed, timeouts, p99")
+        for name, o in overload.items():
+            print("  " + f"{name:<14}" + "; ".join(
+                f"{c} conns: {r['ok_rps']:.0f} ok/s, {r['non2xx']} shed of {r['requests']}, "
+                f"{r['timeouts']} timeouts, p99 {r['p99_ms']:.0f} ms" for c, r in o.items()))
+    if args.starts:
+        print(f"\nfirst answer after start over {args.starts} cold starts each (min / median / max):")
+        for name, st in starts.items():
+            if st:
+                print(f"  {name:<14} {min(st):.2f} / {statistics.median(st):.2f} / {max(st):.2f} s")
     shutil.rmtree(HERE, ignore_errors=True)
     return 0
+
+
+def _shap_in_process_ms(model, x, n: int = 200) -> float:
+    """Median ms of shap.TreeExplainer(native model).shap_values for one row, in this process."""
+    import shap
+
+    te = shap.TreeExplainer(model)
+    te.shap_values(x)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        te.shap_values(x, check_additivity=False)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _shap_reference(model, x):
+    import numpy as np
+    import shap
+
+    out = np.asarray(shap.TreeExplainer(model).shap_values(x))
+    return out[..., 1] if out.ndim == 3 else out
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ ENGINES = ("bentoml", "direct")
 EXPLAIN_ENV = "NBDEPLOY_EXPLAIN"
 EXPLAIN_POLICIES = ("lazy", "eager", "off")
 GC_FREEZE_ENV = "NBDEPLOY_GC_FREEZE"
+#: most event-loop time one inline /explain may take (measured per row, see explain_inline)
+INLINE_EXPLAIN_MS = 2.0
 
 
 def _read_json(path: Path, default: Any = None) -> Any:
@@ -94,6 +96,7 @@ class Runtime:
         self.retry_after_s = _limits.RETRY_AFTER_S
         self.pending = _limits.LoopTasks()  # the direct engine counts uvicorn's tasks instead
         self.shed = 0
+        self._explain_row_ms: float | None = None   # measured TreeSHAP cost per row
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -188,7 +191,10 @@ class Runtime:
                                concurrency_limit=dict(self.limit_info, shed=self.shed),
                                explainer={"load": self.explain_policy,
                                           "loaded": self.explainer is not None,
-                                          "shap_imported": "shap" in sys.modules},
+                                          "shap_imported": "shap" in sys.modules,
+                                          "tree_shap_row_ms": (round(self._explain_row_ms, 3)
+                                                               if self._explain_row_ms else None),
+                                          "inline_up_to_ms": INLINE_EXPLAIN_MS},
                                memory=_memory())
         if "tag" not in meta:
             meta["tag"] = os.environ.get("BENTOML_BENTO_TAG")
@@ -212,7 +218,29 @@ class Runtime:
                        feature_names=self.spec.get("feature_names"),
                        max_rows=min(self.max_rows, self.explainer.max_rows), spec=self.spec)
         method = body.get("method", "shap")
-        return self.explainer.explain(X, method=method, options=body)
+        return self._timed_explain(X, method, body)
+
+    def explain_inline(self, body: Any) -> bool:
+        """Whether to explain on the event loop: TreeSHAP already loaded and measured here at
+        under INLINE_EXPLAIN_MS for these rows.  On a busy machine, waking a worker thread
+        costs more than a small forest's TreeSHAP (~0.5 ms a row for 100 trees of depth 8);
+        first calls (which import shap) and costly models always go to a thread."""
+        ex, per_row = self.explainer, self._explain_row_ms
+        if ex is None or per_row is None or not isinstance(body, dict):
+            return False
+        rows = body.get("inputs")
+        return (isinstance(rows, list) and 0 < len(rows) * per_row <= INLINE_EXPLAIN_MS
+                and body.get("method", "shap") == "shap" and getattr(ex, "kind", None) == "tree")
+
+    def _timed_explain(self, X, method: str, body: dict) -> dict:
+        warm = getattr(self.explainer, "_tree_explainer", None) is not None  # shap imported already
+        t0 = time.perf_counter()
+        out = self.explainer.explain(X, method=method, options=body)
+        if warm and method == "shap" and getattr(self.explainer, "kind", None) == "tree" and len(X):
+            ms = (time.perf_counter() - t0) * 1e3 / len(X)
+            prev = self._explain_row_ms
+            self._explain_row_ms = ms if prev is None else 0.8 * prev + 0.2 * ms
+        return out
 
     def _get_explainer(self):
         if self.explainer is None and self.explain_policy == "off":
@@ -403,6 +431,8 @@ async def predict_body(runtime: Runtime, body: Any) -> dict:
 async def explain_body(runtime: Runtime, body: Any) -> dict:
     from starlette.concurrency import run_in_threadpool
 
+    if runtime.explain_inline(body):   # a few TreeSHAP rows: cheaper than waking a thread
+        return runtime.explain(body)
     return await run_in_threadpool(runtime.explain, body)
 
 
