@@ -20,6 +20,8 @@ sit in the bundle's ``model/config.json`` under ``"auth"`` (the environment wins
 ``NBDEPLOY_OIDC_ISSUER``       the exact ``iss`` a token must carry
 ``NBDEPLOY_OIDC_AUDIENCE``     an ``aud`` a token must carry (required with OIDC)
 ``NBDEPLOY_OIDC_JWKS_URL``     default: ``jwks_uri`` of ``ISSUER/.well-known/openid-configuration``
+``NBDEPLOY_OIDC_JWKS_MIN_REFRESH_S``  an unknown ``kid`` refetches the JWKS at most this often
+                               (default 10 s; the cache otherwise lives 10 minutes)
 ``NBDEPLOY_OIDC_ALGORITHMS``   allow-list, default ``RS256,ES256``; only asymmetric algorithms
                                (RS*, PS*, ES*, EdDSA): never ``none``, never HS*
 ``NBDEPLOY_AUTH_SCOPES``       required scope per route: ``predict=model:predict,explain=...``
@@ -224,7 +226,7 @@ class InvalidToken(Exception):
 
 class JwtVerifier:
     def __init__(self, issuer: str, audience: str, jwks_url: str | None, algorithms: list[str],
-                 leeway_s: int = 30):
+                 leeway_s: int = 30, min_refresh_s: float = JWKS_MIN_REFRESH_S):
         if not issuer:
             raise AuthConfigError("OIDC needs an issuer ($NBDEPLOY_OIDC_ISSUER).")
         if not audience:
@@ -246,6 +248,7 @@ class JwtVerifier:
         self.jwks_url = _check_url(jwks_url, "The JWKS URL") if jwks_url else None
         self.algorithms = list(algorithms)
         self.leeway_s = leeway_s
+        self.min_refresh_s = min_refresh_s
         self.keys: dict = {}
         self.fetched = -math.inf
         self._lock = threading.Lock()
@@ -256,7 +259,7 @@ class JwtVerifier:
 
         with self._lock:
             age = time.monotonic() - self.fetched
-            if age < JWKS_MIN_REFRESH_S or (not force and age < JWKS_TTL_S):
+            if age < self.min_refresh_s or (not force and age < JWKS_TTL_S):
                 return
             self.fetched = time.monotonic()
             try:
@@ -401,7 +404,8 @@ class Guard:
                 algs = [a.strip() for a in algs.split(",") if a.strip()]
             self.jwt = JwtVerifier(issuer or "", env.get("NBDEPLOY_OIDC_AUDIENCE") or oc.get("audience") or "",
                                    env.get("NBDEPLOY_OIDC_JWKS_URL") or oc.get("jwks_url"), list(algs),
-                                   int(env.get("NBDEPLOY_OIDC_LEEWAY_S") or oc.get("leeway_s") or 30))
+                                   int(env.get("NBDEPLOY_OIDC_LEEWAY_S") or oc.get("leeway_s") or 30),
+                                   float(env.get("NBDEPLOY_OIDC_JWKS_MIN_REFRESH_S") or JWKS_MIN_REFRESH_S))
         scopes = env.get("NBDEPLOY_AUTH_SCOPES")
         if scopes is not None:
             self.scopes = {}
