@@ -368,7 +368,7 @@ class DeployMagics(Magics):
         self.last = d
         self.last_widget = None
         self.deployments.append(d)
-        view = None
+        view = handle = None
         if args.widget or (not args.text and _has_widget_frontend(self.shell)):
             from IPython.display import display
 
@@ -377,7 +377,7 @@ class DeployMagics(Magics):
             view = DeployWidget(d)
             self.last_widget = view
             d._nbdeploy_shown_in = getattr(self.shell, "execution_count", None)
-            display(view)
+            handle = display(view, display_id=True)
         else:
             d.add_listener(TextProgress())
             print(f"nbdeploy: deploying {d.name} …", flush=True)
@@ -390,6 +390,8 @@ class DeployMagics(Magics):
         finally:
             if view is not None:
                 view.refresh()
+                if handle is not None:   # the saved output then carries the finished report
+                    handle.update(view)
         if view is None:
             if getattr(d.converted, "is_table", False):
                 from .schema import describe_columns

@@ -7,7 +7,6 @@ Every front end (magic, widget, CLI, server extension) is a thin layer over this
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import platform
 import re
 import tempfile
@@ -19,7 +18,6 @@ from typing import Any, Callable, Iterable
 
 from ._version import __version__
 from .errors import InvalidInputError, NbdeployError
-from .report import columns_table, kv_table, section, table
 from .verify import Tolerance
 
 STEPS = ("detect", "convert", "verify", "benchmark", "quantize", "explain", "bundle", "serve", "push")
@@ -315,6 +313,11 @@ class Deployment:
                     self.explanation.write_artifacts(model_dir)
 
             metadata = self.to_dict(include_bundle=False)
+            # The card describes the finished build, not this moment: the bundle step is done
+            # once the card is written, and serve/push are later actions, not build steps.
+            metadata["steps"] = [dict(e, state="done", summary="", fraction=None)
+                                 if e["step"] == "bundle" else e
+                                 for e in metadata["steps"] if e["step"] not in ("serve", "push")]
             metadata["serving"] = dict(config.to_dict(), reasons=self.serving_reasons(config))
             metadata["description"] = (f"{self.converted.framework} {self.converted.spec['task']} "
                                        f"deployed with nbdeploy {__version__}")
@@ -451,20 +454,15 @@ class Deployment:
         return d
 
     def _repr_html_(self) -> str:
-        rows = [(e.step, e.state, f"{e.elapsed_s:.2f}s" if e.elapsed_s else "", e.summary)
-                for e in self.steps.values()]
-        parts = [f"<b>nbdeploy deployment {html.escape(self.name)}</b>",
-                 table(rows, ["step", "state", "time", "result"])]
-        if self.converted:
-            parts.append(section("Model", kv_table({
-                "framework": self.converted.framework, "task": self.converted.spec["task"],
-                "features": self.converted.schema.n_features, "bento tag": self.tag,
-                "path": self.path, "variant": self.chosen_variant})))
-            if self.converted.columns:
-                parts.append(section("Columns", columns_table(self.converted.columns)))
-        if self.error is not None:
-            parts.append(f"<p style='color:#b00'>{html.escape(str(self.error))}</p>")
-        return "".join(parts)
+        """The self-contained report; the widget's static fallback is the same HTML."""
+        import sys
+
+        from .report import deployment_html
+
+        view = getattr(sys.modules.get("nbdeploy.widget"), "_VIEWS", {}).get(self)
+        snips = ({"curl": view.curl_snippet, "python": view.python_snippet}
+                 if view is not None and view.curl_snippet else None)
+        return deployment_html(self, snippets=snips)
 
     def __repr__(self) -> str:
         lines = [f"Deployment {self.name!r} tag={self.tag}"]

@@ -55,3 +55,322 @@ def column_rows(columns: list[dict], max_values: int = 8) -> list[list]:
         rows.append([c.get("name"), c.get("kind"), c.get("dtype"),
                      "accepted" if c.get("nullable") else "refused", shown])
     return rows
+
+
+# --- the self-contained deployment report ---------------------------------------------------------
+# One HTML page fragment with every result of a Deployment: steps, summary, verification,
+# benchmark, quantization, explanations, serving choices and bundle.  It is what a saved notebook,
+# nbconvert, nbviewer and GitHub show in place of the live widget, and what
+# ``Deployment._repr_html_`` returns, so there is one report.  Plots are inline PNG (data: URIs),
+# no script, no external file.
+
+_STATE = {"done": ("✔", "#1a7f37", "done"), "failed": ("✘", "#cf222e", "failed"),
+          "running": ("◐", "#1f6feb", "running"), "pending": ("○", "#888", "pending"),
+          "skipped": ("–", "#888", "skipped"), "not requested": ("–", "#888", "not requested")}
+
+_CSS = ("<style>.nbd-report{font:13px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;"
+        "max-width:980px;color:#1f2328}"
+        ".nbd-report h3{font-size:15px;margin:4px 0 6px}"
+        ".nbd-report h4{font-size:13.5px;margin:14px 0 4px;border-bottom:1px solid #d0d7de;"
+        "padding-bottom:2px}"
+        ".nbd-report table{border-collapse:collapse;margin:2px 0 6px;font-size:12.5px}"
+        ".nbd-report th,.nbd-report td{padding:2px 10px 2px 0;text-align:left;vertical-align:top}"
+        ".nbd-report td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}"
+        ".nbd-report .nbd-scroll{overflow-x:auto;max-width:100%}"
+        ".nbd-report pre{white-space:pre;overflow-x:auto;margin:2px 0 8px;padding:6px;"
+        "background:#f6f8fa;border-radius:4px;font-size:12px}"
+        ".nbd-report img{max-width:100%;height:auto;border:1px solid #eee;margin:2px 8px 6px 0;"
+        "vertical-align:top}"
+        ".nbd-report .nbd-note{color:#57606a;margin:2px 0}</style>")
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _tbl(rows: list[list], header: list[str], numeric: Iterable[int] = ()) -> str:
+    """A table whose cells are already-formatted strings (escaped here); numeric columns align right."""
+    num = set(numeric)
+    head = "".join(f"<th{' class=n' if i in num else ''}>{_e(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{' class=n' if i in num else ''}>{_e(c)}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<div class='nbd-scroll'><table><tr>{head}</tr>{body}</table></div>"
+
+
+def _kv(info: dict) -> str:
+    rows = "".join(f"<tr><th style='white-space:nowrap'>{_e(k)}</th><td>{_e(v)}</td></tr>"
+                   for k, v in info.items() if v not in (None, ""))
+    return f"<div class='nbd-scroll'><table>{rows}</table></div>"
+
+
+def png_bytes(fig: Any, dpi: int = 80) -> bytes:
+    """PNG of a matplotlib Figure (pyplot figures are closed afterwards)."""
+    import io
+    import sys
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        try:
+            plt.close(fig)
+        except Exception:  # pragma: no cover - a Figure made without pyplot
+            pass
+    return buf.getvalue()
+
+
+def img_tag(png: bytes, alt: str, width: int = 460) -> str:
+    """An inline PNG, at most ``width`` CSS pixels wide (a notebook cell's comfortable size)."""
+    import base64
+
+    return (f"<img alt='{_e(alt)}' title='{_e(alt)}' style='width:{width}px' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+
+
+def step_state(d: Any, ev: Any) -> str:
+    """A step's state as a reader should see it: serve/push never asked for are 'not requested'."""
+    if ev.state == "pending" and ev.step in ("serve", "push") and d.tag is not None:
+        return "not requested"
+    if ev.state == "skipped" and ev.summary in ("not requested",):
+        return "not requested"
+    return ev.state
+
+
+def _plots(d: Any) -> dict:
+    """PNG bytes of the report's plots, computed once per result object (they never change)."""
+    cache = d.__dict__.setdefault("_nbdeploy_report_plots", {})
+    opt, ex = d.optimized, d.explanation
+    key = (id(opt), id(ex))
+    if key in cache:
+        return cache[key]
+    cache.clear()
+    out: dict[str, bytes] = {}
+    try:
+        if opt is not None:
+            figs = opt.figures()
+            out["latency"] = png_bytes(figs[0])
+            ok = [v for v in opt.quantization.variants if v.status == "ok"]
+            if len(ok) > 1:   # one bar compares nothing
+                out["quantization"] = png_bytes(figs[1])
+        if ex is not None:
+            for name, fig in ex.figures(row=0).items():
+                if name != "shap_importance":   # the importance table says the same
+                    out[name] = png_bytes(fig)
+    except Exception:  # plots are a bonus: the tables carry the numbers
+        pass
+    cache[key] = out
+    return out
+
+
+def _summary_section(d: Any) -> str:
+    from . import formatting as F
+
+    c = d.converted
+    info: dict[str, Any] = {}
+    if c is not None:
+        info.update({"framework": c.framework, "model type": c.adapter.model_type,
+                     "task": c.spec.get("task"), "features": c.schema.n_features,
+                     "sample rows": len(c.X), "converter": c.converter,
+                     "ONNX size": F.size(len(c.onnx_bytes))})
+        if c.spec.get("classes") is not None:
+            info["classes"] = ", ".join(map(str, c.spec["classes"]))[:200]
+    info["device"] = d.device
+    if d.optimized is not None:
+        info["chosen variant"] = d.chosen_variant
+    out = _kv(info)
+    if c is not None and getattr(c, "is_table", False) and c.columns:
+        out += "<div><b>Columns</b></div>" + columns_table(c.columns).replace(
+            "<table>", "<div class='nbd-scroll'><table>", 1).replace("</table>", "</table></div>", 1)
+    v = d.verify_report
+    if v is not None:
+        task = getattr(c, "spec", {}).get("task") if c is not None else None
+        vi: dict[str, Any] = {"verdict": ("PASS" if v.passed else "FAIL") + f" on {v.rows} rows",
+                              "largest difference": f"{F.number(v.max_abs_diff)} absolute, "
+                                                    f"{F.number(v.max_rel_diff)} relative"}
+        if v.label_agreement is not None:
+            vi["labels agree"] = F.percent(v.label_agreement) + (
+                f" ({v.near_ties} flip(s) on tied probabilities)" if v.near_ties else "")
+        name = F.metric_name(v.metric, task)
+        for label, value in (("native", v.native_metric), ("ONNX", v.onnx_metric)):
+            if value is not None:
+                vi[f"{label} {name}"] = F.metric_value(v.metric, value, task)
+        out += "<div><b>Verification</b> (native model vs ONNX on the sample)</div>" + _kv(vi)
+    return section("Summary", out)
+
+
+def _benchmark_section(d: Any, plots: dict) -> str:
+    from . import formatting as F
+
+    opt = d.optimized
+    if opt is None:
+        ev = d.steps.get("benchmark")
+        return section("Benchmark", f"<p class='nbd-note'>Not measured: {_e(ev.summary or 'not run')}</p>")
+    b = opt.benchmark
+    rows = []
+    for e in b.entries:
+        prov = F.provider(e.provider if e.provider == "native" else
+                          (e.providers_assigned[0] if e.providers_assigned else e.provider))
+        if e.fallback:
+            prov += f" (asked {F.provider(e.provider)}: fell back)"
+        for p in e.points:
+            rows.append([e.variant, prov, p.batch_size, F.ms(p.p50_ms), F.ms(p.p95_ms), F.ms(p.p99_ms),
+                         F.rate(p.rows_per_s)])
+        if e.error:
+            rows.append([e.variant, prov, "—", "—", "—", "—", e.error[:200]])
+    head = f"<p class='nbd-note'>{_e(opt.benchmark_summary())}; measured in {F.duration(b.elapsed_s)}"
+    head += " (truncated at the time budget)" if b.truncated else ""
+    out = head + "</p>" + _tbl(rows, ["variant", "provider", "batch", "p50", "p95", "p99", "throughput"],
+                               numeric=(2, 3, 4, 5, 6))
+    out += "".join(f"<p class='nbd-note'>{_e(n)}</p>" for n in dict.fromkeys(b.notes))
+    if "latency" in plots:
+        out += img_tag(plots["latency"], "latency vs batch size", 440)
+    return section("Benchmark", out)
+
+
+def _quantization_section(d: Any, plots: dict) -> str:
+    from . import formatting as F
+
+    opt = d.optimized
+    if opt is None:
+        return ""
+    q = opt.quantization
+    rows, reasons = [], {}
+    for v in q.variants:
+        rows.append([v.name + (" (chosen)" if v.name == opt.chosen else ""), v.status.replace("_", " "),
+                     F.size(v.size_bytes), F.percent(v.size_ratio, 0) if v.size_ratio is not None else "—",
+                     v.delta_text(), F.ms(v.latency.get("p50_ms_batch1")),
+                     F.rate(v.latency.get("rows_per_s_max"))])
+        if v.reason and v.status != "ok":
+            reasons.setdefault(v.reason, []).append(v.name)   # each reason once
+    out = f"<p><b>chosen: {_e(opt.chosen)}</b> — {_e(opt.reason)}</p>"
+    out += _tbl(rows, ["variant", "status", "size", "size vs fp32", "accuracy lost", "p50 at batch 1",
+                       "best throughput"], numeric=(2, 3, 4, 5, 6))
+    out += "".join(f"<p class='nbd-note'><b>{_e(', '.join(names))}</b>: {_e(r)}</p>"
+                   for r, names in reasons.items())
+    if "quantization" in plots:
+        out += img_tag(plots["quantization"], "size and accuracy per variant", 560)
+    else:
+        out += "<p class='nbd-note'>No size/accuracy plot: only one variant could be built.</p>"
+    return section("Quantization", out)
+
+
+def _explanation_section(d: Any, plots: dict) -> str:
+    from . import formatting as F
+
+    ex = d.explanation
+    if ex is None:
+        ev = d.steps.get("explain")
+        why = "not requested" if ev is not None and ev.state == "skipped" else (ev.summary if ev else "")
+        return section("Explanations", f"<p class='nbd-note'>No explanation: {_e(why or 'not run')}</p>")
+    imp = ex.global_importance()[:10]
+    top = imp[0]["mean_abs_shap"] if imp and imp[0]["mean_abs_shap"] > 0 else 1.0
+    bars = "".join(
+        f"<tr><td>{_e(i['feature'])}</td><td class=n>{_e(F.number(i['mean_abs_shap']))}</td>"
+        f"<td><div style='background:#1f77b4;height:9px;width:{int(180 * i['mean_abs_shap'] / top)}px'>"
+        f"</div></td></tr>" for i in imp)
+    out = (f"<p class='nbd-note'>{_e(ex.explainer)} SHAP on {len(ex.X)} rows, output space "
+           f"<code>{_e(ex.output_space)}</code>, methods {_e(', '.join(ex.methods))}; "
+           f"additivity error {_e(F.number(ex.additivity_error))}"
+           + (f"; served explanations differ by at most {_e(F.number(ex.serve_agreement))}"
+              if ex.serve_agreement is not None else "") + "</p>")
+    out += ("<div class='nbd-scroll'><table><tr><th>feature (top 10)</th><th class=n>mean |SHAP|</th>"
+            f"<th></th></tr>{bars}</table></div>")
+    out += "".join(f"<p class='nbd-note'>{_e(n)}</p>" for n in dict.fromkeys(ex.notes))
+    for name, alt in (("shap_summary", "SHAP summary"), ("shap_row_0", "SHAP, row 0"),
+                      ("lime_row_0", "LIME, row 0")):
+        if name in plots:
+            out += img_tag(plots[name], alt, 420)
+    return section("Explanations", out)
+
+
+def _serving_section(d: Any) -> str:
+    if d.tag is None or d.converted is None:
+        return ""
+    try:
+        config = d.serve_config()
+        reasons = d.serving_reasons(config)
+    except Exception:
+        return ""
+    batching = (f"max batch {config.batching['max_batch_size']}, wait at most "
+                f"{config.batching['max_latency_ms']} ms" if config.batching else "off")
+    rows = [["threads", config.threads, reasons.get("threads", "")],
+            ["adaptive batching", batching, reasons.get("batching", "")],
+            ["workers", 1, reasons.get("workers", "")],
+            ["access log", "on" if config.access_log else "off", reasons.get("access_log", "")]]
+    return section("Serving", _tbl(rows, ["choice", "value", "why"]))
+
+
+def snippets(d: Any, url: str | None, default_url: str = "http://127.0.0.1:3000") -> dict:
+    """curl and Python calls of ``/predict`` with the sample's first row."""
+    import json as _json
+
+    c = d.converted
+    if c is None:
+        return {}
+    if getattr(c, "is_table", False):
+        row = {col["name"]: (None if isinstance(v, float) and v != v else
+                             float(f"{v:.7g}") if isinstance(v, float) else v)
+               for col, v in zip(c.columns, c.X[0])}
+    else:
+        row = [float(f"{float(v):.7g}") for v in c.X[0]]
+    base = url or default_url
+    body = _json.dumps({"inputs": [row]})
+    note = "" if url else f"# first: bentoml serve {d.tag}\n"
+    return {"curl": (f"{note}curl -X POST {base}/predict \\\n  -H 'Content-Type: application/json' "
+                     f"\\\n  -d '{body}'"),
+            "python": (f"{note}import requests\n\nr = requests.post(\"{base}/predict\", json={body}, "
+                       f"timeout=30)\nr.raise_for_status()\nprint(r.json())")}
+
+
+def _bundle_section(d: Any, snips: dict | None) -> str:
+    if d.tag is None:
+        return section("Bundle", "<p class='nbd-note'>No bundle was built.</p>")
+    server = d.server if d.server is not None and d.server.is_alive() else None
+    info = {"tag": d.tag, "path": d.path, "serve it yourself": f"bentoml serve {d.tag}"}
+    out = _kv(info)
+    if server is not None:
+        out += (f"<p>serving at <a href='{_e(server.url)}' target='_blank'>{_e(server.url)}</a> · "
+                f"<a href='{_e(server.url)}/docs' target='_blank'>API docs</a></p>")
+    if d.pushed is not None:
+        out += f"<p>pushed: <code>{_e(d.pushed)}</code></p>"
+    snips = snips or snippets(d, server.url if server is not None else None)
+    for label, key in (("curl", "curl"), ("Python", "python")):
+        if snips.get(key):
+            out += f"<div><b>{label}</b></div><pre>{_e(snips[key])}</pre>"
+    return section("Bundle", out)
+
+
+def deployment_html(d: Any, *, snippets: dict | None = None) -> str:
+    """The whole report of Deployment ``d`` as self-contained HTML (see the comment above)."""
+    from . import formatting as F
+
+    parts = [_CSS, "<div class='nbd-report'>", f"<h3>nbdeploy · {_e(d.name)}</h3>"]
+    err = getattr(d, "error", None)
+    if err is not None:
+        hint = getattr(err, "hint", None)
+        parts.append(f"<p style='color:#cf222e'><b>✘ {_e(type(err).__name__)}:</b> "
+                     f"{_e(getattr(err, 'message', None) or err)}</p>"
+                     + (f"<p><b>Hint:</b> {_e(hint)}</p>" if hint else ""))
+    elif d.tag:
+        total = sum(e.elapsed_s for e in d.steps.values() if e.step not in ("serve", "push"))
+        parts.append(f"<p style='color:#1a7f37'>✔ built <code>{_e(d.tag)}</code> in "
+                     f"{_e(F.duration(total))}</p>")
+    rows = []
+    for ev in d.steps.values():
+        state = step_state(d, ev)
+        icon, color, word = _STATE.get(state, ("?", "#888", state))
+        summary = (ev.summary or "").splitlines()[0] if ev.summary else ""
+        if state == "not requested":
+            summary = ""
+        rows.append(f"<tr><td style='color:{color}'>{icon}</td><td><b>{_e(ev.step)}</b></td>"
+                    f"<td style='color:{color}'>{_e(word)}</td>"
+                    f"<td class=n>{_e(F.duration(ev.elapsed_s)) if ev.elapsed_s else ''}</td>"
+                    f"<td>{_e(summary[:300])}</td></tr>")
+    parts.append("<div class='nbd-scroll'><table>" + "".join(rows) + "</table></div>")
+    if d.converted is not None:
+        plots = _plots(d)
+        for sec in (_summary_section(d), _benchmark_section(d, plots), _quantization_section(d, plots),
+                    _explanation_section(d, plots), _serving_section(d), _bundle_section(d, snippets)):
+            parts.append(sec)
+    parts.append("</div>")
+    return "".join(parts)

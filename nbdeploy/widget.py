@@ -26,7 +26,8 @@ from .errors import NbdeployError
 STEP_NAMES = ("detect", "convert", "verify", "benchmark", "quantize", "explain", "bundle", "serve",
               "push")
 ICONS = {"pending": ("○", "#999"), "running": ("◐", "#1f6feb"), "done": ("✔", "#1a7f37"),
-         "failed": ("✘", "#cf222e"), "skipped": ("–", "#999")}
+         "failed": ("✘", "#cf222e"), "skipped": ("–", "#999"),
+         "not requested": ("–", "#999")}
 TAB_TITLES = ("Summary", "Benchmark", "Quantization", "Explanations", "Bundle")
 DEFAULT_URL = "http://127.0.0.1:3000"   # where a plain `bentoml serve TAG` listens
 
@@ -135,7 +136,10 @@ class StepRow:
         elif state != "running":
             self.bar.layout.display = "none"
         short = summary.splitlines()[0] if summary else ""
-        color = "#cf222e" if state == "failed" else ("#777" if state in ("skipped", "pending") else "inherit")
+        color = "#cf222e" if state == "failed" else ("#777" if state in ("skipped", "pending", "not requested")
+                                                    else "inherit")
+        if state == "not requested" and not short:
+            short = "not requested"
         # one line per step; the whole text is in the tooltip
         self.result.value = (f"<div style='color:{color};white-space:nowrap;overflow:hidden;"
                              f"text-overflow:ellipsis' title='{_esc(summary)}'>{_esc(short[:300])}</div>")
@@ -277,6 +281,11 @@ class DeployWidget(W.VBox):
             self.status.value = (f"<span style='color:#1a7f37'>✔ built <code>{_esc(d.tag)}</code> "
                                  f"in {total:.1f} s</span>")
         self._final_status = self.status.value
+        if d.tag is not None:   # the run is over: serve/push nobody asked for are not "pending"
+            for step in ("serve", "push"):
+                row = self.step_rows[step]
+                if row.state == "pending":
+                    row.update("not requested")
         return self
 
     def show_error(self, err: BaseException, tb: str | None = None) -> None:
@@ -501,9 +510,25 @@ class DeployWidget(W.VBox):
         data = super()._repr_mimebundle_(**kwargs)
         if isinstance(data, dict):   # what renderers without widget support show
             name = getattr(self.deployment, "name", "")
-            data["text/plain"] = (f"nbdeploy deployment {name!r}: a live widget (needs a Jupyter "
-                                  "frontend with ipywidgets; print(d) shows the steps as text)")
+            data["text/plain"] = (f"nbdeploy deployment {name!r} (live widget; print(d) shows the "
+                                  "steps as text)")
+            html_report = self.static_html()
+            if html_report:   # saved notebooks, nbconvert, nbviewer, GitHub: the whole report
+                data["text/html"] = html_report
         return data
+
+    def static_html(self) -> str:
+        """The self-contained report (tables, inline PNG plots, snippets) of the deployment."""
+        d = self.deployment
+        if d is None:
+            return ""
+        from .report import deployment_html
+
+        snips = {"curl": self.curl_snippet, "python": self.python_snippet} if self.curl_snippet else None
+        try:
+            return deployment_html(d, snippets=snips)
+        except Exception as exc:  # the live view must display even if the report cannot
+            return error_html(NbdeployError(f"Could not render the report: {type(exc).__name__}: {exc}"))
 
 
 def kv_html(info: dict) -> str:
