@@ -3,6 +3,12 @@
 The Deployment probes BentoML's ``/readyz`` and ``/livez`` on port 3000, requests
 resources, runs as the image's non-root user, and asks for ``nvidia.com/gpu`` when the
 bundle needs a GPU. The autoscaler is ``autoscaling/v2`` on CPU utilisation.
+
+Access control (``auth="key"`` or ``"oidc"``, see ``nbdeploy_runtime.auth``): with keys, a
+Secret holds the salted key digests (never a key) and is mounted read-only into the pod, which
+rereads it when Kubernetes updates it (rotation without a restart); with OIDC, the issuer,
+audience and JWKS URL are plain env.  ``ingress_host`` adds an ``networking.k8s.io/v1`` Ingress,
+with TLS from ``tls_secret`` (an existing ``kubernetes.io/tls`` Secret, e.g. cert-manager's).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from pathlib import Path
 from .errors import InvalidInputError
 
 PORT = 3000
+KEYS_MOUNT = "/etc/nbdeploy/keys"
+_HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
 
 
@@ -40,8 +48,17 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
                   cpu_limit: str | None = "2", memory_limit: str | None = "2Gi",
                   min_replicas: int = 1, max_replicas: int = 5, target_cpu: int = 70,
                   port: int = PORT, service_type: str = "ClusterIP",
-                  env: dict[str, str] | None = None) -> list[dict]:
+                  env: dict[str, str] | None = None, auth: str | None = None,
+                  key_hashes: list[str] | None = None, oidc: dict | None = None,
+                  rate_limit: str | None = None, ingress_host: str | None = None,
+                  tls_secret: str | None = None, ingress_class: str | None = None) -> list[dict]:
     """Manifests (as dicts) that run ``image`` (the bento ``tag``) on Kubernetes.
+
+    ``auth="key"``: a Secret ``NAME-api-keys`` with ``key_hashes`` (lines of an ``nbdeploy keys``
+    file: salted digests only; plain keys are refused here), mounted at ``/etc/nbdeploy/keys``.
+    ``auth="oidc"``: ``oidc={"issuer", "audience", "jwks_url"?, "scopes"?}`` as env.
+    ``rate_limit``: e.g. ``"100/min"`` per key or token subject.  ``ingress_host`` (+
+    ``tls_secret``, ``ingress_class``): an Ingress to the Service, HTTPS with that certificate.
 
     ``gpu``: True or a count adds an ``nvidia.com/gpu`` limit. ``image`` should be pinned
     (``ref@sha256:...``, as :func:`nbdeploy.registry.push` returns) so rollouts are exact.
@@ -96,6 +113,8 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
     }
     pod_spec: dict = {"containers": [container],
                       "securityContext": {"runAsUser": 1034, "runAsGroup": 1034, "fsGroup": 1034}}
+    extra = _auth_parts(app, meta, container, pod_spec, auth=auth, key_hashes=key_hashes, oidc=oidc,
+                        rate_limit=rate_limit)
     if gpu:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     deployment = {
@@ -123,7 +142,84 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
                 "type": "Utilization", "averageUtilization": target_cpu}}}],
         },
     }
-    return [deployment, service, hpa]
+    out = [*extra, deployment, service, hpa]
+    if ingress_host or tls_secret or ingress_class:
+        out.append(_ingress(app, meta, ingress_host, tls_secret, ingress_class))
+    return out
+
+
+def _auth_parts(app: str, meta: dict, container: dict, pod_spec: dict, *, auth, key_hashes, oidc,
+                rate_limit) -> list[dict]:
+    """Env, volumes and the keys Secret of the access-control settings (changes the container)."""
+    from .runtime.auth import HASH_PREFIX, AuthConfigError, parse_rate
+
+    if auth not in (None, "off", "key", "oidc"):
+        raise InvalidInputError("Unknown auth mode.", expected=["key", "oidc"], received=str(auth)[:20])
+    env = container["env"]
+    if rate_limit:
+        try:
+            parse_rate(rate_limit)
+        except AuthConfigError as exc:
+            raise InvalidInputError(str(exc), hint="e.g. '100/min' or '5/s'.") from None
+        env.append({"name": "NBDEPLOY_RATE_LIMIT", "value": str(rate_limit)})
+    if auth == "oidc":
+        o = dict(oidc or {})
+        if not o.get("issuer") or not o.get("audience"):
+            raise InvalidInputError("OIDC needs an issuer and an audience.",
+                                    hint="oidc={'issuer': 'https://idp.example.com/realms/x', 'audience': 'my-api'}")
+        env.append({"name": "NBDEPLOY_AUTH", "value": "oidc"})
+        for k, var in (("issuer", "NBDEPLOY_OIDC_ISSUER"), ("audience", "NBDEPLOY_OIDC_AUDIENCE"),
+                       ("jwks_url", "NBDEPLOY_OIDC_JWKS_URL"), ("algorithms", "NBDEPLOY_OIDC_ALGORITHMS")):
+            if o.get(k):
+                env.append({"name": var, "value": ",".join(o[k]) if isinstance(o[k], list) else str(o[k])})
+        if o.get("scopes"):
+            env.append({"name": "NBDEPLOY_AUTH_SCOPES",
+                        "value": ",".join(f"{r}={sc}" for r, sc in sorted(dict(o["scopes"]).items()))})
+        return []
+    if auth != "key":
+        if key_hashes:
+            raise InvalidInputError("key_hashes given without auth='key'.", hint="Pass auth='key'.")
+        return []
+    lines = []
+    for ln in key_hashes or []:
+        ln = str(ln).strip()
+        if not ln or ln.startswith("#"):
+            continue
+        if not ln.startswith(HASH_PREFIX):
+            raise InvalidInputError("Only salted key digests go into manifests, never a key itself.",
+                                    hint="Create keys with `nbdeploy keys create NAME --file F` and pass "
+                                         "the lines of F.")
+        lines.append(ln)
+    secret_name = f"{app}-api-keys"[:253]
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": dict(copy.deepcopy(meta), name=secret_name), "type": "Opaque",
+              "stringData": {"api_keys": "".join(ln + "\n" for ln in lines)}}
+    env += [{"name": "NBDEPLOY_AUTH", "value": "key"},
+            {"name": "NBDEPLOY_API_KEYS_FILE", "value": f"{KEYS_MOUNT}/api_keys"}]
+    # a whole-directory mount (no subPath): Kubernetes swaps the file in place when the Secret
+    # changes, and the bundle rereads it
+    container["volumeMounts"] = [{"name": "api-keys", "mountPath": KEYS_MOUNT, "readOnly": True}]
+    pod_spec["volumes"] = [{"name": "api-keys", "secret": {"secretName": secret_name, "defaultMode": 0o440}}]
+    return [secret]
+
+
+def _ingress(app: str, meta: dict, host: str | None, tls_secret: str | None,
+             ingress_class: str | None) -> dict:
+    if not host or not _HOST.match(str(host)) or len(str(host)) > 253:
+        raise InvalidInputError(f"An Ingress needs a DNS host name, not {str(host)[:80]!r}.",
+                                hint="e.g. ingress_host='model.example.com'.")
+    if tls_secret is not None and not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", str(tls_secret)):
+        raise InvalidInputError(f"Invalid Secret name {str(tls_secret)[:80]!r}.",
+                                hint="The name of a kubernetes.io/tls Secret in the same namespace.")
+    spec: dict = {"rules": [{"host": host, "http": {"paths": [{
+        "path": "/", "pathType": "Prefix",
+        "backend": {"service": {"name": app, "port": {"name": "http"}}}}]}}]}
+    if ingress_class:
+        spec["ingressClassName"] = str(ingress_class)
+    if tls_secret:
+        spec["tls"] = [{"hosts": [host], "secretName": tls_secret}]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": copy.deepcopy(meta),
+            "spec": spec}
 
 
 def to_yaml(manifests: list[dict]) -> str:

@@ -103,3 +103,59 @@ def test_bundle_needs_gpu(tmp_path):
     assert bundle_needs_gpu(cpu) is False and bundle_needs_gpu(gpu) is True
     (cpu / "bento.yaml").write_text("name: m\nservices:\n- name: S\n  config: {resources: {gpu: 1}}\n")
     assert bundle_needs_gpu(cpu) is True
+
+
+# -- access control and TLS (issue 19) -----------------------------------------------------------
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_keys_secret_and_tls_ingress_validate(kv, version, tmp_path):
+    from nbdeploy import keys
+
+    kf = tmp_path / "api_keys"
+    key = keys.create("ci", kf)
+    ms = k8s_manifests("Iris_Model:v3", IMAGE, namespace="ml", auth="key",
+                       key_hashes=kf.read_text().splitlines(), rate_limit="100/min",
+                       ingress_host="iris.example.com", tls_secret="iris-tls", ingress_class="nginx")
+    assert [m["kind"] for m in ms] == ["Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "Ingress"]
+    for m in ms:
+        kv.validate(m, version, strict=True)
+    by = _by_kind(ms)
+    secret, dep, ing = by["Secret"], by["Deployment"], by["Ingress"]
+    assert secret["metadata"]["namespace"] == "ml" and secret["type"] == "Opaque"
+    assert key not in to_yaml(ms) and secret["stringData"]["api_keys"].startswith("nbd-sha256$")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["NBDEPLOY_AUTH"] == "key" and env["NBDEPLOY_RATE_LIMIT"] == "100/min"
+    mount = c["volumeMounts"][0]
+    assert mount["readOnly"] and "subPath" not in mount  # subPath mounts never see a rotated Secret
+    assert env["NBDEPLOY_API_KEYS_FILE"] == mount["mountPath"] + "/api_keys"
+    assert pod["volumes"][0]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"  # probes need no key
+    assert ing["spec"]["tls"] == [{"hosts": ["iris.example.com"], "secretName": "iris-tls"}]
+    backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == by["Service"]["metadata"]["name"]
+    assert backend["port"]["name"] == by["Service"]["spec"]["ports"][0]["name"]
+
+
+def test_oidc_env_and_refusals(kv):
+    ms = k8s_manifests("tiny:v1", IMAGE, auth="oidc",
+                       oidc={"issuer": "https://idp.example.com/realms/ml", "audience": "tiny",
+                             "scopes": {"predict": "model:predict"}})
+    for m in ms:
+        kv.validate(m, K8S_VERSIONS[-1], strict=True)
+    env = {e["name"]: e["value"] for e in _by_kind(ms)["Deployment"]["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert env["NBDEPLOY_OIDC_ISSUER"] == "https://idp.example.com/realms/ml"
+    assert env["NBDEPLOY_AUTH_SCOPES"] == "predict=model:predict"
+    assert "Secret" not in _by_kind(ms)
+    with pytest.raises(InvalidInputError, match="never a key"):
+        k8s_manifests("tiny:v1", IMAGE, auth="key", key_hashes=["nbd_a-plain-key-in-a-manifest"])
+    with pytest.raises(InvalidInputError, match="audience"):
+        k8s_manifests("tiny:v1", IMAGE, auth="oidc", oidc={"issuer": "https://idp.example.com"})
+    with pytest.raises(InvalidInputError, match="host"):
+        k8s_manifests("tiny:v1", IMAGE, tls_secret="t")
+    with pytest.raises(InvalidInputError):
+        k8s_manifests("tiny:v1", IMAGE, rate_limit="fast")
+    with pytest.raises(InvalidInputError):
+        k8s_manifests("tiny:v1", IMAGE, auth="basic")
