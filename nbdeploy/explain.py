@@ -314,7 +314,7 @@ class ExplainReport:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(7.0, max(2.5, height)))
+        fig = Figure(figsize=(5.6, max(2.2, height)))   # a notebook cell at 90 dpi: ~500 px
         FigureCanvasAgg(fig)
 
         def _repr_png_() -> bytes:
@@ -327,7 +327,7 @@ class ExplainReport:
 
     def _fig_importance(self, max_display: int):
         imp = self.global_importance()[:max_display][::-1]
-        fig = self._figure(0.35 * len(imp) + 1.2)
+        fig = self._figure(0.26 * len(imp) + 1.0)
         ax = fig.add_subplot(111)
         ax.barh([d["feature"] for d in imp], [d["mean_abs_shap"] for d in imp], color="#1f77b4")
         ax.set_xlabel(f"mean |SHAP| ({self.output_space})")
@@ -339,7 +339,7 @@ class ExplainReport:
         idx = self.explained_index
         vals = self.shap_values[np.arange(len(self.X)), :, idx]            # [N, F]
         order = np.argsort(-np.abs(vals).mean(0), kind="stable")[:max_display][::-1]
-        fig = self._figure(0.35 * len(order) + 1.2)
+        fig = self._figure(0.26 * len(order) + 1.0)
         ax = fig.add_subplot(111)
         rng = np.random.default_rng(0)
         sc = None
@@ -365,9 +365,11 @@ class ExplainReport:
         return fig
 
     def _fig_row(self, r: dict, max_display: int):
+        from matplotlib.ticker import MaxNLocator
+
         contrib = np.asarray(r["contributions"])
         order = np.argsort(-np.abs(contrib), kind="stable")[:max_display][::-1]
-        fig = self._figure(0.35 * len(order) + 1.4)
+        fig = self._figure(0.26 * len(order) + 1.2)
         ax = fig.add_subplot(111)
         if r["method"] == "lime":
             labels = [r["rules"][j] for j in order]
@@ -379,7 +381,8 @@ class ExplainReport:
                      f" -> output {r['output']:.4g}")
         ax.barh(labels, contrib[order], color=["#d62728" if v > 0 else "#1f77b4" for v in contrib[order]])
         ax.axvline(0, color="#999", lw=0.8)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, wrap=True)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))   # tick labels must not run together
         ax.set_xlabel("contribution" + (f" ({r['output_space']})" if r.get("output_space") else ""))
         fig.tight_layout()
         return fig

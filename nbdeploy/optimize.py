@@ -46,13 +46,15 @@ class OptimizeResult:
             p = e.point(1) if e is not None else None
             return None if p is None else p.p50_ms
 
+        from .formatting import ms
+
         nat, fp32, best = p50("native"), p50("fp32"), p50(self.chosen)
         parts = []
         if fp32 is not None:
-            parts.append(f"fp32 p50 {fp32:.3g} ms at batch 1"
-                         + (f" ({nat / fp32:.0f}x faster than native {nat:.3g} ms)" if nat else ""))
+            parts.append(f"fp32 p50 {ms(fp32)} at batch 1"
+                         + (f" ({nat / fp32:.0f}x faster than native {ms(nat)})" if nat else ""))
         if self.chosen != "fp32" and best is not None:
-            parts.append(f"{self.chosen} {best:.3g} ms")
+            parts.append(f"{self.chosen} {ms(best)}")
         text = "; ".join(parts) or "nothing measured"
         return text + (" (truncated at the time budget)" if self.truncated else "")
 
@@ -182,7 +184,7 @@ def optimize(converted, *, labels=None, quantize: str = "auto", tolerance=None, 
 def _figures(res: OptimizeResult) -> list:
     from matplotlib.figure import Figure  # no pyplot state: figures are safe in threads and servers
 
-    fig1 = Figure(figsize=(6.5, 4.2))
+    fig1 = Figure(figsize=(5.4, 3.4))   # sized for a notebook cell
     ax = fig1.add_subplot()
     for e in res.benchmark.entries:
         if not e.points or e.provider not in ("native", res.provider):
@@ -201,7 +203,7 @@ def _figures(res: OptimizeResult) -> list:
     if ax.lines:
         ax.legend()
 
-    fig2 = Figure(figsize=(9, 3.8))
+    fig2 = Figure(figsize=(7.2, 3.0))
     ax1, ax2 = fig2.subplots(1, 2)
     vs = [v for v in res.quantization.variants if v.status == "ok"]
     names = [v.name for v in vs]
