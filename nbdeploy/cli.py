@@ -50,15 +50,13 @@ def cmd_list(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import start
 
-    env = None
     if args.auth == "key":  # the local key file (nbdeploy keys create); reread when it changes
         from . import keys
 
         if not keys.list_keys():
             print(f"created API key 'default' (shown once, keep it): {keys.create('default')}")
-        env = {"NBDEPLOY_AUTH": "key", keys.ENV_VAR: str(keys.keys_file())}
     h = start(args.tag, port=args.port, host=args.host, stable=args.stable, engine=args.engine,
-              tls_cert=args.tls_cert, tls_key=args.tls_key, env=env)
+              tls_cert=args.tls_cert, tls_key=args.tls_key, auth=args.auth)
     print(f"serving {h.tag} at {h.url} (pid {h.pid}); stop with: nbdeploy stop {h.name}")
     return 0
 
@@ -220,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(same API, faster, lighter)")
     s.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS only (with --tls-key)")
     s.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
-    s.add_argument("--auth", choices=["off", "key"], default="off",
-                   help="key: require an API key from `nbdeploy keys` (Authorization: Bearer KEY)")
+    s.add_argument("--auth", choices=["off", "key", "oidc"], default="off",
+                   help="key: require an API key from `nbdeploy keys` (Authorization: Bearer KEY); "
+                        "oidc: a JWT from $NBDEPLOY_OIDC_ISSUER for $NBDEPLOY_OIDC_AUDIENCE")
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("keys", help="API keys for servers started with --auth key (create, list, revoke)")

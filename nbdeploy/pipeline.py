@@ -340,9 +340,10 @@ class Deployment:
         return self.bundle.path if self.bundle else None
 
     def serve(self, port: int | None = None, *, host: str = "127.0.0.1", timeout: float = 90.0,
-              stable: bool = False, engine: str = "bentoml"):
+              stable: bool = False, engine: str = "bentoml", **options: Any):
         """Serve the bundle in the background (``engine``: "bentoml" for ``bentoml serve``, or
-        "direct" for the bundle's own app on uvicorn); returns a ServerHandle."""
+        "direct" for the bundle's own app on uvicorn); returns a ServerHandle.  ``options`` go
+        to :func:`nbdeploy.serve.start` (``auth``, ``tls_cert``, ``tls_key``, ``env``)."""
         from .serve import start
 
         self._require_bundle()
@@ -350,7 +351,7 @@ class Deployment:
         self._emit(StepEvent("serve", "running"))
         try:
             self.server = start(self.tag, port=port, host=host, timeout=timeout, stable=stable,
-                                engine=engine)
+                                engine=engine, **options)
         except NbdeployError as exc:
             self._emit(StepEvent("serve", "failed", time.perf_counter() - t0, exc.message))
             raise

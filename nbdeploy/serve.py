@@ -85,6 +85,7 @@ class ServerHandle:
     workers: list = field(default_factory=list)  # BentoML workers run in sessions of their own
     engine: str = "bentoml"
     tls: bool = False                 # HTTPS (nbdeploy serve --tls-cert/--tls-key)
+    auth: str = "off"                 # "key" / "oidc": clients send Authorization: Bearer ...
 
     @property
     def scheme(self) -> str:
@@ -289,6 +290,26 @@ def _check_tls(tls_cert, tls_key) -> tuple[str, str] | None:
     return str(Path(tls_cert).resolve()), str(Path(tls_key).resolve())
 
 
+def auth_env(auth: str | None) -> dict:
+    """The server environment of an access-control mode for local serving: ``key`` reads the
+    local key file (``nbdeploy keys``), ``oidc`` the ``$NBDEPLOY_OIDC_*`` settings of this
+    process's environment."""
+    if auth in (None, "off"):
+        return {}
+    if auth == "key":
+        from .keys import ENV_VAR, keys_file
+
+        return {"NBDEPLOY_AUTH": "key", ENV_VAR: str(keys_file())}
+    if auth == "oidc":
+        missing = [v for v in ("NBDEPLOY_OIDC_ISSUER", "NBDEPLOY_OIDC_AUDIENCE") if not os.environ.get(v)]
+        if missing:
+            raise InvalidInputError(f"auth='oidc' needs {', '.join('$' + m for m in missing)}.",
+                                    hint="Set them (and $NBDEPLOY_OIDC_JWKS_URL if the issuer has no "
+                                         "discovery document) before serving.")
+        return {"NBDEPLOY_AUTH": "oidc"}
+    raise InvalidInputError("Unknown auth mode.", expected=["off", "key", "oidc"], received=str(auth)[:20])
+
+
 def _spawn_bentoml(tag: str, host: str, port: int, log_path: Path, env: dict | None,
                    engine: str = "bentoml", tls: tuple[str, str] | None = None) -> subprocess.Popen:
     ssl_args = ["--ssl-certfile", tls[0], "--ssl-keyfile", tls[1]] if tls else []
@@ -308,7 +329,7 @@ def _spawn_bentoml(tag: str, host: str, port: int, log_path: Path, env: dict | N
 def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout: float = 90.0,
           wait: bool = True, stable: bool = False, env: dict | None = None,
           engine: str = "bentoml", tls_cert: str | None = None,
-          tls_key: str | None = None) -> ServerHandle:
+          tls_key: str | None = None, auth: str | None = None) -> ServerHandle:
     """Run stock ``bentoml serve TAG`` in the background and wait until ``/readyz`` is 200.
 
     ``engine="direct"`` runs the bundle's own ASGI app on uvicorn instead (one process; the
@@ -319,10 +340,12 @@ def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout
 
     ``tls_cert``/``tls_key`` (PEM files) serve HTTPS only, through ``bentoml serve
     --ssl-certfile/--ssl-keyfile`` or uvicorn's own options under the direct engine.  Access
-    control (API keys, OIDC) is configured through ``env``: see ``nbdeploy_runtime.auth``.
+    control: ``auth="key"`` (the keys of ``nbdeploy keys``) or ``"oidc"`` (``$NBDEPLOY_OIDC_*``),
+    or any setting of ``nbdeploy_runtime.auth`` through ``env``.
     """
     _check_engine(engine)
     tls = _check_tls(tls_cert, tls_key)
+    env = {**auth_env(auth), **(env or {})}
     if tls and stable:
         raise InvalidInputError("A stable address (its proxy) does not serve HTTPS yet.",
                                 hint="Leave out --stable, or terminate TLS in front of the proxy.")
@@ -338,7 +361,9 @@ def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout
     proc = _spawn_bentoml(tag, host, backend_port or port, log_path, env, engine, tls)
     handle = ServerHandle(id=sid, tag=tag, host=host, port=port, pid=proc.pid,
                           log_path=str(log_path), started=time.time(), backend_port=backend_port,
-                          engine=engine, tls=bool(tls))
+                          engine=engine, tls=bool(tls),
+                          auth=auth or ("key" if env.get("NBDEPLOY_API_KEYS_FILE") or env.get("NBDEPLOY_API_KEYS")
+                                        else "oidc" if env.get("NBDEPLOY_OIDC_ISSUER") else "off"))
     handle._save()
     if wait or stable:
         handle.wait_ready(timeout, proc=proc)
