@@ -111,6 +111,9 @@ def build_parser() -> _Parser:
                    help="start a local server after building (stop it with %%deploy stop NAME)")
     p.add_argument("--port", "-p", type=int, metavar="N",
                    help="port for --serve (default: a free one); implies --serve")
+    p.add_argument("--auth", choices=("key", "oidc"), default=None, metavar="MODE",
+                   help="with --serve: require an API key (key: from `nbdeploy keys`) or an OIDC "
+                        "token (oidc: $NBDEPLOY_OIDC_ISSUER/AUDIENCE) as Authorization: Bearer")
     p.add_argument("--push", metavar="REF",
                    help="push an OCI image to REF after building, e.g. ghcr.io/me/churn:1.0")
     p.add_argument("--base", metavar="IMAGE",
@@ -359,6 +362,13 @@ class DeployMagics(Magics):
                     Reference.parse(ref)
         if args.port is not None:
             _check_port(args.port)   # before building, not after a minute of work
+        if args.auth and not (args.serve or args.port):
+            raise ArgumentError("%deploy: --auth applies to the local server.",
+                                hint=f"Add --serve, e.g. %deploy model --sample X --serve --auth {args.auth}")
+        if args.auth:
+            from .serve import auth_env
+
+            auth_env(args.auth)      # oidc without its settings fails here, before building
         model = self._resolve(args.model, "model")
         sample = self._resolve(args.sample, "--sample")
         labels = self._resolve(args.labels, "--labels") if args.labels else None
@@ -384,7 +394,16 @@ class DeployMagics(Magics):
         try:
             d.run()
             if args.serve or args.port:
-                d.serve(port=args.port)
+                if args.auth == "key":
+                    import os
+
+                    from . import keys
+
+                    if not keys.list_keys():  # never printed: a notebook's outputs get saved
+                        os.environ["NBDEPLOY_API_KEY"] = keys.create("default")
+                        print("nbdeploy: created API key 'default'; this session has it in "
+                              "os.environ['NBDEPLOY_API_KEY'] (`nbdeploy keys` manages keys)", flush=True)
+                d.serve(port=args.port, **({"auth": args.auth} if args.auth else {}))
             if push_ref:
                 d.push(push_ref, base=base)   # base None: $NBDEPLOY_BASE_IMAGE, else the default
         finally:
