@@ -89,3 +89,16 @@ def revoke(name: str, path: str | os.PathLike | None = None) -> None:
         raise NotFoundError(f"No key named {str(name)[:80]!r}.",
                             hint="`nbdeploy keys list` shows the key names.")
     _write(p, keep)
+
+
+def snippet_auth(server) -> tuple[str, str, str]:
+    """What the curl/Python snippets of a local server add when it requires a bearer key or
+    token: ``(curl header line, Python import line, requests keyword)``.  The key itself is never
+    written into a snippet (snippets end up in notebooks and reports): it is read from
+    ``$NBDEPLOY_API_KEY`` (or ``$NBDEPLOY_TOKEN`` for an OIDC access token)."""
+    auth = getattr(server, "auth", "off") if server is not None else "off"
+    if auth not in ("key", "oidc"):
+        return "", "", ""
+    var = "NBDEPLOY_TOKEN" if auth == "oidc" else "NBDEPLOY_API_KEY"
+    return (f'  -H "Authorization: Bearer ${var}" \\\n', "import os\n",
+            ', headers={"Authorization": f"Bearer {os.environ[\'' + var + '\']}"}')

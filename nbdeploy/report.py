@@ -316,9 +316,12 @@ def snippets(d: Any, url: str | None, default_url: str = "http://127.0.0.1:3000"
     base = url or default_url
     body = _json.dumps({"inputs": [row]})
     note = "" if url else f"# first: bentoml serve {d.tag}\n"
-    return {"curl": (f"{note}curl -X POST {base}/predict \\\n  -H 'Content-Type: application/json' "
+    from .keys import snippet_auth
+
+    hdr, imp, kw = snippet_auth(getattr(d, "server", None) if url else None)  # --auth: the header
+    return {"curl": (f"{note}curl -X POST {base}/predict \\\n{hdr}  -H 'Content-Type: application/json' "
                      f"\\\n  -d '{body}'"),
-            "python": (f"{note}import requests\n\nr = requests.post(\"{base}/predict\", json={body}, "
+            "python": (f"{note}{imp}import requests\n\nr = requests.post(\"{base}/predict\", json={body}{kw}, "
                        f"timeout=30)\nr.raise_for_status()\nprint(r.json())")}
 
 

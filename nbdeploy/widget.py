@@ -407,10 +407,13 @@ class DeployWidget(W.VBox):
         base = url or DEFAULT_URL
         body = json.dumps({"inputs": [row]})
         note = "" if url else f"# first: bentoml serve {d.tag}   (or press Serve)\n"
-        self.curl_snippet = (f"{note}curl -X POST {base}/predict \\\n"
+        from .keys import snippet_auth
+
+        hdr, imp, kw = snippet_auth(d.server if url else None)  # a server with --auth: the header
+        self.curl_snippet = (f"{note}curl -X POST {base}/predict \\\n{hdr}"
                              f"  -H 'Content-Type: application/json' \\\n  -d '{body}'")
-        self.python_snippet = (f"{note}import requests\n\n"
-                               f"r = requests.post(\"{base}/predict\", json={body}, timeout=30)\n"
+        self.python_snippet = (f"{note}{imp}import requests\n\n"
+                               f"r = requests.post(\"{base}/predict\", json={body}{kw}, timeout=30)\n"
                                f"r.raise_for_status()\nprint(r.json())")
         self.snippets_html.value = ("<b>curl</b>" + _pre(self.curl_snippet) +
                                     "<b>Python</b>" + _pre(self.python_snippet))
