@@ -68,7 +68,7 @@ _STATE = {"done": ("✔", "#1a7f37", "done"), "failed": ("✘", "#cf222e", "fail
           "running": ("◐", "#1f6feb", "running"), "pending": ("○", "#888", "pending"),
           "skipped": ("–", "#888", "skipped"), "not requested": ("–", "#888", "not requested")}
 
-_CSS = ("<style>.nbd-report{font:13px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;"
+CSS = ("<style>.nbd-report{font:13px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;"
         "max-width:980px;color:#1f2328}"
         ".nbd-report h3{font-size:15px;margin:4px 0 6px}"
         ".nbd-report h4{font-size:13.5px;margin:14px 0 4px;border-bottom:1px solid #d0d7de;"
@@ -82,6 +82,11 @@ _CSS = ("<style>.nbd-report{font:13px/1.4 system-ui,-apple-system,'Segoe UI',san
         ".nbd-report img{max-width:100%;height:auto;border:1px solid #eee;margin:2px 8px 6px 0;"
         "vertical-align:top}"
         ".nbd-report .nbd-note{color:#57606a;margin:2px 0}</style>")
+
+
+def wrap(body: str) -> str:
+    """A fragment of the report, styled as in the report (for one widget tab)."""
+    return f"{CSS}<div class='nbd-report'>{body}</div>"
 
 
 def _e(v: Any) -> str:
@@ -103,7 +108,7 @@ def _kv(info: dict) -> str:
     return f"<div class='nbd-scroll'><table>{rows}</table></div>"
 
 
-def png_bytes(fig: Any, dpi: int = 80) -> bytes:
+def png_bytes(fig: Any, dpi: int = 90) -> bytes:
     """PNG of a matplotlib Figure (pyplot figures are closed afterwards)."""
     import io
     import sys
@@ -119,10 +124,12 @@ def png_bytes(fig: Any, dpi: int = 80) -> bytes:
     return buf.getvalue()
 
 
-def img_tag(png: bytes, alt: str, width: int = 460) -> str:
-    """An inline PNG, at most ``width`` CSS pixels wide (a notebook cell's comfortable size)."""
+def img_tag(png: bytes, alt: str) -> str:
+    """An inline PNG shown at its own pixel size (fonts as drawn), never wider than the cell."""
     import base64
+    import struct
 
+    width = struct.unpack(">I", png[16:20])[0] if png[:8] == b"\x89PNG\r\n\x1a\n" else 480
     return (f"<img alt='{_e(alt)}' title='{_e(alt)}' style='width:{width}px' "
             f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
 
@@ -162,7 +169,7 @@ def _plots(d: Any) -> dict:
     return out
 
 
-def _summary_section(d: Any) -> str:
+def summary_section(d: Any) -> str:
     from . import formatting as F
 
     c = d.converted
@@ -177,6 +184,7 @@ def _summary_section(d: Any) -> str:
     info["device"] = d.device
     if d.optimized is not None:
         info["chosen variant"] = d.chosen_variant
+    info["bento tag"] = d.tag
     out = _kv(info)
     if c is not None and getattr(c, "is_table", False) and c.columns:
         out += "<div><b>Columns</b></div>" + columns_table(c.columns).replace(
@@ -198,7 +206,7 @@ def _summary_section(d: Any) -> str:
     return section("Summary", out)
 
 
-def _benchmark_section(d: Any, plots: dict) -> str:
+def benchmark_section(d: Any, plots: dict) -> str:
     from . import formatting as F
 
     opt = d.optimized
@@ -223,11 +231,11 @@ def _benchmark_section(d: Any, plots: dict) -> str:
                                numeric=(2, 3, 4, 5, 6))
     out += "".join(f"<p class='nbd-note'>{_e(n)}</p>" for n in dict.fromkeys(b.notes))
     if "latency" in plots:
-        out += img_tag(plots["latency"], "latency vs batch size", 440)
+        out += img_tag(plots["latency"], "latency vs batch size")
     return section("Benchmark", out)
 
 
-def _quantization_section(d: Any, plots: dict) -> str:
+def quantization_section(d: Any, plots: dict, *, plot: bool = True) -> str:
     from . import formatting as F
 
     opt = d.optimized
@@ -248,13 +256,13 @@ def _quantization_section(d: Any, plots: dict) -> str:
     out += "".join(f"<p class='nbd-note'><b>{_e(', '.join(names))}</b>: {_e(r)}</p>"
                    for r, names in reasons.items())
     if "quantization" in plots:
-        out += img_tag(plots["quantization"], "size and accuracy per variant", 560)
-    else:
+        out += img_tag(plots["quantization"], "size and accuracy per variant")
+    elif plot is False or sum(v.status == "ok" for v in q.variants) < 2:
         out += "<p class='nbd-note'>No size/accuracy plot: only one variant could be built.</p>"
     return section("Quantization", out)
 
 
-def _explanation_section(d: Any, plots: dict) -> str:
+def explanation_section(d: Any, plots: dict) -> str:
     from . import formatting as F
 
     ex = d.explanation
@@ -279,11 +287,11 @@ def _explanation_section(d: Any, plots: dict) -> str:
     for name, alt in (("shap_summary", "SHAP summary"), ("shap_row_0", "SHAP, row 0"),
                       ("lime_row_0", "LIME, row 0")):
         if name in plots:
-            out += img_tag(plots[name], alt, 420)
+            out += img_tag(plots[name], alt)
     return section("Explanations", out)
 
 
-def _serving_section(d: Any) -> str:
+def serving_section(d: Any) -> str:
     if d.tag is None or d.converted is None:
         return ""
     try:
@@ -347,7 +355,7 @@ def deployment_html(d: Any, *, snippets: dict | None = None) -> str:
     """The whole report of Deployment ``d`` as self-contained HTML (see the comment above)."""
     from . import formatting as F
 
-    parts = [_CSS, "<div class='nbd-report'>", f"<h3>nbdeploy · {_e(d.name)}</h3>"]
+    parts = [CSS, "<div class='nbd-report'>", f"<h3>nbdeploy · {_e(d.name)}</h3>"]
     err = getattr(d, "error", None)
     if err is not None:
         hint = getattr(err, "hint", None)
@@ -366,14 +374,14 @@ def deployment_html(d: Any, *, snippets: dict | None = None) -> str:
         if state == "not requested":
             summary = ""
         rows.append(f"<tr><td style='color:{color}'>{icon}</td><td><b>{_e(ev.step)}</b></td>"
-                    f"<td style='color:{color}'>{_e(word)}</td>"
+                    f"<td style='color:{color};white-space:nowrap'>{_e(word)}</td>"
                     f"<td class=n>{_e(F.duration(ev.elapsed_s)) if ev.elapsed_s else ''}</td>"
                     f"<td>{_e(summary[:300])}</td></tr>")
     parts.append("<div class='nbd-scroll'><table>" + "".join(rows) + "</table></div>")
     if d.converted is not None:
         plots = _plots(d)
-        for sec in (_summary_section(d), _benchmark_section(d, plots), _quantization_section(d, plots),
-                    _explanation_section(d, plots), _serving_section(d), _bundle_section(d, snippets)):
+        for sec in (summary_section(d), benchmark_section(d, plots), quantization_section(d, plots),
+                    explanation_section(d, plots), serving_section(d), _bundle_section(d, snippets)):
             parts.append(sec)
     parts.append("</div>")
     return "".join(parts)

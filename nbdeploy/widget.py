@@ -22,6 +22,7 @@ from typing import Any
 import ipywidgets as W
 
 from .errors import NbdeployError
+from .formatting import duration
 
 STEP_NAMES = ("detect", "convert", "verify", "benchmark", "quantize", "explain", "bundle", "serve",
               "push")
@@ -35,7 +36,8 @@ _esc = html.escape
 
 
 def _pre(text: str) -> str:
-    return (f"<pre style='white-space:pre-wrap;margin:0;padding:4px;background:#f6f8fa;"
+    # no wrapping inside numbers: long lines scroll
+    return (f"<pre style='white-space:pre;overflow-x:auto;margin:0;padding:4px;background:#f6f8fa;"
             f"user-select:all'>{_esc(text)}</pre>")
 
 
@@ -84,7 +86,7 @@ def render(obj: Any) -> list[W.Widget]:
     if isinstance(obj, W.Widget):
         return [obj]
     if hasattr(obj, "savefig"):
-        return [W.Image(value=figure_png(obj), format="png")]
+        return [W.Image(value=figure_png(obj), format="png", layout=W.Layout(max_width="100%"))]
     if isinstance(obj, (bytes, bytearray)) and bytes(obj[:8]) == b"\x89PNG\r\n\x1a\n":
         return [W.Image(value=bytes(obj), format="png")]
     out: list[W.Widget] = []
@@ -116,7 +118,7 @@ class StepRow:
         self.fraction: float | None = None
         self.icon = W.HTML(layout=W.Layout(width="1.6em", flex="0 0 auto"))
         self.label = W.HTML(f"<b>{_esc(step)}</b>", layout=W.Layout(width="6.5em", flex="0 0 auto"))
-        self.time = W.HTML("", layout=W.Layout(width="4em", flex="0 0 auto"))
+        self.time = W.HTML("", layout=W.Layout(width="5em", flex="0 0 auto"))
         self.bar = W.FloatProgress(min=0.0, max=1.0, value=0.0,
                                    layout=W.Layout(width="9em", flex="0 0 auto", display="none"))
         self.result = W.HTML("", layout=W.Layout(flex="1 1 auto", min_width="0", overflow="hidden"))
@@ -129,7 +131,7 @@ class StepRow:
         self.state, self.elapsed_s, self.summary, self.fraction = state, elapsed_s, summary, fraction
         char, color = ICONS.get(state, ("?", "#999"))
         self.icon.value = f"<span style='color:{color};font-size:1.1em' title='{state}'>{char}</span>"
-        self.time.value = f"{elapsed_s:.1f}s" if elapsed_s and state != "pending" else ""
+        self.time.value = duration(elapsed_s) if elapsed_s and state != "pending" else ""
         if state == "running" and fraction is not None:
             self.bar.value = fraction
             self.bar.layout.display = None
@@ -208,9 +210,8 @@ class DeployWidget(W.VBox):
             W.VBox([self.summary_html]),
             W.VBox([self.benchmark_html, self.benchmark_plots]),
             W.VBox([self.quantization_html, self.quantization_plots]),
-            W.VBox([self.explanation_html, self.explanation_plots,
-                    W.HBox([self.row_picker, self.method_picker, self.explain_button]),
-                    self.row_output]),
+            W.VBox([W.HBox([self.row_picker, self.method_picker, self.explain_button]),
+                    self.row_output, self.explanation_html, self.explanation_plots]),
             W.VBox([self.bundle_html, self.snippets_html,
                     W.HBox([self.serve_button, self.stop_button, self.server_html]),
                     W.HBox([self.push_ref, self.push_button]),
@@ -279,7 +280,7 @@ class DeployWidget(W.VBox):
         elif d.tag:
             total = sum(e.elapsed_s for e in d.steps.values() if e.step not in ("serve", "push"))
             self.status.value = (f"<span style='color:#1a7f37'>✔ built <code>{_esc(d.tag)}</code> "
-                                 f"in {total:.1f} s</span>")
+                                 f"in {_esc(duration(total))}</span>")
         self._final_status = self.status.value
         if d.tag is not None:   # the run is over: serve/push nobody asked for are not "pending"
             for step in ("serve", "push"):
@@ -300,32 +301,9 @@ class DeployWidget(W.VBox):
             self.traceback.selected_index = None
 
     def _fill_summary(self, d: Any) -> None:
-        c = d.converted
-        info: dict[str, Any] = {"name": d.name}
-        if c is not None:
-            info.update({"framework": c.framework, "model type": c.adapter.model_type,
-                         "task": c.spec.get("task"), "features": c.schema.n_features,
-                         "sample rows": len(c.X), "converter": c.converter})
-            if getattr(c, "is_table", False):
-                from .schema import describe_columns
+        from .report import wrap, summary_section
 
-                info["columns"] = describe_columns(c.columns, limit=30)
-            if c.spec.get("classes") is not None:
-                info["classes"] = ", ".join(map(str, c.spec["classes"]))[:200]
-        v = d.verify_report
-        if v is not None:
-            info["verify"] = v.summary()
-            for attr, label in (("native_metric", "native metric"), ("onnx_metric", "ONNX metric")):
-                if getattr(v, attr, None) is not None:
-                    info[label] = getattr(v, attr)
-        if d.optimized is not None:
-            reason = str(getattr(d.optimized, "reason", "") or "")
-            info["chosen variant"] = reason if reason.startswith(d.chosen_variant) else \
-                f"{d.chosen_variant}: {reason}"
-        info["device"] = d.device
-        info["bento tag"] = d.tag
-        info["path"] = d.path
-        self.summary_html.value = kv_html(info)
+        self.summary_html.value = wrap(summary_section(d))
 
     def _fill_optimize(self, d: Any) -> None:
         opt = d.optimized
@@ -334,18 +312,29 @@ class DeployWidget(W.VBox):
             self.benchmark_html.value = f"<i>No benchmark: {_esc(why)}</i>"
             self.quantization_html.value = f"<i>No quantization: {_esc(d.steps['quantize'].summary or why)}</i>"
             return
-        bench = getattr(opt, "benchmark", None)
-        quant = getattr(opt, "quantization", None)
-        self.benchmark_html.value = (bench._repr_html_() if hasattr(bench, "_repr_html_")
-                                     else opt._repr_html_())
-        head = (f"<p><b>chosen:</b> {_esc(str(getattr(opt, 'chosen', '')))} — "
-                f"{_esc(str(getattr(opt, 'reason', '')))}</p>")
-        self.quantization_html.value = head + (quant._repr_html_() if hasattr(quant, "_repr_html_") else "")
+        from .report import wrap, benchmark_section, quantization_section
+
+        figs = _figures(opt)
+        variants = getattr(getattr(opt, "quantization", None), "variants", None)
+        one_variant = variants is not None and sum(v.status == "ok" for v in variants) < 2
+        try:   # the report's tables: one number format everywhere
+            self.benchmark_html.value = wrap(benchmark_section(d, {}))
+            self.quantization_html.value = wrap(quantization_section(d, {}, plot=not one_variant))
+        except AttributeError:   # a result object of another shape: its own view
+            bench, quant = getattr(opt, "benchmark", None), getattr(opt, "quantization", None)
+            self.benchmark_html.value = (bench._repr_html_() if hasattr(bench, "_repr_html_")
+                                         else opt._repr_html_())
+            head = (f"<p><b>chosen:</b> {_esc(str(getattr(opt, 'chosen', '')))} — "
+                    f"{_esc(str(getattr(opt, 'reason', '')))}</p>")
+            self.quantization_html.value = head + (quant._repr_html_() if hasattr(quant, "_repr_html_")
+                                                   else "")
         bench_imgs, quant_imgs = [], []
-        for fig in _figures(opt):
+        for fig in figs:
             title = _figure_title(fig).lower()
-            target = bench_imgs if ("latency" in title or "throughput" in title or not title) else quant_imgs
-            target.extend(render(fig))
+            is_bench = "latency" in title or "throughput" in title or not title
+            if not is_bench and one_variant:   # one bar compares nothing; the table says why
+                continue
+            (bench_imgs if is_bench else quant_imgs).extend(render(fig))
         self.benchmark_plots.children = bench_imgs
         self.quantization_plots.children = quant_imgs
 
@@ -357,8 +346,18 @@ class DeployWidget(W.VBox):
             self.explanation_html.value = f"<i>No explanation: {_esc(why)}</i>"
             self.explain_button.disabled = True
             return
-        self.explanation_html.value = ex._repr_html_() if hasattr(ex, "_repr_html_") else ""
-        self.explanation_plots.children = [w for f in _figures(ex) for w in render(f)]
+        from .report import wrap, explanation_section
+
+        try:
+            self.explanation_html.value = wrap(explanation_section(d, {}))
+        except AttributeError:   # a result object of another shape: its own view
+            self.explanation_html.value = ex._repr_html_() if hasattr(ex, "_repr_html_") else ""
+        figs = ex.figures() if callable(getattr(ex, "figures", None)) else {}
+        # the importance table above already is that bar chart; row plots come from the picker
+        figs = figs if isinstance(figs, dict) else dict(enumerate(figs))
+        self.explanation_plots.children = [w for k, f in figs.items()
+                                           if k != "shap_importance" and "_row_" not in str(k)
+                                           for w in render(f)]
         n = len(d.converted.X) if d.converted is not None else 1
         self.row_picker.max = max(0, n - 1)
         self.method_picker.options = methods or ["shap"]
@@ -368,8 +367,14 @@ class DeployWidget(W.VBox):
         if d.tag is None:
             self.bundle_html.value = "<i>No bundle was built.</i>"
             return
+        from .report import wrap, serving_section
+
         self.bundle_html.value = kv_html({"tag": d.tag, "path": d.path,
                                           "serve it yourself": f"bentoml serve {d.tag}"})
+        try:
+            self.bundle_html.value += wrap(serving_section(d))
+        except AttributeError:
+            pass
         self.serve_button.disabled = False
         self.push_button.disabled = False
         self.export_button.disabled = False

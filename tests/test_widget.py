@@ -47,7 +47,10 @@ def test_steps_update_live_and_end_done(built):
         row = w.step_rows[step]
         assert row.state == "done" and row.icon.value and "✔" in row.icon.value
     assert w.step_rows["explain"].state == "skipped"
-    assert w.step_rows["serve"].state == "pending"
+    # the run is over and nobody asked to serve or push: not left looking unfinished
+    for step in ("serve", "push"):
+        assert w.step_rows[step].state == "not requested", step
+        assert "not requested" in w.step_rows[step].result.value and "○" not in w.step_rows[step].icon.value
     assert "4 features" in w.step_rows["convert"].result.value
     assert d.tag in w.status.value and w.error_html.value == ""
     assert list(w.step_rows) == ["detect", "convert", "verify", "benchmark", "quantize", "explain",
@@ -190,7 +193,8 @@ def test_results_tabs_render_figures_and_row_explanations():
             return "<div>mean |SHAP|</div>"
 
         def figures(self, row=0):
-            return {"shap_importance": fig("importance"), f"shap_row_{row}": fig(f"row {row}")}
+            return {"shap_importance": fig("importance"), "shap_summary": fig("summary"),
+                    f"shap_row_{row}": fig(f"row {row}")}
 
         def explain_row(self, i, method="shap"):
             return {"method": method, "row": i, "feature_names": ["a", "b"], "values": [1.0, 2.0],
@@ -206,7 +210,8 @@ def test_results_tabs_render_figures_and_row_explanations():
     assert len(w.benchmark_plots.children) == 1 and len(w.quantization_plots.children) == 1
     png = w.benchmark_plots.children[0].value
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "mean |SHAP|" in w.explanation_html.value and len(w.explanation_plots.children) == 2
+    # the importance plot would repeat the importance table; row plots come from the picker
+    assert "mean |SHAP|" in w.explanation_html.value and len(w.explanation_plots.children) == 1
     assert w.row_picker.max == 0                          # no converted sample in this fake
     assert list(w.method_picker.options) == ["shap", "lime"] and not w.explain_button.disabled
     w.method_picker.value = "shap"
@@ -234,7 +239,16 @@ def test_real_results_fill_benchmark_quantization_and_explanation_tabs(iris):
     assert "chosen" in w.quantization_html.value
     images = [*w.benchmark_plots.children, *w.quantization_plots.children]
     assert images and all(i.value[:4] == b"\x89PNG" for i in images)
-    assert len(w.explanation_plots.children) >= 2
+    assert len(w.explanation_plots.children) == 1        # the SHAP summary; no importance twin
+    assert "mean |SHAP|" in w.explanation_html.value
+    ok = [v for v in d.optimized.quantization.variants if v.status == "ok"]
+    assert len(w.quantization_plots.children) == (1 if len(ok) > 1 else 0)
+    # one number format: rates in k/M rows/s, latencies with their unit, no raw byte counts
+    assert "rows/s" in w.benchmark_html.value and re.search(r"\d (µs|ms)<", w.benchmark_html.value)
+    assert re.search(r"\d (B|KiB|MiB)<", w.quantization_html.value)
+    # the picker sits at the top of its tab, its answer right below it
+    tab = w.tabs.children[3].children
+    assert w.row_picker in tab[0].children and tab[1] is w.row_output
     assert w.row_picker.max == len(d.converted.X) - 1
     w.row_picker.value = 3
     for method in ("shap", "lime"):
