@@ -474,3 +474,42 @@ def test_direct_engine_is_guarded_too(ref_deployment, breast_cancer, tmp_path):
         assert 'nbdeploy_auth_denied_total{reason="missing"} 5' in text.decode()
     finally:
         h.stop()
+
+
+@pytest.mark.slow
+def test_local_serve_with_auth_key_and_snippets_that_carry_the_header(ref_deployment, monkeypatch, tmp_path):
+    """``serve.start(auth="key")`` reads the local key file of ``nbdeploy keys``; the report's
+    curl and Python snippets send the header from $NBDEPLOY_API_KEY and work as printed."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from nbdeploy import keys, report, serve
+    from nbdeploy.cli import main
+
+    monkeypatch.setenv("NBDEPLOY_HOME", str(tmp_path / "home"))
+    assert main(["keys", "create", "laptop"]) == 0
+    key = keys.create("second")
+    h = serve.start(ref_deployment.tag, engine="direct", auth="key")
+    try:
+        assert h.auth == "key" and serve.find(h.id)[0].auth == "key"   # recorded for front ends
+        d = SimpleNamespace(converted=ref_deployment.converted, tag=ref_deployment.tag, server=h)
+        snips = report.snippets(d, h.url)
+        assert "Authorization: Bearer $NBDEPLOY_API_KEY" in snips["curl"]
+        assert key not in json.dumps(snips)
+        env = dict(os.environ, NBDEPLOY_API_KEY=key)
+        out = subprocess.run(["bash", "-c", snips["curl"] + " --fail -sS"], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and "predictions" in out.stdout, out.stderr
+        out = subprocess.run([sys.executable, "-c", snips["python"]], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and "predictions" in out.stdout, out.stderr[-2000:]
+        env["NBDEPLOY_API_KEY"] = key[:-1] + ("A" if key[-1] != "A" else "B")
+        out = subprocess.run(["bash", "-c", snips["curl"] + " --fail -sS"], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode != 0 and "401" in out.stderr
+        plain = report.snippets(SimpleNamespace(converted=ref_deployment.converted, tag="t", server=None), None)
+        assert "Authorization" not in plain["curl"] + plain["python"]
+        assert key not in h.logs(tail=None)
+    finally:
+        h.stop()
