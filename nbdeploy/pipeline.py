@@ -344,18 +344,33 @@ class Deployment:
         """Serve the bundle in the background (``engine``: "bentoml" for ``bentoml serve``, or
         "direct" for the bundle's own app on uvicorn); returns a ServerHandle.  ``options`` go
         to :func:`nbdeploy.serve.start` (``auth``, ``tls_cert``, ``tls_key``, ``env``)."""
-        from .serve import start
+        from .serve import find, rollout, start
 
         self._require_bundle()
         t0 = time.perf_counter()
         self._emit(StepEvent("serve", "running"))
+        # One server per name: a re-deployed name takes over its running server's address
+        # (a stable one is rolled with no failed request; otherwise the old one is stopped
+        # first), so no client keeps getting the old model from a forgotten port.
+        previous = find(self.name)
+        note = ""
         try:
-            self.server = start(self.tag, port=port, host=host, timeout=timeout, stable=stable,
-                                engine=engine, **options)
+            if (len(previous) == 1 and previous[0].stable and port is None and not options
+                    and engine == previous[0].engine):
+                note = f" (rolled over from {previous[0].tag}, same address)"
+                self.server = rollout(previous[0].id, self.tag, timeout=timeout)
+            else:
+                for h in previous:
+                    h.stop()
+                if previous:
+                    port = port or previous[0].port
+                    note = f" (replaced {', '.join(h.tag for h in previous)})"
+                self.server = start(self.tag, port=port, host=host, timeout=timeout, stable=stable,
+                                    engine=engine, **options)
         except NbdeployError as exc:
             self._emit(StepEvent("serve", "failed", time.perf_counter() - t0, exc.message))
             raise
-        self._emit(StepEvent("serve", "done", time.perf_counter() - t0, self.server.url))
+        self._emit(StepEvent("serve", "done", time.perf_counter() - t0, self.server.url + note))
         return self.server
 
     def _require_bundle(self) -> None:
