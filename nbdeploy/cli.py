@@ -155,9 +155,18 @@ def cmd_k8s(args) -> int:
     from .store import get
 
     bento = get(args.tag)
+    hashes = None
+    if args.auth == "key":  # only the salted digests of the key file go into the Secret
+        from .keys import keys_file
+
+        hashes = keys_file(args.keys_file).read_text(encoding="utf-8").splitlines() \
+            if keys_file(args.keys_file).exists() else []
+    oidc = {"issuer": args.oidc_issuer, "audience": args.oidc_audience} if args.auth == "oidc" else None
     manifests = k8s_manifests(str(bento.tag), args.image, replicas=args.replicas,
                               min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-                              gpu=bundle_needs_gpu(bento))
+                              gpu=bundle_needs_gpu(bento), auth=args.auth, key_hashes=hashes,
+                              oidc=oidc, rate_limit=args.rate_limit, ingress_host=args.ingress_host,
+                              tls_secret=args.tls_secret)
     if args.output:
         print(f"wrote {write_manifests(manifests, args.output)}")
     else:
@@ -269,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replicas", type=int, default=1)
     s.add_argument("--min-replicas", type=int, default=1)
     s.add_argument("--max-replicas", type=int, default=5)
+    s.add_argument("--auth", choices=["key", "oidc"], default=None,
+                   help="key: a Secret with the key hashes of --keys-file; oidc: --oidc-issuer/--oidc-audience")
+    s.add_argument("--keys-file", default=None, help="an `nbdeploy keys` file (default: $NBDEPLOY_HOME/api_keys)")
+    s.add_argument("--oidc-issuer", default=None)
+    s.add_argument("--oidc-audience", default=None)
+    s.add_argument("--rate-limit", default=None, help="e.g. 100/min per key or token subject")
+    s.add_argument("--ingress-host", default=None, help="add an Ingress for this host name")
+    s.add_argument("--tls-secret", default=None, help="kubernetes.io/tls Secret for the Ingress (HTTPS)")
     s.set_defaults(fn=cmd_k8s)
 
     s = sub.add_parser("export", help="write a bundle as one archive that `bentoml import` reads")

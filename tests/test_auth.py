@@ -513,3 +513,26 @@ def test_local_serve_with_auth_key_and_snippets_that_carry_the_header(ref_deploy
         assert key not in h.logs(tail=None)
     finally:
         h.stop()
+
+
+def test_cli_k8s_with_keys_and_tls_ingress(ref_deployment, tmp_path):
+    import kubernetes_validate
+    import yaml
+
+    from nbdeploy import keys
+    from nbdeploy.cli import main
+
+    kf = tmp_path / "api_keys"
+    key = keys.create("prod", kf)
+    out = tmp_path / "m.yaml"
+    image = "registry.example.com/ml/ref:1@sha256:" + "cd" * 32
+    assert main(["k8s", ref_deployment.tag, "--image", image, "--auth", "key", "--keys-file", str(kf),
+                 "--rate-limit", "50/s", "--ingress-host", "ref.example.com", "--tls-secret", "ref-tls",
+                 "-o", str(out)]) == 0
+    text = out.read_text()
+    assert key not in text and "nbd-sha256$" in text
+    kinds = [m["kind"] for m in yaml.safe_load_all(text)]
+    assert kinds == ["Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "Ingress"]
+    assert kubernetes_validate.validate_file(str(out), "1.33.0", strict=True, quiet=True, no_warn=True) == 0
+    assert main(["k8s", ref_deployment.tag, "--image", image, "--auth", "oidc",
+                 "--oidc-issuer", "https://idp.example.com"]) == 2   # no audience: a clear error
