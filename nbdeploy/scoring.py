@@ -217,13 +217,18 @@ class Scorer:
 
         n = len(feats)
         bad = np.zeros(n, dtype=bool)
-        M = np.empty((n, feats.shape[1]), dtype=np.float64)
         nullable = [bool(c.get("nullable")) for c in self.columns] if \
             len(self.columns) == feats.shape[1] else [False] * feats.shape[1]
-        for j, (_, s) in enumerate(feats.items()):
-            col, ok = _numeric_column(s)
-            bad |= ~ok
-            M[:, j] = col
+        if all(getattr(t, "kind", "O") in "iuf" for t in feats.dtypes):   # all numbers: one copy
+            M = feats.to_numpy(dtype=np.float64, na_value=np.nan)
+            if np.isfinite(M).all() and not (np.abs(M) > F32_MAX).any():
+                return M.astype(np.float32), []
+        else:
+            M = np.empty((n, feats.shape[1]), dtype=np.float64)
+            for j, (_, s) in enumerate(feats.items()):
+                col, ok = _numeric_column(s)
+                bad |= ~ok
+                M[:, j] = col
         with np.errstate(invalid="ignore"):
             finite = np.isfinite(M)
             nan_ok = np.isnan(M) & np.asarray(nullable, dtype=bool)[None, :]
