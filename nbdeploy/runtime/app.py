@@ -149,6 +149,12 @@ class Runtime:
             threading.Thread(target=self._warm_explainer, name="nbdeploy-explain-warmup",
                              daemon=True).start()
 
+    def _in_flight(self) -> int | None:
+        try:
+            return int(self.pending())
+        except RuntimeError:  # no running event loop (a test calling metadata() directly)
+            return None
+
     def overloaded(self) -> bool:
         """Whether model work should be refused now (counts it when so)."""
         if self.limit and self.pending() > self.limit:
@@ -188,7 +194,8 @@ class Runtime:
                                          if self.batcher else None),
                                ready=self.ready, uptime_s=round(time.time() - self.started, 1),
                                max_rows=self.max_rows, engine=self.engine,
-                               concurrency_limit=dict(self.limit_info, shed=self.shed),
+                               concurrency_limit=dict(self.limit_info, shed=self.shed,
+                                                      in_flight=self._in_flight()),
                                explainer={"load": self.explain_policy,
                                           "loaded": self.explainer is not None,
                                           "shap_imported": "shap" in sys.modules,
