@@ -107,7 +107,9 @@ class ServeConfig:
         return {"model_file": "model.onnx", "providers": self.providers, "threads": self.threads,
                 "max_rows": self.max_rows, "max_body_bytes": self.max_body_bytes,
                 "device": self.device, "allow_cpu_fallback": self.allow_cpu_fallback,
-                "batching": self.batching}
+                "batching": self.batching,
+                # the runtime's own limit (503 + Retry-After; runtime/limits.py): this, else derived
+                "max_concurrency": self.max_concurrency}
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
