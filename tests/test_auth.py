@@ -453,6 +453,30 @@ def test_oidc_tokens_under_bentoml_serve(oidc, jwks, keys_rsa, breast_cancer):
             assert not part or part[:24] not in log
 
 
+@pytest.mark.slow
+def test_served_api_conforms_to_its_document_with_auth_on(oidc, jwks, keys_rsa):
+    """schemathesis over the bundle's OpenAPI document, through the token check: valid and
+    invalid inputs, no 5xx, documented answers."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    hdr = {"Authorization": "Bearer " + mint(keys_rsa[0], jwks.issuer, exp_in=900, scope="model:predict")}
+    assert call("GET", oidc.url + "/nbdeploy/openapi.json")[0] == 401
+    schema = schemathesis.openapi.from_url(oidc.url + "/nbdeploy/openapi.json", headers=hdr, timeout=30)
+    for path, method in (("/predict", "POST"), ("/metadata", "GET"), ("/drift", "GET")):
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if method == "POST" else (
+                GenerationMode.POSITIVE,):
+            @given(case=schema[path][method].as_strategy(generation_mode=mode))
+            @settings(max_examples=20, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            def check(case):
+                response = case.call_and_validate(base_url=oidc.url, headers=hdr, timeout=30)
+                assert response.status_code not in (401, 403)
+
+            check()
+
+
 # -- served: the direct engine ------------------------------------------------------------------
 
 @pytest.mark.slow
