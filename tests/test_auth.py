@@ -560,3 +560,39 @@ def test_cli_k8s_with_keys_and_tls_ingress(ref_deployment, tmp_path):
     assert kubernetes_validate.validate_file(str(out), "1.33.0", strict=True, quiet=True, no_warn=True) == 0
     assert main(["k8s", ref_deployment.tag, "--image", image, "--auth", "oidc",
                  "--oidc-issuer", "https://idp.example.com"]) == 2   # no audience: a clear error
+
+
+@pytest.mark.slow
+def test_magic_deploy_serve_auth_key(monkeypatch, tmp_path, breast_cancer):
+    """``%deploy ... --serve --auth key`` in a real IPython shell: the server needs the key, the
+    key goes into the session's environment and into no output."""
+    from IPython.testing import globalipapp
+    from IPython.utils.capture import capture_output
+
+    monkeypatch.setenv("NBDEPLOY_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("NBDEPLOY_API_KEY", raising=False)   # restored (removed) afterwards
+    globalipapp.start_ipython()
+    ip = globalipapp.get_ipython()
+    ip.run_line_magic("load_ext", "nbdeploy")
+    ip.run_cell("from sklearn.datasets import load_iris\n"
+                "from sklearn.linear_model import LogisticRegression\n"
+                "Xa, ya = load_iris(return_X_y=True)\n"
+                "auth_model = LogisticRegression(max_iter=500).fit(Xa, ya)\n")
+    with capture_output() as cap:
+        d = ip.run_line_magic("deploy", "auth_model --sample Xa[:60] --auth key --text")
+    assert d is None and "--auth applies to the local server" in cap.stderr
+    with capture_output() as cap:
+        d = ip.run_line_magic("deploy", "auth_model --sample Xa[:60] --labels ya[:60] --name magic-auth "
+                                        "--quantize none --explain none --budget 1 --serve --auth key --text")
+    try:
+        assert d is not None, cap.stderr
+        key = os.environ["NBDEPLOY_API_KEY"]
+        assert key not in cap.stdout + cap.stderr and "NBDEPLOY_API_KEY" in cap.stdout
+        rows = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+        assert call("POST", d.server.url + "/predict", rows)[0] == 401
+        status, _, out = call("POST", d.server.url + "/predict", rows, token=key)
+        assert status == 200 and len(out["predictions"]) == 1
+        assert d.server.auth == "key"
+    finally:
+        if d is not None:
+            d.stop()
