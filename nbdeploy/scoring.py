@@ -888,7 +888,7 @@ class ScoreResult:
 def score(bundle: Any, data: Any, *, output: str | os.PathLike | None = None,
           explain: bool = False, batch_size: int | None = None, progress: Any = True,
           rejects: str | os.PathLike | None = None, keep_columns: list[str] | None = None,
-          overwrite: bool = False) -> Any:
+          overwrite: bool = False, threads: int | None = None) -> Any:
     """Score ``data`` with a bundle's chosen ONNX variant, validated as ``POST /predict`` does.
 
     ``bundle``: a tag (``NAME`` or ``NAME:VERSION``), a :class:`~nbdeploy.Deployment`, or the
@@ -908,7 +908,8 @@ def score(bundle: Any, data: Any, *, output: str | os.PathLike | None = None,
     Bad rows stop the run with an :class:`~nbdeploy.errors.InvalidInputError` naming the row
     (0-based over the whole input), unless ``rejects`` names a JSON-lines file to collect them
     in (the rest is scored; the output then has a ``row`` column).  ``keep_columns`` copies
-    input columns (e.g. an id) into the output.  ``progress``: True (a bar in a terminal,
+    input columns (e.g. an id) into the output.  ``threads``: onnxruntime's threads (default:
+    one per core).  ``progress``: True (a bar in a terminal,
     nbdeploy's step row in a notebook), False, or a callback receiving
     :class:`~nbdeploy.pipeline.StepEvent` objects for the step ``"score"``.
     """
@@ -934,7 +935,11 @@ def score(bundle: Any, data: Any, *, output: str | os.PathLike | None = None,
     if output is not None or isinstance(data, (str, os.PathLike)):
         _require("pyarrow")
     tag, model_dir = resolve_bundle(bundle)
-    scorer = Scorer(model_dir)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise InvalidInputError(f"threads must be a positive integer; got {threads!r}.",
+                                expected=">= 1", received=repr(threads)[:40])
+    scorer = Scorer(model_dir, threads=threads)
     if explain:
         scorer.explainer   # noqa: B018 - fail before reading any data when SHAP is missing
     columns = scorer.output_columns(explain=bool(explain))

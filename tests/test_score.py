@@ -64,7 +64,7 @@ def test_dataframe_defaults_with_shap_against_native(rf_bundle, rf_model, breast
 
 def test_deployment_and_array_inputs(rf_bundle, rf_model, breast_cancer):
     _, X_test, _, _ = breast_cancer
-    out = nbdeploy.score(rf_bundle, X_test.to_numpy(), batch_size=50, progress=False)
+    out = nbdeploy.score(rf_bundle, X_test.to_numpy(), batch_size=50, progress=False, threads=1)
     _check_against_native(out, rf_model, X_test)
     assert list(out.index) == list(range(len(X_test)))
 
@@ -173,6 +173,8 @@ def test_progress_callback_and_errors_for_bad_arguments(rf_bundle, breast_cancer
         nbdeploy.score(rf_bundle.tag, X_train.drop(columns=["mean radius"]), progress=False)
     with pytest.raises(InvalidInputError, match="batch_size"):
         nbdeploy.score(rf_bundle.tag, X_train, batch_size=0)
+    with pytest.raises(InvalidInputError, match="threads"):
+        nbdeploy.score(rf_bundle.tag, X_train, threads=0)
     with pytest.raises(InvalidInputError, match="suffix"):
         nbdeploy.score(rf_bundle.tag, X_train, output=tmp_path / "x.xlsx")
     (tmp_path / "exists.csv").write_text("keep me")
