@@ -385,3 +385,158 @@ def deployment_html(d: Any, *, snippets: dict | None = None) -> str:
             parts.append(sec)
     parts.append("</div>")
     return "".join(parts)
+
+
+# --- the report of a stored bundle (its model card), for JupyterLab's report tab ------------------
+
+def card_html(tag: str, card: dict, plots: dict | None = None,
+              versions: list[tuple[str, dict]] | None = None) -> str:
+    """The model card of bundle ``tag`` (``model/metadata.json``) as the same report the notebook
+    shows: summary, verification, benchmark, quantization, explanations, serving, and the
+    versions of this name side by side.  ``plots``: name -> PNG bytes, shown inline."""
+    from . import formatting as F
+
+    plots = plots or {}
+    task = card.get("task")
+    parts = [CSS, f"<div class='nbd-report' data-tag='{_e(tag)}'>"]
+    if card.get("description"):
+        parts.append(f"<p class='nbd-note'>{_e(card['description'])}</p>")
+
+    # summary + verification
+    schema = card.get("input_schema") or {}
+    info = {"framework": card.get("framework"), "model type": card.get("model_type"), "task": task,
+            "features": schema.get("n_features"), "variant": card.get("chosen_variant"),
+            "device": card.get("device"), "created": card.get("created"),
+            "classes": ", ".join(map(str, card["classes"]))[:200] if card.get("classes") else None}
+    body = _kv(info)
+    v = card.get("verify") or {}
+    if v:
+        vi = {"verdict": ("PASS" if v.get("passed") else "FAIL") + f" on {v.get('rows')} rows",
+              "largest difference": f"{F.number(v.get('max_abs_diff'))} absolute, "
+                                    f"{F.number(v.get('max_rel_diff'))} relative"}
+        if v.get("label_agreement") is not None:
+            vi["labels agree"] = F.percent(v["label_agreement"])
+        name = F.metric_name(v.get("metric"), task)
+        for label, key in (("native", "native_metric"), ("ONNX", "onnx_metric")):
+            if v.get(key) is not None:
+                vi[f"{label} {name}"] = F.metric_value(v.get("metric"), v[key], task)
+        body += "<div><b>Verification</b> (native model vs ONNX on the sample)</div>" + _kv(vi)
+    parts.append(section("Summary", body))
+
+    opt = card.get("optimize") or {}
+    bench = opt.get("benchmark") or {}
+    if bench.get("entries"):
+        rows = []
+        for e in bench["entries"]:
+            prov = F.provider(e["provider"] if e["provider"] == "native" else
+                              ((e.get("providers_assigned") or [e["provider"]])[0]))
+            for p in e.get("points") or []:
+                rows.append([e["variant"], prov, p["batch_size"], F.ms(p["p50_ms"]), F.ms(p["p95_ms"]),
+                             F.ms(p["p99_ms"]), F.rate(p["rows_per_s"])])
+        body = _tbl(rows, ["variant", "provider", "batch", "p50", "p95", "p99", "throughput"],
+                    numeric=(2, 3, 4, 5, 6))
+        body += "".join(f"<p class='nbd-note'>{_e(n)}</p>" for n in dict.fromkeys(bench.get("notes") or []))
+        if "benchmark_latency.png" in plots:
+            body += img_tag(plots["benchmark_latency.png"], "benchmark_latency.png")
+        parts.append(section("Benchmark", body))
+
+    quant = opt.get("quantization") or {}
+    if quant.get("variants"):
+        rows, reasons = [], {}
+        for q in quant["variants"]:
+            lat = q.get("latency") or {}
+            delta = q.get("delta")
+            delta_text = "—" if delta is None else (f"{delta:.2f} pt" if q.get("delta_unit") == "pt"
+                                                    else F.percent(delta, 2))
+            rows.append([q["name"] + (" (chosen)" if q["name"] == opt.get("chosen") else ""),
+                         q["status"].replace("_", " "), F.size(q.get("size_bytes")),
+                         F.percent(q.get("size_ratio"), 0), delta_text, F.ms(lat.get("p50_ms_batch1")),
+                         F.rate(lat.get("rows_per_s_max"))])
+            if q.get("reason") and q["status"] != "ok":
+                reasons.setdefault(q["reason"], []).append(q["name"])
+        body = f"<p><b>chosen: {_e(opt.get('chosen'))}</b> — {_e(opt.get('reason', ''))}</p>"
+        body += _tbl(rows, ["variant", "status", "size", "size vs fp32", "accuracy lost", "p50 at batch 1",
+                            "best throughput"], numeric=(2, 3, 4, 5, 6))
+        body += "".join(f"<p class='nbd-note'><b>{_e(', '.join(n))}</b>: {_e(r)}</p>"
+                        for r, n in reasons.items())
+        if sum(q["status"] == "ok" for q in quant["variants"]) > 1 and "quantize_size_accuracy.png" in plots:
+            body += img_tag(plots["quantize_size_accuracy.png"], "quantize_size_accuracy.png")
+        else:
+            body += "<p class='nbd-note'>No size/accuracy plot: only one variant could be built.</p>"
+        parts.append(section("Quantization", body))
+
+    ex = card.get("explain") or {}
+    if ex:
+        imp = (ex.get("global_importance") or [])[:10]
+        top = imp[0]["mean_abs_shap"] if imp and imp[0]["mean_abs_shap"] > 0 else 1.0
+        bars = "".join(
+            f"<tr><td>{_e(i['feature'])}</td><td class=n>{_e(F.number(i['mean_abs_shap']))}</td>"
+            f"<td><div style='background:#1f77b4;height:9px;width:{int(180 * i['mean_abs_shap'] / top)}px'>"
+            f"</div></td></tr>" for i in imp)
+        body = (f"<p class='nbd-note'>{_e(ex.get('explainer'))} SHAP on {_e(ex.get('rows_explained'))} rows, "
+                f"output space <code>{_e(ex.get('output_space'))}</code>, methods "
+                f"{_e(', '.join(ex.get('methods') or []))}</p>"
+                "<div class='nbd-scroll'><table><tr><th>feature (top 10)</th><th class=n>mean |SHAP|</th>"
+                f"<th></th></tr>{bars}</table></div>")
+        body += "".join(f"<p class='nbd-note'>{_e(n)}</p>" for n in dict.fromkeys(ex.get("notes") or []))
+        for prefix in ("shap_summary", "shap_row_", "lime_row_"):   # the overview, then one row
+            for name in sorted(n for n in plots if n.startswith(prefix)):
+                body += img_tag(plots[name], name)
+        parts.append(section("Explanations", body))
+    else:
+        parts.append(section("Explanations", "<p class='nbd-note'>Not requested for this bundle.</p>"))
+
+    serving = card.get("serving") or {}
+    if serving:
+        reasons = serving.get("reasons") or {}
+        b = serving.get("batching")
+        rows = [["threads", serving.get("threads"), reasons.get("threads", "")],
+                ["adaptive batching", (f"max batch {b.get('max_batch_size')}, wait at most "
+                                       f"{b.get('max_latency_ms')} ms") if b else "off",
+                 reasons.get("batching", "")],
+                ["workers", 1, reasons.get("workers", "")],
+                ["access log", "on" if serving.get("access_log") else "off", reasons.get("access_log", "")]]
+        parts.append(section("Serving", _tbl(rows, ["choice", "value", "why"])))
+
+    known = {"benchmark_latency.png", "quantize_size_accuracy.png"}
+    other = [n for n in sorted(plots) if n not in known and not n.startswith(
+        ("shap_summary", "shap_row_", "lime_row_", "shap_importance"))]
+    if other:
+        parts.append(section("Plots", "".join(img_tag(plots[n], n) for n in other)))
+
+    if versions and len(versions) > 1:
+        parts.append(section("Versions", versions_table(versions, current=tag)))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _chosen_point(card: dict) -> tuple[float | None, float | None]:
+    opt = card.get("optimize") or {}
+    for q in (opt.get("quantization") or {}).get("variants") or []:
+        if q["name"] == opt.get("chosen"):
+            lat = q.get("latency") or {}
+            return lat.get("p50_ms_batch1"), lat.get("rows_per_s_max")
+    return None, None
+
+
+def versions_table(versions: list[tuple[str, dict]], current: str | None = None) -> str:
+    """Versions of one name side by side (one column each, newest first)."""
+    from . import formatting as F
+
+    cols = versions[:4]
+    head = ["", *[(t.split(":", 1)[-1] + (" (this)" if t == current else "")) for t, _ in cols]]
+    rows = []
+
+    def add(label, fn):
+        rows.append([label, *[fn(c) for _, c in cols]])
+
+    add("created", lambda c: c.get("created") or "—")
+    add("variant", lambda c: c.get("chosen_variant") or "—")
+    add("verification", lambda c: ("PASS" if (c.get("verify") or {}).get("passed") else "FAIL")
+        if c.get("verify") else "—")
+    add("labels agree", lambda c: F.percent((c.get("verify") or {}).get("label_agreement")))
+    add("p50 at batch 1", lambda c: F.ms(_chosen_point(c)[0]))
+    add("best throughput", lambda c: F.rate(_chosen_point(c)[1]))
+    add("top feature", lambda c: ((c.get("explain") or {}).get("global_importance") or [{}])[0]
+        .get("feature", "—"))
+    return _tbl(rows, head)

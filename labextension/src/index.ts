@@ -11,7 +11,7 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { Dialog, InputDialog, showDialog } from '@jupyterlab/apputils';
+import { Dialog, InputDialog, MainAreaWidget, showDialog } from '@jupyterlab/apputils';
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 import { LabIcon } from '@jupyterlab/ui-components';
@@ -303,9 +303,11 @@ export class NbdeployPanel extends Widget {
   private logTimer: number | undefined;
   private busy = new Set<string>();
   private shownBundles = '';
+  private openTab: ((tag: string) => void) | null;
 
-  constructor() {
+  constructor(openTab: ((tag: string) => void) | null = null) {
     super();
+    this.openTab = openTab;
     this.id = 'nbdeploy-sidebar';
     this.addClass('nbdeploy-panel');
     this.title.icon = nbdeployIcon;
@@ -446,6 +448,8 @@ export class NbdeployPanel extends Widget {
             [b.framework, b.task, b.variant].filter(Boolean).join(' · ') + ` · ${size(b.size_bytes)} · ${when(b.created)}`),
           el('div', { class: 'nbdeploy-actions' },
             button('Details', 'details', () => void this.showReport(b.tag)),
+            this.openTab ? button('Report', 'report', () => this.openTab?.(b.tag),
+              `Open the full report of ${b.tag} in a tab`) : null,
             button('Serve', 'serve', () => void this.serve(b.tag), `Start bentoml serve ${b.tag}`),
             this.pushButton(b.tag),
             button('Delete', 'delete', () => void this.remove(b.tag), `Delete version ${b.version}`))));
@@ -613,18 +617,218 @@ export class NbdeployPanel extends Widget {
   }
 }
 
+// --- the report in a main-area tab ----------------------------------------------------------------
+
+/**
+ * One bundle's full report in a main-area tab: the model card rendered by the server
+ * (GET bundles/TAG/report.html: the same HTML report the notebook saves), in a sandboxed
+ * iframe (no script runs in it; markup comes from the server, escaped there), plus the actions
+ * serve / stop / push / delete and a status line that follows the bundle's servers and jobs.
+ */
+export class ReportView extends Widget {
+  readonly tag: string;
+  private status: HTMLElement;
+  private frame: HTMLIFrameElement;
+  private timer: number | undefined;
+  private busy = false;
+  private servers: IServer[] = [];
+  private serveBtn: HTMLButtonElement;
+  private stopBtn: HTMLButtonElement;
+  private pushBtn: HTMLButtonElement;
+
+  constructor(tag: string, private onChange: () => void = () => undefined) {
+    super();
+    this.tag = tag;
+    this.addClass('nbdeploy-report-tab');
+    this.node.setAttribute('data-tag', tag);
+    this.status = el('div', { class: 'nbdeploy-tab-status', role: 'status' });
+    this.serveBtn = button('Serve', 'serve', () => void this.serve(), `Start bentoml serve ${tag}`);
+    this.stopBtn = button('Stop', 'stop', () => void this.stop(), 'Stop its servers');
+    this.pushBtn = button('Push', 'push', () => void this.push(), 'Build an image and push it to a registry');
+    const bar = el('div', { class: 'nbdeploy-tab-actions' }, this.serveBtn, this.stopBtn, this.pushBtn,
+      button('Delete', 'delete', () => void this.remove(), `Delete ${tag}`),
+      button('Reload', 'reload', () => void this.load(), 'Render the report again'));
+    this.frame = el('iframe', { class: 'nbdeploy-report-frame', title: `report of ${tag}`,
+      sandbox: 'allow-same-origin allow-popups allow-popups-to-escape-sandbox' });
+    this.node.append(el('div', { class: 'nbdeploy-tab-head' }, el('h2', {}, tag), bar), this.status, this.frame);
+  }
+
+  protected onAfterAttach(): void {
+    void this.load();
+    void this.poll();
+    // live status: the bundle's servers every 3 s while the tab is open
+    this.timer = window.setInterval(() => void this.poll(), 3000);
+  }
+
+  protected onBeforeDetach(): void {
+    window.clearInterval(this.timer);
+  }
+
+  dispose(): void {
+    window.clearInterval(this.timer);
+    super.dispose();
+  }
+
+  private say(text: string, kind: 'info' | 'error' | 'ok' = 'info', hint?: string): void {
+    this.status.className = `nbdeploy-tab-status nbdeploy-${kind}`;
+    this.status.replaceChildren(el('span', {}, text));
+    if (hint) this.status.append(el('div', { class: 'nbdeploy-hint' }, hint));
+  }
+
+  private fail(what: string, err: unknown): void {
+    const e = err as ApiError;
+    this.say(`${what}: ${e && e.message ? e.message : err}`, 'error', e?.hint);
+  }
+
+  async load(): Promise<void> {
+    try {
+      const r = await api<{ tag: string; html: string }>(['bundles', this.tag, 'report.html']);
+      this.frame.srcdoc = `<!doctype html><html><head><meta charset="utf-8"><style>
+        body{margin:8px 14px;background:#fff} img{cursor:zoom-in} img.nbd-full{cursor:zoom-out;width:auto!important;max-width:none!important}
+        </style></head><body>${r.html}</body></html>`;
+      this.frame.onload = () => {
+        // a click shows a plot at full size, another click brings it back
+        const doc = this.frame.contentDocument;
+        doc?.querySelectorAll('img').forEach(img =>
+          img.addEventListener('click', () => img.classList.toggle('nbd-full')));
+      };
+    } catch (err) {
+      this.fail(`Reading the report of ${this.tag} failed`, err);
+    }
+  }
+
+  private showServers(): void {
+    const mine = this.servers.filter(s => s.tag === this.tag);
+    this.serveBtn.disabled = this.busy || mine.length > 0;
+    this.stopBtn.disabled = this.busy || mine.length === 0;
+    if (this.busy) return;
+    if (mine.length) {
+      this.status.className = 'nbdeploy-tab-status nbdeploy-ok';
+      this.status.replaceChildren(...mine.flatMap(s => [
+        el('span', { class: `nbdeploy-health nbdeploy-health-${s.health}` }, s.health), ' at ',
+        el('a', { href: s.url, target: '_blank', rel: 'noopener noreferrer', class: 'nbdeploy-url' }, s.url), ' · ',
+        el('a', { href: `${s.url}/docs`, target: '_blank', rel: 'noopener noreferrer' }, 'API docs'), ' ']));
+    } else if (!this.status.classList.contains('nbdeploy-error')) {
+      this.status.className = 'nbdeploy-tab-status';
+      this.status.replaceChildren(el('span', {}, 'not serving'));
+    }
+  }
+
+  private async poll(): Promise<void> {
+    try {
+      const { servers } = await api<{ servers: IServer[] }>(['servers']);
+      this.servers = servers;
+      this.showServers();
+    } catch {
+      /* transient; the next tick retries */
+    }
+  }
+
+  private async job(label: string, path: string[], body: object): Promise<IJob | null> {
+    this.busy = true;
+    this.showServers();
+    this.say(`${label}…`);
+    try {
+      const job = await api<IJob>(path, { method: 'POST', body: JSON.stringify(body) });
+      const deadline = Date.now() + 600000;
+      while (Date.now() < deadline) {
+        const j = await api<IJob>(['jobs', job.id]);
+        if (j.status === 'done') return j;
+        if (j.status === 'failed') {
+          const e = j.error || { message: 'failed', hint: undefined };
+          this.say(`${label} failed: ${e.message}`, 'error', e.hint);
+          return null;
+        }
+        const secs = Math.round((Date.now() - (deadline - 600000)) / 1000);
+        this.say(`${label}… (${j.status}, ${secs} s)`);
+        await sleep(700);
+      }
+      this.say(`${label}: still running after 10 min`, 'error');
+      return null;
+    } catch (err) {
+      this.fail(`${label} failed`, err);
+      return null;
+    } finally {
+      this.busy = false;
+      await this.poll();
+      this.onChange();
+    }
+  }
+
+  async serve(): Promise<void> {
+    this.status.classList.remove('nbdeploy-error');
+    await this.job(`Starting ${this.tag}`, ['bundles', this.tag, 'serve'], {});
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.servers.filter(x => x.tag === this.tag)) {
+      await this.job(`Stopping ${s.id}`, ['servers', s.id, 'stop'], {});
+    }
+  }
+
+  async push(): Promise<void> {
+    const res = await InputDialog.getText({
+      title: `Push ${this.tag}`,
+      label: 'Image reference (registry/repository:tag)',
+      placeholder: '127.0.0.1:5000/model:1.0'
+    });
+    if (!res.button.accept || !res.value) return;
+    const done = await this.job(`Pushing ${this.tag} to ${res.value}`, ['bundles', this.tag, 'push'], { ref: res.value });
+    if (done) this.say(`Pushed ${done.result?.pinned ?? res.value}`, 'ok');
+  }
+
+  async remove(): Promise<void> {
+    const ok = await showDialog({
+      title: 'Delete bundle version',
+      body: `Delete ${this.tag} from the BentoML store? This cannot be undone.`,
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
+    });
+    if (!ok.button.accept) return;
+    try {
+      await api(['bundles', this.tag], { method: 'DELETE' });
+      this.onChange();
+      this.parent?.dispose();   // the MainAreaWidget: its bundle is gone
+    } catch (err) {
+      this.fail(`Deleting ${this.tag} failed`, err);
+    }
+  }
+}
+
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'nbdeploy:sidebar',
   description: 'nbdeploy bundles and servers in the left sidebar',
   autoStart: true,
   optional: [ILayoutRestorer],
   activate: (app: JupyterFrontEnd, restorer: ILayoutRestorer | null) => {
-    const panel = new NbdeployPanel();
+    const tabs = new Map<string, MainAreaWidget<ReportView>>();
+    // one tab per bundle, reused when it is already open
+    const openReport = (tag: string): void => {
+      const open = tabs.get(tag);
+      if (open && !open.isDisposed) {
+        app.shell.activateById(open.id);
+        return;
+      }
+      const view = new ReportView(tag, () => void panel.refresh());
+      const w = new MainAreaWidget({ content: view });
+      w.id = `nbdeploy-report-${tag.replace(/[^A-Za-z0-9_-]/g, '-')}`;
+      w.title.label = tag;
+      w.title.icon = nbdeployIcon;
+      w.title.closable = true;
+      w.disposed.connect(() => tabs.delete(tag));
+      tabs.set(tag, w);
+      app.shell.add(w, 'main');
+      app.shell.activateById(w.id);
+    };
+    const panel = new NbdeployPanel(openReport);
     app.shell.add(panel, 'left', { rank: 900 });
     if (restorer) restorer.add(panel, 'nbdeploy-sidebar');
     app.commands.addCommand('nbdeploy:open', {
       label: 'Show nbdeploy bundles and servers',
       execute: () => app.shell.activateById(panel.id)
+    });
+    app.commands.addCommand('nbdeploy:report', {
+      label: 'Open an nbdeploy report',
+      execute: args => openReport(String(args.tag))
     });
     app.commands.addCommand('nbdeploy:refresh', {
       label: 'Refresh nbdeploy',

@@ -170,6 +170,25 @@ def _report(tag: str) -> dict:
     return {"tag": str(bento.tag), "report": report}
 
 
+def _report_html(tag: str) -> dict:
+    """The report tab's page: the model card as HTML (inline plots) and the versions of its name."""
+    from ..report import card_html
+    from ..store import get, read_report
+
+    tag = str(get(tag).tag)
+    card = read_report(tag)
+    plots = {p: _plot_bytes(tag, p) for p in card.get("plots", [])}
+    name = tag.split(":")[0]
+    versions = []
+    for s in _list(name)[:4]:
+        t = s.to_dict()["tag"]
+        try:
+            versions.append((t, card if t == tag else read_report(t)))
+        except Exception:  # a version without a readable card is left out of the comparison
+            continue
+    return {"tag": tag, "html": card_html(tag, card, plots, versions)}
+
+
 def _plot_bytes(tag: str, plot: str) -> bytes:
     from ..store import bundle_dir, plot_path
 
@@ -331,6 +350,18 @@ class ReportHandler(NbdeployHandler):
         self.reply(await self.run(_report, tag))
 
 
+class ReportHtmlHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self, tag: str):
+        """The model card rendered as the notebook's report (HTML with inline plots)."""
+        from ..schema import validate_tag
+
+        validate_tag(tag)
+        self.reply(await self.run(_report_html, tag))
+
+
 class PlotHandler(NbdeployHandler):
     @web.authenticated
     @authorized
@@ -489,6 +520,7 @@ ROUTES: list[tuple[str, type[NbdeployHandler]]] = [
     ("bundles", BundlesHandler),
     (f"bundles/{_SEG}", BundleHandler),
     (f"bundles/{_SEG}/report", ReportHandler),
+    (f"bundles/{_SEG}/report.html", ReportHtmlHandler),
     (f"bundles/{_SEG}/plots/{_SEG}", PlotHandler),
     (f"bundles/{_SEG}/serve", ServeHandler),
     (f"bundles/{_SEG}/push", PushHandler),

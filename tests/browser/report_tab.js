@@ -1,0 +1,144 @@
+// Drive JupyterLab's nbdeploy report tab in headless Chromium (Playwright, Debian's chromium).
+// Env: LAB_URL, LAB_TOKEN, BUNDLE_TAG (the bundle to report on), SECOND_TAG (another version of the
+// same name, deleted from its own tab), SHOT_DIR, CHROMIUM.
+// Prints one JSON line {ok, steps, sections, overflow, ...}; exits non-zero on failure.
+const { chromium } = require('playwright-core');
+const path = require('path');
+
+const LAB_URL = process.env.LAB_URL;
+const TOKEN = process.env.LAB_TOKEN;
+const TAG = process.env.BUNDLE_TAG;
+const SECOND = process.env.SECOND_TAG;
+const SHOT_DIR = process.env.SHOT_DIR || 'test-output';
+const steps = [];
+const consoleErrors = [];
+const step = name => { steps.push({ name, t: Date.now() }); console.error(`[report] ${name}`); };
+const shot = (page, name) => page.screenshot({ path: path.join(SHOT_DIR, `nbdeploy-report-${name}.png`) });
+
+async function openTab(page, panel, tag) {
+  const row = panel.locator(`.nbdeploy-bundle[data-tag="${tag}"]`);
+  await row.waitFor({ state: 'visible' });
+  await row.locator('[data-action="report"]').click();
+  const view = page.locator(`.nbdeploy-report-tab[data-tag="${tag}"]`);
+  await view.waitFor({ state: 'visible' });
+  const frame = page.frameLocator(`.nbdeploy-report-tab[data-tag="${tag}"] iframe`);
+  await frame.locator(`.nbd-report[data-tag="${tag}"]`).waitFor({ state: 'attached', timeout: 60000 });
+  return { view, frame };
+}
+
+// What a reader would miss: elements that hide content sideways, tables wider than their box
+// without a scroller, images not loaded.  Runs inside the report's frame.
+function inspect() {
+  const out = { hidden: [], unscrollable: [], images: [], sections: [], tables: 0 };
+  out.sections = [...document.querySelectorAll('.nbd-report h4')].map(h => h.textContent);
+  for (const e of document.querySelectorAll('.nbd-report *')) {
+    const cs = getComputedStyle(e);
+    if ((cs.overflowX === 'hidden' || cs.overflowX === 'clip') && e.scrollWidth > e.clientWidth + 1) {
+      out.hidden.push(e.tagName + '.' + e.className);
+    }
+  }
+  for (const t of document.querySelectorAll('.nbd-report table')) {
+    out.tables++;
+    const box = t.closest('.nbd-scroll');
+    const fits = t.getBoundingClientRect().right <= document.documentElement.clientWidth + 1;
+    const scrolls = box && getComputedStyle(box).overflowX === 'auto';
+    if (!fits && !scrolls) out.unscrollable.push(t.innerText.slice(0, 40));
+    // a cell cut by its own width (text-overflow) would also hide numbers
+    for (const c of t.querySelectorAll('td,th')) {
+      if (c.scrollWidth > c.clientWidth + 1) out.hidden.push('cell:' + c.innerText.slice(0, 20));
+    }
+  }
+  for (const img of document.querySelectorAll('.nbd-report img')) {
+    out.images.push({ alt: img.alt, natural: img.naturalWidth, shown: Math.round(img.getBoundingClientRect().width) });
+  }
+  out.docWidth = document.documentElement.scrollWidth;
+  out.viewWidth = document.documentElement.clientWidth;
+  return out;
+}
+
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--disable-dev-shm-usage']
+  });
+  let page;
+  const result = {};
+  try {
+    const context = await browser.newContext({ viewport: { width: 1400, height: 950 }, serviceWorkers: 'block' });
+    page = await context.newPage();
+    page.on('console', m => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+    page.on('pageerror', e => consoleErrors.push(String(e)));
+    page.setDefaultTimeout(60000);
+
+    step('open JupyterLab and the nbdeploy panel');
+    await page.goto(`${LAB_URL}lab?token=${TOKEN}`, { waitUntil: 'domcontentloaded' });
+    const sideTab = page.locator('.jp-SideBar [data-id="nbdeploy-sidebar"]');
+    await sideTab.waitFor({ state: 'visible', timeout: 120000 });
+    const panel = page.locator('#nbdeploy-sidebar');
+    if (!(await panel.isVisible())) await sideTab.click();
+    await panel.waitFor({ state: 'visible' });
+
+    step('open the report tab');
+    const { view, frame } = await openTab(page, panel, TAG);
+    await page.waitForFunction(() => {
+      const f = document.querySelector('.nbdeploy-report-tab iframe');
+      const d = f && f.contentDocument;
+      return d && [...d.images].every(i => i.complete && i.naturalWidth > 0);
+    });
+    result.first = await frame.locator('body').evaluate(inspect);
+    await shot(page, 'tab');
+
+    step('click a plot for full size, click again to bring it back');
+    const img = frame.locator('.nbd-report img').first();
+    await img.scrollIntoViewIfNeeded();
+    await img.click();
+    result.zoom = await img.evaluate(i => ({ cls: i.className, shown: Math.round(i.getBoundingClientRect().width), natural: i.naturalWidth }));
+    await img.click();
+
+    step('scroll to the explanations');
+    await frame.locator('h4', { hasText: 'Explanations' }).scrollIntoViewIfNeeded();
+    await shot(page, 'explanations');
+    await frame.locator('h4', { hasText: 'Versions' }).scrollIntoViewIfNeeded();
+    await shot(page, 'versions');
+
+    step('a second click on Report reuses the tab');
+    await openTab(page, panel, TAG);
+    result.tabsForTag = await page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"]`).count();
+
+    step('serve from the tab; its status follows');
+    const status = view.locator('.nbdeploy-tab-status');
+    await view.locator('[data-action="serve"]').click();
+    await view.locator('.nbdeploy-tab-status .nbdeploy-health-ready').waitFor({ state: 'visible', timeout: 180000 });
+    result.serving = await status.innerText();
+    result.servingUrl = await status.locator('a.nbdeploy-url').getAttribute('href');
+    await shot(page, 'serving');
+
+    step('stop from the tab');
+    await view.locator('[data-action="stop"]').click();
+    await page.waitForFunction(tag => {
+      const s = document.querySelector(`.nbdeploy-report-tab[data-tag="${tag}"] .nbdeploy-tab-status`);
+      return s && s.textContent.trim() === 'not serving';
+    }, TAG, { timeout: 90000 });
+    result.stopped = await status.innerText();
+
+    step('delete the other version from its own tab');
+    const second = await openTab(page, panel, SECOND);
+    await second.view.locator('[data-action="delete"]').click();
+    const dialog = page.locator('.jp-Dialog');
+    await dialog.waitFor({ state: 'visible' });
+    await dialog.locator('.jp-Dialog-button.jp-mod-warn').click();
+    await page.locator(`.nbdeploy-report-tab[data-tag="${SECOND}"]`).waitFor({ state: 'detached', timeout: 60000 });
+    await panel.locator(`.nbdeploy-bundle[data-tag="${SECOND}"]`).waitFor({ state: 'detached', timeout: 60000 });
+    await shot(page, 'after-delete');
+    step('done');
+    console.log(JSON.stringify({ ok: true, steps, ...result, console_errors: consoleErrors }));
+  } catch (err) {
+    try { if (page) await shot(page, 'failure'); } catch { /* ignore */ }
+    console.log(JSON.stringify({ ok: false, error: String(err && err.stack || err), steps, ...result, console_errors: consoleErrors }));
+    process.exitCode = 1;
+  } finally {
+    await browser.close();
+  }
+})();
