@@ -445,3 +445,18 @@ def test_front_ends_show_the_schema(customers):
     rec = body["inputs"][0]
     assert set(rec) == set(test.columns) and isinstance(rec["city"], (str, type(None)))
     parse_table(body["inputs"], d.converted.columns)   # raises if the served API would refuse it
+
+
+def test_numeric_records_name_the_column():
+    from nbdeploy.runtime.validation import ClientError, parse_rows
+
+    names = ["a", "b", "c"]
+    cases = [([{"a": 1.0, "b": "x", "c": 2.0}], "b", "only numbers"),
+             ([{"a": 1.0, "b": 2.0}], "c", "missing column 'c'"),
+             ([{"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}], "d", "unknown column 'd'"),
+             ([[1.0, True, 2.0]], "b", "column 'b'")]
+    for rows, column, words in cases:
+        with pytest.raises(ClientError) as e:
+            parse_rows({"inputs": rows}, n_features=3, feature_names=names, max_rows=10)
+        assert e.value.status == 400 and e.value.column == column and words in e.value.message
+        assert e.value.to_dict()["column"] == column

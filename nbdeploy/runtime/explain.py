@@ -566,7 +566,7 @@ def lime_explain_table_row(predict: Callable, row: np.ndarray, stats: dict, code
 # ---------------------------------------------------------------------------------------
 # the serving object
 # ---------------------------------------------------------------------------------------
-def _as_int(value: Any, name: str, *, low: int, high: int) -> int:
+def _as_int(value: Any, name: str, *, low: int, high: int, over: int = 413) -> int:
     # NaN/Infinity (JSON's 1e309 parses as inf) would raise inside int(): check them first
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or (isinstance(value, float) and not math.isfinite(value)) or int(value) != value):
@@ -577,7 +577,7 @@ def _as_int(value: Any, name: str, *, low: int, high: int) -> int:
         raise ClientError(400, f"{name!r} must be at least {low}; got {value}.",
                           expected=f">= {low}", received=value)
     if value > high:
-        raise ClientError(413, f"{name!r} = {value} exceeds the limit of {high}.",
+        raise ClientError(over, f"{name!r} = {value} exceeds the limit of {high}.",
                           hint=f"Ask for at most {high}.", expected=f"<= {high}", received=value)
     return value
 
@@ -832,7 +832,7 @@ class ServeExplainer:
                               hint=f"Send at most {limit} rows per /explain request.",
                               expected=f"<= {limit} rows", received=int(len(X)))
         seed = options.get("seed", self.seed)
-        seed = _as_int(seed, "seed", low=0, high=2 ** 32 - 1)
+        seed = _as_int(seed, "seed", low=0, high=2 ** 32 - 1, over=400)  # a bad value, not work
         body: dict[str, Any] = {"method": method, "feature_names": self.feature_names,
                                 "seed": seed, "notes": list(self.notes)}
         if method == "shap":

@@ -35,6 +35,27 @@ def column_schema(col: dict) -> dict:
     return out
 
 
+def _explain_options(explainer, method: str) -> dict:
+    """The options POST /explain reads besides ``inputs`` and ``method`` (runtime/explain.py)."""
+    opts: dict = {"seed": {"type": "integer", "minimum": 0, "maximum": 2 ** 32 - 1}}
+
+    def output(names: list[str], extra: list[str]) -> dict:
+        return {"oneOf": [{"type": "string", "enum": extra + list(names)},
+                          {"type": "integer", "minimum": 0, "maximum": max(0, len(names) - 1)}]}
+
+    # max_evals / num_samples are left out: above their limit the server answers 413 (a work
+    # budget), which a schema maximum would present as a validation error
+    if method == "shap":
+        names = list(getattr(explainer, "output_names", None) or [])
+        if names:
+            opts["output"] = output(names, ["auto", "all"])
+    else:
+        names = list(getattr(explainer, "class_names", None) or [])
+        if getattr(explainer, "task", None) == "classifier" and names:
+            opts["output"] = output(names, ["auto"])
+    return opts
+
+
 def openapi_document(runtime) -> dict:
     n = int(runtime.spec["n_features"])
     # values must fit float32 (the model's input type): larger ones are a 400, so say so
@@ -73,6 +94,7 @@ def openapi_document(runtime) -> dict:
         for m in explainer.methods:
             props = {"inputs": rows_schema(min(runtime.max_rows, explainer._row_limit(m))),
                      "method": {"type": "string", "enum": [m]}}
+            props.update(_explain_options(explainer, m))
             branches.append({"type": "object", "properties": props,
                              "required": ["inputs"] if m == "shap" else ["inputs", "method"]})
         explain_body = {"oneOf": branches} if len(branches) > 1 else branches[0]

@@ -111,15 +111,15 @@ def parse_rows(body: Any, *, n_features: int, feature_names: list[str] | None,
                           hint="Send numbers, not strings, nulls or nested lists.",
                           expected="numbers", received="mixed types")
     if arr.dtype.kind not in "iuf":
-        bad = _first_non_number(rows)
+        bad, col = _first_non_number(rows, feature_names)
         raise ClientError(400, f"Rows must contain only numbers; found {bad}.",
                           hint="Send numbers (not strings, booleans or null); encode categories first.",
-                          expected="numbers", received=bad)
+                          expected="numbers", received=bad, column=col)
     if bool in set(map(type, itertools.chain.from_iterable(rows))):   # C-speed scan
-        bad = _first_non_number(rows)   # True/False mixed with numbers coerce silently to 1/0
+        bad, col = _first_non_number(rows, feature_names)   # True/False would coerce to 1/0
         raise ClientError(400, f"Rows must contain only numbers; found {bad}.",
                           hint="Send numbers (not strings, booleans or null); encode categories first.",
-                          expected="numbers", received=bad)
+                          expected="numbers", received=bad, column=col)
     if arr.shape[1] != n_features:
         raise ClientError(400, f"Each row must have {n_features} features; got {arr.shape[1]}.",
                           hint="Send rows with the same columns the model was trained on "
@@ -148,14 +148,18 @@ def parse_rows(body: Any, *, n_features: int, feature_names: list[str] | None,
     return X
 
 
-def _first_non_number(rows: list) -> str:
+def _first_non_number(rows: list, names: list[str] | None = None) -> tuple[str, str | None]:
+    """The first cell that is not a number, in words, and its column's name (when known)."""
     for i, r in enumerate(rows):
         for j, v in enumerate(r if isinstance(r, list) else [r]):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                return f"{_short(v, 30)} ({type(v).__name__}) at row {i}, column {j}"
-            if isinstance(v, float) and not math.isfinite(v):
-                return f"{v} at row {i}, column {j}"
-    return "a non-numeric value"
+            bad = isinstance(v, bool) or not isinstance(v, (int, float)) or (
+                isinstance(v, float) and not math.isfinite(v))
+            if bad:
+                name = names[j] if names and j < len(names) else None
+                where = f"column {name!r}" if name is not None else f"column {j}"
+                shown = f"{_short(v, 30)} ({type(v).__name__})" if not isinstance(v, float) else f"{v}"
+                return f"{shown} at row {i}, {where}", name
+    return "a non-numeric value", None
 
 
 def _records_to_rows(records: list, feature_names: list[str] | None) -> list:
@@ -172,10 +176,13 @@ def _records_to_rows(records: list, feature_names: list[str] | None) -> list:
         missing = [f for f in feature_names if f not in rec]
         extra = [k for k in rec if k not in wanted]
         if missing or extra:
+            first = str(extra[0])[:60] if extra else missing[0]
             raise ClientError(400, f"Row {i} does not match the feature names: "
-                                   f"missing {missing[:5]}, unexpected {extra[:5]}.",
+                                   f"missing {missing[:5]}, unexpected {[str(e)[:60] for e in extra[:5]]}"
+                                   f" ({'unknown' if extra else 'missing'} column {first!r}).",
                               hint="See GET /metadata for the feature names.",
-                              expected=feature_names, received=sorted(rec)[:len(feature_names)])
+                              expected=feature_names, received=sorted(map(str, rec))[:len(feature_names)],
+                              column=first)
         out.append([rec[f] for f in feature_names])
     return out
 
