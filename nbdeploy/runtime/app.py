@@ -129,7 +129,8 @@ class Runtime:
         # one warm-up run so the first request does not pay for lazy initialisation
         import numpy as np
 
-        self.model.run(np.zeros((1, int(self.spec["n_features"])), dtype=np.float32))
+        self.model.run(np.array([["warm up"]], dtype=object) if self.spec.get("input_mode") == "text"
+                       else np.zeros((1, int(self.spec["n_features"])), dtype=np.float32))
         self.limit_info = _limits.derive(_read_json(self.model_dir / "metadata.json", {}) or {},
                                          self.config, self.engine)
         self.limit = self.limit_info["limit"]

@@ -88,6 +88,11 @@ class OnnxModel:
         in_type = self.session.get_inputs()[0].type
         self._in_dtype = np.float16 if "float16" in in_type else (
             np.float64 if "double" in in_type else np.float32)
+        self.text = None
+        if self.input_mode == "text":   # issue 21: strings tokenized in runtime/text.py
+            from .text import TextEncoder
+
+            self.text = TextEncoder(spec, model)
 
     @property
     def providers(self) -> list[str]:
@@ -95,6 +100,8 @@ class OnnxModel:
         return list(self.session.get_providers())
 
     def feeds(self, X: np.ndarray) -> dict:
+        if self.text is not None:
+            return self.text.feeds(X)
         if self.input_mode == "table":
             from .columns import table_feeds
 
@@ -106,7 +113,12 @@ class OnnxModel:
 
     def run(self, X: np.ndarray) -> dict:
         """Return numpy arrays: ``{"label", "probabilities"}`` or ``{"value"}``."""
-        raw = self.session.run(self._out_names, self.feeds(X))
+        dropped = None
+        if self.text is not None:
+            feeds, dropped, _ = self.text.encode(X)
+        else:
+            feeds = self.feeds(X)
+        raw = self.session.run(self._out_names, feeds)
         if self.task == "classifier":
             proba = np.asarray(raw[-1], dtype=np.float64)
             if proba.ndim == 1:
@@ -123,6 +135,8 @@ class OnnxModel:
             else:
                 idx = proba.argmax(axis=1)
                 label = self._classes_arr[idx] if self._classes_arr is not None else idx
+            if dropped is not None:
+                return {"label": label, "probabilities": proba, "tokens_dropped": dropped}
             return {"label": label, "probabilities": proba}
         value = np.asarray(raw[0], dtype=np.float64)
         if value.ndim == 2 and value.shape[1] == 1:
@@ -144,6 +158,11 @@ class OnnxModel:
     def to_json(self, out: dict) -> dict:
         """Turn :meth:`run`'s arrays into the response body."""
         if self.task == "classifier":
-            return {"predictions": out["label"].tolist(),
+            body = {"predictions": out["label"].tolist(),
                     "probabilities": np.round(out["probabilities"], 7).tolist()}
+            if "tokens_dropped" in out:
+                from .text import truncation_json
+
+                body["truncation"] = truncation_json(out["tokens_dropped"], self.text.max_length)
+            return body
         return {"predictions": out["value"].tolist()}

@@ -67,6 +67,11 @@ def parse_rows(body: Any, *, n_features: int, feature_names: list[str] | None,
                           hint=f'Send {{"{key}": [[{", ".join(["0.0"] * min(n_features, 3))}'
                                f'{", ..." if n_features > 3 else ""}]]}}.',
                           expected="object", received=type(body).__name__)
+    input_shape = (spec or {}).get("input_shape")
+    if input_shape and len(input_shape) > 2:     # N-D tensors and images: runtime/images.py
+        from .images import parse_body
+
+        return parse_body(body, spec=spec, max_rows=max_rows, key=key)
     if key not in body:
         raise ClientError(400, f"The request body has no {key!r} field (fields: {sorted(body)[:10]}).",
                           hint=f'Send {{"{key}": [[...{n_features} numbers...], ...]}}.',
@@ -83,6 +88,10 @@ def parse_rows(body: Any, *, n_features: int, feature_names: list[str] | None,
         raise ClientError(400, f"Too many rows in one request: {len(rows)} > the limit of {max_rows}.",
                           hint=f"Split the request into batches of at most {max_rows} rows.",
                           expected=f"<= {max_rows} rows", received=len(rows))
+    if (spec or {}).get("input_mode") == "text":   # issue 21: a list of strings
+        from .text import parse_texts
+
+        return parse_texts(rows)
     columns = (spec or {}).get("columns")
     if columns and (spec or {}).get("input_mode") == "table":
         return parse_table(rows, columns)
