@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .verify import Tolerance
 
 __all__ = ["__version__", "deploy", "Deployment", "Tolerance", "NbdeployError", "load",
-           "list_bundles", "list_servers", "score"]
+           "list_bundles", "list_servers", "score", "ImagePreprocess"]
 
 _LAZY = {
     "deploy": ("pipeline", "deploy"),
@@ -26,6 +26,7 @@ _LAZY = {
     "list_bundles": ("store", "list_bundles"),
     "list_servers": ("serve", "list_servers"),
     "score": ("scoring", "score"),
+    "ImagePreprocess": ("images", "ImagePreprocess"),
 }
 
 

@@ -164,14 +164,21 @@ def _rows_with_missing(X: np.ndarray) -> np.ndarray:
 
 def convert(model: Any, sample: Any, *, task: str | None = None,
             feature_names: list[str] | None = None, opset: int | None = None,
-            adapter: Adapter | None = None) -> ConvertResult:
+            adapter: Adapter | None = None, tokenizer: Any = None) -> ConvertResult:
     """Detect the framework of ``model`` and convert it to ONNX using ``sample`` for shapes.
 
     ``adapter``: one :func:`detect` already returned for ``model`` (detecting an ONNX file
     probes it in a throw-away process, which costs seconds; do it once)."""
     adapter = adapter if adapter is not None else detect(model, task=task)
+    if getattr(adapter, "input_kind", None) == "text":   # issue 21: strings + a tokenizer
+        from .adapters.hf_text import convert_text
+
+        if tokenizer is not None:
+            adapter.tokenizer = tokenizer
+        return convert_text(adapter, sample, opset=opset)
     adapter.check_fitted()
     table = bool(non_numeric_columns(sample))
+    nd_shape = None
     if table:
         accepts = "columns" in inspect.signature(adapter.to_onnx).parameters
         if not accepts:
@@ -192,7 +199,12 @@ def convert(model: Any, sample: Any, *, task: str | None = None,
         adapter.columns = [c.to_dict() for c in columns]   # native_frame rebuilds the DataFrame
     else:
         names = feature_names or feature_names_of(sample) or adapter.feature_names()
-        X = as_matrix(sample, n_features=adapter.n_features(), allow_nan=True)
+        nd_shape = None     # rank > 2 (images, sequences): flat rows + a Reshape in the graph
+        if getattr(adapter, "accepts_nd", False) and not is_frame(sample) and np.ndim(sample) > 2:
+            nd_shape = tuple(int(d) for d in np.shape(sample)[1:])
+            adapter.input_shape = nd_shape
+        X = as_matrix(sample, n_features=adapter.n_features(), allow_nan=True,
+                      allow_nd=nd_shape is not None)
         if names is not None and len(names) != X.shape[1]:
             raise InvalidInputError(
                 f"{len(names)} feature names were given for {X.shape[1]} columns.",
@@ -223,6 +235,11 @@ def convert(model: Any, sample: Any, *, task: str | None = None,
                  ".onnx path.") from exc
     spec = dict(converted.spec)
     spec.update(n_features=int(X.shape[1]), dtype="float32", feature_names=names)
+    if not table and nd_shape is not None:
+        from .images import flat_input, guess_layout
+
+        converted.onnx_model = flat_input(converted.onnx_model, nd_shape)
+        spec.update(input_shape=[None, *nd_shape], layout=guess_layout(nd_shape, adapter.framework))
     if table:
         columns = [ColumnSpec(**c) for c in adapter.columns]
     notes = list(converted.notes)

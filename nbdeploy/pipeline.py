@@ -71,6 +71,7 @@ class Deployment:
                  tolerance: Tolerance | None = None,
                  quantize_tolerance: float | None = None, benchmark_budget_s: float = 20.0,
                  feature_names: list[str] | None = None, serving: dict | None = None,
+                 preprocess: Any = None,
                  progress: Callable[[StepEvent], None] | Iterable[Callable] | None = None):
         from .schema import validate_name
 
@@ -94,6 +95,7 @@ class Deployment:
         self.quantize_tolerance = quantize_tolerance
         self.benchmark_budget_s = benchmark_budget_s
         self.feature_names = feature_names
+        self.preprocess = preprocess    # nbdeploy.ImagePreprocess for image models
         self.serving_overrides = dict(serving or {})
         if progress is None:
             self._listeners: list[Callable] = []
@@ -182,6 +184,11 @@ class Deployment:
         self.converted = convert(self.model, self.sample, task=self.task,
                                  feature_names=self.feature_names, adapter=getattr(self, "_adapter", None))
         c = self.converted
+        if self.preprocess is not None:     # how the bundle turns image files into inputs
+            c.spec["preprocess"] = self.preprocess.check(c.spec.get("input_shape"))
+        if c.spec.get("input_shape"):
+            return (f"{c.spec['task']}, input {c.spec['input_shape']} ({c.spec.get('layout')}), "
+                    f"ONNX {len(c.onnx_bytes) / 1024:.0f} KiB via {c.converter}")
         what = f"{c.schema.n_features} features"
         if c.is_table:
             kinds: dict[str, int] = {}

@@ -71,8 +71,12 @@ def _numeric_dtype(t: Any) -> bool:
 
 
 def as_matrix(sample: Any, *, what: str = "sample", n_features: int | None = None,
-              allow_empty: bool = False, allow_nan: bool = False) -> np.ndarray:
+              allow_empty: bool = False, allow_nan: bool = False,
+              allow_nd: bool = False) -> np.ndarray:
     """Turn a sample (ndarray, DataFrame, list of rows) into a float32 matrix.
+
+    ``allow_nd``: the model takes a tensor of rank > 2 ([N, C, H, W], [N, T, F], ...); such a
+    sample comes back flattened to [N, prod(shape[1:])]; the caller keeps ``shape[1:]``.
 
     Infinite values are refused; NaN (a missing value) only unless ``allow_nan`` (the caller
     then decides per column from what the native model does, see :func:`nbdeploy.convert.convert`).
@@ -109,6 +113,8 @@ def as_matrix(sample: Any, *, what: str = "sample", n_features: int | None = Non
             expected="numeric", received=str(arr.dtype))
     if arr.ndim == 1 and n_features is not None and arr.shape[0] == n_features:
         arr = arr.reshape(1, -1)
+    if arr.ndim > 2 and allow_nd:
+        arr = arr.reshape(arr.shape[0], -1)
     if arr.ndim != 2:
         raise InvalidInputError(
             f"The {what} must be 2-D (rows x features); got shape {arr.shape}.",

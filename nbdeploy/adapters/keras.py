@@ -77,6 +77,16 @@ class KerasAdapter(Adapter):
     """
 
     framework = "keras"
+    #: Takes tensors of any rank ([N, H, W, C], [N, T, F]); the pipeline hands it flat rows
+    #: [N, prod(input_shape)] and sets ``input_shape`` (without the batch axis).
+    accepts_nd = True
+    input_shape: tuple | None = None
+
+    def _shaped(self, X):
+        X = np.asarray(X, dtype=np.float32)
+        if self.input_shape and X.ndim == 2:
+            X = X.reshape((X.shape[0],) + tuple(self.input_shape))
+        return X
     explain_note = ("Keras: SHAP over the served ONNX graph (exactly additive, reproducible in the "
                     "bundle without TensorFlow) rather than DeepExplainer/GradientExplainer.")
 
@@ -129,7 +139,7 @@ class KerasAdapter(Adapter):
         return None
 
     def _raw(self, X: np.ndarray) -> np.ndarray:
-        out = self.model(np.asarray(X, dtype=np.float32), training=False)
+        out = self.model(self._shaped(X), training=False)
         if isinstance(out, (list, tuple)):
             out = out[0]
         out = np.asarray(out.numpy() if hasattr(out, "numpy") else out, dtype=np.float64)
@@ -177,7 +187,7 @@ class KerasAdapter(Adapter):
     # -- native ------------------------------------------------------------------------------
     def native_call(self):
         model = self.model
-        return (lambda X: model(X, training=False)), "model(x, training=False)"
+        return (lambda X: model(self._shaped(X), training=False)), "model(x, training=False)"
 
     def predict(self, X):
         raw = self._raw(X)
@@ -199,7 +209,7 @@ class KerasAdapter(Adapter):
     def to_onnx(self, X, *, feature_names=None, opset=None) -> Converted:
         import onnx
 
-        n = int(X.shape[1])
+        n = tuple(self.input_shape) if self.input_shape else (int(X.shape[1]),)
         self._probed()
         with tempfile.TemporaryDirectory(prefix="nbdeploy-keras-") as tmp:
             path = os.path.join(tmp, "model.onnx")
@@ -232,12 +242,12 @@ class KerasAdapter(Adapter):
                 else f"logits ({self._postprocess()} applied to the ONNX output)"))
         return Converted(onx, spec, converter=how, notes=notes)
 
-    def _export(self, path: str, n: int, opset: int) -> str:
+    def _export(self, path: str, n: tuple, opset: int) -> str:
         export = getattr(self.model, "export", None)
         if export is not None and _supports_onnx_export(export):
             import keras
 
-            sig = [keras.InputSpec(shape=(None, n), dtype="float32", name="input")]
+            sig = [keras.InputSpec(shape=(None, *n), dtype="float32", name="input")]
             export(path, format="onnx", verbose=False, input_signature=sig, opset_version=opset)
             return "keras.export(onnx)"
         # Keras 2 (tf_keras): no ONNX export of its own; tf2onnx reads it directly.
@@ -245,7 +255,7 @@ class KerasAdapter(Adapter):
         import tf2onnx
 
         tf2onnx.convert.from_keras(
-            self.model, input_signature=[tf.TensorSpec([None, n], tf.float32, name="input")],
+            self.model, input_signature=[tf.TensorSpec([None, *n], tf.float32, name="input")],
             opset=opset, output_path=path)
         return "tf2onnx.from_keras"
 

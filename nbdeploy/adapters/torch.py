@@ -20,6 +20,16 @@ class TorchAdapter(Adapter):
     """
 
     framework = "pytorch"
+    #: Takes tensors of any rank ([N, C, H, W], [N, T, F]); the pipeline hands it flat rows
+    #: [N, prod(input_shape)] and sets ``input_shape`` (without the batch axis).
+    accepts_nd = True
+    input_shape: tuple | None = None
+
+    def _shaped(self, X):
+        X = np.asarray(X, dtype=np.float32)
+        if self.input_shape and X.ndim == 2:
+            X = X.reshape((X.shape[0],) + tuple(self.input_shape))
+        return X
     explain_note = ("PyTorch: SHAP over the served ONNX graph (exactly additive, reproducible in "
                     "the bundle without torch) rather than DeepExplainer/GradientExplainer.")
 
@@ -34,7 +44,7 @@ class TorchAdapter(Adapter):
 
         def forward(X):
             with torch.no_grad():
-                return model(torch.from_numpy(X))
+                return model(torch.from_numpy(self._shaped(X)))
         return forward, "forward (no_grad)"
 
     @classmethod
@@ -51,7 +61,7 @@ class TorchAdapter(Adapter):
         except StopIteration:
             dtype, device = torch.float32, "cpu"
         with torch.no_grad():
-            out = self.model(torch.from_numpy(np.asarray(X, dtype=np.float32)).to(device=device, dtype=dtype))
+            out = self.model(torch.from_numpy(self._shaped(X)).to(device=device, dtype=dtype))
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out.detach().to("cpu", torch.float64).numpy()
@@ -68,7 +78,11 @@ class TorchAdapter(Adapter):
         self._probe_width = 1 if out.ndim == 1 else int(out.shape[1])
 
     def n_features(self):
+        if self.input_shape:
+            return None
         for m in self.model.modules():
+            if type(m).__name__.startswith("Conv"):
+                return None     # the first Linear's width is not the input's
             n = getattr(m, "in_features", None)
             if n is not None:
                 return int(n)
@@ -83,11 +97,11 @@ class TorchAdapter(Adapter):
         import torch
 
         self.model.eval()
-        dummy = torch.from_numpy(np.asarray(X[:2], dtype=np.float32))
+        dummy = torch.from_numpy(self._shaped(X[:2]))
         buf = io.BytesIO()
         try:
             torch.onnx.export(self.model, (dummy,), buf, input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "N"}, "output": {0: "N"}},
+                              dynamic_axes={"input": {0: "N"}, "output": {0: "N"}},  # any rank: batch only
                               opset_version=opset or OPSET, dynamo=False)
         except Exception as exc:
             raise ConversionError(f"torch.onnx.export failed for {self.model_type}: {exc}",

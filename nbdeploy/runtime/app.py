@@ -284,7 +284,8 @@ def build_app(runtime: Runtime, *, direct: bool = False, metrics=None):
 
     async def read_json(request: Request) -> Any:
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if ctype not in JSON_TYPES:
+        multipart = ctype == "multipart/form-data" and bool((runtime.spec or {}).get("preprocess"))
+        if ctype not in JSON_TYPES and not multipart:   # image bundles also take file uploads
             raise ClientError(415, f"Unsupported content type {ctype!r}; this API takes JSON only.",
                               hint="Send Content-Type: application/json.",
                               expected="application/json", received=ctype)
@@ -302,6 +303,10 @@ def build_app(runtime: Runtime, *, direct: bool = False, metrics=None):
                                   hint="Send fewer rows per request.")
             chunks.append(chunk)
         raw = b"".join(chunks)
+        if multipart:
+            from .images import multipart_images
+
+            return multipart_images(raw, request.headers["content-type"])
         try:
             return loads_bounded(raw)
         except JsonTooDeep as exc:

@@ -1,0 +1,137 @@
+"""Image and N-D tensor models on the notebook side (issue 22).
+
+Models whose input has rank > 2 ([N, C, H, W], [N, H, W, C], [N, T, F]) are served through a
+graph whose input is *flat* ([N, prod(shape)]) followed by one Reshape node: every step that
+works on row matrices (verify, benchmark, quantize, explain, drift, the served validation)
+then works unchanged, and the real shape is recorded in the spec as ``input_shape``
+([None, *shape]) and ``layout``.  The runtime (``runtime/images.py``) turns N-D arrays and
+images sent over HTTP into those flat rows.
+
+:class:`ImagePreprocess` says how an image file becomes the model's input; it is applied in the
+bundle with Pillow and numpy (no torchvision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def guess_layout(shape: Sequence[int], framework: str) -> str:
+    """Name the axes of an input of shape ``[N, *shape]``."""
+    shape = tuple(shape)
+    if len(shape) == 3:
+        if shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
+            return "NCHW"
+        if shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+            return "NHWC"
+        return "NHWC" if framework == "keras" else "NCHW"
+    if len(shape) == 2:
+        return "NTF"
+    return "N" + "?" * len(shape)
+
+
+def flat_input(onx, shape: Sequence[int]):
+    """Put a Reshape in front of the graph's first input: it then takes [N, prod(shape)] float
+    rows; the original N-D input becomes an internal tensor."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = onx.graph
+    init_names = {i.name for i in g.initializer}
+    inp = next(i for i in g.input if i.name not in init_names)
+    name, inner = inp.name, inp.name + "_nd"
+    for node in g.node:
+        for k, v in enumerate(node.input):
+            if v == name:
+                node.input[k] = inner
+    for out in g.output:        # an identity graph
+        if out.name == name:
+            out.name = inner
+    elem = inp.type.tensor_type.elem_type or TensorProto.FLOAT
+    shape_name = "nbdeploy_input_shape"
+    g.initializer.append(numpy_helper.from_array(np.asarray([-1, *shape], dtype=np.int64), shape_name))
+    g.node.insert(0, helper.make_node("Reshape", [name, shape_name], [inner], name="nbdeploy_unflatten"))
+    new = helper.make_tensor_value_info(name, elem, ["N", int(np.prod(shape))])
+    idx = list(g.input).index(inp)
+    g.input.remove(inp)
+    g.input.insert(idx, new)
+    onnx.checker.check_model(onx)
+    return onx
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """How an image becomes the model's input, as in the notebook's transforms.
+
+    ``size``: (height, width) or one int (square) to resize to; ``crop``: an optional centre
+    crop (height, width) after the resize; ``mode``: Pillow mode the image is converted to
+    ("L" grey, "RGB"); pixels are scaled to [0, 1] (``/ 255``), then ``(x - mean) / std`` per
+    channel; ``layout``: "NCHW" (PyTorch) or "NHWC" (Keras/TensorFlow).
+
+    We take it as an explicit object rather than inferring it from a torchvision ``Compose``:
+    torchvision is often absent (or mismatched with torch), and a transform list can hold any
+    callable; a dataclass states exactly what the bundle will do.
+    """
+
+    size: Any
+    mean: Sequence[float] = (0.0,)
+    std: Sequence[float] = (1.0,)
+    layout: str = "NCHW"
+    mode: str = "RGB"
+    crop: Any = None
+    resample: str = "bilinear"
+    max_pixels: int = 40_000_000
+
+    def _hw(self, v) -> list[int]:
+        if isinstance(v, int):
+            return [v, v]
+        return [int(v[0]), int(v[1])]
+
+    def to_dict(self) -> dict:
+        if self.layout not in LAYOUTS:
+            raise InvalidInputError(f"Unknown image layout {self.layout!r}.",
+                                    hint="Use layout='NCHW' (PyTorch) or 'NHWC' (Keras).",
+                                    expected=list(LAYOUTS), received=self.layout)
+        if self.mode not in ("L", "RGB"):
+            raise InvalidInputError(f"Unknown image mode {self.mode!r}.", hint="Use mode='L' or 'RGB'.",
+                                    expected=["L", "RGB"], received=self.mode)
+        return {"kind": "image", "size": self._hw(self.size),
+                "crop": self._hw(self.crop) if self.crop is not None else None,
+                "mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std],
+                "layout": self.layout, "mode": self.mode, "resample": self.resample,
+                "max_pixels": int(self.max_pixels)}
+
+    def check(self, input_shape: Sequence[int] | None) -> dict:
+        """The spec entry, checked against the model's input shape ([None, ...])."""
+        d = self.to_dict()
+        channels = 1 if self.mode == "L" else 3
+        h, w = d["crop"] or d["size"]
+        want = [channels, h, w] if self.layout == "NCHW" else [h, w, channels]
+        got = list(input_shape or [])[1:]
+        if got != want:
+            raise InvalidInputError(
+                f"The preprocessing gives images of shape {want} ({self.layout}, mode {self.mode}); "
+                f"the model takes {got}.",
+                hint="Match size/crop, mode ('L' = 1 channel, 'RGB' = 3) and layout to the sample.",
+                expected=got, received=want)
+        for name, v in (("mean", d["mean"]), ("std", d["std"])):
+            if len(v) not in (1, channels):
+                raise InvalidInputError(f"{name} has {len(v)} values for {channels} channel(s).",
+                                        hint=f"Give one value or one per channel.",
+                                        expected=channels, received=len(v))
+        if any(s == 0 for s in d["std"]):
+            raise InvalidInputError("std must not be 0.", hint="Use the training std per channel.")
+        return d
+
+    def __call__(self, image) -> np.ndarray:
+        """Apply to a PIL image or encoded bytes in the notebook: one flat row, as served."""
+        from .runtime.images import preprocess_image
+
+        return preprocess_image(image, self.to_dict())

@@ -1,0 +1,219 @@
+"""N-D tensors and images inside the served bundle (issue 22).
+
+A model with ``spec["input_shape"] = [None, *shape]`` (rank > 2) is served through a graph that
+takes flat rows [N, prod(shape)] (see ``nbdeploy/images.py``).  This module turns request bodies
+into those rows:
+
+* ``{"inputs": [...]}`` with N-D arrays of shape [N, *shape] (or flat rows);
+* ``{"images": ["<base64 PNG/JPEG>", ...]}`` and multipart file uploads, decoded with Pillow
+  and preprocessed per ``spec["preprocess"]`` (resize, centre crop, mode, /255, mean/std,
+  layout).
+
+Untrusted bytes: decoded pixels are capped (``max_pixels``) *before* decoding (Pillow reads the
+size from the header), Pillow's own bomb check is on, and every failure is a 400 naming why.
+Only numpy and Pillow; Pillow is imported on the first image.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+import numpy as np
+
+from .validation import F32_MAX, ClientError
+
+#: formats a bundle decodes (Pillow's plugins for anything else are never consulted)
+FORMATS = ("PNG", "JPEG")
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def is_nd(spec: dict | None) -> bool:
+    shape = (spec or {}).get("input_shape")
+    return bool(shape) and len(shape) > 2
+
+
+def _shape(spec: dict) -> tuple:
+    return tuple(int(d) for d in spec["input_shape"][1:])
+
+
+def parse_body(body: dict, *, spec: dict, max_rows: int, key: str = "inputs") -> np.ndarray:
+    """A validated float32 matrix [N, prod(shape)] from ``inputs`` (N-D arrays) or ``images``."""
+    if "images" in body and spec.get("preprocess"):
+        return parse_images(body["images"], spec=spec, max_rows=max_rows)
+    shape = _shape(spec)
+    n = int(np.prod(shape))
+    if key not in body:
+        fields = "'inputs' or 'images'" if spec.get("preprocess") else "'inputs'"
+        raise ClientError(400, f"The request body has no {fields} field (fields: {sorted(body)[:10]}).",
+                          hint=f'Send {{"{key}": [array of shape {list(shape)}, ...]}}'
+                               + (' or {"images": ["<base64 PNG>"]}.' if spec.get("preprocess") else "."),
+                          expected=key, received=sorted(body)[:10])
+    rows = body[key]
+    if not isinstance(rows, list) or not rows:
+        raise ClientError(400, f"{key!r} must be a non-empty list of arrays of shape {list(shape)}.",
+                          hint=f"Wrap a single input in a list: [input].", expected="list",
+                          received=type(rows).__name__ if not isinstance(rows, list) else 0)
+    if len(rows) > max_rows:
+        raise ClientError(400, f"Too many inputs in one request: {len(rows)} > the limit of {max_rows}.",
+                          hint=f"Split the request into batches of at most {max_rows}.",
+                          expected=f"<= {max_rows}", received=len(rows))
+    try:
+        arr = np.asarray(rows)
+    except (ValueError, TypeError):
+        arr = None
+    if arr is None or arr.dtype.kind not in "iuf":
+        raise ClientError(400, f"Each input must be a numeric array of shape {list(shape)} "
+                               "(same shape for all, numbers only).",
+                          hint="Send nested lists of numbers, e.g. x.tolist() for x of shape "
+                               f"[N, {', '.join(map(str, shape))}].",
+                          expected=list(shape), received="ragged or non-numeric")
+    if tuple(arr.shape[1:]) == shape:
+        arr = arr.reshape(len(arr), n)
+    elif not (arr.ndim == 2 and arr.shape[1] == n):
+        raise ClientError(400, f"Each input must have shape {list(shape)}; got {list(arr.shape[1:])}.",
+                          hint="See GET /metadata for the input shape and layout.",
+                          expected=list(shape), received=list(arr.shape[1:]))
+    if arr.dtype.kind == "f" and (~np.isfinite(arr) | (np.abs(arr) > F32_MAX)).any():
+        bad = np.where(~(np.isfinite(arr) & (np.abs(arr) <= F32_MAX)).all(axis=1))[0]
+        raise ClientError(400, f"NaN, infinite or out-of-float32 values in {len(bad)} input(s) "
+                               f"(first: {int(bad[0])}).", hint="Send finite float32 values.",
+                          expected="finite numbers", received=f"{len(bad)} bad inputs")
+    return arr.astype(np.float32)
+
+
+def parse_images(items: Any, *, spec: dict, max_rows: int) -> np.ndarray:
+    """Decode and preprocess a list of images (base64 strings or raw bytes)."""
+    if not isinstance(items, list) or not items:
+        raise ClientError(400, "'images' must be a non-empty list of base64-encoded PNG/JPEG files.",
+                          hint='Send {"images": [base64.b64encode(open("x.png", "rb").read()).decode()]}.',
+                          expected="list of base64 strings", received=type(items).__name__)
+    if len(items) > max_rows:
+        raise ClientError(400, f"Too many images in one request: {len(items)} > the limit of {max_rows}.",
+                          hint=f"Split the request into batches of at most {max_rows}.",
+                          expected=f"<= {max_rows}", received=len(items))
+    pre = spec["preprocess"]
+    rows = []
+    for i, item in enumerate(items):
+        data = item
+        if isinstance(item, str):
+            s = item.split(",", 1)[1] if item.startswith("data:") and "," in item else item
+            try:
+                data = base64.b64decode(s, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ClientError(400, f"Image {i} is not valid base64: {exc}.",
+                                  hint="Encode the file's bytes with standard base64.",
+                                  expected="base64", received=item[:20]) from exc
+        if not isinstance(data, (bytes, bytearray)):
+            raise ClientError(400, f"Image {i} must be a base64 string; got {type(item).__name__}.",
+                              hint="Send the file's bytes, base64-encoded.", expected="string",
+                              received=type(item).__name__)
+        try:
+            rows.append(preprocess_image(bytes(data), pre))
+        except ClientError as exc:
+            exc.message = f"Image {i}: {exc.message}"
+            raise
+    return np.stack(rows).astype(np.float32)
+
+
+def open_image(data: bytes, pre: dict):
+    """Open (and fully decode) an image from untrusted bytes, within the pixel cap."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit = int(pre.get("max_pixels") or DEFAULT_MAX_PIXELS)
+    try:
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ClientError(400, f"The image is too large: {exc}.", hint=f"Send at most {limit} pixels.",
+                          expected=f"<= {limit} pixels", received="decompression bomb") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ClientError(400, "The data is not a PNG or JPEG image.",
+                          hint="Send the bytes of a PNG or JPEG file.",
+                          expected=list(FORMATS), received="unreadable") from exc
+    w, h = img.size
+    if w * h > limit:
+        raise ClientError(400, f"The image is too large: {w}x{h} = {w * h} pixels > the limit of "
+                               f"{limit}.", hint="Resize it before sending.",
+                          expected=f"<= {limit} pixels", received=f"{w}x{h}")
+    if img.mode not in ("L", "RGB", "RGBA", "P", "LA", "I;16", "I", "1"):
+        raise ClientError(400, f"Unsupported image mode {img.mode!r}.",
+                          hint="Send a greyscale or RGB(A) PNG/JPEG.",
+                          expected=["L", "RGB", "RGBA"], received=img.mode)
+    if img.format == "JPEG":
+        img.draft(pre.get("mode", "RGB"), tuple(reversed(pre["size"])))   # decode at a smaller scale
+    try:
+        img.load()
+    except Exception as exc:   # truncated or corrupt data
+        raise ClientError(400, f"The image could not be decoded: {type(exc).__name__}.",
+                          hint="Send a complete PNG or JPEG file.", expected="a valid image",
+                          received="corrupt data") from exc
+    return img
+
+
+def preprocess_image(image: Any, pre: dict) -> np.ndarray:
+    """Bytes or a PIL image -> one flat float32 row, as the model takes it."""
+    from PIL import Image
+
+    img = open_image(image, pre) if isinstance(image, (bytes, bytearray)) else image
+    mode = pre.get("mode", "RGB")
+    if img.mode in ("I;16", "I"):
+        if mode == "L":
+            arr16 = np.asarray(img, dtype=np.float64)
+            img = Image.fromarray(np.clip(arr16 / 257.0, 0, 255).astype(np.uint8), "L")
+        else:
+            raise ClientError(400, f"Image mode {img.mode!r} cannot be converted to {mode}.",
+                              hint="Send an 8-bit RGB image.", expected=mode, received=img.mode)
+    if img.mode != mode:
+        img = img.convert(mode)
+    h, w = pre["size"]
+    resample = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                "bicubic": Image.Resampling.BICUBIC}.get(pre.get("resample", "bilinear"),
+                                                          Image.Resampling.BILINEAR)
+    if img.size != (w, h):
+        img = img.resize((w, h), resample)
+    arr = np.asarray(img, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if pre.get("crop"):
+        ch, cw = pre["crop"]
+        top, left = max(0, (h - ch) // 2), max(0, (w - cw) // 2)
+        arr = arr[top:top + ch, left:left + cw]
+    arr = arr / 255.0
+    mean = np.asarray(pre.get("mean") or [0.0], dtype=np.float32)
+    std = np.asarray(pre.get("std") or [1.0], dtype=np.float32)
+    arr = (arr - mean) / std
+    if pre.get("layout", "NCHW") == "NCHW":
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+
+
+def multipart_images(raw: bytes, content_type: str) -> dict:
+    """``multipart/form-data`` uploads -> ``{"images": [bytes, ...]}`` (every file part, in order)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    msg = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw)
+    if not msg.is_multipart():
+        raise ClientError(400, "The multipart body could not be read.",
+                          hint="Send files with curl -F 'file=@digit.png'.", expected="multipart/form-data")
+    files = [part.get_payload(decode=True) or b"" for part in msg.iter_parts()
+             if part.get_filename() is not None or part.get_content_maintype() == "image"]
+    if not files:
+        raise ClientError(400, "The multipart body has no file parts.",
+                          hint="Send files with curl -F 'file=@digit.png'.", expected="file parts",
+                          received=0)
+    return {"images": files}
+
+
+def image_stats(X: np.ndarray, spec: dict) -> np.ndarray:
+    """Per-image statistics for drift: per-channel mean and std, and brightness: [N, 2C + 1]."""
+    shape = _shape(spec)
+    layout = spec.get("layout") or "NCHW"
+    x = X.reshape((len(X),) + shape)
+    axes = (2, 3) if layout == "NCHW" and len(shape) == 3 else (1, 2) if len(shape) == 3 else tuple(range(1, x.ndim))
+    mean = x.mean(axis=axes).reshape(len(X), -1)
+    std = x.std(axis=axes).reshape(len(X), -1)
+    return np.concatenate([mean, std, mean.mean(axis=1, keepdims=True)], axis=1)
