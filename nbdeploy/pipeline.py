@@ -71,6 +71,7 @@ class Deployment:
                  tolerance: Tolerance | None = None,
                  quantize_tolerance: float | None = None, benchmark_budget_s: float = 20.0,
                  feature_names: list[str] | None = None, serving: dict | None = None,
+                 tokenizer: Any = None,
                  preprocess: Any = None,
                  progress: Callable[[StepEvent], None] | Iterable[Callable] | None = None):
         from .schema import validate_name
@@ -95,6 +96,7 @@ class Deployment:
         self.quantize_tolerance = quantize_tolerance
         self.benchmark_budget_s = benchmark_budget_s
         self.feature_names = feature_names
+        self.tokenizer = tokenizer      # transformers text classifiers (issue 21)
         self.preprocess = preprocess    # nbdeploy.ImagePreprocess for image models
         self.serving_overrides = dict(serving or {})
         if progress is None:
@@ -176,6 +178,8 @@ class Deployment:
         from .adapters import detect
 
         self._adapter = detect(self.model, task=self.task)
+        if getattr(self._adapter, "input_kind", None) == "text":
+            self._adapter.tokenizer = self.tokenizer
         return f"{self._adapter.framework} ({self._adapter.model_type})"
 
     def _convert(self, progress) -> str:

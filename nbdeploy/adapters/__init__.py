@@ -9,7 +9,8 @@ from .base import Adapter, Converted
 
 SUPPORTED = ("scikit-learn estimators and Pipelines (HistGradientBoosting with NaN and "
              "categorical_features included), XGBoost and LightGBM (scikit-learn API; pandas "
-             "categories included), PyTorch nn.Module, Keras 3 / tf.keras models (one 2-D input), "
+             "categories included), PyTorch nn.Module, transformers *ForSequenceClassification text "
+             "classifiers (with tokenizer=), Keras 3 / tf.keras models (one 2-D input), "
              "ONNX files or onnx.ModelProto")
 
 
@@ -17,13 +18,15 @@ def _adapters() -> list[type[Adapter]]:
     # Order matters: XGBoost/LightGBM wrappers are also scikit-learn estimators, and a Keras
     # model on the torch backend is also a torch.nn.Module.
     from .boosters import LightGBMAdapter, XGBoostAdapter
+    from .hf_text import HFTextAdapter
     from .hgb import HistGradientBoostingAdapter
     from .keras import KerasAdapter
     from .onnx_file import OnnxAdapter
     from .sklearn import SklearnAdapter
     from .torch import TorchAdapter
 
-    return [OnnxAdapter, XGBoostAdapter, LightGBMAdapter, KerasAdapter, TorchAdapter,
+    # transformers text classifiers are torch Modules too: before TorchAdapter.
+    return [OnnxAdapter, XGBoostAdapter, LightGBMAdapter, KerasAdapter, HFTextAdapter, TorchAdapter,
             HistGradientBoostingAdapter, SklearnAdapter]
 
 
