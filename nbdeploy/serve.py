@@ -317,6 +317,9 @@ def _spawn_bentoml(tag: str, host: str, port: int, log_path: Path, env: dict | N
         import bentoml
 
         src = Path(bentoml.get(tag).path) / "src"
+        if not (src / "nbdeploy_runtime" / "engine.py").is_file():
+            raise ServeError(f"{tag} was built before the direct engine existed, so it cannot run on it.",
+                             hint="Serve it with engine='bentoml' (the default), or deploy it again.")
         env = dict(env or {}, NBDEPLOY_ENGINE="direct")
         env.pop("PYTHONPATH", None)
         # the bundle's own runtime (nbdeploy_runtime in src/), not this nbdeploy's copy
