@@ -440,7 +440,8 @@ def test_front_ends_show_the_schema(customers):
     assert "income: numeric (no nulls)" in cap.stdout
     w = DeployWidget(d)
     w.refresh()
-    assert "city: categorical" in w.summary_html.value
+    summary = w.summary_html.value
+    assert "Columns" in summary and "city" in summary and "categorical" in summary
     body = json.loads(w.curl_snippet.split("-d '", 1)[1].rsplit("'", 1)[0])
     rec = body["inputs"][0]
     assert set(rec) == set(test.columns) and isinstance(rec["city"], (str, type(None)))
