@@ -204,6 +204,8 @@ class Runtime:
                                                                if self._explain_row_ms else None),
                                           "inline_up_to_ms": INLINE_EXPLAIN_MS},
                                memory=_memory())
+        if (self.spec or {}).get("input_shape"):     # N-D / image models (runtime/images.py)
+            meta["input"] = {k: self.spec.get(k) for k in ("input_shape", "layout", "dtype", "preprocess")}
         if "tag" not in meta:
             meta["tag"] = os.environ.get("BENTOML_BENTO_TAG")
         return meta

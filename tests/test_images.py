@@ -1,0 +1,160 @@
+"""Image models (issue 22): small CNNs on scikit-learn's 8x8 digits (no download), PyTorch
+[N, 1, 8, 8] and Keras [N, 8, 8, 1], deployed, served by stock `bentoml serve`, and fed raw N-D
+arrays, base64 PNGs and multipart uploads.  The oracle is the native model on the same pixels."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import struct
+import time
+import uuid
+import zlib
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+torch = pytest.importorskip("torch")
+from PIL import Image  # noqa: E402
+
+import nbdeploy  # noqa: E402
+from tests.conftest import http  # noqa: E402
+
+# PNG pixels are digits * 15 (0..240, exact in uint8); the model's input is digits / 16, so the
+# bundle's preprocessing is x / 255 / (240 / 255)
+STD = 240 / 255
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.float32), d.target
+
+
+def _png(pixels: np.ndarray, mode="L", fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8), "L").convert(mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _torch_cnn(X, y):
+    torch.manual_seed(0)
+    nn = torch.nn
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                      nn.Linear(8 * 16, 10))
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    for _ in range(40):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(Xt), yt).backward()
+        opt.step()
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def torch_cnn(digits):
+    images, y = digits
+    X = (images / 16.0)[:, None]                     # [N, 1, 8, 8]
+    m = _torch_cnn(X[:1200], y[:1200])
+    return m, X, y, images
+
+
+def _multipart(files: list[bytes]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for i, data in enumerate(files):
+        parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                     f"filename=\"d{i}.png\"\r\nContent-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _bomb_png(w=20_000, h=20_000) -> bytes:
+    """A PNG whose header claims 20,000 x 20,000 pixels (the data would be gigabytes)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) \
+        + chunk(b"IEND", b"")
+
+
+def _check_served(url, X_held, images_held, native_labels, *, post_json):
+    # raw N-D arrays
+    status, body = post_json(url + "/predict", {"inputs": X_held.tolist()})
+    assert status == 200, body
+    assert body["predictions"] == native_labels.tolist()
+    # base64 PNGs
+    pngs = [_png(im * 15) for im in images_held]
+    status, body = post_json(url + "/predict", {"images": [base64.b64encode(p).decode() for p in pngs]})
+    assert status == 200, body
+    assert body["predictions"] == native_labels.tolist()
+    # multipart uploads
+    data, ctype = _multipart(pngs[:10])
+    status, body = http("POST", url + "/predict", data=data, headers={"Content-Type": ctype})
+    assert status == 200, body
+    assert body["predictions"] == native_labels[:10].tolist()
+    # bad images: each a 400 that says why
+    bad = {"garbage": b"this is not an image" * 5, "bomb": _bomb_png(),
+           "cmyk": _png(images_held[0] * 15, mode="CMYK", fmt="JPEG")}
+    for why, raw in bad.items():
+        status, body = post_json(url + "/predict", {"images": [base64.b64encode(raw).decode()]})
+        assert status == 400, (why, body)
+        assert body["message"], why
+    assert "too large" in post_json(url + "/predict",
+                                    {"images": [base64.b64encode(bad["bomb"]).decode()]})[1]["message"]
+    data, ctype = _multipart([bad["garbage"]])
+    status, body = http("POST", url + "/predict", data=data, headers={"Content-Type": ctype})
+    assert status == 400, body
+    # a wrong N-D shape is a 400 too
+    status, body = post_json(url + "/predict", {"inputs": np.zeros((1, 8, 8)).tolist()})
+    assert status == 400 and "shape" in body["message"], body
+
+
+def test_torch_cnn_deployed_and_served(torch_cnn, post, get):
+    m, X, y, images = torch_cnn
+    held = slice(1400, 1460)
+    native = m(torch.from_numpy(X[held])).argmax(1).numpy()
+    d = nbdeploy.deploy(m, X[1200:1400], labels=y[1200:1400], name="torch-cnn-digits",
+                        explain="none", quantize="none",
+                        preprocess=nbdeploy.ImagePreprocess(size=8, mode="L", mean=[0.0], std=[STD]))
+    spec = d.chosen_spec
+    assert spec["input_shape"] == [None, 1, 8, 8] and spec["layout"] == "NCHW"
+    assert d.verify_report.passed
+    server = d.serve()
+    try:
+        status, meta = get(server.url + "/metadata")
+        assert status == 200
+        assert meta["input"]["input_shape"] == [None, 1, 8, 8] and meta["input"]["layout"] == "NCHW"
+        assert meta["input"]["preprocess"]["size"] == [8, 8] and meta["input"]["dtype"] == "float32"
+        _check_served(server.url, X[held], images[held], native, post_json=post)
+    finally:
+        server.stop()
+
+
+def test_keras_cnn_deployed_and_served(digits, post):
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("tensorflow")
+    images, y = digits
+    X = (images / 16.0)[..., None]                   # [N, 8, 8, 1]
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+                          keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
+                          keras.layers.Dense(10, activation="softmax")])
+    m.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    m.fit(X[:1200], y[:1200], epochs=5, batch_size=64, verbose=0)
+    held = slice(1400, 1460)
+    native = m.predict(X[held], verbose=0).argmax(axis=1)
+    d = nbdeploy.deploy(m, X[1200:1400], labels=y[1200:1400], name="keras-cnn-digits",
+                        explain="none", quantize="none",
+                        preprocess=nbdeploy.ImagePreprocess(size=8, mode="L", mean=[0.0], std=[STD],
+                                                            layout="NHWC"))
+    assert d.chosen_spec["input_shape"] == [None, 8, 8, 1] and d.chosen_spec["layout"] == "NHWC"
+    assert d.verify_report.passed
+    server = d.serve()
+    try:
+        _check_served(server.url, X[held], images[held], native, post_json=post)
+    finally:
+        server.stop()
