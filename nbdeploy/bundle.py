@@ -160,6 +160,10 @@ def stage(ctx: Path, *, name: str, onnx_bytes: bytes, spec: dict, metadata: dict
     model_dir = ctx / "model"
     model_dir.mkdir(parents=True)
     (model_dir / "model.onnx").write_bytes(onnx_bytes)
+    text = spec.get("text") or {}
+    if text.get("tokenizer_json"):   # issue 21: the tokenizer ships as model/tokenizer.json
+        (model_dir / text.get("tokenizer_file", "tokenizer.json")).write_text(text["tokenizer_json"], encoding="utf-8")
+        spec = dict(spec, text={k: v for k, v in text.items() if k != "tokenizer_json"})
     (model_dir / "spec.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
     (model_dir / "config.json").write_text(json.dumps(config.runtime_config(), indent=1), encoding="utf-8")
     if extra is not None:
@@ -175,7 +179,8 @@ def stage(ctx: Path, *, name: str, onnx_bytes: bytes, spec: dict, metadata: dict
             shutil.copyfile(p, ctx / "plots" / Path(p).name)
     explain = (model_dir / "explain").is_dir()
     (ctx / "requirements.txt").write_text(
-        "\n".join(requirements(device=config.device, explain=explain, extra=extra_requirements)) + "\n",
+        "\n".join(requirements(device=config.device, explain=explain, extra=extra_requirements)
+                  + ([f"tokenizers=={_version_of('tokenizers')}"] if text else [])) + "\n",
         encoding="utf-8")
     (ctx / "service.py").write_text(render_service(name, config, metadata.get("description", "")),
                                     encoding="utf-8")

@@ -151,6 +151,10 @@ def applicability(model, variant: str) -> tuple[bool, str]:
 
 def _feeds(X: np.ndarray, spec: dict) -> dict:
     """The runtime's feeding rule (one 2-D tensor, one [N, 1] column per input, or a table)."""
+    if spec.get("input_mode") == "text":   # issue 21: tokenized as the bundle does
+        from .runtime.text import TextEncoder
+
+        return TextEncoder(spec).feeds(X)
     if spec.get("input_mode") == "table":
         from .runtime.columns import table_feeds
 
