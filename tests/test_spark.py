@@ -15,8 +15,14 @@ pyspark = pytest.importorskip("pyspark")
 
 @pytest.fixture(scope="module")
 def spark():
+    import os
+    import sys
+
     from pyspark.sql import SparkSession
 
+    # executors must run this interpreter (pyspark's default is whatever `python3` is on PATH)
+    old = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
     s = (SparkSession.builder.master("local[2]").appName("nbdeploy-tests")
          .config("spark.ui.enabled", "false")
          .config("spark.sql.shuffle.partitions", "2")
@@ -25,6 +31,10 @@ def spark():
     s.sparkContext.setLogLevel("ERROR")
     yield s
     s.stop()
+    if old is None:
+        os.environ.pop("PYSPARK_PYTHON", None)
+    else:
+        os.environ["PYSPARK_PYTHON"] = old
 
 
 @pytest.fixture(scope="module")
