@@ -318,8 +318,9 @@ class Deployment:
             progress(0.3, "rendering service")
 
             def extra(model_dir: Path) -> None:
-                write_baseline(model_dir, self.converted.X, self.converted.schema.feature_names,
-                               columns=self.converted.spec.get("columns"))
+                if self.converted.spec.get("input_mode") != "text":   # no numeric drift bins for texts
+                    write_baseline(model_dir, self.converted.X, self.converted.schema.feature_names,
+                                   columns=self.converted.spec.get("columns"))
                 if self.explanation is not None:
                     self.explanation.write_artifacts(model_dir)
 
