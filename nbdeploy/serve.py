@@ -80,8 +80,8 @@ class ServerHandle:
     pid: int
     log_path: str
     started: float
-    backend_port: int | None = None   # set for --stable servers: bentoml listens here,
-    proxy_pid: int | None = None      # and nbdeploy.proxy listens on ``port``
+    backend_port: int | None = None   # --stable servers: the router's loopback admin socket
+    proxy_pid: int | None = None      # --stable servers: the router (the same process as pid)
     workers: list = field(default_factory=list)  # BentoML workers run in sessions of their own
     engine: str = "bentoml"
     tls: bool = False                 # HTTPS (nbdeploy serve --tls-cert/--tls-key)
@@ -181,7 +181,7 @@ class ServerHandle:
         tmp.replace(self._record())
 
     def _forget(self) -> None:
-        for suffix in (".json", ".proxy.json", ".proxy.ack"):
+        for suffix in (".json", ".token"):
             (servers_dir() / f"{self.id}{suffix}").unlink(missing_ok=True)
 
     def to_dict(self) -> dict:
@@ -234,7 +234,7 @@ def _kill_orphans(pids: list, tag: str) -> None:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if (("bentoml" in cmd or "nbdeploy.proxy" in cmd or "nbdeploy_runtime.engine" in cmd)
+        if (("bentoml" in cmd or "nbdeploy.runtime.router" in cmd or "nbdeploy_runtime.engine" in cmd)
                 and tag.split(":")[0] in cmd):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -338,8 +338,9 @@ def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout
     ``engine="direct"`` runs the bundle's own ASGI app on uvicorn instead (one process; the
     same routes and validation; faster, and lighter in memory: see the README).
 
-    ``stable=True`` puts a small proxy on ``port`` so that :func:`rollout` can later switch
-    the address to another version without failing a request.
+    ``stable=True`` serves ``port`` from one process that holds the loaded versions
+    (``nbdeploy.runtime.router``, the direct engine's app per version), so that :func:`rollout`
+    can later switch it to another version, or a canary, without failing a request.
 
     ``tls_cert``/``tls_key`` (PEM files) serve HTTPS only, through ``bentoml serve
     --ssl-certfile/--ssl-keyfile`` or uvicorn's own options under the direct engine.  Access
@@ -350,8 +351,8 @@ def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout
     tls = _check_tls(tls_cert, tls_key)
     env = {**auth_env(auth), **(env or {})}
     if tls and stable:
-        raise InvalidInputError("A stable address (its proxy) does not serve HTTPS yet.",
-                                hint="Leave out --stable, or terminate TLS in front of the proxy.")
+        raise InvalidInputError("A stable address does not serve HTTPS yet.",
+                                hint="Leave out --stable, or terminate TLS in front of it.")
     tag = _resolve(tag)
     port = port or free_port(host)
     if _http_status(f"http://{host}:{port}/livez", timeout=0.3) is not None:
@@ -360,77 +361,158 @@ def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout
     sid = f"{name}-{port}"
     log_path = servers_dir() / f"{sid}.log"
     log_path.write_bytes(b"")
-    backend_port = free_port(host) if stable else None
-    proc = _spawn_bentoml(tag, host, backend_port or port, log_path, env, engine, tls)
-    handle = ServerHandle(id=sid, tag=tag, host=host, port=port, pid=proc.pid,
-                          log_path=str(log_path), started=time.time(), backend_port=backend_port,
-                          engine=engine, tls=bool(tls),
-                          auth=auth or ("key" if env.get("NBDEPLOY_API_KEYS_FILE") or env.get("NBDEPLOY_API_KEYS")
-                                        else "oidc" if env.get("NBDEPLOY_OIDC_ISSUER") else "off"))
-    handle._save()
-    if wait or stable:
-        handle.wait_ready(timeout, proc=proc)
+    auth_mode = auth or ("key" if env.get("NBDEPLOY_API_KEYS_FILE") or env.get("NBDEPLOY_API_KEYS")
+                         else "oidc" if env.get("NBDEPLOY_OIDC_ISSUER") else "off")
     if stable:
-        state = servers_dir() / f"{sid}.proxy.json"
-        state.write_text(json.dumps({"backend": handle.backend_url}), encoding="utf-8")
-        proxy = _spawn([sys.executable, "-m", "nbdeploy.proxy", "--host", host, "--port", str(port),
-                        "--state", str(state)], log_path, env)
-        handle.proxy_pid = proxy.pid
-        handle._save()
-        deadline = time.monotonic() + 30
-        while _http_status(handle.url + "/readyz") != 200:
-            if proxy.poll() is not None or time.monotonic() > deadline:
-                handle.stop()
-                raise ServeError(f"The stable-address proxy for {tag} did not start.\n{handle.logs(15)}",
-                                 hint="Is the port free? Try another --port.")
-            time.sleep(0.05)
+        return _start_router(tag, sid, host, port, log_path, env, timeout, auth_mode)
+    proc = _spawn_bentoml(tag, host, port, log_path, env, engine, tls)
+    handle = ServerHandle(id=sid, tag=tag, host=host, port=port, pid=proc.pid,
+                          log_path=str(log_path), started=time.time(), engine=engine, tls=bool(tls),
+                          auth=auth_mode)
+    handle._save()
+    if wait:
+        handle.wait_ready(timeout, proc=proc)
     return handle
 
 
-def rollout(name_or_id: str, tag: str, *, timeout: float = 90.0, drain_s: float = 1.0) -> ServerHandle:
-    """Switch a ``stable`` server to another bundle version with no failed request.
+# -- the stable address: one process (nbdeploy.runtime.router) that hot-swaps versions --------
 
-    Starts the new version on a private port, waits for ``/readyz``, points the proxy at it,
-    lets in-flight requests to the old version finish, then stops the old version.
-    """
+def _bundle_src(tag: str) -> Path:
+    import bentoml
+
+    src = Path(bentoml.get(tag).path) / "src"
+    if not (src / "nbdeploy_runtime" / "engine.py").is_file():
+        raise ServeError(f"{tag} was built before the direct engine existed, so it cannot be served "
+                         "at a stable address.", hint="Deploy it again, or serve it without --stable.")
+    return src
+
+
+def _start_router(tag: str, sid: str, host: str, port: int, log_path: Path, env: dict,
+                  timeout: float, auth_mode: str) -> ServerHandle:
+    import secrets
+
+    src = _bundle_src(tag)
+    admin_port = free_port("127.0.0.1")
+    token_file = servers_dir() / f"{sid}.token"
+    token_file.touch(mode=0o600)
+    os.chmod(token_file, 0o600)
+    token_file.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+    env = dict(env, NBDEPLOY_ENGINE="direct")
+    env.pop("PYTHONPATH", None)
+    proc = _spawn([sys.executable, "-m", "nbdeploy.runtime.router", "--host", host, "--port", str(port),
+                   "--admin-port", str(admin_port), "--token-file", str(token_file),
+                   "--root", str(src), "--tag", tag], log_path, env)
+    # proxy_pid = the router itself: the record stays readable as "stable" by older code
+    handle = ServerHandle(id=sid, tag=tag, host=host, port=port, pid=proc.pid, log_path=str(log_path),
+                          started=time.time(), backend_port=admin_port, proxy_pid=proc.pid,
+                          engine="direct", auth=auth_mode)
+    handle._save()
+    handle.wait_ready(timeout, proc=proc)
+    return handle
+
+
+def _stable(name_or_id: str) -> ServerHandle:
     found = find(name_or_id)
     if not found:
         raise NotFoundError(f"No running server matches {name_or_id!r}.",
                             hint="Start one with `nbdeploy serve NAME --stable` first.")
-    old = found[0]
-    if not old.stable:
-        raise InvalidInputError(f"{old.id} was not started with a stable address, so it cannot be "
+    h = found[0]
+    if not h.stable:
+        raise InvalidInputError(f"{h.id} was not started with a stable address, so it cannot be "
                                 f"rolled without clients seeing a new URL.",
-                                hint=f"Stop it and start it with `nbdeploy serve {old.name} --stable`.")
+                                hint=f"Stop it and start it with `nbdeploy serve {h.name} --stable`.")
+    return h
+
+
+def _control(h: ServerHandle, op: str, body: dict | None = None, timeout: float = 120.0) -> dict:
+    """POST a control operation to the router's loopback admin socket."""
+    try:
+        token = (servers_dir() / f"{h.id}.token").read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ServeError(f"{h.id} has no control token: it was started by an older nbdeploy.",
+                         hint=f"Stop it and start it again with `nbdeploy serve {h.name} --stable`.") from exc
+    req = urllib.request.Request(f"http://127.0.0.1:{h.backend_port}/__nbdeploy__/{op}",
+                                 data=json.dumps(body or {}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "X-Nbdeploy-Token": token})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read()).get("message", "")
+        except ValueError:
+            msg = ""
+        raise ServeError(f"{op} on {h.id} failed: {str(msg)[:800]}",
+                         hint="The version served before keeps serving; `nbdeploy logs` has details.") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise ServeError(f"{h.id} did not answer the {op} request ({e}).", hint="Is it still running?") from e
+
+
+def _adopt(h: ServerHandle, state: dict) -> ServerHandle:
+    """Record the primary version the router now serves."""
+    h.tag = state["primary"]["tag"]
+    h._save()
+    return h
+
+
+def _check_weight(canary: float) -> float:
+    try:
+        pct = float(canary)
+    except (TypeError, ValueError):
+        pct = -1.0
+    if not 0 < pct < 100:
+        raise InvalidInputError("The canary share is a percentage between 0 and 100 (exclusive).",
+                                expected="0 < canary < 100", received=str(canary)[:20])
+    return pct / 100.0
+
+
+def rollout(name_or_id: str, tag: str, *, timeout: float = 120.0, canary: float | None = None,
+            guard: dict | None = None) -> ServerHandle:
+    """Switch a ``stable`` server to another bundle version with no failed request.
+
+    The server loads the new version beside the one it serves (which answers meanwhile), then
+    switches between requests and frees the old one.  With ``canary=N`` (percent) the new
+    version gets N% of the requests and the old one stays primary until :func:`promote` or
+    :func:`rollback`.  ``guard`` (canary only): ``{"max_error_rate": 0.05,
+    "max_latency_ratio": 3.0, "min_requests": 20}`` rolls the canary back by itself when its
+    error rate passes the primary's by that margin, or its mean latency that ratio.
+    """
+    h = _stable(name_or_id)
     new_tag = _resolve(tag)
-    if new_tag.split(":")[0] != old.name:
-        raise InvalidInputError(f"Cannot roll {old.name} to a different bundle ({new_tag}).",
+    if new_tag.split(":")[0] != h.name:
+        raise InvalidInputError(f"Cannot roll {h.name} to a different bundle ({new_tag}).",
                                 hint="Roll to another version of the same name.")
-    new_port = free_port(old.host)
-    log_path = Path(old.log_path)
-    proc = _spawn_bentoml(new_tag, old.host, new_port, log_path, None, old.engine)
-    new = ServerHandle(id=old.id, tag=new_tag, host=old.host, port=old.port, pid=proc.pid,
-                       log_path=str(log_path), started=time.time(), backend_port=new_port,
-                       proxy_pid=old.proxy_pid, engine=old.engine)
-    # if the new version fails to start, this raises and the old version keeps serving
-    ServerHandle(id=f"{old.id}-next", tag=new_tag, host=old.host, port=new_port, pid=proc.pid,
-                 log_path=str(log_path), started=new.started).wait_ready(timeout, proc=proc)
-    state = servers_dir() / f"{old.id}.proxy.json"
-    ack = state.with_suffix(".ack")
-    ack.unlink(missing_ok=True)
-    state.write_text(json.dumps({"backend": new.backend_url}), encoding="utf-8")
-    os.kill(old.proxy_pid, signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while not (ack.exists() and ack.read_text() == new.backend_url):
-        if time.monotonic() > deadline:
-            _stop_group(proc.pid, 15)
-            raise ServeError("The proxy did not switch to the new version; the old one keeps serving.",
-                             hint="See `nbdeploy logs`.")
-        time.sleep(0.02)
-    new._save()
-    time.sleep(drain_s)              # requests already sent to the old version finish there
-    _stop_group(old.pid, 30)
-    return new
+    body = {"tag": new_tag, "src": str(_bundle_src(new_tag)), "weight": 1.0}
+    if canary is not None:
+        body["weight"] = _check_weight(canary)
+        if guard:
+            allowed = {"max_error_rate", "max_latency_ratio", "min_requests", "min_latency_ms"}
+            bad = set(guard) - allowed
+            if bad:
+                raise InvalidInputError(f"Unknown guard settings {sorted(bad)}.", expected=sorted(allowed))
+            body["guard"] = {k: float(v) for k, v in guard.items()}
+    elif guard:
+        raise InvalidInputError("A guard watches a canary.", hint="Pass canary=N (percent) with it.")
+    return _adopt(h, _control(h, "rollout", body, timeout=timeout))
+
+
+def promote(name_or_id: str) -> ServerHandle:
+    """Make the canary in progress the primary version (all requests), freeing the old one."""
+    h = _stable(name_or_id)
+    return _adopt(h, _control(h, "promote"))
+
+
+def rollback(name_or_id: str, *, timeout: float = 120.0) -> ServerHandle:
+    """Stop a canary in progress, or (with none) return to the version served before."""
+    h = _stable(name_or_id)
+    return _adopt(h, _control(h, "rollback", {}, timeout=timeout))
+
+
+def rollout_status(name_or_id: str) -> dict:
+    """The stable server's versions: primary, canary and its share, per-version request count,
+    error rate and mean latency (model routes), the guard, recent events."""
+    h = _stable(name_or_id)
+    return _control(h, "state")
 
 
 def list_servers() -> list[ServerHandle]:
