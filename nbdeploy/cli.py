@@ -87,8 +87,48 @@ def cmd_keys(args) -> int:
 def cmd_rollout(args) -> int:
     from .serve import rollout
 
-    h = rollout(args.name, args.tag)
+    guard = {k: v for k, v in (("max_error_rate", args.guard_error_rate),
+                               ("max_latency_ratio", args.guard_latency_ratio)) if v is not None}
+    h = rollout(args.name, args.tag, canary=args.canary, guard=guard or None)
+    if args.canary is None:
+        print(f"{h.url} now serves {h.tag}")
+    else:
+        print(f"{h.url} sends {args.canary:g}% of requests to {args.tag} (canary); "
+              f"finish with: nbdeploy promote {h.name} | nbdeploy rollback {h.name}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from .serve import promote
+
+    h = promote(args.name)
     print(f"{h.url} now serves {h.tag}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from .serve import rollback
+
+    h = rollback(args.name)
+    print(f"{h.url} now serves {h.tag}")
+    return 0
+
+
+def cmd_rollout_status(args) -> int:
+    from .serve import rollout_status
+
+    st = rollout_status(args.name)
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return 0
+    for role in ("primary", "canary"):
+        v = st.get(role)
+        if v:
+            share = st["weight"] if role == "canary" else 1 - st["weight"]
+            print(f"{role}\t{v['tag']}\t{share:.0%} of requests\t{v['requests']} answered\t"
+                  f"errors {v['error_rate']:.2%}\tmean {v['mean_ms']:.2f} ms")
+    for e in st.get("events", [])[-5:]:
+        print(f"event\t{e.get('op')} {e.get('tag')}" + (f" ({e['reason']})" if e.get("reason") else ""))
     return 0
 
 
@@ -221,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--stable", action="store_true",
-                   help="keep this address across versions (a small proxy in front), for `nbdeploy rollout`")
+                   help="keep this address across versions (versions hot-swapped in one process), "
+                        "for `nbdeploy rollout`")
     s.add_argument("--engine", choices=["bentoml", "direct"], default="bentoml",
                    help="bentoml: stock `bentoml serve` (default); direct: the bundle's own app on uvicorn "
                         "(same API, faster, lighter)")
@@ -241,7 +282,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rollout", help="switch a --stable server to another version with no failed request")
     s.add_argument("name", help="server id or bundle name")
     s.add_argument("tag", help="NAME:VERSION (or NAME for the latest)")
+    s.add_argument("--canary", type=float, default=None, metavar="PERCENT",
+                   help="send only this share of requests to the new version until promote/rollback")
+    s.add_argument("--guard-error-rate", type=float, default=None, metavar="MARGIN",
+                   help="with --canary: roll back by itself when the canary's error rate passes the "
+                        "primary's by this margin (e.g. 0.05)")
+    s.add_argument("--guard-latency-ratio", type=float, default=None, metavar="RATIO",
+                   help="with --canary: roll back by itself when the canary's mean latency passes "
+                        "RATIO x the primary's")
     s.set_defaults(fn=cmd_rollout)
+
+    s = sub.add_parser("promote", help="give a canary in progress all requests")
+    s.add_argument("name", help="server id or bundle name")
+    s.set_defaults(fn=cmd_promote)
+
+    s = sub.add_parser("rollback", help="stop a canary, or return to the version served before")
+    s.add_argument("name", help="server id or bundle name")
+    s.set_defaults(fn=cmd_rollback)
+
+    s = sub.add_parser("status", help="a --stable server's versions, canary share and "
+                                              "per-version error rate and latency")
+    s.add_argument("name", help="server id or bundle name")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_rollout_status)
 
     s = sub.add_parser("stop", help="stop the servers of a bundle (name, tag or server id)")
     s.add_argument("name")
