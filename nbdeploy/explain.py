@@ -458,6 +458,11 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
     adapter = converted.adapter
     spec = converted.spec
     task = spec["task"]
+    if spec.get("input_mode") == "text":   # issue 21: per-token SHAP/LIME
+        from .explain_text import explain_text
+
+        return explain_text(converted, onnx_model=onnx_model, methods=tuple(served_methods) or ("shap",),
+                            budget=budget, progress=progress)
     if spec.get("input_mode") == "table":
         return _explain_table(converted, onnx_model=onnx_model, served_methods=served_methods,
                               mode=mode, max_background=int(max_background), report=report,

@@ -646,6 +646,10 @@ class ServeExplainer:
         override = (config or {}).get("explain_budget")
         if override:
             ecfg["budget"] = dict(ecfg.get("budget") or {}, **override)
+        if ecfg.get("kind") == "text":   # issue 21: per-token explanations (runtime/text.py)
+            from .text import TextExplainer
+
+            return TextExplainer(onnx_model, ecfg.get("budget"))
         trees = load_trees(folder / TREES_FILE) if ecfg.get("kind") == "tree" else None
         features = None
         if ecfg.get("kind") == "tree" and ecfg.get("table"):

@@ -107,3 +107,150 @@ def truncation_json(dropped: np.ndarray, max_length: int) -> list:
     """Per text: whether it was truncated, and how many tokens were dropped."""
     return [{"truncated": bool(d > 0), "tokens_dropped": int(d), "max_length": int(max_length)}
             for d in np.asarray(dropped).reshape(-1)]
+
+
+# --- per-token explanations (SHAP partition over a Text masker, LIME text) ------------------------
+
+class ShapTokenizer:
+    """The minimal Hugging Face tokenizer API that ``shap.maskers.Text`` needs, over a
+    ``tokenizers.Tokenizer`` (no transformers in the bundle)."""
+
+    def __init__(self, tokenizer, mask_token: str | None):
+        self._tok = tokenizer
+        self.mask_token = mask_token if mask_token and tokenizer.token_to_id(mask_token) is not None else None
+        self.mask_token_id = tokenizer.token_to_id(self.mask_token) if self.mask_token else None
+
+    def __call__(self, s, return_offsets_mapping: bool = False, **_):
+        enc = self._tok.encode(s)
+        out = {"input_ids": list(enc.ids)}
+        if return_offsets_mapping:
+            out["offset_mapping"] = [tuple(o) for o in enc.offsets]
+        return out
+
+
+DEFAULT_TEXT_BUDGET = {"max_evals": 300, "budget_s": 10.0, "max_rows": 8, "num_samples": 300}
+
+
+def _class_index(classes: list, probs: np.ndarray, wanted) -> int:
+    if wanted is None:
+        return int(np.argmax(probs))
+    if isinstance(wanted, int) and not isinstance(wanted, bool) and 0 <= wanted < len(classes):
+        return wanted
+    if str(wanted) in [str(c) for c in classes]:
+        return [str(c) for c in classes].index(str(wanted))
+    raise ClientError(400, f"Unknown class {wanted!r}.", hint=f"Use one of {classes} or its index.",
+                      expected=classes, received=wanted)
+
+
+class TextExplainer:
+    """Explain texts of a text model (an :class:`OnnxModel` in text mode) per token, for one class.
+
+    SHAP: ``shap.explainers.Partition`` with a ``shap.maskers.Text`` (masked tokens become the
+    tokenizer's mask token); ``base_value + sum(values)`` equals the model's probability for the
+    class on the whole text.  LIME: ``LimeTextExplainer`` (word-level, a local linear fit, not
+    additive).  Cost is bounded by ``max_evals`` model evaluations (SHAP), ``num_samples``
+    (LIME) and ``max_rows`` texts per request; the answer reports evaluations and seconds.
+    """
+
+    kind = "text"
+
+    def __init__(self, model, budget: dict | None = None):
+        self.model = model
+        self.budget = dict(DEFAULT_TEXT_BUDGET, **(budget or {}))
+        self.max_rows = int(self.budget["max_rows"])
+        t = model.spec.get("text") or {}
+        self.masker_tokenizer = ShapTokenizer(model.text.tokenizer.__class__.from_str(
+            model.text.tokenizer.to_str()), t.get("mask_token"))
+        self.masker_tokenizer._tok.no_truncation()
+        self.masker_tokenizer._tok.no_padding()
+        self.classes = list(model.classes or [])
+        self._shap = None
+        self._n_evals = 0
+
+    def _f(self, texts) -> np.ndarray:
+        texts = [str(s) for s in np.asarray(texts, dtype=object).reshape(-1)]
+        self._n_evals += len(texts)
+        return self.model.run(np.asarray(texts, dtype=object).reshape(-1, 1))["probabilities"]
+
+    def _options(self, options: dict) -> dict:
+        out = dict(self.budget)
+        for key, cast in (("max_evals", int), ("budget_s", float), ("num_samples", int)):
+            if options.get(key) is not None:
+                try:
+                    v = cast(options[key])
+                except (TypeError, ValueError):
+                    raise ClientError(400, f"{key!r} must be a number.", received=str(options[key])[:40])
+                limit = cast(self.budget[key]) * 10
+                if not 0 < v <= limit:
+                    raise ClientError(400, f"{key!r} must be in (0, {limit}].", expected=f"<= {limit}",
+                                      received=v)
+                out[key] = v
+        return out
+
+    def explain(self, X, method: str = "shap", options: dict | None = None) -> dict:
+        import time
+
+        options = dict(options or {})
+        if method not in ("shap", "lime"):
+            raise ClientError(400, f"Unknown method {method!r}.", hint="Use 'shap' or 'lime'.",
+                              expected=["shap", "lime"], received=method)
+        opts = self._options(options)
+        texts = [str(v) for v in np.asarray(X, dtype=object).reshape(-1)]
+        probs = self._f(texts)
+        t_start = time.perf_counter()
+        rows = []
+        for i, s in enumerate(texts):
+            k = _class_index(self.classes, probs[i], options.get("class"))
+            t0, self._n_evals = time.perf_counter(), 0
+            if time.perf_counter() - t_start > opts["budget_s"]:
+                rows.append({"text": s, "skipped": "time budget spent on earlier texts"})
+                continue
+            row = (self._shap_row(s, k, opts) if method == "shap" else self._lime_row(s, k, opts))
+            row.update(text=s, method=method, class_index=k, label=self.classes[k] if self.classes else k,
+                       output=float(probs[i][k]), output_space="probability",
+                       evaluations=self._n_evals, seconds=round(time.perf_counter() - t0, 4))
+            rows.append(row)
+        return {"explanations": rows, "method": method,
+                "cost": {"seconds": round(time.perf_counter() - t_start, 4),
+                         "budget": {k: opts[k] for k in ("max_evals", "budget_s", "num_samples")},
+                         "note": ("SHAP costs about max_evals model runs per text (batched); LIME "
+                                  "num_samples runs. Pass max_evals/num_samples/budget_s to trade "
+                                  "precision for time.")}}
+
+    def _shap_row(self, s: str, k: int, opts: dict) -> dict:
+        import shap
+
+        masker = shap.maskers.Text(self.masker_tokenizer,
+                                   mask_token=self.masker_tokenizer.mask_token or "...")
+        ex = shap.explainers.Partition(lambda t: self._f(t)[:, k], masker)
+        exp = ex([s], max_evals=int(opts["max_evals"]), silent=True)
+        values = np.asarray(exp.values[0], dtype=np.float64).reshape(-1)
+        segments = list(exp.data[0])
+        base = float(np.asarray(exp.base_values).reshape(-1)[0])
+        enc = self.masker_tokenizer._tok.encode(s)
+        offsets = list(enc.offsets)
+        tokens = []
+        for j, (seg, v) in enumerate(zip(segments, values)):
+            if seg == "" and v == 0.0:     # special tokens ([CLS]/[SEP]) are kept, never players
+                continue
+            start, end = offsets[j] if j < len(offsets) else (None, None)
+            tokens.append({"token": seg, "start": start, "end": end, "value": float(v)})
+        return {"base_value": base, "tokens": tokens}
+
+    def _lime_row(self, s: str, k: int, opts: dict) -> dict:
+        from lime.lime_text import LimeTextExplainer
+
+        ex = LimeTextExplainer(class_names=[str(c) for c in self.classes] or None, random_state=0,
+                               mask_string=self.masker_tokenizer.mask_token, bow=False)
+        exp = ex.explain_instance(s, lambda t: self._f(t), labels=(k,),
+                                  num_features=10_000, num_samples=int(opts["num_samples"]))
+        weights = dict(exp.as_map()[k])
+        idx = exp.domain_mapper.indexed_string
+        tokens = []
+        for j in range(idx.num_words()):
+            start = int(np.asarray(idx.string_position(j)).reshape(-1)[0])
+            word = str(idx.word(j))
+            tokens.append({"token": word, "start": start,
+                           "end": None if start is None else start + len(word),
+                           "value": float(weights.get(j, 0.0))})
+        return {"intercept": float(exp.intercept[k]), "local_r2": float(exp.score), "tokens": tokens}

@@ -1,0 +1,108 @@
+"""Per-token explanations of text models in the notebook (issue 21).
+
+The computation is the bundle's own (:class:`nbdeploy.runtime.text.TextExplainer` over the
+served ONNX variant), so the notebook shows what ``/explain`` answers."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .runtime.text import DEFAULT_TEXT_BUDGET
+
+
+class TextExplainReport:
+    """SHAP per token for a few sample texts (LIME on demand), and the bundle's explain config."""
+
+    def __init__(self, rows: list[dict], *, methods: tuple[str, ...], budget: dict, explainer,
+                 X: np.ndarray, seconds: float):
+        self.rows = rows
+        self.methods = methods
+        self.budget = budget
+        self._explainer = explainer
+        self.X = X
+        self.seconds = seconds
+
+    def summary(self) -> str:
+        n = sum(1 for r in self.rows if "tokens" in r)
+        return (f"SHAP per token (partition explainer, Text masker) on {n} texts in "
+                f"{self.seconds:.1f} s" + ("; LIME text on demand" if "lime" in self.methods else ""))
+
+    def requirements(self) -> list[str]:
+        from importlib import metadata
+
+        out = []
+        for dist in ("shap",) + (("lime", "scikit-learn", "scipy") if "lime" in self.methods else ()):
+            try:
+                out.append(f"{dist}=={metadata.version(dist)}")
+            except metadata.PackageNotFoundError:
+                pass
+        return out
+
+    def explain_row(self, i: int, method: str = "shap", **options) -> dict:
+        if method == "shap" and not options and i < len(self.rows) and "tokens" in self.rows[i]:
+            return self.rows[i]
+        return self._explainer.explain(self.X[i:i + 1], method=method, options=options)["explanations"][0]
+
+    def to_dict(self, *, max_rows: int = 50) -> dict:
+        return {"kind": "text", "methods": list(self.methods), "budget": self.budget,
+                "seconds": round(self.seconds, 3), "rows": self.rows[:max_rows]}
+
+    def save_plots(self, directory: str | Path, *, row: int = 0) -> list[Path]:
+        return []   # the coloured text is HTML (_repr_html_, the widget), not a PNG
+
+    def write_artifacts(self, model_dir: str | Path) -> list[Path]:
+        folder = Path(model_dir) / "explain"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "config.json"
+        path.write_text(json.dumps({"kind": "text", "methods": list(self.methods),
+                                    "budget": self.budget}, indent=1), encoding="utf-8")
+        return [path]
+
+    def _repr_html_(self) -> str:
+        return "".join(token_html(r) for r in self.rows[:10] if "tokens" in r)
+
+
+def token_html(row: dict) -> str:
+    """The text with each token coloured by its contribution (red raises the class, blue lowers)."""
+    tokens = row.get("tokens") or []
+    scale = max([abs(t["value"]) for t in tokens] + [1e-12])
+    parts = []
+    for t in tokens:
+        a = min(1.0, abs(t["value"]) / scale)
+        rgb = "220,40,40" if t["value"] > 0 else "40,90,220"
+        parts.append(f'<span title="{t["value"]:+.4f}" style="background:rgba({rgb},{a:.2f});'
+                     f'padding:0 1px;border-radius:2px">{html.escape(str(t["token"]))}</span>')
+    head = html.escape(f'{row.get("label")} (p={row.get("output", float("nan")):.3f}, '
+                       f'{row.get("method", "shap")})')
+    return f'<div style="margin:4px 0"><b>{head}</b>: {" ".join(parts)}</div>'
+
+
+def explain_text(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "lime"),
+                 max_rows: int = 5, budget: dict | None = None,
+                 progress: Callable[[float, str], None] | None = None) -> TextExplainReport:
+    """SHAP per token on the first ``max_rows`` sample texts, with the served ONNX variant."""
+    import time
+
+    from .runtime.model import OnnxModel
+    from .runtime.text import TextExplainer
+
+    model = onnx_model if onnx_model is not None else converted.onnx_model
+    om = OnnxModel(model.SerializeToString(), converted.spec)
+    b = dict(DEFAULT_TEXT_BUDGET, **(budget or {}))
+    ex = TextExplainer(om, b)
+    X = converted.X
+    t0 = time.perf_counter()
+    rows = []
+    n = min(int(max_rows), len(X))
+    for i in range(n):
+        if progress is not None:
+            progress(i / max(n, 1), f"SHAP on text {i + 1}/{n}")
+        rows.extend(ex.explain(X[i:i + 1], method="shap")["explanations"])
+    methods = tuple(m for m in ("shap", "lime") if m in tuple(methods) or m == "shap")
+    return TextExplainReport(rows, methods=methods, budget=b, explainer=ex, X=X,
+                             seconds=time.perf_counter() - t0)

@@ -1,0 +1,171 @@
+"""Hugging Face text classifiers (issue 21): a tiny BERT fine-tuned here on a synthetic task with a
+tokenizer trained here, deployed with defaults, served by stock ``bentoml serve`` in a process
+that cannot import torch or transformers.  The oracle is the native model (tokenizer + forward)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+POS = "good great happy excellent lovely nice superb".split()
+NEG = "bad awful sad terrible poor nasty horrid".split()
+FILL = "the movie was a film and it plot actors story very really quite".split()
+
+
+def make_texts(n: int, seed: int) -> tuple[list[str], list[str]]:
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for _ in range(n):
+        y = int(rng.integers(2))
+        words = list(rng.choice(FILL, 5)) + list(rng.choice(POS if y else NEG, 2))
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append("positive" if y else "negative")
+    return texts, labels
+
+
+def train_tiny(kind: str = "bert", steps: int = 30, seed: int = 0):
+    """A tokenizer trained on the corpus and a 2-layer model fine-tuned for a few steps."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    texts, labels = make_texts(240, seed)
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                     cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                     model_max_length=24)
+    id2label = {0: "negative", 1: "positive"}
+    common = dict(vocab_size=tok.get_vocab_size(), num_labels=2, id2label=id2label,
+                  label2id={v: k for k, v in id2label.items()})
+    if kind == "distilbert":
+        from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+        hf_tok.model_input_names = ["input_ids", "attention_mask"]
+        model = DistilBertForSequenceClassification(DistilBertConfig(
+            dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, **common))
+    else:
+        from transformers import BertConfig, BertForSequenceClassification
+
+        model = BertForSequenceClassification(BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64, **common))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    y = torch.tensor([1 if lab == "positive" else 0 for lab in labels])
+    rng = np.random.default_rng(seed)
+    model.train()
+    for _ in range(steps):
+        idx = rng.choice(len(texts), 32)
+        enc = hf_tok([texts[i] for i in idx], padding=True, truncation=True, return_tensors="pt")
+        model(**enc, labels=y[idx]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    return model, hf_tok, texts, labels
+
+
+def native_labels(model, tok, texts):
+    import torch
+
+    enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits.numpy().astype(np.float64)
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return [model.config.id2label[i] for i in logits.argmax(axis=1)], z / z.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    return train_tiny("bert")
+
+
+@pytest.fixture(scope="module")
+def text_deployment(tiny_bert):
+    import nbdeploy
+
+    model, tok, texts, labels = tiny_bert
+    return nbdeploy.deploy(model, texts[:120], labels=labels[:120], tokenizer=tok,
+                           name="tiny-bert-text", benchmark_budget_s=6.0)
+
+
+def test_detect_without_importing(tiny_bert):
+    from nbdeploy.adapters import detect
+    from nbdeploy.adapters.hf_text import HFTextAdapter
+
+    assert isinstance(detect(tiny_bert[0]), HFTextAdapter)
+
+
+def test_bundle_carries_tokenizer_not_torch(text_deployment):
+    from pathlib import Path
+
+    d = text_deployment
+    root = Path(d.path) / "src"
+    assert (root / "model" / "tokenizer.json").is_file()
+    spec = __import__("json").loads((root / "model" / "spec.json").read_text())
+    assert spec["input_mode"] == "text" and "tokenizer_json" not in spec["text"]
+    reqs = [r.split("==")[0].lower() for r in (root / "requirements.txt").read_text().split()]
+    assert "tokenizers" in reqs
+    assert not {"torch", "transformers"} & set(reqs), reqs
+    # the report says why int8 was kept or not, with numbers per variant
+    opt = d.optimized
+    assert opt.reason
+    names = [v.name for v in opt.variants] if hasattr(opt, "variants") else []
+    assert "int8-dynamic" in names or "int8" in opt.reason.lower(), (names, opt.reason)
+
+
+def test_served_labels_equal_native(text_deployment, tiny_bert, tmp_path, post):
+    from nbdeploy import serve
+
+    model, tok, _, _ = tiny_bert
+    held_out, _ = make_texts(40, seed=123)
+    long_text = " ".join(["really good"] * 40)
+    want, proba = native_labels(model, tok, held_out + [long_text])
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+        "            raise ImportError('blocked in the bundle: ' + name)\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    h = serve.start(text_deployment.tag, env={"PYTHONPATH": str(block)})
+    try:
+        status, body = post(h.url + "/predict", {"inputs": held_out + [long_text]})
+        assert status == 200, body
+        assert body["predictions"] == want
+        np.testing.assert_allclose(body["probabilities"], proba, atol=1e-4)
+        trunc = body["truncation"]
+        assert not any(t["truncated"] for t in trunc[:-1])
+        assert trunc[-1]["truncated"] and trunc[-1]["max_length"] == 24
+        assert trunc[-1]["tokens_dropped"] == len(tok(long_text)["input_ids"]) - 24
+        for bad in ({"inputs": [3]}, {"inputs": []}, {"inputs": ["ok", ""]}, {"inputs": [None]},
+                    {"inputs": "a text"}):
+            status, err = post(h.url + "/predict", bad)
+            assert status == 400, (bad, err)
+        # served explanation: per-token SHAP, additive on the served probability
+        status, ex = post(h.url + "/explain", {"inputs": held_out[:2], "method": "shap"})
+        assert status == 200, ex
+        for i, row in enumerate(ex["explanations"]):
+            k = row["class_index"]
+            total = row["base_value"] + sum(t["value"] for t in row["tokens"])
+            assert abs(total - proba[i][k]) < 1e-4, (total, proba[i][k])
+            assert [t["token"] for t in row["tokens"]]
+    finally:
+        h.stop()
