@@ -81,7 +81,12 @@ CSS = ("<style>.nbd-report{font:13px/1.4 system-ui,-apple-system,'Segoe UI',sans
         "background:#f6f8fa;border-radius:4px;font-size:12px}"
         ".nbd-report img{max-width:100%;height:auto;border:1px solid #eee;margin:2px 8px 6px 0;"
         "vertical-align:top}"
-        ".nbd-report .nbd-note{color:#57606a;margin:2px 0}</style>")
+        ".nbd-report .nbd-note{color:#57606a;margin:2px 0}"
+        # ipywidgets sizes an HTML widget to its content: a long snippet or a wide table would
+        # widen the whole widget (and be cut at the cell's edge); these fill the width instead
+        ".nbd-fill{min-width:0;align-self:stretch}"   # no width:100%: widgets have margins
+        ".nbd-fill>.widget-html-content{flex:1 1 auto;min-width:0}"
+        ".nbd-fill pre{max-width:100%;box-sizing:border-box}</style>")
 
 
 def wrap(body: str) -> str:

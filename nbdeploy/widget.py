@@ -77,6 +77,21 @@ def _figures(result: Any) -> list:
     return list(figs or [])
 
 
+def _image(png: bytes) -> W.Image:
+    """A PNG at its own pixel size (fonts as drawn, never stretched), at most the cell's width."""
+    import struct
+
+    width = struct.unpack(">I", png[16:20])[0] if png[:8] == b"\x89PNG\r\n\x1a\n" else None
+    return W.Image(value=png, format="png",
+                   layout=W.Layout(width=f"{width}px" if width else None, max_width="100%",
+                                   height="auto", align_self="flex-start"))
+
+
+#: lets HTML widgets fill the cell's width instead of growing to their content (see report.CSS)
+FILL_CSS = ("<style>.nbd-fill{min-width:0;align-self:stretch}"
+            ".nbd-fill>.widget-html-content{flex:1 1 auto;min-width:0}</style>")
+
+
 def render(obj: Any) -> list[W.Widget]:
     """Widgets showing ``obj``: figures become PNG images, results use their ``_repr_html_``."""
     if obj is None:
@@ -86,9 +101,9 @@ def render(obj: Any) -> list[W.Widget]:
     if isinstance(obj, W.Widget):
         return [obj]
     if hasattr(obj, "savefig"):
-        return [W.Image(value=figure_png(obj), format="png", layout=W.Layout(max_width="100%"))]
+        return [_image(figure_png(obj))]
     if isinstance(obj, (bytes, bytearray)) and bytes(obj[:8]) == b"\x89PNG\r\n\x1a\n":
-        return [W.Image(value=bytes(obj), format="png")]
+        return [_image(bytes(obj))]
     out: list[W.Widget] = []
     rh = getattr(obj, "_repr_html_", None)
     if callable(rh) and not isinstance(obj, type):
@@ -122,6 +137,7 @@ class StepRow:
         self.bar = W.FloatProgress(min=0.0, max=1.0, value=0.0,
                                    layout=W.Layout(width="9em", flex="0 0 auto", display="none"))
         self.result = W.HTML("", layout=W.Layout(flex="1 1 auto", min_width="0", overflow="hidden"))
+        self.result.add_class("nbd-fill")   # the ellipsis, not the cell's edge, ends a long summary
         self.box = W.HBox([self.icon, self.label, self.time, self.bar, self.result],
                           layout=W.Layout(align_items="center", height="1.9em"))
         self.update("pending")
@@ -206,6 +222,9 @@ class DeployWidget(W.VBox):
         self.push_button.on_click(self._on_push)
         self.export_button.on_click(self._on_export)
 
+        for h in (self.summary_html, self.benchmark_html, self.quantization_html, self.explanation_html,
+                  self.bundle_html, self.snippets_html, self.row_output, self.action_html):
+            h.add_class("nbd-fill")   # fill the cell's width, never widen it (report.CSS)
         self.tabs = W.Tab(children=[
             W.VBox([self.summary_html]),
             W.VBox([self.benchmark_html, self.benchmark_plots]),
@@ -228,7 +247,7 @@ class DeployWidget(W.VBox):
         """Listen to ``deployment``'s step events (and show the state it already has)."""
         self.deployment = deployment
         _VIEWS[deployment] = self
-        self.title.value = f"<b>nbdeploy</b> · {_esc(str(deployment.name))}"
+        self.title.value = f"{FILL_CSS}<b>nbdeploy</b> · {_esc(str(deployment.name))}"
         for ev in getattr(deployment, "steps", {}).values():
             self._apply(ev)
         deployment.add_listener(self)
