@@ -772,6 +772,7 @@ class _Progress:
         self.done = 0
         self.fn: Callable | None = None
         self.bar = self.row = None
+        self.line = False          # no tqdm: one carriage-return line
         self._last = 0.0
         if callable(progress):
             self.fn = progress
@@ -782,9 +783,9 @@ class _Progress:
                     from tqdm import tqdm
 
                     self.bar = tqdm(total=total, unit="rows", unit_scale=True, desc="nbdeploy score",
-                                    file=sys.stderr)
+                                    file=sys.stderr, ncols=_size()[0], nrows=_size()[1])
                 except ImportError:
-                    self.bar = "line"
+                    self.line = True
 
     def _summary(self) -> str:
         el = time.perf_counter() - self.t0
@@ -807,9 +808,9 @@ class _Progress:
 
     def update(self, n: int) -> None:
         self.done += n
-        if self.bar is not None and self.bar != "line":
+        if self.bar is not None:
             self.bar.update(n)
-        elif self.bar == "line":
+        elif self.line:
             now = time.perf_counter()
             if now - self._last > 0.2:
                 self._last = now
@@ -818,12 +819,22 @@ class _Progress:
             self._event("running")
 
     def close(self, ok: bool, summary: str = "") -> None:
-        if self.bar is not None and self.bar != "line":
+        if self.bar is not None:
             self.bar.close()
-        elif self.bar == "line":
+        elif self.line:
             print(f"\rnbdeploy score: {self._summary()}", file=sys.stderr, flush=True)
         if self.fn is not None or self.row is not None:
             self._event("done" if ok else "failed", summary or None)
+
+
+def _size() -> tuple[int, int]:
+    """The terminal's columns and lines; one that reports 0 x 0 (a bare pseudo-terminal) gets
+    100 x 24, since tqdm draws nothing in a terminal with no lines."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        return size.columns or 100, size.lines or 24
+    except (OSError, ValueError):
+        return 100, 24
 
 
 def _notebook_row():

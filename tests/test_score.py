@@ -303,3 +303,75 @@ def test_score_stays_the_function_after_the_modules_load():
             "heavy = [m for m in ('pandas', 'pyarrow', 'pyspark', 'bentoml') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- progress as a user sees it -----------------------------------------------------------------
+
+def test_progress_default_on_a_terminal_is_a_bar(rf_bundle, breast_cancer, tmp_path):
+    """``progress=True`` (the default) draws a bar on stderr when stderr is a terminal."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    X_train, _, _, _ = breast_cancer
+    X_train.to_parquet(tmp_path / "x.parquet")
+    code = (f"import nbdeploy; r = nbdeploy.score({rf_bundle.tag!r}, {str(tmp_path / 'x.parquet')!r}, "
+            f"output={str(tmp_path / 'o.parquet')!r}, batch_size=50); print('RESULT', r.rows)")
+    import threading
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=slave,
+                            env=os.environ)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain():        # read while it runs: a pty's buffer is small
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(timeout=300)
+    reader.join(timeout=10)
+    os.close(master)
+    tty = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, tty[-2000:]
+    assert f"RESULT {len(X_train)}" in out.decode()
+    assert "nbdeploy score" in tty and f"{len(X_train)}/{len(X_train)}" in tty.replace(",", ""), tty[-500:]
+
+
+@pytest.mark.timeout(300)
+def test_progress_default_in_a_notebook_is_nbdeploys_step_row(rf_bundle, rf_model, breast_cancer,
+                                                               tmp_path, monkeypatch):
+    """In a Jupyter kernel the default progress is nbdeploy's widget step row."""
+    import os
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    _, X_test, _, _ = breast_cancer
+    X_test.to_parquet(tmp_path / "x.parquet")
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import nbdeploy\n"
+        f"out = nbdeploy.score({rf_bundle.tag!r}, {str(tmp_path / 'x.parquet')!r})\n"
+        "print('PRED', ''.join(str(int(v)) for v in out['prediction']))")])
+    NotebookClient(nb, timeout=240, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    pred = np.array([int(c) for c in text.split("PRED ")[1].split()[0]])
+    P = rf_model.predict_proba(X_test)
+    d = np.abs(P[:, 1] - P[:, 0]) > 1e-6
+    np.testing.assert_array_equal(pred[d], rf_model.predict(X_test)[d])
