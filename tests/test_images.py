@@ -130,8 +130,46 @@ def test_torch_cnn_deployed_and_served(torch_cnn, post, get):
         assert meta["input"]["input_shape"] == [None, 1, 8, 8] and meta["input"]["layout"] == "NCHW"
         assert meta["input"]["preprocess"]["size"] == [8, 8] and meta["input"]["dtype"] == "float32"
         _check_served(server.url, X[held], images[held], native, post_json=post)
+        _check_explain(server.url, m, X[1400:1404], images[1400:1404], post_json=post)
     finally:
         server.stop()
+
+
+def _check_explain(url, m, X, images, *, post_json):
+    """/explain (occlusion on the ONNX model) gives an attribution of the image's shape, and
+    deleting the top-attributed pixels lowers the native model's class score more than deleting
+    as many random pixels."""
+    pngs = [base64.b64encode(_png(im * 15)).decode() for im in images]
+    status, ex = post_json(url + "/explain", {"images": pngs, "overlay": True})
+    assert status == 200, ex
+    A = np.asarray(ex["attributions"], dtype=np.float64)
+    assert A.shape == (len(X), 1, 8, 8) and ex["method"] == "occlusion"
+    overlay = Image.open(io.BytesIO(base64.b64decode(ex["overlay_png"][0])))
+    assert overlay.format == "PNG" and overlay.size[0] >= 8
+    status, ex2 = post_json(url + "/explain", {"inputs": X.tolist()})
+    assert status == 200 and np.allclose(ex2["attributions"], A, atol=1e-5)
+
+    def score(batch, k):
+        with torch.no_grad():
+            return torch.softmax(m(torch.from_numpy(batch.astype(np.float32))), 1)[:, k].numpy()
+
+    rng = np.random.default_rng(0)
+    k_pix = 12
+    top_drops, rand_drops = [], []
+    for n in range(len(X)):
+        k = int(ex["explained_output"][n])
+        base = score(X[n:n + 1], k)[0]
+        flat = X[n].reshape(-1).copy()
+        top = np.argsort(-A[n].reshape(-1))[:k_pix]
+        x_top = flat.copy()
+        x_top[top] = 0.0
+        top_drops.append(base - score(x_top.reshape(1, 1, 8, 8), k)[0])
+        rand = np.stack([flat.copy() for _ in range(20)])
+        for r in rand:
+            r[rng.choice(64, k_pix, replace=False)] = 0.0
+        rand_drops.append(base - score(rand.reshape(-1, 1, 8, 8), k).mean())
+    assert np.mean(top_drops) > np.mean(rand_drops) + 0.05, (top_drops, rand_drops)
+    assert all(t > r for t, r in zip(top_drops, rand_drops)), (top_drops, rand_drops)
 
 
 def test_keras_cnn_deployed_and_served(digits, post):

@@ -223,6 +223,13 @@ class Runtime:
         return self.model.predict(self.parse(body))
 
     def explain(self, body: Any) -> dict:
+        if (self.spec or {}).get("input_shape") and isinstance(body, dict) \
+                and body.get("method", "occlusion") == "occlusion":   # images: runtime/images.py
+            from .images import MAX_EXPLAIN_IMAGES, occlusion
+
+            X = parse_rows(body, n_features=int(self.spec["n_features"]), feature_names=None,
+                           max_rows=min(self.max_rows, MAX_EXPLAIN_IMAGES), spec=self.spec)
+            return occlusion(self.model, X, self.spec, body)
         self._get_explainer()
         X = parse_rows(body, n_features=int(self.spec["n_features"]),
                        feature_names=self.spec.get("feature_names"),

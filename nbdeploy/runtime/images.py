@@ -217,3 +217,117 @@ def image_stats(X: np.ndarray, spec: dict) -> np.ndarray:
     mean = x.mean(axis=axes).reshape(len(X), -1)
     std = x.std(axis=axes).reshape(len(X), -1)
     return np.concatenate([mean, std, mean.mean(axis=1, keepdims=True)], axis=1)
+
+
+# --- explanations: occlusion on the ONNX model -----------------------------------------------------
+MAX_EXPLAIN_IMAGES = 4
+MAX_OCCLUSION_PATCHES = 1024
+
+
+def _spatial(shape: tuple, layout: str) -> tuple[int, int]:
+    if len(shape) == 3:
+        return (shape[1], shape[2]) if layout == "NCHW" else (shape[0], shape[1])
+    return shape[0], shape[1]          # [T, F]: time x features
+
+
+def occlusion(model, X: np.ndarray, spec: dict, options: dict | None = None) -> dict:
+    """Occlusion attributions on the served ONNX model: each ``patch`` x ``patch`` square
+    (stride ``patch``) is set to ``baseline`` (model-input units, default 0) and the drop of the
+    explained class's score is spread over the square's pixels.  Returns arrays of the image's
+    shape (``input_shape[1:]``); one batched onnxruntime call per image."""
+    options = options or {}
+    shape = _shape(spec)
+    layout = spec.get("layout") or "NCHW"
+    if len(X) > MAX_EXPLAIN_IMAGES:
+        raise ClientError(413, f"Too many images to explain: {len(X)} > the limit of {MAX_EXPLAIN_IMAGES}.",
+                          hint=f"Send at most {MAX_EXPLAIN_IMAGES} images per /explain request.",
+                          expected=f"<= {MAX_EXPLAIN_IMAGES}", received=len(X))
+    h, w = _spatial(shape, layout)
+    patch = options.get("patch", max(1, min(h, w) // 8))
+    if isinstance(patch, bool) or not isinstance(patch, int) or not 1 <= patch <= max(h, w):
+        raise ClientError(400, f"'patch' must be an integer from 1 to {max(h, w)}.",
+                          expected=f"1..{max(h, w)}", received=repr(patch)[:40])
+    baseline = options.get("baseline", 0.0)
+    if isinstance(baseline, bool) or not isinstance(baseline, (int, float)) or not np.isfinite(baseline):
+        raise ClientError(400, "'baseline' must be a finite number.", expected="number",
+                          received=repr(baseline)[:40])
+    cells = [(i, j) for i in range(0, h, patch) for j in range(0, w, patch)]
+    if len(cells) > MAX_OCCLUSION_PATCHES:
+        raise ClientError(413, f"{len(cells)} patches > the limit of {MAX_OCCLUSION_PATCHES}.",
+                          hint="Send a larger 'patch'.", expected=f"<= {MAX_OCCLUSION_PATCHES}",
+                          received=len(cells))
+    out = model.output_matrix(X)
+    classes = spec.get("classes")
+    request = options.get("output", "auto")
+    attributions, explained, scores, bases, overlays = [], [], [], [], []
+    for n, row in enumerate(X):
+        if request in (None, "auto"):
+            k = int(out[n].argmax())
+        elif classes is not None and request in classes:
+            k = classes.index(request)
+        elif isinstance(request, int) and not isinstance(request, bool) and 0 <= request < out.shape[1]:
+            k = request
+        else:
+            raise ClientError(400, f"Unknown output {request!r}.", hint="Use 'auto', a class label or index.",
+                              expected=["auto"] + list(classes or []), received=repr(request)[:40])
+        img = row.reshape(shape)
+        batch = np.repeat(img[None], len(cells) + 1, axis=0)
+        for c, (i, j) in enumerate(cells):
+            _fill(batch[c], i, j, patch, layout, baseline)
+        batch[-1][...] = baseline
+        scores_b = model.output_matrix(batch.reshape(len(batch), -1))[:, k]
+        attr = np.zeros((h, w), dtype=np.float64)
+        for c, (i, j) in enumerate(cells):
+            region = attr[i:i + patch, j:j + patch]
+            region += (out[n, k] - scores_b[c]) / region.size
+        full = _broadcast(attr, shape, layout)
+        attributions.append(np.round(full, 7).tolist())
+        explained.append(classes[k] if classes is not None else k)
+        scores.append(float(out[n, k]))
+        bases.append(float(scores_b[-1]))
+        if options.get("overlay"):
+            overlays.append(overlay_png(img, attr, layout))
+    body = {"method": "occlusion", "explainer": "occlusion", "shape": list(shape), "layout": layout,
+            "patch": patch, "baseline": float(baseline), "explained_output": explained,
+            "outputs": scores, "base_values": bases, "attributions": attributions}
+    if overlays:
+        body["overlay_png"] = overlays
+    return body
+
+
+def _fill(img: np.ndarray, i: int, j: int, p: int, layout: str, value: float) -> None:
+    if img.ndim == 3 and layout == "NCHW":
+        img[:, i:i + p, j:j + p] = value
+    else:
+        img[i:i + p, j:j + p] = value
+
+
+def _broadcast(attr: np.ndarray, shape: tuple, layout: str) -> np.ndarray:
+    """Per-pixel attributions [H, W] -> the input's shape (split evenly over channels)."""
+    if len(shape) == 3:
+        c = shape[0] if layout == "NCHW" else shape[2]
+        a = attr / c
+        return np.broadcast_to(a[None], shape).copy() if layout == "NCHW" \
+            else np.broadcast_to(a[:, :, None], shape).copy()
+    return attr
+
+
+def overlay_png(img: np.ndarray, attr: np.ndarray, layout: str, scale: int = 0) -> str:
+    """A base64 PNG: the image in grey with positive attributions in red, negative in blue."""
+    from PIL import Image
+
+    grey = img.mean(axis=0) if img.ndim == 3 and layout == "NCHW" else (
+        img.mean(axis=2) if img.ndim == 3 else img)
+    g = grey - grey.min()
+    g = g / g.max() if g.max() > 0 else g
+    a = attr / (np.abs(attr).max() or 1.0)
+    rgb = np.stack([g, g, g], axis=-1) * 0.5
+    rgb[..., 0] += 0.5 * np.clip(a, 0, 1)
+    rgb[..., 2] += 0.5 * np.clip(-a, 0, 1)
+    im = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8), "RGB")
+    factor = scale or max(1, 256 // max(im.size))
+    if factor > 1:
+        im = im.resize((im.size[0] * factor, im.size[1] * factor), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
