@@ -231,7 +231,8 @@ def benchmark_section(d: Any, plots: dict) -> str:
         if e.error:
             rows.append([e.variant, prov, "—", "—", "—", "—", e.error[:200]])
     head = f"<p class='nbd-note'>{_e(opt.benchmark_summary())}; measured in {F.duration(b.elapsed_s)}"
-    head += " (truncated at the time budget)" if b.truncated else ""
+    if b.truncated and "truncated" not in head:   # the summary may already say so: once
+        head += " (truncated at the time budget)"
     out = head + "</p>" + _tbl(rows, ["variant", "provider", "batch", "p50", "p95", "p99", "throughput"],
                                numeric=(2, 3, 4, 5, 6))
     out += "".join(f"<p class='nbd-note'>{_e(n)}</p>" for n in dict.fromkeys(b.notes))

@@ -27,7 +27,7 @@ const step = name => { steps.push({ name, t: Date.now() }); console.error(`[widg
     if (locator) await locator.screenshot({ path: file }); else await page.screenshot({ path: file });
   };
   try {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 1000 }, serviceWorkers: 'block' });
+    const context = await browser.newContext({ viewport: { width: 1280, height: 1500 }, serviceWorkers: 'block' });
     page = await context.newPage();
     page.on('console', m => { if (m.type() === 'error') consoleErrors.push(m.text()); });
     page.on('pageerror', e => consoleErrors.push(String(e)));
