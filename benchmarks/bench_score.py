@@ -57,7 +57,6 @@ def models():
 
 def frame(n: int, seed: int = 1):
     import pandas as pd
-
     from sklearn.datasets import make_classification
 
     X, _ = make_classification(n_samples=n, n_features=N_FEATURES, random_state=seed)
@@ -187,7 +186,7 @@ def spark_bench(tags: dict, native: dict, df, repeat: int, tmp: Path) -> None:
         def zeros(*cols):      # Spark's own cost: the same 30 columns in, a constant out
             return pd.Series(np.zeros(len(cols[0])))
 
-        run0 = lambda: sdf.select(zeros(*cols).alias("p")).write.format("noop")  # noqa: E731
+        run0 = lambda: sdf.select(zeros(*cols).alias("p")).write.format("noop")
         run0().mode("overwrite").save()
         t0 = best(lambda: run0().mode("overwrite").save(), repeat)
         print(f"{'-':<5} {'constant pandas UDF (ceiling)':<26} {'':>7} {n / t0:>12,.0f}")

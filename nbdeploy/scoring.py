@@ -30,7 +30,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -625,7 +624,6 @@ def _parse_number(v: Any) -> Any:
 
 
 def _json_chunks(files: list[Path], batch_size: int) -> Iterator:
-    import pandas as pd
 
     start, buf = 0, []
     for f in files:
@@ -952,7 +950,7 @@ def score(bundle: Any, data: Any, *, output: str | os.PathLike | None = None,
                                 expected=">= 1", received=repr(threads)[:40])
     scorer = Scorer(model_dir, threads=threads)
     if explain:
-        scorer.explainer   # noqa: B018 - fail before reading any data when SHAP is missing
+        scorer.explainer   # fail before reading any data when the bundle has no SHAP
     columns = scorer.output_columns(explain=bool(explain))
     source = _open_source(data, scorer, batch_size, keep)
     bar = _Progress(progress, source.total, source.name)

@@ -143,8 +143,8 @@ def predict_udf(spark: Any, bundle: Any, *, probabilities: bool = False, explain
     ``shap_<column>``, ``shap_base``, ``shap_output`` (select fields with ``col.prediction``).
     ``threads``: onnxruntime threads per task (default ``spark.task.cpus``).
     """
-    from pyspark.sql.functions import pandas_udf
     from pyspark.sql import types as T
+    from pyspark.sql.functions import pandas_udf
 
     shipped = _Shipped(spark, bundle, explain=explain, threads=threads)
     whole = probabilities or explain

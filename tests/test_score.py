@@ -42,7 +42,7 @@ def _check_against_native(out, model, X):
 def test_dataframe_defaults_with_shap_against_native(rf_bundle, rf_model, breast_cancer):
     import shap
 
-    X_train, X_test, _, _ = breast_cancer
+    X_train, _, _, _ = breast_cancer
     X = X_train.iloc[:150]
     out = nbdeploy.score(rf_bundle.tag, X, explain=True)
     _check_against_native(out, rf_model, X)
