@@ -66,7 +66,8 @@ def column_rows(columns: list[dict], max_values: int = 8) -> list[list]:
 
 _STATE = {"done": ("✔", "#1a7f37", "done"), "failed": ("✘", "#cf222e", "failed"),
           "running": ("◐", "#1f6feb", "running"), "pending": ("○", "#888", "pending"),
-          "skipped": ("–", "#888", "skipped"), "not requested": ("–", "#888", "not requested")}
+          "skipped": ("–", "#888", "skipped"), "not requested": ("–", "#888", "not requested"),
+          "not run": ("–", "#aaa", "not run")}
 
 CSS = ("<style>.nbd-report{font:13px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;"
         "max-width:980px;color:#1f2328}"
@@ -145,6 +146,8 @@ def step_state(d: Any, ev: Any) -> str:
         return "not requested"
     if ev.state == "skipped" and ev.summary in ("not requested",):
         return "not requested"
+    if ev.state == "pending" and getattr(d, "error", None) is not None:
+        return "not run"   # an earlier step failed
     return ev.state
 
 

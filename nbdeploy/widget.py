@@ -28,7 +28,7 @@ STEP_NAMES = ("detect", "convert", "verify", "benchmark", "quantize", "explain",
               "push")
 ICONS = {"pending": ("○", "#999"), "running": ("◐", "#1f6feb"), "done": ("✔", "#1a7f37"),
          "failed": ("✘", "#cf222e"), "skipped": ("–", "#999"),
-         "not requested": ("–", "#999")}
+         "not requested": ("–", "#999"), "not run": ("–", "#bbb")}
 TAB_TITLES = ("Summary", "Benchmark", "Quantization", "Explanations", "Bundle")
 DEFAULT_URL = "http://127.0.0.1:3000"   # where a plain `bentoml serve TAG` listens
 
@@ -154,7 +154,7 @@ class StepRow:
         elif state != "running":
             self.bar.layout.display = "none"
         short = summary.splitlines()[0] if summary else ""
-        color = "#cf222e" if state == "failed" else ("#777" if state in ("skipped", "pending", "not requested")
+        color = "#cf222e" if state == "failed" else ("#777" if state in ("skipped", "pending", "not requested", "not run")
                                                     else "inherit")
         if state == "not requested" and not short:
             short = "not requested"
@@ -306,6 +306,10 @@ class DeployWidget(W.VBox):
                 row = self.step_rows[step]
                 if row.state == "pending":
                     row.update("not requested")
+        elif getattr(d, "error", None) is not None:   # a step failed: the rest will not run
+            for row in self.step_rows.values():
+                if row.state == "pending":
+                    row.update("not run")
         return self
 
     def show_error(self, err: BaseException, tb: str | None = None) -> None:

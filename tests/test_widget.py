@@ -149,6 +149,12 @@ def test_an_error_shows_message_hint_and_a_hidden_traceback(iris):
         d.run()
     w.refresh()
     assert w.step_rows["convert"].state == "failed"
+    # the steps after it read "not run", not a column of pending circles
+    later = list(w.step_rows)[list(w.step_rows).index("convert") + 1:]
+    assert all(w.step_rows[s].state == "not run" for s in later), [w.step_rows[s].state for s in later]
+    assert "○" not in "".join(w.step_rows[s].icon.value for s in later)
+    report = d._repr_html_()               # the static report agrees, and names the error once
+    assert ">pending<" not in report and report.count("expects 4") >= 1
     assert "3 features per row" in w.error_html.value and "expects 4" in w.error_html.value
     assert "Hint:" in w.error_html.value and "same columns" in w.error_html.value
     assert w.traceback.layout.display is None and w.traceback.selected_index is None
