@@ -112,6 +112,20 @@ def test_json_lines(rf_bundle, rf_model, breast_cancer, tmp_path):
     _check_against_native(out, rf_model, X)
 
 
+def test_json_lines_keep_json_types_as_predict_does(rf_bundle, breast_cancer, tmp_path):
+    X_train, _, _, _ = breast_cancer
+    recs = X_train.iloc[:30].to_dict("records")
+    recs[21]["mean area"] = "1001.0"              # a number in quotes: POST /predict refuses it
+    path = tmp_path / "x.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(InvalidInputError, match=r"'1001.0' \(str\) at row 21") as ei:
+        nbdeploy.score(rf_bundle.tag, path, batch_size=8, progress=False)
+    assert ei.value.row == 21 and ei.value.column == "mean area"
+    path.write_text(json.dumps(recs[0]) + "\n[1, 2, 3]\n")
+    with pytest.raises(InvalidInputError, match=r"Row 1 \(x.jsonl line 2\) is not a JSON object"):
+        nbdeploy.score(rf_bundle.tag, path, progress=False)
+
+
 def test_bad_row_stops_with_its_row_number_and_writes_nothing(rf_bundle, breast_cancer, tmp_path):
     import pandas as pd
 
