@@ -56,9 +56,11 @@ class TextExplainReport:
         return []   # the coloured text is HTML (_repr_html_, the widget), not a PNG
 
     def write_artifacts(self, model_dir: str | Path) -> list[Path]:
-        folder = Path(model_dir) / "explain"
+        from .runtime.explain import CONFIG_FILE, EXPLAIN_DIR
+
+        folder = Path(model_dir) / EXPLAIN_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "config.json"
+        path = folder / CONFIG_FILE
         path.write_text(json.dumps({"kind": "text", "methods": list(self.methods),
                                     "budget": self.budget}, indent=1), encoding="utf-8")
         return [path]

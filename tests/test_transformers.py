@@ -160,12 +160,22 @@ def test_served_labels_equal_native(text_deployment, tiny_bert, tmp_path, post):
             status, err = post(h.url + "/predict", bad)
             assert status == 400, (bad, err)
         # served explanation: per-token SHAP, additive on the served probability
-        status, ex = post(h.url + "/explain", {"inputs": held_out[:2], "method": "shap"})
+        status, ex = post(h.url + "/explain", {"inputs": held_out[:2], "method": "shap",
+                                                     "budget_s": 60})
         assert status == 200, ex
         for i, row in enumerate(ex["explanations"]):
             k = row["class_index"]
             total = row["base_value"] + sum(t["value"] for t in row["tokens"])
             assert abs(total - proba[i][k]) < 1e-4, (total, proba[i][k])
             assert [t["token"] for t in row["tokens"]]
+            assert row["evaluations"] > 0 and row["seconds"] >= 0
+        assert ex["cost"]["budget"]["budget_s"] == 60
+        status, ex = post(h.url + "/explain", {"inputs": held_out[:1], "method": "lime",
+                                               "num_samples": 50})
+        assert status == 200, ex
+        words = [t["token"] for t in ex["explanations"][0]["tokens"]]
+        assert words == held_out[0].split()
+        status, err = post(h.url + "/explain", {"inputs": held_out[:1], "max_evals": -3})
+        assert status == 400, err
     finally:
         h.stop()
