@@ -135,3 +135,27 @@ class ImagePreprocess:
         from .runtime.images import preprocess_image
 
         return preprocess_image(image, self.to_dict())
+
+
+def stat_names(spec: dict) -> list[str]:
+    """Names of :func:`nbdeploy.runtime.images.image_stats`'s columns."""
+    shape = spec["input_shape"][1:]
+    layout = spec.get("layout") or "NCHW"
+    c = (shape[0] if layout == "NCHW" else shape[-1]) if len(shape) == 3 else int(np.prod(shape[1:]))
+    return [f"mean_c{i}" for i in range(c)] + [f"std_c{i}" for i in range(c)] + ["brightness"]
+
+
+def write_image_baseline(model_dir, X: np.ndarray, spec: dict):
+    """Drift for images: PSI over per-image channel means/stds and brightness (not per pixel),
+    against the sample.  The served monitor computes the same statistics (``"image"`` key)."""
+    import json
+    from pathlib import Path
+
+    from .drift import baseline
+    from .runtime.images import image_stats
+
+    base = baseline(image_stats(X, spec), stat_names(spec))
+    base["image"] = {"input_shape": spec["input_shape"], "layout": spec.get("layout")}
+    path = Path(model_dir) / "baseline.json"
+    path.write_text(json.dumps(base), encoding="utf-8")
+    return path

@@ -318,7 +318,11 @@ class Deployment:
             progress(0.3, "rendering service")
 
             def extra(model_dir: Path) -> None:
-                if self.converted.spec.get("input_mode") != "text":   # no numeric drift bins for texts
+                if self.converted.spec.get("input_shape"):   # images: per-channel statistics
+                    from .images import write_image_baseline
+
+                    write_image_baseline(model_dir, self.converted.X, self.converted.spec)
+                elif self.converted.spec.get("input_mode") != "text":   # no numeric drift bins for texts
                     write_baseline(model_dir, self.converted.X, self.converted.schema.feature_names,
                                    columns=self.converted.spec.get("columns"))
                 if self.explanation is not None:

@@ -172,7 +172,7 @@ def _check_explain(url, m, X, images, *, post_json):
     assert all(t > r for t, r in zip(top_drops, rand_drops)), (top_drops, rand_drops)
 
 
-def test_keras_cnn_deployed_and_served(digits, post):
+def test_keras_cnn_deployed_and_served(digits, post, get):
     keras = pytest.importorskip("keras")
     pytest.importorskip("tensorflow")
     images, y = digits
@@ -193,6 +193,17 @@ def test_keras_cnn_deployed_and_served(digits, post):
     assert d.verify_report.passed
     server = d.serve()
     try:
+        # drift: per-channel statistics, not pixels; in-distribution images do not drift,
+        # inverted ones (bright background) do, on brightness
+        status, dr = get(server.url + "/drift")
+        assert status == 200, dr
+        assert [f["feature"] for f in dr["features"]] == ["mean_c0", "std_c0", "brightness"]
+        assert post(server.url + "/predict", {"inputs": X[1460:1760].tolist()})[0] == 200
+        status, dr = get(server.url + "/drift")
+        assert dr["enough_data"] and not dr["drift"], dr
+        assert post(server.url + "/predict", {"inputs": (1.0 - X[1460:1760]).tolist()})[0] == 200
+        status, dr = get(server.url + "/drift")
+        assert dr["drift"] and "brightness" in dr["drifted_features"], dr
         _check_served(server.url, X[held], images[held], native, post_json=post)
     finally:
         server.stop()

@@ -213,6 +213,7 @@ class DriftMonitor:
         self.missing = np.zeros(n_features, dtype=np.int64)
         self.rows = 0
         self._lock = threading.Lock()
+        self.image = baseline.get("image")   # image models: statistics per image (runtime/images.py)
 
     @classmethod
     def from_bundle(cls, model_dir: str | Path) -> "DriftMonitor | TableDriftMonitor | None":
@@ -225,6 +226,10 @@ class DriftMonitor:
 
     def observe(self, X: np.ndarray) -> None:
         """Count served rows into the baseline bins (bin = number of edges <= value)."""
+        if self.image:
+            from .images import image_stats
+
+            X = image_stats(X, self.image)
         idx = (X[:, :, None] >= self._edges[None, :, :]).sum(axis=2) + self._offsets
         nan = np.isnan(X)
         if nan.any():
