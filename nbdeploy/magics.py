@@ -19,6 +19,7 @@ from typing import Any
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from .errors import NbdeployError
+from .formatting import size as _size
 
 QUANTIZE_CHOICES = ("auto", "none", "int8-dynamic", "int8-static", "fp16")
 SUBCOMMANDS = ("list", "status", "stop", "logs", "traceback", "last", "score")
@@ -103,6 +104,8 @@ def build_parser() -> _Parser:
                         "int8-static or fp16")
     p.add_argument("--explain", "-e", default="shap,lime", metavar="METHODS",
                    help="shap,lime (default), shap, lime or none")
+    p.add_argument("--preprocess", metavar="EXPR", default=None,
+                   help="image models: an nbdeploy.ImagePreprocess from the notebook (name or expression)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="time budget of the benchmark step (default 20), e.g. --budget 5")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), metavar="DEVICE",
@@ -374,7 +377,9 @@ class DeployMagics(Magics):
         labels = self._resolve(args.labels, "--labels") if args.labels else None
         d = Deployment(model, sample, labels=labels, name=_unquote(args.name), task=args.task,
                        quantize=args.quantize, explain=_unquote(args.explain), device=args.device,
-                       **({"benchmark_budget_s": args.budget} if args.budget is not None else {}))
+                       **({"benchmark_budget_s": args.budget} if args.budget is not None else {}),
+                       **({"preprocess": self._resolve(args.preprocess, "--preprocess")}
+                          if args.preprocess else {}))
         self.last = d
         self.last_widget = None
         self.deployments.append(d)
@@ -460,7 +465,7 @@ class DeployMagics(Magics):
                                      "(%deploy list shows everything).")
         for b in bundles[:5]:
             print(f"{b.tag}  {b.framework or ''} {b.task or ''} variant={b.variant}  "
-                  f"created {b.created[:19]}  {b.size_bytes / 1024:.0f} KiB  {b.path}")
+                  f"created {b.created[:19]}  {_size(b.size_bytes)}  {b.path}")
         if len(bundles) > 5:
             print(f"… and {len(bundles) - 5} older versions")
         if not servers:
