@@ -60,6 +60,14 @@ def train_tiny(kind: str = "bert", steps: int = 30, seed: int = 0):
         hf_tok.model_input_names = ["input_ids", "attention_mask"]
         model = DistilBertForSequenceClassification(DistilBertConfig(
             dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, **common))
+    elif kind == "roberta":
+        from transformers import RobertaConfig, RobertaForSequenceClassification
+
+        model = RobertaForSequenceClassification(RobertaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64, pad_token_id=hf_tok.pad_token_id, type_vocab_size=1,
+            **common))
+        hf_tok.model_input_names = ["input_ids", "attention_mask"]
     else:
         from transformers import BertConfig, BertForSequenceClassification
 
@@ -109,6 +117,28 @@ def test_detect_without_importing(tiny_bert):
     from nbdeploy.adapters.hf_text import HFTextAdapter
 
     assert isinstance(detect(tiny_bert[0]), HFTextAdapter)
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "roberta"])
+def test_other_encoders_convert_and_verify(kind):
+    """DistilBERT- and RoBERTa-style encoders: ONNX logits match the native model, including a
+    text longer than the tokenizer's maximum length."""
+    from nbdeploy.convert import convert
+    from nbdeploy.runtime.model import OnnxModel
+    from nbdeploy.verify import verify
+
+    model, tok, texts, labels = train_tiny(kind, steps=5)
+    held_out, _ = make_texts(20, seed=7)
+    held_out.append(" ".join(["quite good"] * 30))
+    c = convert(model, texts[:40], tokenizer=tok)
+    assert c.spec["input_mode"] == "text" and c.spec["classes"] == ["negative", "positive"]
+    rep = verify(c, labels=labels[:40])
+    assert rep.passed, rep.summary()
+    want, proba = native_labels(model, tok, held_out)
+    out = OnnxModel(c.onnx_bytes, c.spec).run(np.asarray(held_out, dtype=object).reshape(-1, 1))
+    assert list(out["label"]) == want
+    np.testing.assert_allclose(out["probabilities"], proba, atol=1e-5)
+    assert out["tokens_dropped"][-1] > 0 and not out["tokens_dropped"][:-1].any()
 
 
 def test_bundle_carries_tokenizer_not_torch(text_deployment):
