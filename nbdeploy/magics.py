@@ -106,6 +106,8 @@ def build_parser() -> _Parser:
                    help="shap,lime (default), shap, lime or none")
     p.add_argument("--preprocess", metavar="EXPR", default=None,
                    help="image models: an nbdeploy.ImagePreprocess from the notebook (name or expression)")
+    p.add_argument("--tokenizer", metavar="TOK", default=None,
+                   help="text models: the transformers tokenizer from the notebook (name or expression)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="time budget of the benchmark step (default 20), e.g. --budget 5")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), metavar="DEVICE",
@@ -379,7 +381,9 @@ class DeployMagics(Magics):
                        quantize=args.quantize, explain=_unquote(args.explain), device=args.device,
                        **({"benchmark_budget_s": args.budget} if args.budget is not None else {}),
                        **({"preprocess": self._resolve(args.preprocess, "--preprocess")}
-                          if args.preprocess else {}))
+                          if args.preprocess else {}),
+                       **({"tokenizer": self._resolve(args.tokenizer, "--tokenizer")}
+                          if args.tokenizer else {}))
         self.last = d
         self.last_widget = None
         self.deployments.append(d)
