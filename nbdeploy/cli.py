@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from .errors import NbdeployError
+from .formatting import size as _size
 
 
 def _print_event(ev) -> None:
@@ -36,7 +37,7 @@ def cmd_list(args) -> int:
         return 0
     print(f"{'BUNDLE':<45} {'CREATED':<26} {'VARIANT':<13} {'SIZE':>9}")
     for b in bundles:
-        print(f"{b.tag:<45} {b.created[:25]:<26} {b.variant or '-':<13} {b.size_bytes / 1024:8.0f}K")
+        print(f"{b.tag:<45} {b.created[:25]:<26} {b.variant or '-':<13} {_size(b.size_bytes):>9}")
     if not bundles:
         print("(no bundles yet: try `nbdeploy demo`)")
     print(f"\n{'SERVER':<30} {'TAG':<45} {'URL':<28} HEALTH")
