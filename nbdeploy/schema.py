@@ -254,8 +254,10 @@ def infer_columns(df: Any, *, hints: dict[str, dict] | None = None) -> list[Colu
 def table_from_frame(df: Any, columns: list[ColumnSpec]) -> np.ndarray:
     """A DataFrame as a table: an object array [N, C] (floats with NaN; str or None).
 
-    Numbers are rounded to float32, the precision the ONNX graph computes in, so that the
-    native model and the graph see the same values during verification.
+    Numbers fed to a float32 graph input (``onnx_type == "float"``, also the default before
+    conversion) are rounded to float32, so that the native model and the graph see the same
+    values during verification; double inputs (e.g. HistGradientBoosting's trees) keep float64,
+    so that predictions on the user's own DataFrame equal the native model's.
     """
     out = np.empty((len(df), len(columns)), dtype=object)
     for j, col in enumerate(columns):
@@ -274,7 +276,7 @@ def table_from_frame(df: Any, columns: list[ColumnSpec]) -> np.ndarray:
                                         f"(first: row {row}).",
                                         hint="Replace them with finite numbers or NaN (missing).",
                                         expected="finite numbers or NaN", received="inf")
-            out[:, j] = v.astype(np.float32).astype(np.float64)
+            out[:, j] = v.astype(np.float32).astype(np.float64) if col.onnx_type == "float" else v
         else:
             out[:, j] = [None if _na(v) else str(v) for v in s.tolist()]
     return out

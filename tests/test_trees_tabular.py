@@ -161,6 +161,27 @@ def test_hgb_categorical_features_named_on_string_columns(frames):
     assert list(out["label"]) == list(model.predict(rows))
 
 
+def test_hgb_predictions_on_the_users_frame_keep_float64(frames):
+    """HistGradientBoosting's graph reads doubles: Deployment.predict on the user's own
+    DataFrame must not round numbers to float32 first (a value just above a split threshold
+    would fall below it)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    train, _, s, test = frames
+    model = HistGradientBoostingRegressor(max_iter=60, random_state=0).fit(train, s)
+    d = nbdeploy.deploy(model, test, name="trees-hgb-f64", quantize="none", explain="none")
+    # put incomes 1e-3 above the model's own split points for income (the binner's thresholds,
+    # the only large ones): float32 (spacing ~0.002 at 30,000) would move them onto the split
+    thresholds = max(model._bin_mapper.bin_thresholds_, key=lambda t: float(np.max(t)))
+    edge = test.copy()
+    edge["income"] = np.resize(thresholds, len(edge)) + 1e-3
+    rounded = edge.assign(income=edge["income"].astype(np.float32).astype(np.float64))
+    assert not np.allclose(model.predict(rounded), model.predict(edge)), "the rows must be sensitive"
+    got = np.asarray(d.predict(edge)["predictions"], dtype=float)
+    want = model.predict(edge)
+    assert np.allclose(got, want, rtol=1e-6, atol=1e-9), np.abs(got - want).max()
+
+
 def _hgb_pipeline(**hgb):
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
