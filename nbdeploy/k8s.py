@@ -51,7 +51,9 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
                   env: dict[str, str] | None = None, auth: str | None = None,
                   key_hashes: list[str] | None = None, oidc: dict | None = None,
                   rate_limit: str | None = None, ingress_host: str | None = None,
-                  tls_secret: str | None = None, ingress_class: str | None = None) -> list[dict]:
+                  tls_secret: str | None = None, ingress_class: str | None = None,
+                  drain_s: int = 10, canary_tag: str | None = None, canary_image: str | None = None,
+                  canary_weight: int = 10, gateway: str | None = None) -> list[dict]:
     """Manifests (as dicts) that run ``image`` (the bento ``tag``) on Kubernetes.
 
     ``auth="key"``: a Secret ``NAME-api-keys`` with ``key_hashes`` (lines of an ``nbdeploy keys``
@@ -62,6 +64,17 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
 
     ``gpu``: True or a count adds an ``nvidia.com/gpu`` limit. ``image`` should be pinned
     (``ref@sha256:...``, as :func:`nbdeploy.registry.push` returns) so rollouts are exact.
+
+    Rollouts drop nothing: RollingUpdate with ``maxUnavailable: 0, maxSurge: 1`` (a new pod is
+    ready before an old one goes), a ``preStop`` pause of ``drain_s`` seconds (endpoints stop
+    sending to a terminating pod before it stops listening), ``terminationGracePeriodSeconds``
+    above that, and a PodDisruptionBudget (``maxUnavailable: 1``: node drains evict one pod at
+    a time).
+
+    Canary: ``canary_image`` (+ ``canary_tag``) adds a Deployment ``NAME-canary`` (one replica)
+    and its Service, and a Gateway API ``HTTPRoute`` on ``gateway`` that sends
+    ``canary_weight`` percent of requests to it and the rest to the Service ``NAME``.  Promote
+    by setting ``image`` to the canary's and dropping the canary; roll back by dropping it.
     """
     if not image or not isinstance(image, str):
         raise InvalidInputError("An image reference is required.", hint="Push first: nbdeploy push TAG REF.")
@@ -76,6 +89,17 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
     if service_type not in ("ClusterIP", "NodePort", "LoadBalancer"):
         raise InvalidInputError("Unknown service type.", expected=["ClusterIP", "NodePort", "LoadBalancer"],
                                 received=service_type)
+    if not (isinstance(drain_s, int) and not isinstance(drain_s, bool) and 0 <= drain_s <= 300):
+        raise InvalidInputError("drain_s is a whole number of seconds between 0 and 300.", received=drain_s)
+    if canary_image is not None or canary_tag is not None or gateway is not None:
+        if not canary_image or not isinstance(canary_image, str) or not gateway or not isinstance(gateway, str):
+            raise InvalidInputError("A canary needs its image and the Gateway to route through.",
+                                    hint="Pass canary_image=REF@sha256:... and gateway=NAME "
+                                         "(a Gateway API Gateway in the cluster).")
+        if not (isinstance(canary_weight, int) and not isinstance(canary_weight, bool) and 0 < canary_weight < 100):
+            raise InvalidInputError("canary_weight is a percentage between 1 and 99.", received=canary_weight)
+        if not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", gateway):
+            raise InvalidInputError(f"Invalid Gateway name {gateway[:80]!r}.")
     app = name or k8s_name(tag)
     if not re.match(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", app):
         raise InvalidInputError(f"Invalid Kubernetes name {app!r}.",
@@ -111,7 +135,12 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
         "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
-    pod_spec: dict = {"containers": [container],
+    if drain_s:
+        # python3 is in every bundle image (its entrypoint); the pause lets endpoint removal
+        # reach every proxy before SIGTERM, so no request lands on a closed socket
+        container["lifecycle"] = {"preStop": {"exec": {"command": [
+            "python3", "-c", f"import time; time.sleep({drain_s})"]}}}
+    pod_spec: dict = {"terminationGracePeriodSeconds": drain_s + 30, "containers": [container],
                       "securityContext": {"runAsUser": 1034, "runAsGroup": 1034, "fsGroup": 1034}}
     extra = _auth_parts(app, meta, container, pod_spec, auth=auth, key_hashes=key_hashes, oidc=oidc,
                         rate_limit=rate_limit)
@@ -121,6 +150,7 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
         "spec": {
             "replicas": replicas,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "selector": {"matchLabels": {"app.kubernetes.io/name": app}},
             "template": {"metadata": {"labels": {**labels, **({"app.kubernetes.io/version": version_label}
                                                               if version_label else {})},
@@ -142,10 +172,56 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
                 "type": "Utilization", "averageUtilization": target_cpu}}}],
         },
     }
+    pdb = {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": copy.deepcopy(meta),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": app}}},
+    }
     out = [*extra, deployment, service, hpa]
     if ingress_host or tls_secret or ingress_class:
         out.append(_ingress(app, meta, ingress_host, tls_secret, ingress_class))
+    out.append(pdb)
+    if canary_image:
+        out += _canary(app, deployment, service, meta, canary_tag or tag, canary_image, canary_weight, gateway,
+                       namespace)
     return out
+
+
+def _canary(app: str, deployment: dict, service: dict, meta: dict, tag: str, image: str, weight: int,
+            gateway: str, namespace: str | None) -> list[dict]:
+    """A one-replica Deployment + Service of the canary (its own name label, so that the two
+    Deployments' selectors never overlap and the stable Deployment's selector stays as applied
+    before) and the HTTPRoute that splits traffic by weight."""
+    name = f"{app}-canary"[:63].rstrip("-")
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "nbdeploy",
+              "app.kubernetes.io/part-of": app}
+    cmeta = {**copy.deepcopy(meta), "name": name, "labels": labels}
+    dep = copy.deepcopy(deployment)
+    dep["metadata"] = cmeta
+    dep["spec"]["replicas"] = 1
+    dep["spec"]["selector"] = {"matchLabels": {"app.kubernetes.io/name": name}}
+    tmpl = dep["spec"]["template"]
+    version = str(tag).split(":", 1)[1] if ":" in str(tag) else "latest"
+    version_label = re.sub(r"[^A-Za-z0-9_.-]", "-", version)[:63].strip("-_.")
+    tmpl["metadata"]["labels"] = {**labels, **({"app.kubernetes.io/version": version_label} if version_label else {})}
+    tmpl["metadata"]["annotations"] = {"nbdeploy/bento": str(tag)}
+    tmpl["spec"]["containers"][0]["image"] = image
+    svc = copy.deepcopy(service)
+    svc["metadata"] = copy.deepcopy(cmeta)
+    svc["spec"] = {**svc["spec"], "type": "ClusterIP", "selector": {"app.kubernetes.io/name": name}}
+    port = service["spec"]["ports"][0]["port"]
+    parent = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway}
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {**copy.deepcopy(meta), "name": app},
+        "spec": {"parentRefs": [parent],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                            "backendRefs": [
+                                {"group": "", "kind": "Service", "name": app, "port": port, "weight": 100 - weight},
+                                {"group": "", "kind": "Service", "name": name, "port": port, "weight": weight}]}]},
+    }
+    if namespace:
+        route["metadata"]["namespace"] = namespace
+    return [dep, svc, route]
 
 
 def _auth_parts(app: str, meta: dict, container: dict, pod_spec: dict, *, auth, key_hashes, oidc,

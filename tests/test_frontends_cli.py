@@ -46,7 +46,8 @@ def test_k8s_manifests_from_cli_and_api(small_deployment, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"wrote {tmp_path / 'k8s.yaml'}"
     docs = [d for d in yaml.safe_load_all((tmp_path / "k8s.yaml").read_text()) if d]
-    assert {d["kind"] for d in docs} == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "HorizontalPodAutoscaler",
+                                         "PodDisruptionBudget"}
     for d in docs:
         kubernetes_validate.validate(d, "1.29", strict=True)
     # the API and the CLI give the same manifests for the same bundle and image

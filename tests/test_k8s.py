@@ -34,7 +34,7 @@ def _by_kind(ms):
 def test_manifests_validate_against_kubernetes_schemas(kv, gpu, version):
     ms = k8s_manifests("Iris_Model:v3", IMAGE, gpu=gpu, replicas=2, min_replicas=2, max_replicas=8,
                        target_cpu=60, namespace="ml")
-    assert [m["kind"] for m in ms] == ["Deployment", "Service", "HorizontalPodAutoscaler"]
+    assert [m["kind"] for m in ms] == ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
     for m in ms:
         kv.validate(m, version, strict=True)  # raises ValidationError on any schema violation
 
@@ -45,7 +45,7 @@ def test_written_yaml_validates_as_a_file(kv, tmp_path):
     text = path.read_text()
     assert "&id" not in text and "*id" not in text  # no YAML aliases: kubectl users read this
     docs = list(yaml.safe_load_all(text))
-    assert len(docs) == 3
+    assert len(docs) == 4   # Deployment, Service, HPA, PodDisruptionBudget
     assert kv.validate_file(str(path), K8S_VERSIONS[-1], strict=True, quiet=True, no_warn=True) == 0
 
 
@@ -116,7 +116,8 @@ def test_keys_secret_and_tls_ingress_validate(kv, version, tmp_path):
     ms = k8s_manifests("Iris_Model:v3", IMAGE, namespace="ml", auth="key",
                        key_hashes=kf.read_text().splitlines(), rate_limit="100/min",
                        ingress_host="iris.example.com", tls_secret="iris-tls", ingress_class="nginx")
-    assert [m["kind"] for m in ms] == ["Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "Ingress"]
+    assert [m["kind"] for m in ms] == ["Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "Ingress",
+                                         "PodDisruptionBudget"]
     for m in ms:
         kv.validate(m, version, strict=True)
     by = _by_kind(ms)
@@ -159,3 +160,78 @@ def test_oidc_env_and_refusals(kv):
         k8s_manifests("tiny:v1", IMAGE, rate_limit="fast")
     with pytest.raises(InvalidInputError):
         k8s_manifests("tiny:v1", IMAGE, auth="basic")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_rolling_update_drains_and_disruption_budget(kv, version):
+    """Issue 20: a rollout never has fewer ready pods than wanted, a terminating pod pauses
+    before it stops listening (within its grace period), and node drains evict one at a time."""
+    ms = k8s_manifests("tiny:v1", IMAGE, replicas=3, drain_s=7)
+    for m in ms:
+        kv.validate(m, version, strict=True)
+    by = _by_kind(ms)
+    dep, pdb = by["Deployment"], by["PodDisruptionBudget"]
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate",
+                                       "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod = dep["spec"]["template"]["spec"]
+    pre = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre[0] == "python3" and "sleep(7)" in pre[-1]
+    assert pod["terminationGracePeriodSeconds"] > 7
+    assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    no_pause = _by_kind(k8s_manifests("tiny:v1", IMAGE, drain_s=0))["Deployment"]["spec"]["template"]["spec"]
+    assert "lifecycle" not in no_pause["containers"][0] and no_pause["terminationGracePeriodSeconds"] == 30
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_canary_deployment_and_weighted_httproute(kv, version):
+    """The canary's Deployment/Service/PDB validate against the Kubernetes schemas.  HTTPRoute
+    is a Gateway API CRD that kubernetes-validate has no schema for: its shape is checked here
+    against the Gateway API v1 spec's required fields and the manifests it points at."""
+    canary_image = "registry.example.com/team/iris:v4@sha256:" + "cd" * 32
+    ms = k8s_manifests("iris:v3", IMAGE, namespace="ml", canary_tag="iris:v4", canary_image=canary_image,
+                       canary_weight=15, gateway="public-gw", auth="oidc",
+                       oidc={"issuer": "https://id.example.com", "audience": "iris"})
+    route = [m for m in ms if m["kind"] == "HTTPRoute"]
+    assert len(route) == 1
+    route = route[0]
+    for m in ms:
+        if m is not route:
+            kv.validate(m, version, strict=True)
+    deps = {m["metadata"]["name"]: m for m in ms if m["kind"] == "Deployment"}
+    svcs = {m["metadata"]["name"]: m for m in ms if m["kind"] == "Service"}
+    assert set(deps) == {"iris", "iris-canary"} and set(svcs) == {"iris", "iris-canary"}
+    stable, canary = deps["iris"], deps["iris-canary"]
+    assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == canary_image
+    assert stable["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
+    assert canary["spec"]["template"]["metadata"]["annotations"]["nbdeploy/bento"] == "iris:v4"
+    assert canary["spec"]["replicas"] == 1
+    # selectors never overlap: each Service/Deployment selects only its own pods
+    for name, dep in deps.items():
+        sel = dep["spec"]["selector"]["matchLabels"]
+        assert svcs[name]["spec"]["selector"] == sel
+        for other, od in deps.items():
+            labels = od["spec"]["template"]["metadata"]["labels"]
+            assert all(labels.get(k) == v for k, v in sel.items()) == (other == name)
+    # the canary runs with the same access control
+    envs = {d: {e["name"] for e in deps[d]["spec"]["template"]["spec"]["containers"][0]["env"]} for d in deps}
+    assert envs["iris"] == envs["iris-canary"] and "NBDEPLOY_AUTH" in envs["iris"]
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["metadata"]["namespace"] == "ml"
+    assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                            "name": "public-gw"}]
+    (rule,) = route["spec"]["rules"]
+    refs = {r["name"]: r for r in rule["backendRefs"]}
+    assert {n: r["weight"] for n, r in refs.items()} == {"iris": 85, "iris-canary": 15}
+    for n, r in refs.items():
+        assert r["kind"] == "Service" and r["port"] in [p["port"] for p in svcs[n]["spec"]["ports"]]
+    assert "kind: HTTPRoute" in to_yaml(ms)
+
+
+def test_canary_and_drain_bad_input():
+    for kw in ({"canary_image": IMAGE}, {"gateway": "gw"}, {"canary_image": IMAGE, "gateway": "gw", "canary_weight": 0},
+               {"canary_image": IMAGE, "gateway": "gw", "canary_weight": 100},
+               {"canary_image": IMAGE, "gateway": "Bad Name!"}, {"drain_s": -1}, {"drain_s": 3600},
+               {"drain_s": True}):
+        with pytest.raises(InvalidInputError):
+            k8s_manifests("tiny:v1", IMAGE, **kw)
