@@ -571,7 +571,7 @@ def _arrow_chunks(dataset: Any, columns: list[str], batch_size: int, kind: str, 
     import pyarrow as pa
 
     start = 0
-    numeric = _numeric_names(scorer)
+    numeric = _numeric_names(scorer, columns)
     try:
         for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
             if batch.num_rows == 0:
@@ -587,10 +587,16 @@ def _arrow_chunks(dataset: Any, columns: list[str], batch_size: int, kind: str, 
                                 hint="Check the file at that point.") from exc
 
 
-def _numeric_names(scorer: Scorer) -> set[str]:
+def _numeric_names(scorer: Scorer, columns: list[str]) -> set[str]:
+    """The file's columns that feed numeric inputs: by name, or by position when the file's
+    header does not carry the model's names (e.g. a model fit on a numpy array)."""
+    by_name = bool(scorer.names) and set(scorer.names) <= set(columns)
     if scorer.table:
-        return {c["name"] for c in scorer.columns if c.get("kind") in ("numeric", "boolean")}
-    return set(scorer.feature_names) | set(scorer.names)
+        kinds = [c.get("kind") in ("numeric", "boolean") for c in scorer.columns]
+        if by_name:
+            return {c["name"] for c, k in zip(scorer.columns, kinds) if k}
+        return {name for name, k in zip(columns, kinds) if k}
+    return set(scorer.names) if by_name else set(columns)
 
 
 def _csv_frame(batch: Any, numeric: set[str]) -> Any:

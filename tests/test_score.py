@@ -389,3 +389,21 @@ def test_progress_default_in_a_notebook_is_nbdeploys_step_row(rf_bundle, rf_mode
     P = rf_model.predict_proba(X_test)
     d = np.abs(P[:, 1] - P[:, 0]) > 1e-6
     np.testing.assert_array_equal(pred[d], rf_model.predict(X_test)[d])
+
+
+def test_regressor_array_and_csv(regression_data, tmp_path):
+    import pandas as pd
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    X, y = regression_data
+    model = GradientBoostingRegressor(n_estimators=50, random_state=0).fit(X, y)
+    d = nbdeploy.deploy(model, X[:100], name="score-reg", explain="none", quantize="none")
+    out = nbdeploy.score(d.tag, X, progress=False)
+    assert list(out.columns) == ["prediction"]
+    np.testing.assert_allclose(out["prediction"].to_numpy(), model.predict(X), rtol=1e-5, atol=1e-3)
+    pd.DataFrame(X).to_csv(tmp_path / "x.csv", index=False)        # header "0".."7": by position
+    res = nbdeploy.score(d.tag, tmp_path / "x.csv", output=tmp_path / "o.csv", progress=False)
+    assert res.rows == len(X)
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "o.csv")["prediction"].to_numpy(),
+                               model.predict(pd.read_csv(tmp_path / "x.csv").to_numpy()),
+                               rtol=1e-5, atol=1e-3)
