@@ -418,7 +418,8 @@ class DeployWidget(W.VBox):
         self.stop_button.disabled = s is None
         if s is not None:
             self.server_html.value = (f"serving at <a href='{_esc(s.url)}' target='_blank'>"
-                                      f"{_esc(s.url)}</a> (pid {s.pid})")
+                                      f"{_esc(s.url)}</a> · <a href='{_esc(s.url)}/docs' "
+                                      f"target='_blank'>API docs</a> (pid {s.pid})")
         else:
             self.server_html.value = "<i>not serving</i>"
         self._update_snippets(s.url if s is not None else None)

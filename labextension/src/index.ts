@@ -4,7 +4,9 @@
  * Jupyter server extension (REST under {baseUrl}nbdeploy/); nothing here talks to BentoML.
  *
  * Rendering uses textContent only (never innerHTML with data), so names and messages from the
- * server cannot inject markup.
+ * server cannot inject markup.  The one exception is the report tab (ReportView): it shows the
+ * HTML report the server renders (every value escaped there) in an iframe sandboxed without
+ * scripts, so even markup that slipped through could not run.
  */
 import {
   ILayoutRestorer,
