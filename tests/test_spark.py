@@ -102,6 +102,13 @@ def test_score_map_in_pandas_with_shap(spark, shap_bundle, rf_model, breast_canc
     np.testing.assert_allclose(out["shap_base"] + phi.sum(axis=1), P[:, 1], atol=1e-5)
     sv = shap.TreeExplainer(rf_model).shap_values(X.to_numpy(dtype=np.float32))
     np.testing.assert_allclose(phi, sv[:, :, 1] if np.ndim(sv) == 3 else sv[1], atol=1e-5)
+    # the explain UDF: a struct column with the same fields
+    explain = nbspark.explain_udf(spark, shap_bundle.tag)
+    got = sdf.select("id", explain(*[sdf[c] for c in X.columns]).alias("e")).select("id", "e.*") \
+        .toPandas()
+    got = got.assign(i=got["id"].str[1:].astype(int)).sort_values("i").reset_index(drop=True)
+    np.testing.assert_allclose(got[[f"shap_{c}" for c in X.columns]].to_numpy(), phi, atol=5e-7)
+    np.testing.assert_allclose(got["shap_base"].to_numpy(), out["shap_base"].to_numpy(), atol=5e-7)
     # the same answers as nbdeploy.score on the driver (to float32 rounding: onnxruntime's sums
     # over trees run in an order that depends on the batch, and Spark's batches are others)
     local = nbdeploy.score(shap_bundle.tag, X, explain=True, progress=False)
