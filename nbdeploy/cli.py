@@ -127,7 +127,11 @@ def cmd_rollout_status(args) -> int:
         if v:
             share = st["weight"] if role == "canary" else 1 - st["weight"]
             print(f"{role}\t{v['tag']}\t{share:.0%} of requests\t{v['requests']} answered\t"
-                  f"errors {v['error_rate']:.2%}\tmean {v['mean_ms']:.2f} ms")
+                  f"errors {v['error_rate']:.2%}\tmean {v['mean_ms']:.2f} ms"
+                  + (f"\tpredictions differing from the primary: {v['differ_share']:.1%} of "
+                     f"{v['compared_rows']} rows" if v.get("differ_share") is not None else "")
+                  + ("\tdrift: " + (", ".join(v["drift"]["drifted_features"]) or "none")
+                     if (v.get("drift") or {}).get("drifted_features") is not None else ""))
     for e in st.get("events", [])[-5:]:
         print(f"event\t{e.get('op')} {e.get('tag')}" + (f" ({e['reason']})" if e.get("reason") else ""))
     return 0

@@ -90,8 +90,9 @@ def versions(ref_copy, rf_model, breast_cancer):
     v1 = ref_copy("canaried")
     model2 = RandomForestClassifier(n_estimators=5, max_depth=2, random_state=1).fit(X_train, y_train)
     v2 = nbdeploy.deploy(model2, X_test, name="canaried", explain="none", quantize="none").tag
-    rows = X_test.values[:3].tolist()
-    expected = {v1: rf_model.predict_proba(X_test.iloc[:3]), v2: model2.predict_proba(X_test.iloc[:3])}
+    idx = [0, 1, 17]                  # the two models disagree on the label of row 17 only
+    rows = X_test.values[idx].tolist()
+    expected = {v1: rf_model.predict_proba(X_test.iloc[idx]), v2: model2.predict_proba(X_test.iloc[idx])}
     assert not np.allclose(expected[v1], expected[v2])
     yield v1, v2, rows, expected
     for h in serve.find("canaried"):
@@ -130,6 +131,13 @@ def test_canary_share_promote_and_rollback_under_load(versions, get):
         assert st["canary"]["tag"] == v2 and st["weight"] == pytest.approx(0.2)
         assert st["canary"]["requests"] > 0 and st["primary"]["requests"] > 0
         assert st["canary"]["error_rate"] == 0.0
+        # 1 in 4 canary requests is also predicted by the primary: the share of rows whose
+        # predictions differ is what the two models say on these rows
+        labels = {t: np.argmax(e, axis=1) for t, e in expected.items()}
+        assert 0 < np.mean(labels[v1] != labels[v2]) < 1
+        assert st["canary"]["compared_rows"] >= 3 * 50
+        assert st["canary"]["differ_share"] == pytest.approx(np.mean(labels[v1] != labels[v2]))
+        assert "drift" in st["canary"] and "drift" in st["primary"]
         # after promote: only v2 (a few requests already admitted may still come from v1)
         tail = _by_version(load.results[after_promote + 50:before_rollback], expected)
         assert set(tail) == {v2}

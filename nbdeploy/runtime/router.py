@@ -41,6 +41,9 @@ from pathlib import Path
 log = logging.getLogger("nbdeploy.router")
 ADMIN = "/__nbdeploy__/"
 MODEL_ROUTES = ("/predict", "/api/predict", "/explain", "/api/explain")
+#: one canary /predict in this many is also run through the primary, to count differing predictions
+COMPARE_EVERY = 4
+COMPARE_MAX_BYTES = 1 << 20
 
 
 def _runtime_package(src: Path):
@@ -84,6 +87,8 @@ class Version:
         except (ImportError, AttributeError):
             pass
         self.runtime.load()
+        self.compared = 0      # canary rows also run through the primary
+        self.differ = 0        # ... whose predictions differed
 
     def model_stats(self) -> dict:
         """Requests, errors (4xx/5xx) and mean seconds on the model routes so far."""
@@ -123,6 +128,7 @@ class Router:
         self.guard_base: dict | None = None
         self.events: list[dict] = []             # rollouts, promotions, rollbacks (last 50)
         self.lock = asyncio.Lock()               # one control operation at a time
+        self._seen = 0                           # canary /predict requests (1 in COMPARE_EVERY compared)
 
     def pending(self) -> int:
         return len(self.server.server_state.tasks) if self.server is not None else 0
@@ -142,6 +148,10 @@ class Router:
                 self._acc += self.weight
                 if self._acc >= 1.0:
                     self._acc -= 1.0
+                    if scope["path"] == "/predict" and scope["method"] == "POST":
+                        self._seen += 1
+                        if self._seen % COMPARE_EVERY == 0:
+                            return await self._compared(canary, scope, receive, send)
                     return await canary.app(scope, receive, self._tagged(send, canary.tag))
                 primary = self.primary
                 return await primary.app(scope, receive, self._tagged(send, primary.tag))
@@ -156,6 +166,44 @@ class Router:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         return await self.primary.app(scope, receive, send)
+
+    async def _compared(self, canary: Version, scope, receive, send):
+        """Answer with the canary, then run the same rows through the primary (after the answer
+        went out) and count the rows whose predictions differ."""
+        chunks: list[bytes] = []
+        size = [0]
+        answer: list[bytes] = []
+        status = [0]
+
+        async def rec():
+            msg = await receive()
+            if msg.get("type") == "http.request" and size[0] <= COMPARE_MAX_BYTES:
+                chunks.append(msg.get("body", b""))
+                size[0] += len(chunks[-1])
+            return msg
+
+        tagged = self._tagged(send, canary.tag)
+
+        async def snd(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body" and status[0] == 200:
+                answer.append(message.get("body", b""))
+            await tagged(message)
+
+        await canary.app(scope, rec, snd)
+        primary = self.primary
+        if status[0] != 200 or size[0] > COMPARE_MAX_BYTES or primary is None or primary is canary:
+            return
+        try:
+            body = json.loads(b"".join(chunks))
+            mine = json.loads(b"".join(answer)).get("predictions")
+            theirs = primary.runtime.predict(body).get("predictions")
+        except Exception:  # noqa: BLE001 - the comparison never fails a request
+            return
+        if isinstance(mine, list) and isinstance(theirs, list) and len(mine) == len(theirs):
+            canary.compared += len(mine)
+            canary.differ += sum(1 for a, b in zip(mine, theirs) if a != b)
 
     @staticmethod
     def _tagged(send, tag: str):
@@ -184,6 +232,14 @@ class Router:
                          f'{1.0 - (self.weight if self.canary else 0.0)}')
         if self.canary is not None:
             extra.append(f'nbdeploy_version_weight{{version="{self.canary.tag}",role="canary"}} {self.weight}')
+        if self.canary is not None:
+            c = self.canary
+            extra += ["# HELP nbdeploy_canary_compared_rows_total Canary rows also predicted by the primary",
+                      "# TYPE nbdeploy_canary_compared_rows_total counter",
+                      f'nbdeploy_canary_compared_rows_total{{version="{c.tag}"}} {c.compared}',
+                      "# HELP nbdeploy_canary_differing_rows_total ... whose predictions differed",
+                      "# TYPE nbdeploy_canary_differing_rows_total counter",
+                      f'nbdeploy_canary_differing_rows_total{{version="{c.tag}"}} {c.differ}']
         rolled = sum(1 for e in self.events if e.get("by") == "guard")
         extra += ["# HELP nbdeploy_guard_rollbacks_total Canaries the guard rolled back",
                   "# TYPE nbdeploy_guard_rollbacks_total counter", f"nbdeploy_guard_rollbacks_total {rolled}"]
@@ -200,8 +256,19 @@ class Router:
             if v is None:
                 return None
             n, err, mean = _rate(v.model_stats(), base or {"requests": 0, "errors": 0, "seconds": 0.0})
-            return {"tag": v.tag, "src": str(v.src), "requests": n, "error_rate": round(err, 6),
-                    "mean_ms": round(mean * 1000, 4)}
+            out = {"tag": v.tag, "src": str(v.src), "requests": n, "error_rate": round(err, 6),
+                   "mean_ms": round(mean * 1000, 4)}
+            if v is self.canary:
+                out["compared_rows"] = v.compared
+                out["differ_share"] = round(v.differ / v.compared, 6) if v.compared else None
+            if v.runtime.drift is not None:
+                try:
+                    r = v.runtime.drift.report()
+                    out["drift"] = {k: r.get(k) for k in ("drift", "drifted_features", "observed_rows",
+                                                          "enough_data")}
+                except Exception:  # noqa: BLE001 - status must answer
+                    out["drift"] = None
+            return out
 
         return {"primary": desc(self.primary, self.guard_base),
                 "canary": desc(self.canary), "weight": self.weight if self.canary else 0.0,
