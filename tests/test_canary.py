@@ -223,3 +223,43 @@ def test_admin_socket_needs_the_token_and_the_public_port_hides_it(versions):
         assert serve.rollout_status("canaried")["events"] == []
     finally:
         h.stop()
+
+
+def test_cli_canary_status_promote_rollback(versions, post):
+    import os
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "nbdeploy.cli", *args], capture_output=True, text=True,
+                              env=dict(os.environ), timeout=120)
+
+    v1, v2, rows, expected = versions
+    port = serve.free_port()
+    try:
+        assert cli("serve", v1, "--stable", "--port", str(port)).returncode == 0
+        url = f"http://127.0.0.1:{port}"
+        out = cli("rollout", "canaried", v2, "--canary", "50", "--guard-error-rate", "0.1")
+        assert out.returncode == 0, out.stderr
+        assert "50% of requests" in out.stdout and "nbdeploy promote canaried" in out.stdout
+        answers = [post(url + "/predict", {"inputs": rows}) for _ in range(40)]
+        assert {s for s, _ in answers} == {200}
+        got = [np.asarray(b["probabilities"]) for _, b in answers]
+        assert sum(np.allclose(g, expected[v2], atol=1e-5) for g in got) == 20   # 50%, exactly
+        out = cli("status", "canaried")
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0].startswith(f"primary\t{v1}\t50% of requests\t20 answered")
+        assert lines[1].startswith(f"canary\t{v2}\t50% of requests\t20 answered")
+        status = json.loads(cli("status", "canaried", "--json").stdout)
+        assert status["guard"] == {"max_error_rate": 0.1}
+        out = cli("promote", "canaried")
+        assert out.returncode == 0 and out.stdout.strip() == f"{url} now serves {v2}"
+        out = cli("rollback", "canaried")
+        assert out.returncode == 0 and out.stdout.strip() == f"{url} now serves {v1}"
+        np.testing.assert_allclose(post(url + "/predict", {"inputs": rows})[1]["probabilities"], expected[v1],
+                                   atol=1e-5)
+        out = cli("rollout", "canaried", v2, "--canary", "150")
+        assert out.returncode != 0 and "percentage" in out.stderr
+    finally:
+        serve.stop("canaried")
