@@ -371,8 +371,9 @@ class Deployment:
         previous = find(self.name)
         note = ""
         try:
-            if (len(previous) == 1 and previous[0].stable and port is None and not options
-                    and engine == previous[0].engine):
+            # (a stable address serves every version through nbdeploy.runtime.router, whatever
+            # the engine asked for)
+            if len(previous) == 1 and previous[0].stable and port is None and not options:
                 note = f" (rolled over from {previous[0].tag}, same address)"
                 self.server = rollout(previous[0].id, self.tag, timeout=timeout)
             else:
