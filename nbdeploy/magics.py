@@ -312,6 +312,7 @@ class DeployMagics(Magics):
             return getattr(self, f"_cmd_{head}")(args)
         args = build_parser().parse_args(tokens)
         if args.sample is None:   # checked here so a misspelt --sampel is reported as such
+            self._resolve(args.model, "model")   # an undefined model first: the fix below needs it
             raise ArgumentError("%deploy: --sample is required.",
                                 hint=f"Pass a few hundred rows of real input: %deploy {args.model} "
                                      "--sample X_test")
