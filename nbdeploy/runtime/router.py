@@ -160,7 +160,12 @@ class Router:
             while True:
                 msg = await receive()
                 if msg["type"] == "lifespan.startup":
-                    asyncio.get_running_loop().create_task(self._watch())
+                    # what uvicorn set up after the first version loaded lives as long as the
+                    # process too: out of the collector's reach, as the direct engine does
+                    if os.environ.get("NBDEPLOY_GC_FREEZE", "1") != "0":
+                        gc.collect()
+                        gc.freeze()
+                    self._watcher = asyncio.get_running_loop().create_task(self._watch())
                     await send({"type": "lifespan.startup.complete"})
                 elif msg["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
