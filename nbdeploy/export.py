@@ -56,6 +56,8 @@ _PROVIDERS = {"bentoml": ("bentoml",), "onnxruntime": ("onnxruntime", "onnxrunti
               "fastapi": ("fastapi",), "PIL": ("pillow",), "onnx": ("onnx",)}
 #: import names that the runtime imports lazily, only for the explanation methods it serves
 _EXPLAIN_ONLY = {"shap", "lime", "sklearn", "scipy"}
+# imported lazily by the runtime only for one kind of input (see _input_modules)
+_INPUT_ONLY = {"PIL", "tokenizers"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,6 +423,24 @@ def _explain_modules(src: Path) -> set[str]:
     return out
 
 
+def _input_modules(src: Path) -> set[str]:
+    """Modules the runtime imports for the bundle's kind of input, from its own spec: Pillow
+    for images (``preprocess``), tokenizers for text models (``input_mode == "text"``)."""
+    path = src / "model" / "spec.json"
+    if not path.is_file():
+        return set()
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return set(_INPUT_ONLY)       # unreadable: ask for everything
+    out = set()
+    if spec.get("preprocess"):
+        out.add("PIL")
+    if spec.get("input_mode") == "text":
+        out.add("tokenizers")
+    return out
+
+
 def _problems(root: Path, *, portability: bool = True) -> list[str]:
     """Problems of a bundle folder: a bento (``bento.yaml``) or a staged ``src`` folder."""
     is_bento = (root / "bento.yaml").is_file()
@@ -459,6 +479,7 @@ def _problems(root: Path, *, portability: bool = True) -> list[str]:
             problems.append(f"requirements include {dist}, which the served bundle does not need "
                             "(notebook-only or the build tool)")
     explain_needs = _explain_modules(src)
+    input_needs = _input_modules(src)
     local = {p.stem for p in src.glob("*.py")} | {p.name for p in src.iterdir() if p.is_dir()} \
         if src.is_dir() else set()
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
@@ -469,8 +490,9 @@ def _problems(root: Path, *, portability: bool = True) -> list[str]:
         except SyntaxError as exc:
             problems.append(f"{rel} does not parse: {exc.msg} (line {exc.lineno})")
             continue
-        # explanation libraries are imported lazily, and only for the methods the bundle serves
-        needed = eager | (lazy - _EXPLAIN_ONLY) | (lazy & explain_needs)
+        # explanation and input libraries are imported lazily, and only for the methods and the
+        # kind of input the bundle serves
+        needed = eager | (lazy - _EXPLAIN_ONLY - _INPUT_ONLY) | (lazy & (explain_needs | input_needs))
         for mod in sorted(needed - stdlib - local):
             if mod == "nbdeploy" or NOTEBOOK_ONLY.match(_norm(mod)):
                 problems.append(f"{rel} imports {mod}, a notebook-only package")

@@ -172,6 +172,23 @@ def test_check_bundle_finds_each_problem(deployed, tmp_path):
         bentoml.bentos.delete(bad_tag)
 
 
+def test_input_libraries_are_needed_only_for_their_kind_of_input(deployed, tmp_path):
+    """Every bundle carries the whole runtime, whose image and text modules import Pillow and
+    tokenizers lazily: a tabular bundle needs neither; a bundle whose spec says it takes images
+    or text must pin the library (the check reads the bundle's own spec.json)."""
+    d, _ = deployed
+    copy = tmp_path / "bento"
+    shutil.copytree(d.path, copy)
+    problems = "\n".join(check_bundle(copy))
+    assert "PIL" not in problems and "tokenizers" not in problems, problems
+    spec_path = copy / "src" / "model" / "spec.json"
+    spec = json.loads(spec_path.read_text())
+    spec_path.write_text(json.dumps(dict(spec, input_mode="text", preprocess={"size": [8, 8]})))
+    problems = "\n".join(check_bundle(copy))
+    assert "imports tokenizers but no requirement provides it" in problems, problems
+    assert "imports PIL but no requirement provides it" in problems, problems
+
+
 def test_bundle_from_an_onnx_file_does_not_refer_to_its_path(tmp_path):
     from skl2onnx import to_onnx
     from sklearn.datasets import load_breast_cancer
