@@ -329,7 +329,10 @@ def snippets(d: Any, url: str | None, default_url: str = "http://127.0.0.1:3000"
                              float(f"{v:.7g}") if isinstance(v, float) else v)
                for col, v in zip(c.columns, c.X[0])}
     else:
-        row = [float(f"{float(v):.7g}") for v in c.X[0]]
+        # 7 significant digits: what a float32 holds, without 122.800003-style noise
+        row = [float(f"{float(v):.7g}") if isinstance(v, float) or getattr(getattr(v, "dtype", None),
+                                                                          "kind", "") == "f"
+               else (v.item() if hasattr(v, "item") else v) for v in c.X[0]]
     base = url or default_url
     body = _json.dumps({"inputs": [row]})
     note = "" if url else f"# first: bentoml serve {d.tag}\n"
@@ -389,9 +392,17 @@ def deployment_html(d: Any, *, snippets: dict | None = None) -> str:
     parts.append("<div class='nbd-scroll'><table>" + "".join(rows) + "</table></div>")
     if d.converted is not None:
         plots = _plots(d)
-        for sec in (summary_section(d), benchmark_section(d, plots), quantization_section(d, plots),
-                    explanation_section(d, plots), serving_section(d), _bundle_section(d, snippets)):
-            parts.append(sec)
+        for title, render in (("Summary", lambda: summary_section(d)),
+                              ("Benchmark", lambda: benchmark_section(d, plots)),
+                              ("Quantization", lambda: quantization_section(d, plots)),
+                              ("Explanations", lambda: explanation_section(d, plots)),
+                              ("Serving", lambda: serving_section(d)),
+                              ("Bundle", lambda: _bundle_section(d, snippets))):
+            try:   # a result of a shape this report does not know must not hide the others
+                parts.append(render())
+            except Exception as exc:
+                parts.append(section(title, f"<p class='nbd-note'>Could not show this part: "
+                                            f"{_e(type(exc).__name__)}: {_e(str(exc)[:200])}</p>"))
     parts.append("</div>")
     return "".join(parts)
 
