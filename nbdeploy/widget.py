@@ -431,6 +431,8 @@ class DeployWidget(W.VBox):
             row = {c["name"]: (None if isinstance(v, float) and v != v else
                                float(f"{v:.7g}") if isinstance(v, float) else v)
                    for c, v in zip(d.converted.columns, d.converted.X[0])}
+        elif d.converted is not None and d.converted.spec.get("input_mode") == "text":
+            row = str(d.converted.X[0, 0])   # a text model takes strings (issue 21)
         else:
             row = [float(f"{float(v):.7g}") for v in d.converted.X[0]] if d.converted is not None else []
         base = url or DEFAULT_URL
@@ -576,6 +578,10 @@ def kv_html(info: dict) -> str:
 
 def row_html(r: dict, max_features: int = 15) -> str:
     """One row's explanation (an ``explain_row`` answer) as a table, largest contributions first."""
+    if "tokens" in r:   # a text model: the text with tokens coloured by contribution (issue 21)
+        from .explain_text import token_html
+
+        return token_html(r)
     names = r.get("feature_names") or []
     values = r.get("values") or []
     contrib = list(r.get("contributions") or [])

@@ -209,3 +209,26 @@ def test_served_labels_equal_native(text_deployment, tiny_bert, tmp_path, post):
         assert status == 400, err
     finally:
         h.stop()
+
+
+def test_widget_colours_tokens(text_deployment):
+    """The widget shows the text with each token coloured by its SHAP value (and LIME on demand)."""
+    import re
+
+    from nbdeploy.widget import DeployWidget
+
+    d = text_deployment
+    w = DeployWidget(d)
+    w.refresh()
+    row = d.explanation.rows[0]
+    page = w.explanation_html.value
+    spans = re.findall(r'<span title="([+-][0-9.]+)"[^>]*>([^<]*)</span>', page)
+    assert spans, page[:500]
+    first = [t for t in row["tokens"]]
+    assert [s[1] for s in spans[:len(first)]] == [t["token"] for t in first]
+    assert [float(s[0]) for s in spans[:len(first)]] == pytest.approx([t["value"] for t in first], abs=1e-4)
+    w.row_picker.value, w.method_picker.value = 1, "lime"
+    w._on_explain()
+    html_out = "".join(getattr(c, "value", "") for c in w.row_output.children)
+    words = re.findall(r'<span title="[+-][0-9.]+"[^>]*>([^<]*)</span>', html_out)
+    assert words == str(d.converted.X[1, 0]).split()
