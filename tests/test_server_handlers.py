@@ -337,7 +337,7 @@ async def test_push_job_to_an_unreachable_registry_fails_with_502(jp_fetch, bund
     failed = await _wait_job(jp_fetch, _json(r), timeout=300)
     assert failed["status"] == "failed" and failed["http_status"] == 502, failed
     err = failed["error"]
-    assert err["error"] == "RegistryError" and err["message"].startswith("Cannot reach registry 127.0.0.1:")
+    assert err["error"] == "RegistryUnreachableError" and err["message"].startswith("Cannot reach registry 127.0.0.1:")
     assert "Check the registry address" in err["hint"] and "Traceback" not in json.dumps(failed)
 
 
