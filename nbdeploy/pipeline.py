@@ -216,6 +216,9 @@ class Deployment:
                           time_budget_s=self.benchmark_budget_s, progress=progress)
             if self.quantize_tolerance is not None:
                 kwargs["tolerance"] = self.quantize_tolerance
+            sizes = getattr(self.converted.adapter, "bench_batch_sizes", None)
+            if sizes:   # text models: batch 1 and 16 (a 2048-text native batch would eat the budget)
+                kwargs["batch_sizes"] = list(sizes)
             self.optimized = optimize(self.converted, **kwargs)
             return self.optimized.benchmark_summary()
 

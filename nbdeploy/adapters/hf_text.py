@@ -33,6 +33,8 @@ class HFTextAdapter(Adapter):
     framework = "transformers"
     input_kind = "text"
     has_native_pickle = False
+    #: what the benchmark (and so the int8 gate) measures: transformer batches are costly
+    bench_batch_sizes = (1, 16)
     explain_note = ("Text: SHAP's partition explainer with a Text masker over the served ONNX "
                     "graph; each token is a player (masked tokens become the mask token), so "
                     "base + sum(values) equals the served output exactly.")
