@@ -263,3 +263,31 @@ def test_cli_canary_status_promote_rollback(versions, post):
         assert out.returncode != 0 and "percentage" in out.stderr
     finally:
         serve.stop("canaried")
+
+
+def test_swapped_out_versions_are_freed(versions):
+    """The router holds one version, two while a canary runs, and frees the old one after a
+    switch (its onnxruntime session and app), however many rollouts follow."""
+    v1, v2, _, _ = versions
+
+    def in_memory(want, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = serve.rollout_status("canaried")["versions_in_memory"]
+            if got == sorted(want):
+                return got
+            time.sleep(0.25)
+        raise AssertionError(f"in memory: {got}, expected {sorted(want)}")
+
+    h = serve.start(v1, stable=True)
+    try:
+        in_memory([v1])
+        serve.rollout("canaried", v2, canary=30)
+        in_memory([v1, v2])
+        serve.rollback("canaried")
+        in_memory([v1])
+        for tag in (v2, v1, v2):
+            serve.rollout("canaried", tag)
+            in_memory([tag])
+    finally:
+        h.stop()

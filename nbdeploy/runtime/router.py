@@ -36,6 +36,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 log = logging.getLogger("nbdeploy.router")
@@ -44,6 +45,8 @@ MODEL_ROUTES = ("/predict", "/api/predict", "/explain", "/api/explain")
 #: one canary /predict in this many is also run through the primary, to count differing predictions
 COMPARE_EVERY = 4
 COMPARE_MAX_BYTES = 1 << 20
+#: every Version still in memory (routed to or not): a swapped-out version must leave it
+_ALIVE: "weakref.WeakSet[Version]" = weakref.WeakSet()
 
 
 def _runtime_package(src: Path):
@@ -89,6 +92,7 @@ class Version:
         self.runtime.load()
         self.compared = 0      # canary rows also run through the primary
         self.differ = 0        # ... whose predictions differed
+        _ALIVE.add(self)
 
     def model_stats(self) -> dict:
         """Requests, errors (4xx/5xx) and mean seconds on the model routes so far."""
@@ -277,7 +281,8 @@ class Router:
 
         return {"primary": desc(self.primary, self.guard_base),
                 "canary": desc(self.canary), "weight": self.weight if self.canary else 0.0,
-                "previous": self.previous, "guard": self.guard, "events": self.events[-20:]}
+                "previous": self.previous, "guard": self.guard, "events": self.events[-20:],
+                "versions_in_memory": sorted(v.tag for v in list(_ALIVE))}
 
     def _event(self, **kw) -> None:
         self.events = (self.events + [dict(kw, at=round(time.time(), 3))])[-50:]
