@@ -347,7 +347,12 @@ class Deployment:
         return self.bundle.tag
 
     def _explain_requirements(self) -> list[str] | None:
-        return self.explanation.requirements() if self.explanation is not None else None
+        reqs = self.explanation.requirements() if self.explanation is not None else None
+        if self.converted is not None and self.converted.spec.get("preprocess"):
+            from importlib.metadata import version   # image bundles decode files with Pillow
+
+            reqs = list(reqs or []) + [f"pillow=={version('pillow')}"]
+        return reqs
 
     # -- after the pipeline --------------------------------------------------------------------
     @property

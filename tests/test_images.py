@@ -123,6 +123,9 @@ def test_torch_cnn_deployed_and_served(torch_cnn, post, get):
     spec = d.chosen_spec
     assert spec["input_shape"] == [None, 1, 8, 8] and spec["layout"] == "NCHW"
     assert d.verify_report.passed
+    with open(os.path.join(str(d.path), "env", "python", "requirements.txt")) as f:
+        reqs = f.read().lower()
+    assert "pillow==" in reqs and "torch" not in reqs    # decoded with Pillow, not torchvision
     server = d.serve()
     try:
         status, meta = get(server.url + "/metadata")
