@@ -189,6 +189,13 @@ def summary_section(d: Any) -> str:
                      "ONNX size": F.size(len(c.onnx_bytes))})
         if c.spec.get("classes") is not None:
             info["classes"] = ", ".join(map(str, c.spec["classes"]))[:200]
+        if c.spec.get("input_shape"):      # image / N-D models (issue 22)
+            pre = c.spec.get("preprocess")
+            info["input"] = (f"{['N', *c.spec['input_shape'][1:]]} {c.spec.get('layout')} "
+                             f"{c.spec.get('dtype', 'float32')}" + (
+                                 f"; images: {pre['mode']} {pre['size'][0]}x{pre['size'][1]}, "
+                                 f"mean {pre['mean']}, std {[round(v, 4) for v in pre['std']]}"
+                                 if pre else ""))
     info["device"] = d.device
     if d.optimized is not None:
         info["chosen variant"] = d.chosen_variant

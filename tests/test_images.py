@@ -123,6 +123,9 @@ def test_torch_cnn_deployed_and_served(torch_cnn, post, get):
     spec = d.chosen_spec
     assert spec["input_shape"] == [None, 1, 8, 8] and spec["layout"] == "NCHW"
     assert d.verify_report.passed
+    from nbdeploy.report import summary_section     # what the widget and the report show
+    summary = summary_section(d)
+    assert "[&#x27;N&#x27;, 1, 8, 8] NCHW" in summary or "['N', 1, 8, 8] NCHW" in summary, summary
     with open(os.path.join(str(d.path), "env", "python", "requirements.txt")) as f:
         reqs = f.read().lower()
     assert "pillow==" in reqs and "torch" not in reqs    # decoded with Pillow, not torchvision
@@ -268,3 +271,60 @@ def test_int8_static_per_channel_cnn_faster_and_as_accurate(digits):
                 s.run(None, {"input": xb})
                 best[name] = min(best[name], time.perf_counter() - t)
         assert best["int8"] * 1.3 < best["fp32"], (batch, best)
+
+
+def test_sequence_input_n_t_f_converts_and_verifies():
+    """[N, T, F] (a GRU over 6 steps of 5 features) converts and verifies like a 2-D model."""
+    from nbdeploy.convert import convert
+    from nbdeploy.verify import verify
+
+    class Seq(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(5, 8, batch_first=True)
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            out, _ = self.gru(x)
+            return self.fc(out[:, -1])
+
+    torch.manual_seed(0)
+    X = np.random.default_rng(0).normal(size=(120, 6, 5)).astype(np.float32)
+    m = Seq().eval()
+    c = convert(m, X)
+    assert c.spec["input_shape"] == [None, 6, 5] and c.spec["layout"] == "NTF" and c.X.shape == (120, 30)
+    rep = verify(c)
+    assert rep.passed, rep.summary()
+    from nbdeploy.runtime.model import OnnxModel
+    served = OnnxModel(c.onnx_bytes, c.spec).run(X.reshape(120, -1))["label"]
+    assert (served == m(torch.from_numpy(X)).argmax(1).numpy()).all()
+
+
+def test_image_runtime_units():
+    """Parsing and preprocessing pieces without a server: Pillow output equals the numpy
+    formula; the pixel cap and bad bodies are ClientErrors (400/413)."""
+    from nbdeploy.images import ImagePreprocess
+    from nbdeploy.runtime.images import parse_body
+    from nbdeploy.runtime.validation import ClientError
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(12, 10, 3)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="PNG")
+    pre = ImagePreprocess(size=(12, 10), mode="RGB", mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3])
+    row = pre(buf.getvalue())
+    want = ((rgb / 255.0 - [0.5, 0.4, 0.3]) / [0.2, 0.25, 0.3]).transpose(2, 0, 1).reshape(-1)
+    np.testing.assert_allclose(row, want, atol=1e-5)
+    spec = {"input_shape": [None, 3, 12, 10], "layout": "NCHW", "preprocess": pre.to_dict()}
+    small = dict(spec, preprocess=dict(pre.to_dict(), max_pixels=100))
+    with pytest.raises(ClientError) as e:
+        parse_body({"images": [base64.b64encode(buf.getvalue()).decode()]}, spec=small, max_rows=4)
+    assert e.value.status == 400 and "too large" in e.value.message
+    for bad in ({"images": "x"}, {"images": [123]}, {"images": ["%%%"]}, {"inputs": [[1, 2]]},
+                {"inputs": [[[["a"]]]]}, {"other": 1}):
+        with pytest.raises(ClientError) as e:
+            parse_body(bad, spec=spec, max_rows=4)
+        assert e.value.status == 400, bad
+    with pytest.raises(Exception) as e:
+        ImagePreprocess(size=8, mode="L").check([None, 3, 8, 8])
+    assert "shape" in str(e.value)
