@@ -154,9 +154,13 @@ def test_bundle_carries_tokenizer_not_torch(text_deployment):
     assert not {"torch", "transformers"} & set(reqs), reqs
     # the report says why int8 was kept or not, with numbers per variant
     opt = d.optimized
-    assert opt.reason
-    names = [v.name for v in opt.variants] if hasattr(opt, "variants") else []
-    assert "int8-dynamic" in names or "int8" in opt.reason.lower(), (names, opt.reason)
+    e = opt.benchmark.entry("int8-dynamic", "CPUExecutionProvider")
+    assert e is not None and e.point(1) is not None and e.point(16) is not None, opt.reason
+    assert "int8-dynamic" in opt.reason and "batch 1" in opt.reason, opt.reason
+    q = {v.name: v for v in opt.quantization.variants}["int8-dynamic"]
+    assert q.status == "ok" and q.verification and q.size_bytes
+    if d.chosen_variant == "int8-dynamic":
+        assert q.within_tolerance
 
 
 def test_served_labels_equal_native(text_deployment, tiny_bert, tmp_path, post):
@@ -180,7 +184,11 @@ def test_served_labels_equal_native(text_deployment, tiny_bert, tmp_path, post):
         status, body = post(h.url + "/predict", {"inputs": held_out + [long_text]})
         assert status == 200, body
         assert body["predictions"] == want
-        np.testing.assert_allclose(body["probabilities"], proba, atol=1e-4)
+        # fp32 matches the native model to float precision; int8 (if the gate kept it) within
+        # the quantization error of this tiny model
+        atol = 1e-4 if text_deployment.chosen_variant == "fp32" else 0.02
+        np.testing.assert_allclose(body["probabilities"], proba, atol=atol)
+        served = np.asarray(body["probabilities"])
         trunc = body["truncation"]
         assert not any(t["truncated"] for t in trunc[:-1])
         assert trunc[-1]["truncated"] and trunc[-1]["max_length"] == 24
@@ -196,7 +204,7 @@ def test_served_labels_equal_native(text_deployment, tiny_bert, tmp_path, post):
         for i, row in enumerate(ex["explanations"]):
             k = row["class_index"]
             total = row["base_value"] + sum(t["value"] for t in row["tokens"])
-            assert abs(total - proba[i][k]) < 1e-4, (total, proba[i][k])
+            assert abs(total - served[i][k]) < 1e-4, (total, served[i][k])
             assert [t["token"] for t in row["tokens"]]
             assert row["evaluations"] > 0 and row["seconds"] >= 0
         assert ex["cost"]["budget"]["budget_s"] == 60
