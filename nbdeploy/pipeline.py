@@ -164,7 +164,13 @@ class Deployment:
         self._run_step("convert", self._convert)
         self._run_step("verify", self._verify)
         self._optimize_steps()
-        if self.explain_methods:
+        spec = self.converted.spec
+        if self.explain_methods and spec.get("input_shape") and int(spec["n_features"]) > 1024:
+            # per-pixel SHAP/LIME over thousands of inputs is out of any budget; the bundle's
+            # /explain gives occlusion attributions on the ONNX model instead (runtime/images.py)
+            self._skip("explain", f"image model with {spec['n_features']} inputs: /explain serves "
+                                  "occlusion attributions")
+        elif self.explain_methods:
             self._run_step("explain", self._explain)
         else:
             self._skip("explain", "explain='none'")
