@@ -223,6 +223,7 @@ def _ort(model):
     return ort.InferenceSession(model.SerializeToString(), o, providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 def test_int8_static_per_channel_cnn_faster_and_as_accurate(digits):
     """A 32x32 three-conv CNN: the static int8 QDQ (per-channel) variant passes the gate, and
     onnxruntime here (not nbdeploy's report) measures it faster than fp32 at batch 1 and 16 with
