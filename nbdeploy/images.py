@@ -159,3 +159,47 @@ def write_image_baseline(model_dir, X: np.ndarray, spec: dict):
     path = Path(model_dir) / "baseline.json"
     path.write_text(json.dumps(base), encoding="utf-8")
     return path
+
+
+def explain_image(deployment, images: np.ndarray, *, patch: int | None = None, baseline: float = 0.0,
+                  output: Any = "auto", overlay: bool = False) -> dict:
+    """Occlusion attributions in the notebook, computed as the bundle's ``/explain`` does (same
+    code, same ONNX model): ``images`` are model inputs [N, *input_shape] (or flat rows)."""
+    from .runtime.images import occlusion
+    from .runtime.model import OnnxModel
+
+    spec = deployment.chosen_spec
+    X = np.asarray(images, dtype=np.float32).reshape(len(images), -1)
+    model = OnnxModel(deployment.chosen_model.SerializeToString(), spec)
+    options = {"baseline": baseline, "output": output, "overlay": overlay}
+    if patch is not None:
+        options["patch"] = patch
+    return occlusion(model, X, spec, options)
+
+
+def heatmap_figure(result: dict, images: np.ndarray, *, max_images: int = 4):
+    """A matplotlib figure: each image beside its attribution heat map (red for the class,
+    blue against), titled with the explained class and its probability."""
+    import matplotlib.pyplot as plt
+
+    n = min(len(result["attributions"]), max_images)
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.4), squeeze=False)
+    layout = result.get("layout", "NCHW")
+    for i in range(n):
+        img = np.asarray(images[i], dtype=np.float64).reshape(result["shape"])
+        a = np.asarray(result["attributions"][i], dtype=np.float64).reshape(result["shape"])
+        if img.ndim == 3:
+            ch = 0 if layout == "NCHW" else 2
+            img_show = img.mean(axis=ch)
+            a = a.sum(axis=ch)
+        else:
+            img_show = img
+        lim = float(np.abs(a).max()) or 1.0
+        axes[0, i].imshow(img_show, cmap="gray")
+        axes[0, i].set_title(f"{result['explained_output'][i]} ({result['outputs'][i]:.2f})", fontsize=9)
+        axes[1, i].imshow(a, cmap="bwr", vmin=-lim, vmax=lim)
+        for ax in axes[:, i]:
+            ax.set_axis_off()
+    fig.suptitle("occlusion attributions (red: for the class)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -136,7 +136,13 @@ def test_torch_cnn_deployed_and_served(torch_cnn, post, get):
         assert meta["input"]["input_shape"] == [None, 1, 8, 8] and meta["input"]["layout"] == "NCHW"
         assert meta["input"]["preprocess"]["size"] == [8, 8] and meta["input"]["dtype"] == "float32"
         _check_served(server.url, X[held], images[held], native, post_json=post)
-        _check_explain(server.url, m, X[1400:1404], images[1400:1404], post_json=post)
+        A = _check_explain(server.url, m, X[1400:1404], images[1400:1404], post_json=post)
+        # the notebook computes the same attributions, and plots them
+        from nbdeploy.images import explain_image, heatmap_figure
+        mine = explain_image(d, X[1400:1404])
+        np.testing.assert_allclose(mine["attributions"], A, atol=1e-5)
+        fig = heatmap_figure(mine, X[1400:1404])
+        assert len(fig.axes) == 8
     finally:
         server.stop()
 
@@ -176,6 +182,7 @@ def _check_explain(url, m, X, images, *, post_json):
         rand_drops.append(base - score(rand.reshape(-1, 1, 8, 8), k).mean())
     assert np.mean(top_drops) > np.mean(rand_drops) + 0.05, (top_drops, rand_drops)
     assert all(t > r for t, r in zip(top_drops, rand_drops)), (top_drops, rand_drops)
+    return A
 
 
 def test_keras_cnn_deployed_and_served(digits, post, get):
