@@ -638,24 +638,9 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
         outputs = np.concatenate([c[2] for c in chunks]) if chunks else np.zeros((0, 1))
         algo = chunks[0][3] if chunks else "exact"
         timings["shap_s"] = round(time.perf_counter() - t1, 4)
-    add_err = float(np.max(np.abs(base[None, :] + phi.sum(axis=1) - outputs))) if len(rows) else 0.0
-    config["explainer"] = algo
-    config["notes"] = notes
-    serve.notes = list(notes)
-    rep = ExplainReport(explainer=algo, task=task, feature_names=names,
-                        output_space=config["output_space"], output_names=config["output_names"],
-                        X=rows, shap_values=phi, base_values=base, outputs=outputs,
-                        additivity_error=add_err, config=config, methods=served_methods, seed=int(seed),
-                        serve_agreement=agreement, notes=notes, timings=timings, _serve=serve,
-                        _artifacts=artifacts)
-    if "lime" in served_methods and len(rows):
-        t2 = time.perf_counter()
-        report(0.9, "LIME: row 0")
-        rep.explain_row(0, "lime")
-        timings["lime_row_s"] = round(time.perf_counter() - t2, 4)
-    timings["total_s"] = round(time.perf_counter() - t0, 4)
-    report(1.0, "explained")
-    return rep
+    return _finish(serve, config, rows=rows, phi=phi, base=base, outputs=outputs, algo=algo,
+                   task=task, names=names, methods=served_methods, seed=seed, agreement=agreement,
+                   notes=notes, timings=timings, artifacts=artifacts, t0=t0, report=report)
 
 
 def _shap_rows(serve, rows: np.ndarray, *, seed: int, max_rows: int | None, notes: list[str],
@@ -947,6 +932,15 @@ def _explain_table(converted: Any, *, onnx_model: Any, served_methods: list[str]
         rows = X_all[:int(max_rows or DEFAULT_ROWS["agnostic"])]
         rows, phi, base, outputs, algo, timings["shap_s"] = _shap_rows(
             serve, rows, seed=seed, max_rows=max_rows, notes=notes, report=report)
+    return _finish(serve, config, rows=rows, phi=phi, base=base, outputs=outputs, algo=algo,
+                   task=task, names=names, methods=served_methods, seed=seed, agreement=agreement,
+                   notes=notes, timings=timings, artifacts=artifacts, t0=t0, report=report)
+
+
+def _finish(serve, config: dict, *, rows, phi, base, outputs, algo, task, names, methods, seed,
+            agreement, notes, timings, artifacts, t0, report) -> ExplainReport:
+    """The report both explain routes end with (tabular and table models): additivity, config,
+    and LIME on row 0 when it is served."""
     add_err = float(np.max(np.abs(base[None, :] + phi.sum(axis=1) - outputs))) if len(rows) else 0.0
     config["explainer"] = algo
     config["notes"] = notes
@@ -954,10 +948,10 @@ def _explain_table(converted: Any, *, onnx_model: Any, served_methods: list[str]
     rep = ExplainReport(explainer=algo, task=task, feature_names=names,
                         output_space=config["output_space"], output_names=config["output_names"],
                         X=rows, shap_values=phi, base_values=base, outputs=outputs,
-                        additivity_error=add_err, config=config, methods=served_methods, seed=int(seed),
+                        additivity_error=add_err, config=config, methods=methods, seed=int(seed),
                         serve_agreement=agreement, notes=notes, timings=timings, _serve=serve,
                         _artifacts=artifacts)
-    if "lime" in served_methods and len(rows):
+    if "lime" in methods and len(rows):
         t2 = time.perf_counter()
         report(0.9, "LIME: row 0")
         rep.explain_row(0, "lime")
