@@ -126,6 +126,21 @@ class Adapter:
         return X
 
 
+class TensorAdapter(Adapter):
+    """Frameworks whose models take tensors of any rank ([N, C, H, W], [N, H, W, C], [N, T, F]):
+    the pipeline hands them flat rows [N, prod(input_shape)] and sets ``input_shape`` (without
+    the batch axis); ``_shaped`` turns rows back into the model's own shape."""
+
+    accepts_nd: ClassVar[bool] = True
+    input_shape: tuple | None = None
+
+    def _shaped(self, X):
+        X = np.asarray(X, dtype=np.float32)
+        if self.input_shape and X.ndim == 2:
+            X = X.reshape((X.shape[0],) + tuple(self.input_shape))
+        return X
+
+
 TREE_ENSEMBLES = frozenset({
     "RandomForestClassifier", "RandomForestRegressor", "ExtraTreesClassifier", "ExtraTreesRegressor",
     "DecisionTreeClassifier", "DecisionTreeRegressor", "ExtraTreeClassifier", "ExtraTreeRegressor",

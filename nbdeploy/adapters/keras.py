@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError
-from .base import Adapter, Converted, class_modules, squeeze_value
+from .base import Converted, TensorAdapter, class_modules, squeeze_value
 
 OPSET = 17
 _PROBABILITY_ACTIVATIONS = {"softmax", "sigmoid"}
@@ -65,7 +65,7 @@ def _activation_name(layer: Any) -> str | None:
     return getattr(act, "__name__", None)
 
 
-class KerasAdapter(Adapter):
+class KerasAdapter(TensorAdapter):
     """Keras models with one 2-D float input ``[N, features]`` and one output.
 
     The task comes from the output: one column without a sigmoid is a regressor; one sigmoid
@@ -77,16 +77,6 @@ class KerasAdapter(Adapter):
     """
 
     framework = "keras"
-    #: Takes tensors of any rank ([N, H, W, C], [N, T, F]); the pipeline hands it flat rows
-    #: [N, prod(input_shape)] and sets ``input_shape`` (without the batch axis).
-    accepts_nd = True
-    input_shape: tuple | None = None
-
-    def _shaped(self, X):
-        X = np.asarray(X, dtype=np.float32)
-        if self.input_shape and X.ndim == 2:
-            X = X.reshape((X.shape[0],) + tuple(self.input_shape))
-        return X
     explain_note = ("Keras: SHAP over the served ONNX graph (exactly additive, reproducible in the "
                     "bundle without TensorFlow) rather than DeepExplainer/GradientExplainer.")
 

@@ -8,28 +8,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError
-from .base import Adapter, Converted, class_modules, squeeze_value
+from .base import Converted, TensorAdapter, class_modules, squeeze_value
 
 OPSET = 17
 
 
-class TorchAdapter(Adapter):
+class TorchAdapter(TensorAdapter):
     """Classifiers are assumed to return logits ([N, k], k > 1); one output column means regression.
 
     Pass ``task="regressor"`` for multi-target regression.
     """
 
     framework = "pytorch"
-    #: Takes tensors of any rank ([N, C, H, W], [N, T, F]); the pipeline hands it flat rows
-    #: [N, prod(input_shape)] and sets ``input_shape`` (without the batch axis).
-    accepts_nd = True
-    input_shape: tuple | None = None
-
-    def _shaped(self, X):
-        X = np.asarray(X, dtype=np.float32)
-        if self.input_shape and X.ndim == 2:
-            X = X.reshape((X.shape[0],) + tuple(self.input_shape))
-        return X
     explain_note = ("PyTorch: SHAP over the served ONNX graph (exactly additive, reproducible in "
                     "the bundle without torch) rather than DeepExplainer/GradientExplainer.")
 
