@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("push", help="build an OCI image of a bundle (no Docker daemon) and push it")
     s.add_argument("tag", help="NAME or NAME:VERSION")
-    s.add_argument("ref", help="registry/repository:tag, e.g. ghcr.io/me/churn:1")
+    s.add_argument("ref", help="registry/repository:tag, e.g. registry.example.com/me/churn:1")
     s.add_argument("--builder", default="oci", choices=["oci", "auto", "bentoml", "docker", "podman", "buildah"])
     s.add_argument("--base", default=None,
                    help="base image with Python 3.11, e.g. a mirror reachable from here "

@@ -120,7 +120,7 @@ def build_parser() -> _Parser:
                    help="with --serve: require an API key (key: from `nbdeploy keys`) or an OIDC "
                         "token (oidc: $NBDEPLOY_OIDC_ISSUER/AUDIENCE) as Authorization: Bearer")
     p.add_argument("--push", metavar="REF",
-                   help="push an OCI image to REF after building, e.g. ghcr.io/me/churn:1.0")
+                   help="push an OCI image to REF after building, e.g. registry.example.com/me/churn:1.0")
     p.add_argument("--base", metavar="IMAGE",
                    help="base image (with Python 3.11) for --push, e.g. a mirror: --base "
                         "registry.internal:5000/python:3.11-slim (default: $NBDEPLOY_BASE_IMAGE, "
