@@ -448,6 +448,8 @@ def card_html(tag: str, card: dict, plots: dict | None = None,
             if v.get(key) is not None:
                 vi[f"{label} {name}"] = F.metric_value(v.get("metric"), v[key], task)
         body += "<div><b>Verification</b> (native model vs ONNX on the sample)</div>" + _kv(vi)
+    if schema.get("columns"):       # DataFrame models: the column schema, as in the notebook
+        body += "<div><b>Columns</b></div>" + columns_table(schema["columns"])
     parts.append(section("Summary", body))
 
     opt = card.get("optimize") or {}

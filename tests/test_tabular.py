@@ -446,6 +446,12 @@ def test_front_ends_show_the_schema(customers):
     rec = body["inputs"][0]
     assert set(rec) == set(test.columns) and isinstance(rec["city"], (str, type(None)))
     parse_table(body["inputs"], d.converted.columns)   # raises if the served API would refuse it
+    # the JupyterLab report tab renders the stored model card: it lists the columns too
+    from nbdeploy.report import card_html
+    from nbdeploy.store import read_report
+
+    page = card_html(d.tag, read_report(d.tag))
+    assert "<b>Columns</b>" in page and "city" in page and "categorical" in page
 
 
 def test_numeric_records_name_the_column():
