@@ -109,7 +109,7 @@ def openapi_document(runtime) -> dict:
                                                                           "items": {"type": "number"}}}},
             "required": ["predictions"]}
     obj = {"type": "object"}
-    return {
+    doc = {
         "openapi": "3.0.3",
         "info": {"title": f"nbdeploy bundle {runtime.metadata().get('name', '')}".strip(),
                  "version": str(runtime.metadata().get("tag") or "0")},
@@ -135,5 +135,49 @@ def openapi_document(runtime) -> dict:
                                "responses": {"200": {"description": "Drift report",
                                                      "content": {"application/json": {"schema": obj}}},
                                              "404": err_resp}}},
+            # probes: always open, whatever access control says (auth.OPEN_PATHS)
+            "/livez": {"get": {"summary": "Liveness probe (never needs a token)", "security": [],
+                               "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {"get": {"summary": "Readiness probe (never needs a token)", "security": [],
+                                "responses": {"200": {"description": "Ready"},
+                                              "503": {"description": "Not ready yet"}}}},
         },
     }
+    _declare_security(doc, err_resp, getattr(runtime, "config", None))
+    return doc
+
+
+def _declare_security(doc: dict, err_resp: dict, config: dict | None) -> None:
+    """The bearer scheme, its 401/403 and the 429 of rate limits, as the running guard (the
+    environment + config.json, see auth.py) enforces them; nothing when access control is off."""
+    from . import auth
+
+    g = auth._guard
+    if g is None:  # not made yet in this process: the same settings the middleware reads
+        try:
+            g = auth.guard(config)
+        except auth.AuthConfigError:
+            return
+    if not g.active:
+        return
+    ops = [(path, op) for path, item in doc["paths"].items() for op in item.values()
+           if path not in auth.OPEN_PATHS]
+    if g.mode != "off":
+        scheme = {"type": "http", "scheme": "bearer"}
+        if g.jwt is not None:
+            scheme["bearerFormat"] = "JWT"
+            scheme["description"] = (f"An access token from the issuer {g.jwt.issuer} for the "
+                                     f"audience {g.jwt.audience}.")
+        else:
+            scheme["description"] = "An API key (nbdeploy keys create)."
+        doc["components"] = {"securitySchemes": {"bearerAuth": scheme}}
+        doc["security"] = [{"bearerAuth": []}]
+        for path, op in ops:
+            op["responses"]["401"] = err_resp
+            need = g.scopes.get(auth.route_of(path)) if g.jwt is not None else None
+            if need:
+                op["x-required-scope"] = need
+                op["responses"]["403"] = err_resp
+    if g.limiter is not None:
+        for _, op in ops:
+            op["responses"]["429"] = err_resp
