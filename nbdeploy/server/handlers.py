@@ -214,6 +214,7 @@ def _servers() -> list[dict]:
         d = h.to_dict()
         d["name"] = h.name
         d["health"] = h.health()
+        d["stable"] = h.stable
         out.append(d)
     return out
 
@@ -249,13 +250,14 @@ def _logs(sid: str, tail: int | None, offset: int | None) -> dict:
     return {"id": sid, "text": "\n".join(lines), "offset": size, "running": running}
 
 
-def _serve(tag: str, port: int | None) -> dict:
+def _serve(tag: str, port: int | None, stable: bool = False) -> dict:
     from ..serve import start
 
-    h = start(tag, port=port, wait=True)
+    h = start(tag, port=port, wait=True, stable=stable)
     d = h.to_dict()
     d["name"] = h.name
     d["health"] = h.health()
+    d["stable"] = h.stable
     return d
 
 
@@ -263,6 +265,35 @@ def _stop(sid: str) -> dict:
     from ..serve import stop
 
     return {"stopped": [h.id for h in stop(sid)]}
+
+
+def _rollout_state(sid: str) -> dict:
+    """What a stable server serves: primary, canary in progress with its comparison, events.
+    A server without a stable address answers ``{"stable": false}`` (nothing to roll)."""
+    from ..serve import require, rollout_status
+
+    h = require(sid)[0]
+    if not h.stable:
+        return {"id": h.id, "name": h.name, "stable": False, "primary": {"tag": h.tag}, "canary": None}
+    state = rollout_status(h.id)
+    for role in ("primary", "canary", "previous"):
+        if isinstance(state.get(role), dict):
+            state[role] = {k: v for k, v in state[role].items() if k != "src"}  # no local paths
+    return dict(state, id=h.id, name=h.name, stable=True)
+
+
+def _promote(sid: str) -> dict:
+    from ..serve import promote
+
+    h = promote(sid)
+    return {"id": h.id, "tag": h.tag}
+
+
+def _rollback(sid: str) -> dict:
+    from ..serve import rollback
+
+    h = rollback(sid)
+    return {"id": h.id, "tag": h.tag}
 
 
 def _check_ref(ref: Any, field: str = "ref") -> str:
@@ -388,11 +419,16 @@ class ServeHandler(NbdeployHandler):
         from ..schema import validate_tag
 
         validate_tag(tag)
-        port = self.json_body().get("port")
+        body = self.json_body()
+        port = body.get("port")
         if port is not None:
             port = _int_arg(str(port), "port", 1024, 65535)
+        stable = body.get("stable", False)
+        if not isinstance(stable, bool):
+            raise InvalidInputError("stable must be true or false.", expected="boolean", received=repr(stable))
         full = await self.run(_check_bundle, tag)  # 404 now rather than a failed job later
-        job = self.jobs.active("serve", full) or self.jobs.submit("serve", full, lambda: _serve(full, port))
+        job = self.jobs.active("serve", full) or self.jobs.submit("serve", full,
+                                                                   lambda: _serve(full, port, stable))
         self.job_reply(job)
 
 
@@ -442,6 +478,41 @@ class StopHandler(NbdeployHandler):
             validate_server_id(sid)
         await self.run(_check_server, sid)
         job = self.jobs.active("stop", sid) or self.jobs.submit("stop", sid, lambda: _stop(sid))
+        self.job_reply(job)
+
+
+class RolloutHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self, sid: str):
+        """A stable server's versions: primary, canary and its share, per-version error rate,
+        latency and differing predictions, the guard, recent events."""
+        validate_server_id(sid)
+        self.reply(await self.run(_rollout_state, sid))
+
+
+class PromoteHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def post(self, sid: str):
+        """Make the canary in progress the primary version, as a job (202)."""
+        validate_server_id(sid)
+        await self.run(_check_server, sid)
+        job = self.jobs.active("promote", sid) or self.jobs.submit("promote", sid, lambda: _promote(sid))
+        self.job_reply(job)
+
+
+class RollbackHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def post(self, sid: str):
+        """Stop a canary, or return to the version served before, as a job (202)."""
+        validate_server_id(sid)
+        await self.run(_check_server, sid)
+        job = self.jobs.active("rollback", sid) or self.jobs.submit("rollback", sid, lambda: _rollback(sid))
         self.job_reply(job)
 
 
@@ -527,6 +598,9 @@ ROUTES: list[tuple[str, type[NbdeployHandler]]] = [
     ("servers", ServersHandler),
     (f"servers/{_SEG}/stop", StopHandler),
     (f"servers/{_SEG}/logs", LogsHandler),
+    (f"servers/{_SEG}/rollout", RolloutHandler),
+    (f"servers/{_SEG}/promote", PromoteHandler),
+    (f"servers/{_SEG}/rollback", RollbackHandler),
     ("jobs", JobsHandler),
     (f"jobs/{_SEG}", JobHandler),
 ]
