@@ -56,6 +56,25 @@ interface IServer {
   port: number;
   pid: number;
   health: 'ready' | 'starting' | 'stopped';
+  stable?: boolean;
+}
+
+interface IRolloutVersion {
+  tag: string;
+  requests?: number;
+  error_rate?: number;
+  mean_ms?: number;
+  compared_rows?: number;
+  differ_share?: number | null;
+}
+
+interface IRollout {
+  id: string;
+  stable: boolean;
+  primary: IRolloutVersion;
+  canary: IRolloutVersion | null;
+  weight?: number;
+  previous?: { tag: string } | null;
 }
 
 interface ILog {
@@ -294,6 +313,38 @@ function reportSections(r: Record<string, any>): HTMLElement[] {
 
 // --- the panel ---------------------------------------------------------------------------------
 
+function pct(v: number | null | undefined, digits = 1): string {
+  return v === null || v === undefined ? '–' : `${(v * 100).toFixed(digits)}%`;
+}
+
+/** A stable server's versions: the one serving, a canary with its comparison, Promote/Rollback. */
+function rolloutBox(r: IRollout, onPromote: () => void, onRollback: () => void): HTMLElement {
+  const version = (tag: string) => tag.split(':')[1] || tag;
+  const box = el('div', {
+    class: 'nbdeploy-rollout', 'data-primary': r.primary.tag, 'data-canary': r.canary ? r.canary.tag : ''
+  }, el('div', { class: 'nbdeploy-row' }, 'Serving ', el('b', { title: r.primary.tag }, version(r.primary.tag))));
+  if (r.canary) {
+    const c = r.canary;
+    box.append(
+      el('div', { class: 'nbdeploy-row nbdeploy-canary' }, 'Canary ', el('b', { title: c.tag }, version(c.tag)),
+        ` · ${pct(r.weight, 0)} of requests`),
+      table(['', 'requests', 'errors', 'mean ms'], [
+        ['serving', r.primary.requests, pct(r.primary.error_rate), r.primary.mean_ms],
+        ['canary', c.requests, pct(c.error_rate), c.mean_ms]]),
+      el('div', { class: 'nbdeploy-meta nbdeploy-differ' },
+        `Differing predictions: ${pct(c.differ_share)} of ${c.compared_rows ?? 0} compared rows`));
+  }
+  const actions = el('div', { class: 'nbdeploy-actions' });
+  if (r.canary) {
+    actions.append(button('Promote', 'promote', onPromote, `Send all requests to ${r.canary.tag}`),
+      button('Rollback', 'rollback', onRollback, `Stop the canary; ${r.primary.tag} keeps serving`));
+  } else if (r.previous) {
+    actions.append(button('Rollback', 'rollback', onRollback, `Return to ${r.previous.tag}`));
+  }
+  if (actions.childElementCount) box.append(actions);
+  return box;
+}
+
 export class NbdeployPanel extends Widget {
   private message: HTMLElement;
   private serversBox: HTMLElement;
@@ -391,7 +442,13 @@ export class NbdeployPanel extends Widget {
     if (!this.available) return;
     try {
       const { servers } = await api<{ servers: IServer[] }>(['servers']);
-      this.renderServers(servers);
+      const rollouts = new Map<string, IRollout>();
+      await Promise.all(servers.filter(s => s.stable && s.health === 'ready').map(async s => {
+        try {
+          rollouts.set(s.id, await api<IRollout>(['servers', s.id, 'rollout']));
+        } catch { /* stopped meanwhile: shown without its versions */ }
+      }));
+      this.renderServers(servers, rollouts);
     } catch (err) {
       if (!quiet) this.fail('Listing servers failed', err);
     }
@@ -409,7 +466,7 @@ export class NbdeployPanel extends Widget {
     }
   }
 
-  private renderServers(servers: IServer[]): void {
+  private renderServers(servers: IServer[], rollouts: Map<string, IRollout> = new Map()): void {
     if (!servers.length) {
       this.serversBox.replaceChildren(el('div', { class: 'nbdeploy-empty' }, 'No server running.'));
       return;
@@ -421,6 +478,8 @@ export class NbdeployPanel extends Widget {
         return el('div', { class: 'nbdeploy-server', 'data-id': s.id, 'data-tag': s.tag, 'data-health': s.health },
           el('div', { class: 'nbdeploy-row' }, el('span', { class: 'nbdeploy-name' }, s.tag), health),
           el('div', { class: 'nbdeploy-row' }, link),
+          rollouts.has(s.id) ? rolloutBox(rollouts.get(s.id)!, () => void this.roll(s, 'promote'),
+            () => void this.roll(s, 'rollback')) : null,
           el('div', { class: 'nbdeploy-actions' },
             button('Open docs', 'docs', () => window.open(s.url, '_blank', 'noopener'), `Open the served API docs at ${s.url}`),
             button('Logs', 'logs', () => void this.showLogs(s.id)),
@@ -495,6 +554,13 @@ export class NbdeployPanel extends Widget {
     void this.refreshServers(true);
     const done = await p;
     if (done) this.say(`${done.result.tag} is serving at ${done.result.url}`, 'ok');
+    await this.refreshServers(false);
+  }
+
+  async roll(s: IServer, op: 'promote' | 'rollback'): Promise<void> {
+    const label = op === 'promote' ? `Promoting the canary of ${s.id}` : `Rolling back ${s.id}`;
+    const done = await this.runJob(label, ['servers', s.id, op], {}, `${op}:${s.id}`);
+    if (done) this.say(`${s.id} now serves ${done.result.tag}.`, 'ok');
     await this.refreshServers(false);
   }
 

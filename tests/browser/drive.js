@@ -69,6 +69,38 @@ async function pushAndDelete(page, panel, bundle) {
   return { pushed_message: pushed.text, delete_question: question, deleted_message: deleted.text };
 }
 
+// MODE=canary: SERVER_ID is a stable server of BUNDLE_TAG with a canary CANARY_TAG in progress.
+// The sidebar shows both versions and their comparison; Promote, then Rollback, change what it serves.
+async function canary(page, panel) {
+  const SID = process.env.SERVER_ID;
+  const CANARY = process.env.CANARY_TAG;
+  const server = panel.locator(`.nbdeploy-server[data-id="${SID}"]`);
+  step('canary: see both versions');
+  const box = server.locator(`.nbdeploy-rollout[data-primary="${TAG}"][data-canary="${CANARY}"]`);
+  await box.waitFor({ state: 'visible', timeout: 60000 });
+  // the comparison fills in as the test's load reaches both versions
+  await page.waitForFunction(sel => {
+    const d = document.querySelector(sel);
+    return d && /Differing predictions: \d/.test(d.textContent);
+  }, `.nbdeploy-server[data-id="${SID}"] .nbdeploy-differ`, { timeout: 60000 });
+  const canaryText = await box.innerText();
+  await box.scrollIntoViewIfNeeded();
+  await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-canary.png') });
+  step('canary: Promote');
+  await box.locator('[data-action="promote"]').click();
+  const promoted = await outcome(page, `${SID} now serves`, 120000);
+  if (!/nbdeploy-ok/.test(promoted.cls)) throw new Error(`promote failed in the sidebar: ${promoted.text}`);
+  const after = server.locator(`.nbdeploy-rollout[data-primary="${CANARY}"][data-canary=""]`);
+  await after.waitFor({ state: 'visible', timeout: 30000 });
+  await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-promoted.png') });
+  step('canary: Rollback');
+  await after.locator('[data-action="rollback"]').click();
+  await server.locator(`.nbdeploy-rollout[data-primary="${TAG}"][data-canary=""]`)
+    .waitFor({ state: 'visible', timeout: 120000 });
+  const rolled = await panel.locator('.nbdeploy-message').innerText();
+  return { canary_text: canaryText, promoted_message: promoted.text, rolled_message: rolled };
+}
+
 (async () => {
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -98,6 +130,13 @@ async function pushAndDelete(page, panel, bundle) {
     step('see the bundle');
     const bundle = panel.locator(`.nbdeploy-bundle[data-tag="${TAG}"]`);
     await bundle.waitFor({ state: 'visible' });
+
+    if (process.env.MODE === 'canary') {
+      const result = await canary(page, panel);
+      step('done');
+      console.log(JSON.stringify({ ok: true, steps, ...result, console_errors: consoleErrors }));
+      return;
+    }
 
     if (process.env.MODE === 'push-delete') {
       const result = await pushAndDelete(page, panel, bundle);
