@@ -464,6 +464,15 @@ def test_served_api_conforms_to_its_document_with_auth_on(oidc, jwks, keys_rsa):
     hdr = {"Authorization": "Bearer " + mint(keys_rsa[0], jwks.issuer, exp_in=900, scope="model:predict")}
     assert call("GET", oidc.url + "/nbdeploy/openapi.json")[0] == 401
     schema = schemathesis.openapi.from_url(oidc.url + "/nbdeploy/openapi.json", headers=hdr, timeout=30)
+    # the document declares what the guard enforces: a bearer JWT, the per-route scope, open probes
+    doc = schema.raw_schema
+    scheme = doc["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+    assert jwks.issuer in scheme["description"] and doc["security"] == [{"bearerAuth": []}]
+    predict = doc["paths"]["/predict"]["post"]
+    assert predict["x-required-scope"] == "model:predict" and {"401", "403"} <= set(predict["responses"])
+    assert "403" not in doc["paths"]["/metadata"]["get"]["responses"]
+    assert doc["paths"]["/readyz"]["get"]["security"] == [] == doc["paths"]["/livez"]["get"]["security"]
     for path, method in (("/predict", "POST"), ("/metadata", "GET"), ("/drift", "GET")):
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if method == "POST" else (
                 GenerationMode.POSITIVE,):
@@ -472,7 +481,10 @@ def test_served_api_conforms_to_its_document_with_auth_on(oidc, jwks, keys_rsa):
                       suppress_health_check=list(HealthCheck))
             def check(case):
                 response = case.call_and_validate(base_url=oidc.url, headers=hdr, timeout=30)
-                assert response.status_code not in (401, 403)
+                # negative generation also leaves the declared token out: then, and only then, 401
+                sent = response.request.headers.get("Authorization") == hdr["Authorization"]
+                assert response.status_code != 403
+                assert (response.status_code == 401) is not sent, (sent, response.status_code)
 
             check()
 
@@ -496,6 +508,45 @@ def test_direct_engine_is_guarded_too(ref_deployment, breast_cancer, tmp_path):
             assert call("GET", h.url + probe)[0] == 200
         _, _, text = call("GET", h.url + "/metrics", token=key)
         assert 'nbdeploy_auth_denied_total{reason="missing"} 5' in text.decode()
+    finally:
+        h.stop()
+
+
+@pytest.mark.slow
+def test_sighup_reloads_the_key_file_under_the_direct_engine(ref_deployment, monkeypatch, tmp_path):
+    """Revoke a key by editing the local key file so that the periodic check cannot see it (same
+    size, inode and mtime): the key keeps working until SIGHUP, then gets 401, no restart."""
+    import signal
+
+    from nbdeploy import keys, serve
+
+    monkeypatch.setenv("NBDEPLOY_HOME", str(tmp_path / "home"))
+    gone, kept = keys.create("gone"), keys.create("kept")
+    h = serve.start(ref_deployment.tag, engine="direct", auth="key")
+    try:
+        url = h.url + "/metadata"
+        assert call("GET", url, token=gone)[0] == 200 and call("GET", url, token=kept)[0] == 200
+        f = keys.keys_file()
+        st = f.stat()
+        text = f.read_text()
+        line = next(ln for ln in text.splitlines() if ln.split("#")[0].split()[1:2] == ["gone"])
+        digest = line.split()[0].rsplit("$", 1)[1]
+        other = "".join("0" if c != "0" else "1" for c in digest)   # same length, matches nothing
+        with open(f, "r+", encoding="utf-8") as fh:                  # in place: same inode
+            fh.write(text.replace(line, line.replace(digest, other)))
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert (f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns) == (st.st_ino, st.st_size,
+                                                                            st.st_mtime_ns)
+        time.sleep(1.5)   # past the once-a-second check: it must not have noticed anything
+        assert call("GET", url, token=gone)[0] == 200
+        os.kill(h.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while call("GET", url, token=gone)[0] != 401:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the key file"
+            time.sleep(0.2)
+        assert call("GET", url, token=kept)[0] == 200   # the same process, the other key still good
+        assert serve.find(h.id) and h.pid == serve.find(h.id)[0].pid
+        assert call("GET", h.url + "/readyz")[0] == 200
     finally:
         h.stop()
 
