@@ -200,3 +200,67 @@ def test_explain_with_unknown_method_is_400(served, post):
     status, body = post(served.url + "/explain", {"inputs": [[1.0] * 30], "method": "pickle"})
     assert status == 400, body
     assert "pickle" in json.dumps(body.get("received", "")) + body["message"]
+
+
+# -- the same with API keys on ------------------------------------------------------------------
+# One more server of the same bundle that reads a key file: the document declares the bearer
+# scheme, schemathesis sends the key (and its ignored_auth check replays requests without it,
+# expecting 401), and the explicit 413/400 contract holds behind the key check.
+
+@pytest.fixture(scope="module")
+def served_key(served, tmp_path_factory):
+    from nbdeploy import keys, serve
+
+    kf = tmp_path_factory.mktemp("fuzz-keys") / "api_keys"
+    key = keys.create("fuzz", kf)
+    h = serve.start(served.tag, env={"NBDEPLOY_API_KEYS_FILE": str(kf)})
+    yield h, {"Authorization": f"Bearer {key}"}
+    h.stop()
+
+
+@pytest.mark.parametrize("path, method", [("/predict", "POST"), ("/explain", "POST"),
+                                          ("/metadata", "GET"), ("/drift", "GET")])
+def test_openapi_conformance_with_api_keys(served_key, path, method):
+    server, hdr = served_key
+    assert get_status(server.url + "/nbdeploy/openapi.json") == 401
+    schema = schemathesis.openapi.from_url(server.url + "/nbdeploy/openapi.json", headers=hdr, timeout=30)
+    assert schema.raw_schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    # an invalid body can also be too large for this bundle's 64 KiB limit: refused with 413
+    schema.config.checks.negative_data_rejection.expected_statuses.append("413")
+    seen: set[int] = set()
+    modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if method == "POST" else (GenerationMode.POSITIVE,)
+    for mode in modes:
+        @given(case=schema[path][method].as_strategy(generation_mode=mode))
+        @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def check(case):
+            response = case.call_and_validate(base_url=server.url, headers=hdr, timeout=30)
+            sent_key = response.request.headers.get("Authorization") == hdr["Authorization"]
+            # negative generation also leaves the declared credentials out: that must be a 401
+            assert (response.status_code == 401) is not sent_key, (sent_key, response.status_code)
+            seen.add(response.status_code)
+
+        check()
+    # valid requests got through the key check (this bundle has no drift baseline: 404)
+    assert (404 if path == "/drift" else 200) in seen and 403 not in seen, seen
+
+
+def get_status(url: str, headers: dict | None = None) -> int:
+    from conftest import http
+
+    return http("GET", url, headers=headers)[0]
+
+
+@pytest.mark.parametrize("route", ["/predict", "/explain"])
+def test_contract_holds_behind_the_key_check(served_key, post, route):
+    server, hdr = served_key
+    body = _big_body(MAX_BODY * 2)
+    status, out = _raw_post(server.url + route, body, {"Content-Type": "application/json",
+                                                       "Content-Length": str(len(body)), **hdr})
+    assert status == 413 and str(MAX_BODY) in out["message"], out
+    status, out = _raw_post(server.url + route, body, {"Content-Type": "application/json",
+                                                       "Content-Length": str(len(body))})
+    assert status == 401, out   # refused before the body is read
+    status, out = post(server.url + route, {"inputs": [[1.0] * 29]}, headers=hdr)
+    assert status == 400 and out["expected"] == 30 and out["received"] == 29, out
+    assert post(server.url + route, {"inputs": [[1.0] * 29]})[0] == 401
