@@ -208,6 +208,18 @@ class DeployWidget(W.VBox):
         self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger",
                                     disabled=True)
         self.server_html = W.HTML("")
+        # a stable server (serve(stable=True)): the version it serves, a canary and its comparison
+        self.rollout_html = W.HTML("")
+        self.rollout_refresh = W.Button(description="Refresh", icon="refresh")
+        self.promote_button = W.Button(description="Promote", icon="check", disabled=True,
+                                       tooltip="send all requests to the canary")
+        self.rollback_button = W.Button(description="Rollback", icon="undo", disabled=True,
+                                        tooltip="stop the canary, or return to the version served before")
+        self.rollout_box = W.HBox([self.rollout_refresh, self.promote_button, self.rollback_button],
+                                  layout=W.Layout(display="none"))
+        self.rollout_refresh.on_click(lambda _b: self._update_server())
+        self.promote_button.on_click(self._on_promote)
+        self.rollback_button.on_click(self._on_rollback)
         self.push_ref = W.Text(placeholder="registry.example.com/team/model:1.0",
                                description="image ref", layout=W.Layout(width="30em"))
         self.push_button = W.Button(description="Push", icon="upload", disabled=True)
@@ -223,7 +235,7 @@ class DeployWidget(W.VBox):
         self.export_button.on_click(self._on_export)
 
         for h in (self.summary_html, self.benchmark_html, self.quantization_html, self.explanation_html,
-                  self.bundle_html, self.snippets_html, self.row_output, self.action_html):
+                  self.bundle_html, self.snippets_html, self.row_output, self.action_html, self.rollout_html):
             h.add_class("nbd-fill")   # fill the cell's width, never widen it (report.CSS)
         self.tabs = W.Tab(children=[
             W.VBox([self.summary_html]),
@@ -233,6 +245,7 @@ class DeployWidget(W.VBox):
                     self.row_output, self.explanation_html, self.explanation_plots]),
             W.VBox([self.bundle_html, self.snippets_html,
                     W.HBox([self.serve_button, self.stop_button, self.server_html]),
+                    self.rollout_html, self.rollout_box,
                     W.HBox([self.push_ref, self.push_button]),
                     W.HBox([self.export_path, self.export_overwrite, self.export_button]),
                     self.action_html]),
@@ -422,7 +435,44 @@ class DeployWidget(W.VBox):
                                       f"target='_blank'>API docs</a> (pid {s.pid})")
         else:
             self.server_html.value = "<i>not serving</i>"
+        self._update_rollout(s)
         self._update_snippets(s.url if s is not None else None)
+
+    def _update_rollout(self, s: Any) -> None:
+        """A stable server's versions (``serve.rollout_status``), with Promote/Rollback."""
+        state = None
+        if s is not None and getattr(s, "stable", False):
+            from .serve import rollout_status
+
+            try:
+                state = rollout_status(s.id)
+            except Exception as exc:  # stopped meanwhile, or an older server: say so, keep the tab
+                self.rollout_html.value = error_html(exc)
+        self.rollout_box.layout.display = None if state is not None else "none"
+        if state is None:
+            if s is None or not getattr(s, "stable", False):
+                self.rollout_html.value = ""
+            self.promote_button.disabled = self.rollback_button.disabled = True
+            return
+        self.rollout_html.value = rollout_html(state)
+        self.promote_button.disabled = state.get("canary") is None
+        self.rollback_button.disabled = state.get("canary") is None and not state.get("previous")
+
+    def _on_promote(self, _button=None) -> None:
+        from .serve import promote
+
+        s = self._server()
+        h = self._run_action(self.promote_button, "promoting the canary…", lambda: promote(s.id))
+        if h is not None:
+            self.action_html.value = f"✔ {_esc(h.id)} now serves <code>{_esc(h.tag)}</code>"
+
+    def _on_rollback(self, _button=None) -> None:
+        from .serve import rollback
+
+        s = self._server()
+        h = self._run_action(self.rollback_button, "rolling back…", lambda: rollback(s.id))
+        if h is not None:
+            self.action_html.value = f"✔ {_esc(h.id)} now serves <code>{_esc(h.tag)}</code>"
 
     def _update_snippets(self, url: str | None) -> None:
         d = self.deployment
@@ -574,6 +624,30 @@ def kv_html(info: dict) -> str:
         f"vertical-align:top'>{_esc(str(k))}</th><td style='text-align:left;padding:1px 0;"
         f"line-height:1.35'>{_esc(fmt(v))}</td></tr>" for k, v in info.items())
     return f"<table style='border-collapse:collapse'>{rows}</table>"
+
+
+def rollout_html(state: dict) -> str:
+    """What a stable server serves: its version, and a canary in progress with its share and
+    the comparison (requests, error rate, mean latency, differing predictions)."""
+    def pct(v):
+        return "–" if v is None else f"{v * 100:.1f}%"
+
+    p, c = state.get("primary") or {}, state.get("canary")
+    out = f"<div class='nbd-rollout'>serving <b>{_esc(str(p.get('tag', '?')))}</b>"
+    if not c:
+        prev = (state.get("previous") or {}).get("tag")
+        out += f" · rollback returns to <code>{_esc(prev)}</code>" if prev else ""
+        return out + " · no canary in progress</div>"
+    out += (f" · canary <b>{_esc(str(c.get('tag')))}</b> on {pct(state.get('weight'))} of requests"
+            "<table><tr><th></th><th>requests</th><th>error rate</th><th>mean ms</th></tr>")
+    for role, v in (("serving", p), ("canary", c)):
+        out += (f"<tr><td>{role}</td><td>{v.get('requests', 0)}</td><td>{pct(v.get('error_rate'))}</td>"
+                f"<td>{v.get('mean_ms', 0):.2f}</td></tr>")
+    out += (f"</table>differing predictions: {pct(c.get('differ_share'))} of "
+            f"{c.get('compared_rows', 0)} compared rows")
+    if state.get("guard"):
+        out += f" · guard: <code>{_esc(json.dumps(state['guard']))}</code>"
+    return out + "</div>"
 
 
 def row_html(r: dict, max_features: int = 15) -> str:

@@ -284,3 +284,58 @@ def test_export_button_writes_a_real_archive(built, tmp_path):
     w.export_overwrite.value = True
     w.export_button.click()
     assert "exported" in w.action_html.value
+
+
+def test_bundle_tab_shows_a_canary_and_its_promote_and_rollback_buttons_work(iris):
+    """A stable server with a canary in progress: the Bundle tab shows the version serving, the
+    canary's share and comparison; Promote and Rollback drive the real server."""
+    import nbdeploy
+    from nbdeploy import serve
+    from nbdeploy.pipeline import Deployment
+    from nbdeploy.widget import DeployWidget
+    from sklearn.linear_model import LogisticRegression
+
+    model, X, y = iris
+    d = Deployment(model, X[:50], labels=y[:50], name="widget-canary", quantize="none", explain="none",
+                   benchmark_budget_s=1)
+    w = DeployWidget(d)
+    d.run()
+    w.refresh()
+    v1 = d.tag
+    other = LogisticRegression(C=0.001, max_iter=500).fit(X, y)   # barely trained: answers differ
+    v2 = nbdeploy.deploy(other, X[:50], name="widget-canary", explain="none", quantize="none",
+                         benchmark_budget_s=1).tag
+    assert w.rollout_box.layout.display == "none"          # nothing to roll without a stable server
+    try:
+        d.serve(stable=True)
+        w.refresh()
+        assert v1 in w.rollout_html.value and "no canary in progress" in w.rollout_html.value
+        assert w.rollout_box.layout.display is None
+        assert w.promote_button.disabled and w.rollback_button.disabled
+        serve.rollout("widget-canary", v2, canary=50)
+        for _ in range(40):
+            status, _ = http("POST", d.server.url + "/predict", {"inputs": X[[0, 60, 120]].tolist()})
+            assert status == 200
+        w.rollout_refresh.click()
+        html = w.rollout_html.value
+        assert f"serving <b>{v1}</b>" in html and f"canary <b>{v2}</b> on 50.0% of requests" in html, html
+        st = serve.rollout_status("widget-canary")
+        assert f"<td>canary</td><td>{st['canary']['requests']}</td>" in html
+        assert re.search(r"differing predictions: [\d.]+% of [1-9]\d* compared rows", html), html
+        assert not w.promote_button.disabled and not w.rollback_button.disabled
+
+        w.promote_button.click()
+        assert f"now serves <code>{v2}</code>" in w.action_html.value, w.action_html.value
+        assert serve.rollout_status("widget-canary")["primary"]["tag"] == v2
+        assert f"serving <b>{v2}</b>" in w.rollout_html.value and "no canary" in w.rollout_html.value
+        assert w.promote_button.disabled and not w.rollback_button.disabled   # rollback to v1 remains
+
+        w.rollback_button.click()
+        assert f"now serves <code>{v1}</code>" in w.action_html.value, w.action_html.value
+        assert http("GET", d.server.url + "/metadata")[1]["tag"] == v1
+        assert f"serving <b>{v1}</b>" in w.rollout_html.value
+    finally:
+        for h in serve.find("widget-canary"):
+            h.stop()
+    w.refresh()
+    assert w.rollout_box.layout.display == "none" and w.rollout_html.value == ""
