@@ -191,3 +191,25 @@ def ref_copy(ref_deployment):
         return info.tag
 
     return make
+
+
+class Api:
+    """A client for one served bundle: ``headers`` (e.g. ``Authorization``) go with every request."""
+
+    def __init__(self, url: str, headers: dict | None = None):
+        self.url, self.headers = url, dict(headers or {})
+        self.auth = "key" if "Authorization" in self.headers else "off"
+
+    def post(self, path, body, *, headers=None, **kw):
+        return http("POST", self.url + path, body, headers={**self.headers, **(headers or {})}, **kw)
+
+    def get(self, path, **kw):
+        return http("GET", self.url + path, headers=self.headers, **kw)
+
+
+@pytest.fixture
+def api(served):
+    """An :class:`Api` for the module's ``served`` fixture: ``(deployment, server, X)``, or
+    ``(deployment, server, X, headers)`` for a server that requires a bearer key."""
+    _, server, _, *rest = served
+    return Api(server.url, rest[0] if rest else None)

@@ -6,8 +6,6 @@ the probes answers 401 without the header.  Drift in depth and metrics: tests/te
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 
@@ -16,27 +14,14 @@ from conftest import http
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Api:
-    """One server and a client for it: ``headers`` go with every request."""
-    url: str
-    auth: str
-    headers: dict = field(default_factory=dict)
-
-    def post(self, path, body, *, headers=None, **kw):
-        return http("POST", self.url + path, body, headers={**self.headers, **(headers or {})}, **kw)
-
-    def get(self, path, **kw):
-        return http("GET", self.url + path, headers=self.headers, **kw)
-
-
 @pytest.fixture(scope="module", params=["off", "key"])
-def api(request, ref_deployment, tmp_path_factory):
+def served(request, ref_deployment, breast_cancer, tmp_path_factory):
     """auth off: the session's reference server (tests/conftest.py); auth key: the same bundle
-    under a second ``bentoml serve`` that reads a key file (one extra start for this module)."""
+    under a second ``bentoml serve`` that reads a key file (one extra start for this module).
+    The ``api`` fixture (conftest.py) is the client: it sends the key's header."""
+    X = breast_cancer[1]
     if request.param == "off":
-        h = request.getfixturevalue("ref_server")
-        yield Api(h.url, "off")
+        yield ref_deployment, request.getfixturevalue("ref_server"), X
         return
     from nbdeploy import keys, serve
 
@@ -45,17 +30,13 @@ def api(request, ref_deployment, tmp_path_factory):
     h = serve.start(ref_deployment.tag, env={"NBDEPLOY_API_KEYS_FILE": str(kf)})
     try:
         assert h.auth == "key"
-        yield Api(h.url, "key", {"Authorization": f"Bearer {key}"})
+        yield ref_deployment, h, X, {"Authorization": f"Bearer {key}"}
     finally:
         h.stop()
 
 
-@pytest.fixture
-def X(breast_cancer):
-    return breast_cancer[1]
-
-
-def test_predict_lists_and_records(api, X, rf_model):
+def test_predict_lists_and_records(api, served, rf_model):
+    X = served[2]
     status, body = api.post("/predict", {"inputs": X.values[:5].tolist()})
     assert status == 200, body
     assert body["predictions"] == rf_model.predict(X.iloc[:5]).tolist()
@@ -149,7 +130,8 @@ def test_metadata_is_a_model_card(api, ref_deployment):
         assert dist in meta["versions"]
 
 
-def test_drift_counts_the_rows_served(api, X):
+def test_drift_counts_the_rows_served(api, served):
+    X = served[2]
     status, before = api.get("/drift")
     assert status == 200, before
     assert before["metric"] == "psi"
@@ -195,7 +177,8 @@ ROUTES = [("POST", "/predict"), ("POST", "/explain"), ("GET", "/metadata"), ("GE
           ("GET", "/metrics"), ("POST", "/api/predict")]
 
 
-def test_without_the_header_every_route_is_401_with_auth_on(api, X):
+def test_without_the_header_every_route_is_401_with_auth_on(api, served):
+    X = served[2]
     if api.auth == "off":   # the checks above already ran there without any header
         return
     body = {"inputs": X.values[:2].tolist()}
