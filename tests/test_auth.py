@@ -214,6 +214,36 @@ def test_jwt_verifier_against_a_real_jwks(jwks, keys_rsa):
         jwks.keys = [k1.as_dict(private=False)]
 
 
+def test_openapi_declares_what_the_guard_enforces(monkeypatch, jwks):
+    from nbdeploy.runtime.openapi import _declare_security
+
+    def doc():
+        return {"paths": {"/predict": {"post": {"responses": {}}}, "/metadata": {"get": {"responses": {}}},
+                          "/livez": {"get": {"security": [], "responses": {}}}}}
+
+    def declared(guard):
+        monkeypatch.setattr(auth, "_guard", guard)
+        d = doc()
+        _declare_security(d, {"description": "Client error"}, None)
+        return d, d["paths"]["/predict"]["post"]["responses"], d["paths"]["/metadata"]["get"]
+
+    assert declared(auth.Guard(env={}))[0] == doc()                       # off: nothing
+    d, predict, _ = declared(auth.Guard(env={"NBDEPLOY_RATE_LIMIT": "5/s"}))
+    assert "security" not in d and set(predict) == {"429"}                # a limit alone: 429 only
+    d, predict, metadata = declared(auth.Guard(env={"NBDEPLOY_API_KEYS": "k" * 20}))
+    assert d["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": "An API key (nbdeploy keys create)."}
+    assert d["security"] == [{"bearerAuth": []}] and set(predict) == {"401"} == set(metadata["responses"])
+    assert d["paths"]["/livez"]["get"] == {"security": [], "responses": {}}  # probes untouched
+    d, predict, metadata = declared(auth.Guard(env={
+        "NBDEPLOY_OIDC_ISSUER": jwks.issuer, "NBDEPLOY_OIDC_AUDIENCE": AUDIENCE,
+        "NBDEPLOY_AUTH_SCOPES": "predict=model:predict", "NBDEPLOY_RATE_LIMIT": "5/s"}))
+    assert d["components"]["securitySchemes"]["bearerAuth"]["bearerFormat"] == "JWT"
+    assert set(predict) == {"401", "403", "429"} and set(metadata["responses"]) == {"401", "429"}
+    assert d["paths"]["/predict"]["post"]["x-required-scope"] == "model:predict"
+    assert "x-required-scope" not in metadata
+
+
 def test_rate_limiter_token_bucket():
     rl = auth.RateLimiter(rate=2.0, burst=3)
     assert [rl.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]

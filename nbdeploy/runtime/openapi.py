@@ -153,9 +153,9 @@ def _declare_security(doc: dict, err_resp: dict, config: dict | None) -> None:
     from . import auth
 
     g = auth._guard
-    if g is None:  # not made yet in this process: the same settings the middleware reads
+    if g is None:  # no middleware in this process (yet): read the same settings it would
         try:
-            g = auth.guard(config)
+            g = auth.Guard(config=config)
         except auth.AuthConfigError:
             return
     if not g.active:
