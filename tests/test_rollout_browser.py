@@ -1,7 +1,8 @@
 """A canary in the JupyterLab sidebar, in a real browser (tests/browser/drive.js, MODE=canary):
 a stable server with a canary in progress under steady load shows the version it serves, the
-canary's share and comparison; Promote and Rollback clicked there change what the real server
-answers with.  Screenshots: test-output/nbdeploy-sidebar-canary.png, -promoted.png."""
+canary's share and comparison; Promote clicked there and Rollback clicked in the bundle's report
+tab change what the real server answers with.  Screenshots: test-output/nbdeploy-sidebar-canary.png,
+nbdeploy-sidebar-promoted.png, nbdeploy-report-tab-rollout.png."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def test_sidebar_canary_promote_and_rollback_in_chromium(browser_tools, canary_s
     assert v1.split(":")[1] in text and v2.split(":")[1] in text and "30% of requests" in text, text
     assert "Differing predictions" in text, text
     assert result["promoted_message"] == f"{h.id} now serves {v2}.", detail
-    assert result["rolled_message"] == f"{h.id} now serves {v1}.", detail
+    assert result["tab_rolled_text"].startswith(f"Serving {v1.split(':')[1]}"), detail   # Rollback in the report tab
     # the real server followed the clicks
     st = serve.rollout_status(h.id)
     assert st["primary"]["tag"] == v1 and st["canary"] is None

@@ -703,6 +703,7 @@ export class ReportView extends Widget {
   private serveBtn: HTMLButtonElement;
   private stopBtn: HTMLButtonElement;
   private pushBtn: HTMLButtonElement;
+  private rolloutEl: HTMLElement;
 
   constructor(tag: string, private onChange: () => void = () => undefined) {
     super();
@@ -718,7 +719,9 @@ export class ReportView extends Widget {
       button('Reload', 'reload', () => void this.load(), 'Render the report again'));
     this.frame = el('iframe', { class: 'nbdeploy-report-frame', title: `report of ${tag}`,
       sandbox: 'allow-same-origin allow-popups allow-popups-to-escape-sandbox' });
-    this.node.append(el('div', { class: 'nbdeploy-tab-head' }, el('h2', {}, tag), bar), this.status, this.frame);
+    this.rolloutEl = el('div', { class: 'nbdeploy-tab-rollout' });
+    this.node.append(el('div', { class: 'nbdeploy-tab-head' }, el('h2', {}, tag), bar), this.status,
+      this.rolloutEl, this.frame);
   }
 
   protected onAfterAttach(): void {
@@ -782,11 +785,34 @@ export class ReportView extends Widget {
     }
   }
 
+  /** Stable servers of this bundle's name: the version serving, a canary, Promote/Rollback. */
+  private async showRollouts(): Promise<void> {
+    const name = this.tag.split(':')[0];
+    const stable = this.servers.filter(s => s.stable && s.name === name && s.health === 'ready');
+    const boxes: HTMLElement[] = [];
+    for (const s of stable) {
+      try {
+        const r = await api<IRollout>(['servers', s.id, 'rollout']);
+        const box = rolloutBox(r, () => void this.roll(s, 'promote'), () => void this.roll(s, 'rollback'));
+        box.setAttribute('data-id', s.id);
+        box.querySelectorAll('button').forEach(b => { (b as HTMLButtonElement).disabled = this.busy; });
+        boxes.push(box);
+      } catch { /* stopped meanwhile */ }
+    }
+    this.rolloutEl.replaceChildren(...boxes);
+  }
+
+  async roll(s: IServer, op: 'promote' | 'rollback'): Promise<void> {
+    const label = op === 'promote' ? `Promoting the canary of ${s.id}` : `Rolling back ${s.id}`;
+    await this.job(label, ['servers', s.id, op], {});
+  }
+
   private async poll(): Promise<void> {
     try {
       const { servers } = await api<{ servers: IServer[] }>(['servers']);
       this.servers = servers;
       this.showServers();
+      await this.showRollouts();
     } catch {
       /* transient; the next tick retries */
     }

@@ -93,12 +93,21 @@ async function canary(page, panel) {
   const after = server.locator(`.nbdeploy-rollout[data-primary="${CANARY}"][data-canary=""]`);
   await after.waitFor({ state: 'visible', timeout: 30000 });
   await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-promoted.png') });
-  step('canary: Rollback');
-  await after.locator('[data-action="rollback"]').click();
+  step('canary: open the report tab; Rollback there');
+  await panel.locator(`.nbdeploy-bundle[data-tag="${TAG}"] [data-action="report"]`).click();
+  const tabBox = page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"] .nbdeploy-tab-rollout ` +
+    `.nbdeploy-rollout[data-id="${SID}"][data-primary="${CANARY}"]`);
+  await tabBox.waitFor({ state: 'visible', timeout: 30000 });
+  await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-report-tab-rollout.png') });
+  await tabBox.locator('[data-action="rollback"]').click();
+  const tabBack = page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"] .nbdeploy-tab-rollout ` +
+    `.nbdeploy-rollout[data-id="${SID}"][data-primary="${TAG}"][data-canary=""]`);
+  await tabBack.waitFor({ state: 'visible', timeout: 120000 });
+  const rolled = await tabBack.innerText();
+  step('canary: the sidebar follows');
   await server.locator(`.nbdeploy-rollout[data-primary="${TAG}"][data-canary=""]`)
-    .waitFor({ state: 'visible', timeout: 120000 });
-  const rolled = await panel.locator('.nbdeploy-message').innerText();
-  return { canary_text: canaryText, promoted_message: promoted.text, rolled_message: rolled };
+    .waitFor({ state: 'visible', timeout: 30000 });
+  return { canary_text: canaryText, promoted_message: promoted.text, tab_rolled_text: rolled };
 }
 
 (async () => {
