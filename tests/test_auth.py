@@ -637,7 +637,8 @@ def test_cli_k8s_with_keys_and_tls_ingress(ref_deployment, tmp_path):
     text = out.read_text()
     assert key not in text and "nbd-sha256$" in text
     kinds = [m["kind"] for m in yaml.safe_load_all(text)]
-    assert kinds == ["Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "Ingress"]
+    assert kinds[0] == "Secret" and sorted(kinds[1:]) == sorted(
+        ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress"])
     assert kubernetes_validate.validate_file(str(out), "1.33.0", strict=True, quiet=True, no_warn=True) == 0
     assert main(["k8s", ref_deployment.tag, "--image", image, "--auth", "oidc",
                  "--oidc-issuer", "https://idp.example.com"]) == 2   # no audience: a clear error
