@@ -508,9 +508,9 @@ export class NbdeployPanel extends Widget {
           el('div', { class: 'nbdeploy-meta' },
             [b.framework, b.task, b.variant].filter(Boolean).join(' · ') + ` · ${size(b.size_bytes)} · ${when(b.created)}`),
           el('div', { class: 'nbdeploy-actions' },
-            button('Details', 'details', () => void this.showReport(b.tag)),
-            this.openTab ? button('Report', 'report', () => this.openTab?.(b.tag),
-              `Open the full report of ${b.tag} in a tab`) : null,
+            // the full report in a main-area tab (one per bundle); in-sidebar only without a shell
+            button('Details', 'details', () => this.openTab ? this.openTab(b.tag) : void this.showReport(b.tag),
+              `Open the report of ${b.tag} in a tab`),
             button('Serve', 'serve', () => void this.serve(b.tag), `Start bentoml serve ${b.tag}`),
             this.pushButton(b.tag),
             button('Delete', 'delete', () => void this.remove(b.tag), `Delete version ${b.version}`))));

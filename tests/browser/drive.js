@@ -1,6 +1,6 @@
 // Drive JupyterLab's nbdeploy sidebar in headless Chromium (Playwright, no browser download).
 // Env: LAB_URL (http://127.0.0.1:PORT/), LAB_TOKEN, BUNDLE_TAG, SHOT_DIR, CHROMIUM (default /usr/bin/chromium),
-// MODE ("serve", the default: report, serve, logs, stop, error messages; or "push-delete": the Push
+// MODE ("serve", the default: Details opens the report tab, serve, logs, stop, error messages; or "push-delete": the Push
 // button with PUSH_REF typed into its dialog, then the Delete button, cancelled once, then confirmed).
 // Prints one JSON line {ok, steps, console_errors, ...}; exits non-zero on failure.
 const { chromium } = require('playwright-core');
@@ -94,7 +94,7 @@ async function canary(page, panel) {
   await after.waitFor({ state: 'visible', timeout: 30000 });
   await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-promoted.png') });
   step('canary: open the report tab; Rollback there');
-  await panel.locator(`.nbdeploy-bundle[data-tag="${TAG}"] [data-action="report"]`).click();
+  await panel.locator(`.nbdeploy-bundle[data-tag="${TAG}"] [data-action="details"]`).click();
   const tabBox = page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"] .nbdeploy-tab-rollout ` +
     `.nbdeploy-rollout[data-id="${SID}"][data-primary="${CANARY}"]`);
   await tabBox.waitFor({ state: 'visible', timeout: 30000 });
@@ -154,26 +154,34 @@ async function canary(page, panel) {
       return;
     }
 
-    step('open its report');
+    step('Details opens its report in a tab');
     await bundle.locator('[data-action="details"]').click();
-    const report = panel.locator(`.nbdeploy-report[data-tag="${TAG}"]`);
-    await report.waitFor({ state: 'visible' });
+    const tabView = page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"]`);
+    await tabView.waitFor({ state: 'visible' });
+    const frame = page.frameLocator(`.nbdeploy-report-tab[data-tag="${TAG}"] iframe`);
+    const report = frame.locator(`.nbd-report[data-tag="${TAG}"]`);
+    await report.waitFor({ state: 'attached', timeout: 60000 });
     const reportText = await report.innerText();
-    if (!/Verification/.test(reportText) || !/passed/.test(reportText)) {
+    if (!/Verification/.test(reportText) || !/PASS/.test(reportText)) {
       throw new Error(`report does not show verification: ${reportText.slice(0, 300)}`);
     }
+    if (await panel.locator('.nbdeploy-report').count()) throw new Error('Details also rendered the report in the sidebar');
 
     if (process.env.EXPECT_PLOT) {
       step('see its plot');
-      const img = report.locator(`img.nbdeploy-plot[alt="${process.env.EXPECT_PLOT}"]`);
-      await img.waitFor({ state: 'visible' });
-      await page.waitForFunction(
-        sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; },
-        `.nbdeploy-report img.nbdeploy-plot[alt="${process.env.EXPECT_PLOT}"]`);
+      const img = frame.locator(`img[alt="${process.env.EXPECT_PLOT}"]`);
+      await img.waitFor({ state: 'attached' });
+      const loaded = await img.evaluate(i => i.complete && i.naturalWidth > 0);
+      if (!loaded) throw new Error(`plot ${process.env.EXPECT_PLOT} did not load in the report tab`);
       await img.scrollIntoViewIfNeeded();
       await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-report.png') });
-      await panel.locator('[data-action="refresh"]').scrollIntoViewIfNeeded();
     }
+
+    step('Details again reuses the tab');
+    await bundle.locator('[data-action="details"]').click();
+    await page.waitForTimeout(500);
+    const tabs = await page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"]`).count();
+    if (tabs !== 1) throw new Error(`Details opened ${tabs} tabs for one bundle`);
 
     step('serve it');
     await bundle.locator('[data-action="serve"]').click();

@@ -18,7 +18,7 @@ const shot = (page, name) => page.screenshot({ path: path.join(SHOT_DIR, `nbdepl
 async function openTab(page, panel, tag) {
   const row = panel.locator(`.nbdeploy-bundle[data-tag="${tag}"]`);
   await row.waitFor({ state: 'visible' });
-  await row.locator('[data-action="report"]').click();
+  await row.locator('[data-action="details"]').click();
   const view = page.locator(`.nbdeploy-report-tab[data-tag="${tag}"]`);
   await view.waitFor({ state: 'visible' });
   const frame = page.frameLocator(`.nbdeploy-report-tab[data-tag="${tag}"] iframe`);
