@@ -455,6 +455,52 @@ class PushHandler(NbdeployHandler):
         self.job_reply(job)
 
 
+def _export_target(root: str, path: Any) -> str:
+    """``path`` (relative to the Jupyter server's root folder) as an absolute path inside it."""
+    from pathlib import Path
+
+    if not isinstance(path, str) or not path.strip() or "\x00" in path:
+        raise InvalidInputError("Give the archive's path as 'path', relative to the Jupyter root folder, "
+                                "e.g. \"exports/model.bento\".", expected="string", received=type(path).__name__)
+    base = Path(root).expanduser().resolve()
+    target = (base / path.strip()).resolve()
+    if not target.is_relative_to(base):
+        raise InvalidInputError("The export path must stay inside the Jupyter root folder.",
+                                hint="Give a path relative to it, without '..'.", received=path[:200])
+    return str(target)
+
+
+def _export(tag: str, target: str, overwrite: bool, root: str) -> dict:
+    from pathlib import Path
+
+    from ..export import export_bundle
+
+    out = export_bundle(tag, target, overwrite=overwrite)
+    base = Path(root).expanduser().resolve()
+    return {"tag": tag, "path": str(Path(out).resolve().relative_to(base)),
+            "size_bytes": Path(out).stat().st_size}
+
+
+class ExportHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def post(self, tag: str):
+        """Write the bundle as one archive (``nbdeploy export``) under the Jupyter root, as a job (202)."""
+        from ..schema import validate_tag
+
+        validate_tag(tag)
+        body = self.json_body()
+        root = self.settings.get("server_root_dir") or "."
+        target = _export_target(root, body.get("path"))
+        overwrite = body.get("overwrite", False)
+        if not isinstance(overwrite, bool):
+            raise InvalidInputError("overwrite must be true or false.", expected="boolean", received=repr(overwrite))
+        full = await self.run(_check_bundle, tag)
+        job = self.jobs.submit("export", full, lambda: _export(full, target, overwrite, root))
+        self.job_reply(job)
+
+
 class ServersHandler(NbdeployHandler):
     @web.authenticated
     @authorized
@@ -595,6 +641,7 @@ ROUTES: list[tuple[str, type[NbdeployHandler]]] = [
     (f"bundles/{_SEG}/plots/{_SEG}", PlotHandler),
     (f"bundles/{_SEG}/serve", ServeHandler),
     (f"bundles/{_SEG}/push", PushHandler),
+    (f"bundles/{_SEG}/export", ExportHandler),
     ("servers", ServersHandler),
     (f"servers/{_SEG}/stop", StopHandler),
     (f"servers/{_SEG}/logs", LogsHandler),

@@ -1,0 +1,65 @@
+"""POST bundles/{tag}/export through a real jupyter_server: a job that writes a real archive under
+the Jupyter root (which `nbdeploy import` reads back), refusing paths outside the root."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+
+@pytest.fixture
+def jp_server_config(jp_server_config):
+    jp_server_config["ServerApp"]["jpserver_extensions"]["nbdeploy"] = True
+    return jp_server_config
+
+
+async def _wait_job(jp_fetch, job: dict, timeout: float = 120.0) -> dict:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        j = json.loads((await jp_fetch("nbdeploy", "jobs", job["id"])).body)
+        if j["status"] in ("done", "failed"):
+            return j
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"job {job} did not finish")
+
+
+async def test_export_job_writes_an_archive_under_the_root(jp_fetch, jp_root_dir, ref_deployment):
+    from nbdeploy.export import inspect_archive
+
+    tag = ref_deployment.tag
+    (jp_root_dir / "exports").mkdir()
+    r = await jp_fetch("nbdeploy", "bundles", tag, "export", method="POST",
+                       body=json.dumps({"path": "exports/model.bento"}))
+    assert r.code == 202
+    done = await _wait_job(jp_fetch, json.loads(r.body))
+    assert done["status"] == "done" and done["kind"] == "export", done
+    assert done["result"]["path"] == "exports/model.bento" and done["result"]["tag"] == tag
+    archive = jp_root_dir / "exports" / "model.bento"
+    assert archive.stat().st_size == done["result"]["size_bytes"] > 1000
+    files = inspect_archive(archive)                      # passes every import check
+    assert any(f.endswith("bento.yaml") for f in files), files[:10]
+    # a second export to the same path is refused without overwrite, done with it
+    r = await jp_fetch("nbdeploy", "bundles", tag, "export", method="POST",
+                       body=json.dumps({"path": "exports/model.bento"}))
+    failed = await _wait_job(jp_fetch, json.loads(r.body))
+    assert failed["status"] == "failed" and "already exists" in failed["error"]["message"]
+    r = await jp_fetch("nbdeploy", "bundles", tag, "export", method="POST",
+                       body=json.dumps({"path": "exports/model.bento", "overwrite": True}))
+    assert (await _wait_job(jp_fetch, json.loads(r.body)))["status"] == "done"
+
+
+@pytest.mark.parametrize("body", [{}, {"path": ""}, {"path": 3}, {"path": "../outside.bento"},
+                                  {"path": "/tmp/outside.bento"}, {"path": "x.bento", "overwrite": "yes"}])
+async def test_export_refuses_bad_paths_before_starting_a_job(jp_fetch, jp_root_dir, ref_deployment, body):
+    jobs_before = len(json.loads((await jp_fetch("nbdeploy", "jobs")).body)["jobs"])
+    with pytest.raises(HTTPClientError) as e:
+        await jp_fetch("nbdeploy", "bundles", ref_deployment.tag, "export", method="POST", body=json.dumps(body))
+    assert e.value.code == 400, e.value.response.body
+    assert len(json.loads((await jp_fetch("nbdeploy", "jobs")).body)["jobs"]) == jobs_before
+    assert not list(jp_root_dir.parent.glob("outside.bento"))
