@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from test_browser import (CHROMIUM, NODE_MODULES, OUT, ROOT, browser_tools,  # noqa: F401 (fixtures)
@@ -63,6 +64,7 @@ def test_report_tab_in_chromium(browser_tools, two_versions, jupyter_lab):  # no
 
     first, second = two_versions
     base, token, log = jupyter_lab
+    (Path(str(log)).parent / "root" / "exported").mkdir()   # the export's folder, under the root
     OUT.mkdir(exist_ok=True)
     for old in OUT.glob("nbdeploy-report-*.png"):
         old.unlink()
@@ -97,6 +99,10 @@ def test_report_tab_in_chromium(browser_tools, two_versions, jupyter_lab):  # no
     # serve / stop from the tab
     assert "ready" in r["serving"] and r["servingUrl"].startswith("http://127.0.0.1:"), detail
     assert r["stopped"].strip() == "not serving" and not find(NAME)
+    # export from the tab: a real archive under the Jupyter root
+    archive = Path(str(log)).parent / "root" / "exported" / "report-tab.bento"
+    assert r["exported"].startswith("Exported to exported/report-tab.bento ("), detail
+    assert archive.is_file() and archive.stat().st_size > 1000, detail
     # delete from the tab
     with pytest.raises(bentoml.exceptions.NotFound):
         bentoml.bentos.get(second)

@@ -704,6 +704,7 @@ export class ReportView extends Widget {
   private stopBtn: HTMLButtonElement;
   private pushBtn: HTMLButtonElement;
   private rolloutEl: HTMLElement;
+  private keepNote = false; // an action's result stays in the status line until the next action
 
   constructor(tag: string, private onChange: () => void = () => undefined) {
     super();
@@ -715,6 +716,8 @@ export class ReportView extends Widget {
     this.stopBtn = button('Stop', 'stop', () => void this.stop(), 'Stop its servers');
     this.pushBtn = button('Push', 'push', () => void this.push(), 'Build an image and push it to a registry');
     const bar = el('div', { class: 'nbdeploy-tab-actions' }, this.serveBtn, this.stopBtn, this.pushBtn,
+      button('Export', 'export', () => void this.exportArchive(),
+        'Write the bundle as one archive (bentoml import reads it) under the Jupyter root folder'),
       button('Delete', 'delete', () => void this.remove(), `Delete ${tag}`),
       button('Reload', 'reload', () => void this.load(), 'Render the report again'));
     this.frame = el('iframe', { class: 'nbdeploy-report-frame', title: `report of ${tag}`,
@@ -779,7 +782,7 @@ export class ReportView extends Widget {
         el('span', { class: `nbdeploy-health nbdeploy-health-${s.health}` }, s.health), ' at ',
         el('a', { href: s.url, target: '_blank', rel: 'noopener noreferrer', class: 'nbdeploy-url' }, s.url), ' · ',
         el('a', { href: `${s.url}/docs`, target: '_blank', rel: 'noopener noreferrer' }, 'API docs'), ' ']));
-    } else if (!this.status.classList.contains('nbdeploy-error')) {
+    } else if (!this.status.classList.contains('nbdeploy-error') && !this.keepNote) {
       this.status.className = 'nbdeploy-tab-status';
       this.status.replaceChildren(el('span', {}, 'not serving'));
     }
@@ -820,6 +823,7 @@ export class ReportView extends Widget {
 
   private async job(label: string, path: string[], body: object): Promise<IJob | null> {
     this.busy = true;
+    this.keepNote = false;
     this.showServers();
     this.say(`${label}…`);
     try {
@@ -857,6 +861,22 @@ export class ReportView extends Widget {
   async stop(): Promise<void> {
     for (const s of this.servers.filter(x => x.tag === this.tag)) {
       await this.job(`Stopping ${s.id}`, ['servers', s.id, 'stop'], {});
+    }
+  }
+
+  async exportArchive(): Promise<void> {
+    const [name, version] = this.tag.split(':');
+    const res = await InputDialog.getText({
+      title: `Export ${this.tag}`,
+      label: 'Archive path, relative to the Jupyter root folder (.bento, .tar.gz, .tar.xz, .tar or .zip)',
+      text: `${name}-${version}.bento`
+    });
+    if (!res.button.accept || !res.value) return;
+    const done = await this.job(`Exporting ${this.tag} to ${res.value}`, ['bundles', this.tag, 'export'],
+      { path: res.value });
+    if (done) {
+      this.say(`Exported to ${done.result.path} (${size(done.result.size_bytes)})`, 'ok');
+      this.keepNote = true;
     }
   }
 

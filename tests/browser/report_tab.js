@@ -123,6 +123,20 @@ function inspect() {
     }, TAG, { timeout: 90000 });
     result.stopped = await status.innerText();
 
+    step('export from the tab');
+    await view.locator('[data-action="export"]').click();
+    const exportDialog = page.locator('.jp-Dialog');
+    await exportDialog.waitFor({ state: 'visible' });
+    await exportDialog.locator('input').fill('exported/report-tab.bento');
+    await exportDialog.locator('.jp-Dialog-button.jp-mod-accept').click();
+    await exportDialog.waitFor({ state: 'detached' });
+    await page.waitForFunction(tag => {
+      const s = document.querySelector(`.nbdeploy-report-tab[data-tag="${tag}"] .nbdeploy-tab-status`);
+      return s && (/^Exported to /.test(s.textContent) || s.classList.contains('nbdeploy-error'));
+    }, TAG, { timeout: 120000 });
+    result.exported = await status.innerText();
+    await shot(page, 'exported');
+
     step('delete the other version from its own tab');
     const second = await openTab(page, panel, SECOND);
     await second.view.locator('[data-action="delete"]').click();
