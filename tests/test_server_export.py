@@ -63,3 +63,40 @@ async def test_export_refuses_bad_paths_before_starting_a_job(jp_fetch, jp_root_
     assert e.value.code == 400, e.value.response.body
     assert len(json.loads((await jp_fetch("nbdeploy", "jobs")).body)["jobs"]) == jobs_before
     assert not list(jp_root_dir.parent.glob("outside.bento"))
+
+
+async def test_serve_with_auth_key_requires_a_key_and_says_how_to_get_one(jp_fetch, ref_copy):
+    """serve with {"auth": "key"}: the server answers 401 without a key, 200 with one made by
+    `nbdeploy keys create`; the replies say how to get a key and never carry one."""
+    import urllib.error
+    import urllib.request
+
+    from nbdeploy import keys, serve
+
+    key = keys.create("ui-test")          # in the test home's key file, which auth="key" serves
+    tag = ref_copy("serve-key")
+    r = await jp_fetch("nbdeploy", "bundles", tag, "serve", method="POST", body=json.dumps({"auth": "key"}))
+    done = await _wait_job(jp_fetch, json.loads(r.body))
+    try:
+        assert done["status"] == "done", done
+        s = done["result"]
+        assert s["auth"] == "key" and "nbdeploy keys create" in s["auth_hint"]
+        listed = [x for x in json.loads((await jp_fetch("nbdeploy", "servers")).body)["servers"]
+                  if x["id"] == s["id"]]
+        assert listed[0]["auth"] == "key" and listed[0]["auth_hint"] == s["auth_hint"]
+        assert key not in json.dumps(done) and key not in json.dumps(listed)
+        body = json.dumps({"inputs": [[0.0] * 30]}).encode()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urllib.request.Request(s["url"] + "/predict", data=body,
+                                                          headers={"Content-Type": "application/json"}), timeout=10)
+        assert e.value.code == 401
+        req = urllib.request.Request(s["url"] + "/predict", data=body, headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=10) as ok:
+            assert ok.status == 200
+    finally:
+        serve.stop("serve-key")
+        keys.revoke("ui-test")
+    with pytest.raises(HTTPClientError) as e:
+        await jp_fetch("nbdeploy", "bundles", tag, "serve", method="POST", body=json.dumps({"auth": "nope"}))
+    assert e.value.code == 400

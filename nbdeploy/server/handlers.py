@@ -215,6 +215,8 @@ def _servers() -> list[dict]:
         d["name"] = h.name
         d["health"] = h.health()
         d["stable"] = h.stable
+        if h.auth == "key":
+            d["auth_hint"] = KEY_HINT
         out.append(d)
     return out
 
@@ -250,14 +252,22 @@ def _logs(sid: str, tail: int | None, offset: int | None) -> dict:
     return {"id": sid, "text": "\n".join(lines), "offset": size, "running": running}
 
 
-def _serve(tag: str, port: int | None, stable: bool = False) -> dict:
+#: how a client of a server started with auth="key" gets a key (the key itself never goes in a page)
+KEY_HINT = ("Clients send 'Authorization: Bearer KEY'. Create a key in a terminal with "
+            "`nbdeploy keys create NAME` (it is printed once, keep it in $NBDEPLOY_API_KEY); "
+            "`nbdeploy keys list` shows the names, `nbdeploy keys revoke NAME` removes one.")
+
+
+def _serve(tag: str, port: int | None, stable: bool = False, auth: str | None = None) -> dict:
     from ..serve import start
 
-    h = start(tag, port=port, wait=True, stable=stable)
+    h = start(tag, port=port, wait=True, stable=stable, auth=auth)
     d = h.to_dict()
     d["name"] = h.name
     d["health"] = h.health()
     d["stable"] = h.stable
+    if h.auth == "key":
+        d["auth_hint"] = KEY_HINT
     return d
 
 
@@ -426,9 +436,13 @@ class ServeHandler(NbdeployHandler):
         stable = body.get("stable", False)
         if not isinstance(stable, bool):
             raise InvalidInputError("stable must be true or false.", expected="boolean", received=repr(stable))
+        auth = body.get("auth", "off")
+        if auth not in ("off", "key"):
+            raise InvalidInputError("auth must be 'off' or 'key' (API keys of `nbdeploy keys`).",
+                                    expected=["off", "key"], received=repr(auth)[:40])
         full = await self.run(_check_bundle, tag)  # 404 now rather than a failed job later
-        job = self.jobs.active("serve", full) or self.jobs.submit("serve", full,
-                                                                   lambda: _serve(full, port, stable))
+        job = self.jobs.active("serve", full) or self.jobs.submit(
+            "serve", full, lambda: _serve(full, port, stable, None if auth == "off" else auth))
         self.job_reply(job)
 
 
