@@ -99,6 +99,10 @@ def test_report_tab_in_chromium(browser_tools, two_versions, jupyter_lab):  # no
     # serve / stop from the tab
     assert "ready" in r["serving"] and r["servingUrl"].startswith("http://127.0.0.1:"), detail
     assert r["stopped"].strip() == "not serving" and not find(NAME)
+    # serve with an API key: the tab and the sidebar say how to get a key; no key in the page
+    assert "ready" in r["keyServing"] and "API key required" in r["keyServing"], detail
+    assert "nbdeploy keys create NAME" in r["keyServing"] and "nbdeploy keys create" in r["sidebarKeyHint"], detail
+    assert not find(NAME)
     # export from the tab: a real archive under the Jupyter root
     archive = Path(str(log)).parent / "root" / "exported" / "report-tab.bento"
     assert r["exported"].startswith("Exported to exported/report-tab.bento ("), detail

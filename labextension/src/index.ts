@@ -57,6 +57,8 @@ interface IServer {
   pid: number;
   health: 'ready' | 'starting' | 'stopped';
   stable?: boolean;
+  auth?: string;
+  auth_hint?: string;
 }
 
 interface IRolloutVersion {
@@ -478,6 +480,8 @@ export class NbdeployPanel extends Widget {
         return el('div', { class: 'nbdeploy-server', 'data-id': s.id, 'data-tag': s.tag, 'data-health': s.health },
           el('div', { class: 'nbdeploy-row' }, el('span', { class: 'nbdeploy-name' }, s.tag), health),
           el('div', { class: 'nbdeploy-row' }, link),
+          s.auth_hint ? el('div', { class: 'nbdeploy-meta nbdeploy-auth-hint', title: s.auth_hint },
+            'API key required (nbdeploy keys create NAME in a terminal)') : null,
           rollouts.has(s.id) ? rolloutBox(rollouts.get(s.id)!, () => void this.roll(s, 'promote'),
             () => void this.roll(s, 'rollback')) : null,
           el('div', { class: 'nbdeploy-actions' },
@@ -703,6 +707,7 @@ export class ReportView extends Widget {
   private serveBtn: HTMLButtonElement;
   private stopBtn: HTMLButtonElement;
   private pushBtn: HTMLButtonElement;
+  private keyBtn: HTMLButtonElement;
   private rolloutEl: HTMLElement;
   private keepNote = false; // an action's result stays in the status line until the next action
 
@@ -713,9 +718,11 @@ export class ReportView extends Widget {
     this.node.setAttribute('data-tag', tag);
     this.status = el('div', { class: 'nbdeploy-tab-status', role: 'status' });
     this.serveBtn = button('Serve', 'serve', () => void this.serve(), `Start bentoml serve ${tag}`);
+    this.keyBtn = button('Serve with key', 'serve-key', () => void this.serve('key'),
+      'Serve it so that clients must send an API key (nbdeploy keys)');
     this.stopBtn = button('Stop', 'stop', () => void this.stop(), 'Stop its servers');
     this.pushBtn = button('Push', 'push', () => void this.push(), 'Build an image and push it to a registry');
-    const bar = el('div', { class: 'nbdeploy-tab-actions' }, this.serveBtn, this.stopBtn, this.pushBtn,
+    const bar = el('div', { class: 'nbdeploy-tab-actions' }, this.serveBtn, this.keyBtn, this.stopBtn, this.pushBtn,
       button('Export', 'export', () => void this.exportArchive(),
         'Write the bundle as one archive (bentoml import reads it) under the Jupyter root folder'),
       button('Delete', 'delete', () => void this.remove(), `Delete ${tag}`),
@@ -774,6 +781,7 @@ export class ReportView extends Widget {
   private showServers(): void {
     const mine = this.servers.filter(s => s.tag === this.tag);
     this.serveBtn.disabled = this.busy || mine.length > 0;
+    this.keyBtn.disabled = this.serveBtn.disabled;
     this.stopBtn.disabled = this.busy || mine.length === 0;
     if (this.busy) return;
     if (mine.length) {
@@ -781,7 +789,8 @@ export class ReportView extends Widget {
       this.status.replaceChildren(...mine.flatMap(s => [
         el('span', { class: `nbdeploy-health nbdeploy-health-${s.health}` }, s.health), ' at ',
         el('a', { href: s.url, target: '_blank', rel: 'noopener noreferrer', class: 'nbdeploy-url' }, s.url), ' · ',
-        el('a', { href: `${s.url}/docs`, target: '_blank', rel: 'noopener noreferrer' }, 'API docs'), ' ']));
+        el('a', { href: `${s.url}/docs`, target: '_blank', rel: 'noopener noreferrer' }, 'API docs'), ' ',
+        s.auth_hint ? el('div', { class: 'nbdeploy-auth-hint' }, `API key required. ${s.auth_hint}`) : '']));
     } else if (!this.status.classList.contains('nbdeploy-error') && !this.keepNote) {
       this.status.className = 'nbdeploy-tab-status';
       this.status.replaceChildren(el('span', {}, 'not serving'));
@@ -853,9 +862,10 @@ export class ReportView extends Widget {
     }
   }
 
-  async serve(): Promise<void> {
+  async serve(auth: 'off' | 'key' = 'off'): Promise<void> {
     this.status.classList.remove('nbdeploy-error');
-    await this.job(`Starting ${this.tag}`, ['bundles', this.tag, 'serve'], {});
+    await this.job(`Starting ${this.tag}${auth === 'key' ? ' with API keys' : ''}`, ['bundles', this.tag, 'serve'],
+      auth === 'key' ? { auth } : {});
   }
 
   async stop(): Promise<void> {

@@ -123,6 +123,19 @@ function inspect() {
     }, TAG, { timeout: 90000 });
     result.stopped = await status.innerText();
 
+    step('serve with an API key from the tab; it says how to get a key');
+    await view.locator('[data-action="serve-key"]').click();
+    await view.locator('.nbdeploy-tab-status .nbdeploy-health-ready').waitFor({ state: 'visible', timeout: 180000 });
+    result.keyServing = await status.innerText();
+    result.keyServingUrl = await status.locator('a.nbdeploy-url').getAttribute('href');
+    result.sidebarKeyHint = await panel.locator(`.nbdeploy-server[data-tag="${TAG}"] .nbdeploy-auth-hint`).innerText();
+    await shot(page, 'serving-key');
+    await view.locator('[data-action="stop"]').click();
+    await page.waitForFunction(tag => {
+      const s = document.querySelector(`.nbdeploy-report-tab[data-tag="${tag}"] .nbdeploy-tab-status`);
+      return s && s.textContent.trim() === 'not serving';
+    }, TAG, { timeout: 90000 });
+
     step('export from the tab');
     await view.locator('[data-action="export"]').click();
     const exportDialog = page.locator('.jp-Dialog');
