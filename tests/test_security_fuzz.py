@@ -49,16 +49,27 @@ def api_schema(served):
     return schema
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+def test_openapi_conformance(api_schema, served, get):
+    """Every GET operation of the document: no 5xx, documented status codes, content types and
+    bodies; schema-violating input is rejected with 4xx, valid input is accepted.
 
+    (Driven through hypothesis strategies rather than schemathesis' pytest plugin, whose lazy
+    fixture support breaks on pytest 9.2.)"""
+    _, doc = get(served.url + "/nbdeploy/openapi.json")
+    paths = [p for p, ops in doc["paths"].items() if "get" in ops]
+    assert {"/metadata", "/drift"} <= set(paths), paths
+    for path in paths:
+        # invalid input exists only where the operation takes parameters
+        modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE]
+                                             if doc["paths"][path]["get"].get("parameters") else [])
+        for mode in modes:
+            @given(case=api_schema[path]["GET"].as_strategy(generation_mode=mode))
+            @settings(max_examples=50, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            def check(case):
+                case.call_and_validate(base_url=served.url, timeout=30)
 
-@schema.include(method="GET").parametrize()
-@settings(max_examples=50, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
-def test_openapi_conformance(case, served):
-    """Every operation of the document: no 5xx, documented status codes, content types and
-    bodies; schema-violating input is rejected with 4xx, valid input is accepted."""
-    case.call_and_validate(base_url=served.url, timeout=30)
+            check()
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
