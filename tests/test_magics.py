@@ -18,6 +18,9 @@ def ip():
 
     globalipapp.start_ipython()          # once per process; later calls return None
     shell = globalipapp.get_ipython()
+    # the shell is shared by the whole test process: start from an empty namespace, so names
+    # other modules defined (X_test, ...) cannot change which mistakes these tests see
+    shell.reset(new_session=False)
     shell.run_line_magic("load_ext", "nbdeploy")
     shell.run_cell(
         "from sklearn.datasets import load_iris\n"

@@ -294,9 +294,10 @@ def test_cli_score_file_and_bad_row(rf_bundle, rf_model, breast_cancer, tmp_path
 
 
 def test_magic_score(rf_bundle, rf_model, breast_cancer, capsys):
-    from IPython.testing.globalipapp import start_ipython
+    from IPython.testing import globalipapp
 
-    shell = start_ipython()
+    globalipapp.start_ipython()          # once per process; later calls return None
+    shell = globalipapp.get_ipython()
     shell.run_line_magic("load_ext", "nbdeploy")
     _, X_test, _, _ = breast_cancer
     shell.user_ns["X_new"] = X_test
