@@ -53,6 +53,9 @@ class FaultProxy:
                 body = self._body()
                 fault = proxy._fault(self.command, self.path)
                 if fault is not None:
+                    # recorded before answering: the client may act on the answer (and the test
+                    # read the log) before this thread runs again
+                    proxy._record(self.command, self.path, fault, True)
                     payload = b'{"errors":[{"code":"UNAVAILABLE","message":"injected by the test"}]}'
                     self.send_response(fault)
                     self.send_header("Content-Type", "application/json")
@@ -60,13 +63,13 @@ class FaultProxy:
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(payload)
-                    proxy._record(self.command, self.path, fault, True)
                     return
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
                 conn.request(self.command, self.path, body=body or None, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                proxy._record(self.command, self.path, resp.status, False)
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in HOP and k.lower() != "content-length":
@@ -76,7 +79,6 @@ class FaultProxy:
                 if self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
-                proxy._record(self.command, self.path, resp.status, False)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
