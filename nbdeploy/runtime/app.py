@@ -96,6 +96,7 @@ class Runtime:
         self.retry_after_s = _limits.RETRY_AFTER_S
         self.pending = _limits.LoopTasks()  # the direct engine counts uvicorn's tasks instead
         self.shed = 0
+        self._admit_credit = 0.0            # see overloaded()
         self._explain_row_ms: float | None = None   # measured TreeSHAP cost per row
 
     # -- loading ---------------------------------------------------------------------------
@@ -157,11 +158,25 @@ class Runtime:
             return None
 
     def overloaded(self) -> bool:
-        """Whether model work should be refused now (counts it when so)."""
-        if self.limit and self.pending() > self.limit:
-            self.shed += 1
-            return True
-        return False
+        """Whether model work should be refused now (counts it when so).
+
+        With ``pending`` requests waiting beyond the limit, about ``limit / pending`` of them
+        are admitted (a credit that fills by that share per request): the admitted ones among
+        the waiting stay about ``limit``, so their wait stays bounded, and no stream of
+        requests starves — refusing every request while more than ``limit`` wait would answer
+        nothing at all under a steady overload (a small inline predict never leaves the queue
+        shorter than the limit)."""
+        if not self.limit:
+            return False
+        pending = self.pending()
+        if pending <= self.limit:
+            return False
+        self._admit_credit += self.limit / pending
+        if self._admit_credit >= 1.0:
+            self._admit_credit -= 1.0
+            return False
+        self.shed += 1
+        return True
 
     def _warm_explainer(self) -> None:
         try:
