@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -242,7 +243,15 @@ def test_sigterm_drains_in_flight_requests(base, rows):
         threads = [threading.Thread(target=send, args=(k,)) for k in range(len(results))]
         for t in threads:
             t.start()
-        time.sleep(min(0.5, one / 2))                    # all sent, none finished
+        # SIGTERM only once the server holds all four: a request still in the kernel's accept
+        # queue (its sender thread late on a busy machine) is not in flight, and is reset
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(t.is_alive() for t in threads):
+            meta = json.loads(urllib.request.urlopen(server.url + "/metadata", timeout=10).read())
+            # this /metadata request is in flight too
+            if (meta["serving"]["concurrency_limit"].get("in_flight") or 0) >= len(results) + 1:
+                break
+            time.sleep(0.02)
         assert any(t.is_alive() for t in threads)
         os.killpg(server.pid, signal.SIGTERM)
         for t in threads:
