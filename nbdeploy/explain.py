@@ -622,22 +622,8 @@ def explain(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "
             notes.append(f"The exported trees reproduce native TreeSHAP only to {agreement:.2g}.")
         phi, base, outputs, algo = tree_phi, tree_base, tree_out, "tree"
     else:
-        t1 = time.perf_counter()
-        chunks = []
-        step = max(1, len(rows) // 20)
-        for s in range(0, len(rows), step):
-            if s >= 10 and max_rows is None and time.perf_counter() - t1 > TIME_BUDGET_S:
-                notes.append(f"Model-agnostic SHAP stopped after {s} of {len(rows)} rows "
-                             f"({TIME_BUDGET_S:.0f} s budget); pass max_rows= to explain more.")
-                rows = rows[:s]
-                break
-            report(0.1 + 0.7 * s / max(1, len(rows)), f"SHAP: rows {s}..{min(len(rows), s + step)}")
-            chunks.append(serve.shap_values(rows[s:s + step], seed=seed))
-        phi = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros((0, len(names), 1))
-        base = chunks[0][1] if chunks else np.zeros(1)
-        outputs = np.concatenate([c[2] for c in chunks]) if chunks else np.zeros((0, 1))
-        algo = chunks[0][3] if chunks else "exact"
-        timings["shap_s"] = round(time.perf_counter() - t1, 4)
+        rows, phi, base, outputs, algo, timings["shap_s"] = _shap_rows(
+            serve, rows, seed=seed, max_rows=max_rows, notes=notes, report=report)
     return _finish(serve, config, rows=rows, phi=phi, base=base, outputs=outputs, algo=algo,
                    task=task, names=names, methods=served_methods, seed=seed, agreement=agreement,
                    notes=notes, timings=timings, artifacts=artifacts, t0=t0, report=report)
