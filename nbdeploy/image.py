@@ -388,7 +388,7 @@ def image_from_rootfs(rootfs: str | Path, *, home: Path | None = None, platform:
     return OCIImage(config, [layer], store)
 
 
-def _bento_dir(bento) -> Path:
+def bento_dir(bento) -> Path:
     """A bento tag (looked up in the BentoML store), a bento object, or a built bento directory."""
     if hasattr(bento, "path") and not isinstance(bento, (str, os.PathLike)):
         return Path(bento.path)
@@ -634,7 +634,7 @@ def build_image(bento, *, base: "str | OCIImage | None" = DEFAULT_BASE, platform
     home = Path(home) if home else nbdeploy_home()
     store = blob_store(home)
     store.mkdir(parents=True, exist_ok=True)
-    bdir = _bento_dir(bento)
+    bdir = bento_dir(bento)
     meta = _read_bento_yaml(bdir)
     tag = f"{meta.get('name', bdir.parent.name)}:{meta.get('version', bdir.name)}"
     req = bdir / "env" / "python" / "requirements.txt"

@@ -322,9 +322,9 @@ def bundle_needs_gpu(bento) -> bool:
 
     import yaml
 
-    from .image import _bento_dir
+    from .image import bento_dir
 
-    d = _bento_dir(bento)
+    d = bento_dir(bento)
     cfg = d / "src" / "model" / "config.json"
     if cfg.exists():
         try:
