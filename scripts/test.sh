@@ -10,7 +10,7 @@
 #   NBDEPLOY_TEST_ENV=current bash scripts/test.sh [pytest args]
 # runs the suite against the Python environment you already have (`python3` on PATH, or
 # $PYTHON) and installs no Python packages; the system packages below are still installed.
-# Extra arguments go to pytest (e.g. `bash scripts/test.sh tests/test_image.py -x`).
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh tests/containers/test_image.py -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # This script installs every tool the suite needs, so a missing one is a failure, not a skip.

@@ -26,6 +26,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# the container fixtures (a real registry, a base image, bentos) live beside the container tests;
+# front-end tests (push from the magic, the CLI and the sidebar) use them too
+pytest_plugins = ["containers.fixtures"]
+
 _FALSY = ("", "0", "false", "no", "off")
 
 

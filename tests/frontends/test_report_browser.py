@@ -1,5 +1,5 @@
 """The report in a JupyterLab main-area tab, in a real browser (JupyterLab started here, headless
-Chromium via Playwright: tests/browser/report_tab.js).  A real deployment with benchmark and SHAP
+Chromium via Playwright: tests/frontends/browser/report_tab.js).  A real deployment with benchmark and SHAP
 plots; the tab shows every section with tables that fit or scroll (nothing hidden sideways),
 plots that load and open at full size on a click, the versions side by side; Serve and Stop work
 from the tab and its status follows; Delete removes a version and closes its tab.
@@ -19,7 +19,7 @@ from test_browser import (CHROMIUM, NODE_MODULES, OUT, ROOT, browser_tools,  # n
                           jupyter_lab, lab_env)
 
 pytestmark = pytest.mark.slow
-DRIVER = ROOT / "tests" / "browser" / "report_tab.js"
+DRIVER = ROOT / "tests" / "frontends" / "browser" / "report_tab.js"
 NAME = "report-tab"
 
 

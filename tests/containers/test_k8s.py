@@ -8,7 +8,6 @@ import yaml
 from nbdeploy.errors import InvalidInputError
 from nbdeploy.k8s import k8s_manifests, k8s_name, to_yaml, write_manifests
 
-pytest_plugins = ["conftest_containers"]
 
 IMAGE = "registry.example.com/team/iris:v3@sha256:" + "ab" * 32
 K8S_VERSIONS = ["1.29.0", "1.33.0"]
@@ -16,7 +15,7 @@ K8S_VERSIONS = ["1.29.0", "1.33.0"]
 
 @pytest.fixture(scope="module")
 def kv():
-    from conftest_containers import need
+    from containers.fixtures import need
 
     try:
         import kubernetes_validate

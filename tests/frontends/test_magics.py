@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from IPython.utils.capture import capture_output
 
-pytest_plugins = ["conftest_containers"]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +161,7 @@ def test_wrong_sample_keeps_the_traceback_available(ip):
 @pytest.mark.slow
 def test_push_flag_pushes_to_a_real_registry_on_the_base_given(ip, registry, base_image_ref,
                                                                  shared_image_cache):
-    from conftest_containers import assert_pushed
+    from containers.fixtures import assert_pushed
 
     ref = f"{registry.host}/magic/iris:1"
     d, out, err = run(ip, "model --sample X[:20] --name pushed-iris --quantize none --explain none "
@@ -176,7 +175,7 @@ def test_push_flag_pushes_to_a_real_registry_on_the_base_given(ip, registry, bas
 @pytest.mark.slow
 def test_push_to_an_unreachable_registry_is_one_line_with_a_hint(ip, registry, base_image_ref,
                                                                    shared_image_cache):
-    from conftest_containers import free_port
+    from containers.fixtures import free_port
 
     ref = f"127.0.0.1:{free_port()}/magic/iris:1"          # nothing listens there
     result, out, err = run(ip, "model --sample X[:20] --name unpushed-iris --quantize none --explain none "
@@ -241,7 +240,7 @@ def test_in_a_real_kernel_widget_and_one_line_errors(tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
     cells = [

@@ -1,5 +1,5 @@
 """The %deploy widget in a JupyterLab notebook, in a real browser (JupyterLab started here, headless
-Chromium via Playwright: tests/browser/widget_lab.js): run the notebook, see the step rows and the
+Chromium via Playwright: tests/frontends/browser/widget_lab.js): run the notebook, see the step rows and the
 tabs, explain a row with the picker, Serve and Stop from the Bundle tab; then the notebook saved by
 JupyterLab keeps the report (numbers and plots) and nbconvert's HTML shows it.
 Screenshots: test-output/nbdeploy-widget-*.png.
@@ -18,7 +18,7 @@ from test_browser import (CHROMIUM, NODE_MODULES, OUT, ROOT, browser_tools,  # n
                           jupyter_lab, lab_env)
 
 pytestmark = pytest.mark.slow
-DRIVER = ROOT / "tests" / "browser" / "widget_lab.js"
+DRIVER = ROOT / "tests" / "frontends" / "browser" / "widget_lab.js"
 NAME = "lab-widget"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import HTTPClientError
 
-pytest_plugins = ["pytest_jupyter.jupyter_server", "conftest_containers"]
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 NAME = "handlers-rf"
 # the smallest valid PNG (1x1, transparent)
@@ -311,7 +311,7 @@ async def test_push_rejects_bad_input_before_starting_a_job(jp_fetch, bundle):
 async def test_push_job_pushes_to_a_real_registry(jp_fetch, bundle, registry, base_image_ref,
                                                   shared_image_cache, monkeypatch):
     """POST push {ref, base} -> 202 job -> the image is in the registry under the digest the job reports."""
-    from conftest_containers import assert_pushed
+    from containers.fixtures import assert_pushed
 
     # the body's base wins over the server's default
     monkeypatch.setenv("NBDEPLOY_BASE_IMAGE", f"{registry.host}/base/no-such-python:3.11")
@@ -329,7 +329,7 @@ async def test_push_job_pushes_to_a_real_registry(jp_fetch, bundle, registry, ba
 @pytest.mark.slow
 async def test_push_job_to_an_unreachable_registry_fails_with_502(jp_fetch, bundle, registry, base_image_ref,
                                                                   shared_image_cache):
-    from conftest_containers import free_port
+    from containers.fixtures import free_port
 
     ref = f"127.0.0.1:{free_port()}/handlers/rf:1"          # nothing listens there
     r = await jp_fetch("nbdeploy", "bundles", bundle, "push", method="POST",

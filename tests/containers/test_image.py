@@ -18,7 +18,6 @@ import pytest
 from nbdeploy.errors import BundleError, InvalidInputError
 from nbdeploy.image import LayerWriter, OCIImage, build_image, image_from_rootfs
 
-pytest_plugins = ["conftest_containers"]
 
 
 def _tree(root: Path) -> Path:
@@ -66,7 +65,7 @@ def test_layers_are_reproducible(tmp_path):
 
 
 def test_oci_layout_is_readable_by_umoci(tmp_path):
-    from conftest_containers import need_tools
+    from containers.fixtures import need_tools
 
     need_tools("umoci")
     src = _tree(tmp_path / "src")
@@ -214,7 +213,7 @@ def test_image_config(bentos, base_image_ref, nbdeploy_home):
 @pytest.mark.slow
 def test_end_to_end_push_pull_run_predict(bentos, base_image_ref, nbdeploy_home, registry, tmp_path):
     """Build, push, pull back with skopeo, unpack with umoci, run the entrypoint, predict over HTTP."""
-    from conftest_containers import free_port, need_root, need_tools, run_bundle, wait_http
+    from containers.fixtures import free_port, need_root, need_tools, run_bundle, wait_http
 
     need_tools("skopeo", "umoci")
     need_root()
@@ -271,7 +270,7 @@ def iris_bundle():
 @pytest.mark.slow
 def test_nbdeploy_bundle_image_runs_and_predicts(iris_bundle, base_image_ref, nbdeploy_home, registry, tmp_path):
     """The image of a real nbdeploy bundle answers /predict like the notebook model."""
-    from conftest_containers import free_port, need_root, need_tools, run_bundle, wait_http
+    from containers.fixtures import free_port, need_root, need_tools, run_bundle, wait_http
 
     need_tools("skopeo", "umoci")
     need_root()

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 from PIL import Image  # noqa: E402
 
 import nbdeploy  # noqa: E402
-from tests.conftest import http  # noqa: E402
+from conftest import http  # noqa: E402
 
 # PNG pixels are digits * 15 (0..240, exact in uint8); the model's input is digits / 16, so the
 # bundle's preprocessing is x / 255 / (240 / 255)

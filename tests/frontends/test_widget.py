@@ -10,7 +10,6 @@ import pytest
 
 from conftest import http
 
-pytest_plugins = ["conftest_containers"]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +103,7 @@ def test_serve_and_stop_buttons_drive_a_real_server(built, iris):
 @pytest.mark.slow
 def test_push_button_pushes_to_a_real_registry_on_the_env_base(built, registry, base_image_ref,
                                                                shared_image_cache, monkeypatch):
-    from conftest_containers import assert_pushed
+    from containers.fixtures import assert_pushed
 
     d, w, _ = built
     monkeypatch.setenv("NBDEPLOY_BASE_IMAGE", base_image_ref)   # the widget has no base field

@@ -374,7 +374,7 @@ def test_progress_default_in_a_notebook_is_nbdeploys_step_row(rf_bundle, rf_mode
 
     _, X_test, _, _ = breast_cancer
     X_test.to_parquet(tmp_path / "x.parquet")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(

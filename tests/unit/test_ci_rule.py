@@ -44,7 +44,10 @@ def test_hidden():
 
 
 def _run(tmp_path: Path, ci: str | None, source: str) -> subprocess.CompletedProcess:
-    (tmp_path / "conftest.py").write_text((HERE / "conftest.py").read_text())
+    (tmp_path / "conftest.py").write_text((HERE.parent / "conftest.py").read_text())
+    (tmp_path / "containers").mkdir(exist_ok=True)      # the plugin the suite's conftest registers
+    (tmp_path / "containers" / "fixtures.py").write_text(
+        (HERE.parent / "containers" / "fixtures.py").read_text())
     (tmp_path / "test_sample.py").write_text(source)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest_plugins = ["conftest_containers"]
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +80,7 @@ def _nbdeploy_cli() -> list[str]:
 
 
 def test_new_user_journey_with_defaults(rf_model, breast_cancer, registry, base_image_ref, tmp_path):
-    from conftest_containers import free_port, need_root, need_tools, run_bundle, wait_http
+    from containers.fixtures import free_port, need_root, need_tools, run_bundle, wait_http
 
     import nbdeploy
 
@@ -188,7 +187,7 @@ def test_deploy_magic_push_with_default_options(rf_model, breast_cancer, registr
     from IPython.testing import globalipapp
     from IPython.utils.capture import capture_output
 
-    from conftest_containers import assert_pushed
+    from containers.fixtures import assert_pushed
 
     monkeypatch.setenv("NBDEPLOY_BASE_IMAGE", base_image_ref)
     globalipapp.start_ipython()

@@ -19,7 +19,6 @@ from nbdeploy.registry import (
     resolve_credentials, select_platform,
 )
 
-pytest_plugins = ["conftest_containers"]
 
 
 def small_image(tmp_path, mb: int = 0, name: str = "img") -> OCIImage:
@@ -95,7 +94,7 @@ def test_select_platform():
 # --- against a real registry ---------------------------------------------------------------------
 
 def test_unreachable_registry_is_a_clear_error(tmp_path):
-    from conftest_containers import free_port
+    from containers.fixtures import free_port
 
     img = small_image(tmp_path)
     with pytest.raises(RegistryError) as ei:
@@ -198,7 +197,7 @@ def test_push_cut_off_halfway_then_retry(fresh_registry, tmp_path):
     result = push_image(img, ref, chunk_size=1 << 20)
     assert result.digest == img.digest
     # An independent client agrees on what the tag points at.
-    from conftest_containers import need_tools
+    from containers.fixtures import need_tools
 
     need_tools("skopeo")
     out = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],

@@ -1,4 +1,4 @@
-"""A canary in the JupyterLab sidebar, in a real browser (tests/browser/drive.js, MODE=canary):
+"""A canary in the JupyterLab sidebar, in a real browser (tests/frontends/browser/drive.js, MODE=canary):
 a stable server with a canary in progress under steady load shows the version it serves, the
 canary's share and comparison; Promote clicked there and Rollback clicked in the bundle's report
 tab change what the real server answers with.  Screenshots: test-output/nbdeploy-sidebar-canary.png,

@@ -1,7 +1,7 @@
 """Fixtures for the container tests: a real registry on loopback, a real base image, real bentos.
 
-Used as a pytest plugin (``pytest_plugins = ["tests.conftest_containers"]`` or imported by
-the test modules). System tools (docker-registry, debootstrap, skopeo, umoci, htpasswd)
+Registered for the whole suite by ``tests/conftest.py`` (``pytest_plugins``); test modules
+import its helpers from ``containers.fixtures``. System tools (docker-registry, debootstrap, skopeo, umoci, htpasswd)
 must be installed (``scripts/test.sh`` installs them); without them the tests skip locally and
 fail under CI (``CI`` set to anything but ``false``/``0``/empty).
 

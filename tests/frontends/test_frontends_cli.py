@@ -10,7 +10,6 @@ import pytest
 
 import nbdeploy
 
-pytest_plugins = ["conftest_containers"]
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -57,7 +56,7 @@ def test_k8s_manifests_from_cli_and_api(small_deployment, tmp_path):
 
 @pytest.mark.slow
 def test_push_from_api_and_cli(small_deployment, registry, base_image_ref, nbdeploy_home):
-    from conftest_containers import need_root
+    from containers.fixtures import need_root
 
     need_root()
     ref = f"{registry.host}/models/frontends:1"

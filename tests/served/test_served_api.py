@@ -2,7 +2,7 @@
 drift, plots, health, the OpenAPI document.  Every check runs twice: against the session's
 reference server (access control off) and against a second server of the same bundle with
 API keys on, whose client sends ``Authorization: Bearer <key>``; with auth on, every route but
-the probes answers 401 without the header.  Drift in depth and metrics: tests/test_drift_served.py."""
+the probes answers 401 without the header.  Drift in depth and metrics: tests/served/test_drift_served.py."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def test_plain_python_class_is_unsupported(unchanged_store, breast_cancer):
 
 
 def test_string_column_for_a_model_that_does_not_encode_it(unchanged_store):
-    """Pipelines that encode strings deploy (tests/test_tabular.py); a model fit on numbers
+    """Pipelines that encode strings deploy (tests/served/test_tabular.py); a model fit on numbers
     that is handed a string column gets one line naming the value, nothing written."""
     from sklearn.linear_model import LogisticRegression
 

@@ -196,7 +196,7 @@ def test_through_the_runtime_app(rf_bundle, data):
 
 
 def test_runtime_module_stays_light():
-    src = Path(__file__).parents[1] / "nbdeploy" / "runtime" / "explain.py"
+    src = Path(__file__).parents[2] / "nbdeploy" / "runtime" / "explain.py"
     text = src.read_text()
     assert "import nbdeploy" not in text and "from nbdeploy" not in text
     code = ("import sys, nbdeploy.runtime.explain; "

@@ -1,5 +1,5 @@
 """The JupyterLab sidebar in a real browser: JupyterLab started here, headless Chromium via
-Playwright (tests/browser/drive.js): open the panel, see a bundle made by this test, open its
+Playwright (tests/frontends/browser/drive.js): open the panel, see a bundle made by this test, open its
 report, serve it, see it healthy, stop it.  Screenshots go to test-output/.
 
 Needs: node, Debian's chromium, ``npm ci`` in labextension/ (playwright-core) and the built
@@ -24,15 +24,14 @@ from pathlib import Path
 import pytest
 from conftest import IN_CI  # one reading of CI for the whole suite
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "test-output"
-DRIVER = ROOT / "tests" / "browser" / "drive.js"
+DRIVER = ROOT / "tests" / "frontends" / "browser" / "drive.js"
 NODE_MODULES = ROOT / "labextension" / "node_modules"
 BUILT = ROOT / "nbdeploy" / "labextension"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 pytestmark = pytest.mark.slow
-pytest_plugins = ["conftest_containers"]
 
 
 def _require(ok: bool, why: str) -> None:
@@ -217,7 +216,7 @@ def push_bundle(ref_copy):
 def push_env(registry, base_image_ref, nbdeploy_home, lab_env):
     """The server extension's pushes use the test registry's base image and the session's
     image cache (its push body carries only the reference, as the sidebar sends it)."""
-    from conftest_containers import need_root
+    from containers.fixtures import need_root
 
     need_root()
     lab_env.update(NBDEPLOY_BASE_IMAGE=base_image_ref, NBDEPLOY_HOME=str(nbdeploy_home))

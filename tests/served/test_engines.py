@@ -1,6 +1,6 @@
 """The served-API suite under both engines: stock `bentoml serve` and the direct engine (the
-bundle's own ASGI app on uvicorn).  The checks are tests/test_served_api.py's and
-tests/test_drift_served.py's own, collected here again with their ``served`` / ``fresh_server``
+bundle's own ASGI app on uvicorn).  The checks are tests/served/test_served_api.py's and
+tests/served/test_drift_served.py's own, collected here again with their ``served`` / ``fresh_server``
 fixtures parametrized by engine; then what only the direct engine does itself (/livez,
 /readyz, /metrics) and how `bentoml serve` (the image's entrypoint) hands over to it."""
 
