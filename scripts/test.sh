@@ -111,6 +111,12 @@ case "$audit_rc" in
           "the package index's JSON API or the OSV service is reachable." >&2 ;;
 esac
 
+echo "== ruff (lint; configuration in pyproject.toml)"
+if [ "$#" = "0" ]; then
+  # the whole tree on a full run; a partial run (pytest arguments given) skips the lint
+  "$PY" -m ruff check nbdeploy tests benchmarks scripts hatch_build.py
+fi
+
 echo "== pytest"
 set +e
 "$PY" -m pytest -p no:cacheprovider -ra --durations=15 "$@"
