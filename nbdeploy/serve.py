@@ -55,7 +55,7 @@ def _pid_alive(pid: int) -> bool:
 def _http_status(url: str, timeout: float = 1.0) -> int | None:
     ctx = None
     if url.startswith("https:"):  # probing our own loopback server (no credentials sent):
-        import ssl                # a self-signed certificate must not hide its readiness
+        import ssl  # a self-signed certificate must not hide its readiness
 
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
@@ -125,9 +125,17 @@ class ServerHandle:
             text = "\n".join(text.splitlines()[-tail:])
         return text
 
-    def wait_ready(self, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> "ServerHandle":
-        deadline = time.monotonic() + timeout
+    def wait_ready(self, timeout: float = 90.0, proc: subprocess.Popen | None = None,
+                   progress=None) -> ServerHandle:
+        """Wait until ``/readyz`` answers 200; ``progress(None, message)`` about once a second."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        said = -1
         while time.monotonic() < deadline:
+            waited = int(time.monotonic() - t0)
+            if progress is not None and waited != said:
+                said = waited
+                progress(None, f"waiting for {self.url}/readyz ({waited} s)")
             if proc is not None and proc.poll() is not None or not self.is_alive():
                 self._forget()
                 raise ServeError(
@@ -332,7 +340,7 @@ def _spawn_bentoml(tag: str, host: str, port: int, log_path: Path, env: dict | N
 def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout: float = 90.0,
           wait: bool = True, stable: bool = False, env: dict | None = None,
           engine: str = "bentoml", tls_cert: str | None = None,
-          tls_key: str | None = None, auth: str | None = None) -> ServerHandle:
+          tls_key: str | None = None, auth: str | None = None, progress=None) -> ServerHandle:
     """Run stock ``bentoml serve TAG`` in the background and wait until ``/readyz`` is 200.
 
     ``engine="direct"`` runs the bundle's own ASGI app on uvicorn instead (one process; the
@@ -346,6 +354,9 @@ def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout
     --ssl-certfile/--ssl-keyfile`` or uvicorn's own options under the direct engine.  Access
     control: ``auth="key"`` (the keys of ``nbdeploy keys``) or ``"oidc"`` (``$NBDEPLOY_OIDC_*``),
     or any setting of ``nbdeploy_runtime.auth`` through ``env``.
+
+    ``progress(fraction | None, message)`` hears of the start-up as it goes (``None``: no
+    fraction known, e.g. while waiting for the server to answer).
     """
     _check_engine(engine)
     tls = _check_tls(tls_cert, tls_key)
@@ -365,13 +376,15 @@ def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout
                          else "oidc" if env.get("NBDEPLOY_OIDC_ISSUER") else "off")
     if stable:
         return _start_router(tag, sid, host, port, log_path, env, timeout, auth_mode)
+    if progress is not None:
+        progress(None, f"starting {engine} serve {tag} on port {port}")
     proc = _spawn_bentoml(tag, host, port, log_path, env, engine, tls)
     handle = ServerHandle(id=sid, tag=tag, host=host, port=port, pid=proc.pid,
                           log_path=str(log_path), started=time.time(), engine=engine, tls=bool(tls),
                           auth=auth_mode)
     handle._save()
     if wait:
-        handle.wait_ready(timeout, proc=proc)
+        handle.wait_ready(timeout, proc=proc, progress=progress)
     return handle
 
 
@@ -548,6 +561,73 @@ def require(name_or_id: str) -> list[ServerHandle]:
         raise NotFoundError(f"No running server matches {name_or_id!r}.",
                             hint=f"Running servers: {', '.join(running) or 'none'}.")
     return found
+
+
+#: the most bytes one :func:`read_log` call returns (a poll reads the rest next time)
+MAX_LOG_BYTES = 1 << 20
+
+#: how a client of a server started with auth="key" gets a key (the key itself never goes in a page)
+KEY_HINT = ("Clients send 'Authorization: Bearer KEY'. Create a key in a terminal with "
+            "`nbdeploy keys create NAME` (it is printed once, keep it in $NBDEPLOY_API_KEY); "
+            "`nbdeploy keys list` shows the names, `nbdeploy keys revoke NAME` removes one.")
+
+_SID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+
+
+def log_file(sid: str) -> Path:
+    """The log file of server ``sid`` (running or not), inside the servers folder only."""
+    base = servers_dir().resolve()
+    if not isinstance(sid, str) or not _SID_RE.match(sid) or ".." in sid:
+        raise NotFoundError(f"No log for server {str(sid)[:80]!r}.",
+                            hint="Server ids look like 'bundle-name-3000' (`nbdeploy list` shows them).")
+    path = (base / f"{sid}.log").resolve()
+    if path.parent != base or not path.is_file():
+        raise NotFoundError(f"No log for server {sid!r}.", hint="GET /nbdeploy/servers lists running servers.")
+    return path
+
+
+def read_log(sid: str, *, tail: int | None = None, offset: int | None = None,
+             max_bytes: int = MAX_LOG_BYTES) -> dict:
+    """A server's log as ``{"id", "text", "offset", "running"}``.
+
+    With ``offset``: the bytes after it (at most ``max_bytes``), and the offset to ask for next,
+    so that a client follows the log by polling.  Without: the last ``max_bytes`` bytes, cut to
+    the last ``tail`` lines when given; ``offset`` is then the file's size.
+    """
+    path = log_file(sid)
+    running = bool(find(sid))
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if offset is not None:
+            start = min(max(offset, 0), size)
+            f.seek(start)
+            data = f.read(max_bytes)
+            return {"id": sid, "text": data.decode("utf-8", "replace"), "offset": start + len(data),
+                    "running": running}
+        f.seek(max(0, size - max_bytes))
+        text = f.read(max_bytes).decode("utf-8", "replace")
+    lines = text.splitlines()
+    if tail:
+        lines = lines[-tail:]
+    return {"id": sid, "text": "\n".join(lines), "offset": size, "running": running}
+
+
+def server_entry(h: ServerHandle, *, probe: bool = True) -> dict:
+    """What a front end shows of one server: its record, URL, name, stable flag, health
+    ('ready' | 'starting' | 'stopped'; probed over HTTP unless ``probe=False``), and for a
+    server that wants API keys, how a client gets one (``auth_hint``)."""
+    d = h.to_dict()
+    d["name"] = h.name
+    d["stable"] = h.stable
+    d["health"] = h.health() if probe else ("starting" if h.is_alive() else "stopped")
+    if h.auth == "key":
+        d["auth_hint"] = KEY_HINT
+    return d
+
+
+def server_entries(*, probe: bool = True) -> list[dict]:
+    """:func:`server_entry` of every running server."""
+    return [server_entry(h, probe=probe) for h in list_servers()]
 
 
 def stop(name_or_id: str) -> list[ServerHandle]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
@@ -31,7 +32,6 @@ _READ_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nbdeploy-read
 _SERVER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 _PLOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png$")
 _JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_MAX_LOG_BYTES = 1 << 20
 
 
 def _escape_json(obj: Any) -> str:
@@ -60,7 +60,7 @@ def validate_plot(plot: str) -> str:
 def _api(method: Callable) -> Callable:
     """Run a handler coroutine; any exception becomes a JSON error via ``_fail``."""
 
-    async def wrapper(self: "NbdeployHandler", *args, **kwargs):
+    async def wrapper(self: NbdeployHandler, *args, **kwargs):
         try:
             return await method(self, *args, **kwargs)
         except Exception as exc:
@@ -207,18 +207,9 @@ def _check_bundle(tag: str) -> str:
 
 
 def _servers() -> list[dict]:
-    from ..serve import list_servers
+    from ..serve import server_entries
 
-    out = []
-    for h in list_servers():
-        d = h.to_dict()
-        d["name"] = h.name
-        d["health"] = h.health()
-        d["stable"] = h.stable
-        if h.auth == "key":
-            d["auth_hint"] = KEY_HINT
-        out.append(d)
-    return out
+    return server_entries()
 
 
 def _check_server(sid: str) -> list[str]:
@@ -228,47 +219,37 @@ def _check_server(sid: str) -> list[str]:
 
 
 def _logs(sid: str, tail: int | None, offset: int | None) -> dict:
-    from ..paths import servers_dir
-    from ..serve import find
+    from ..serve import read_log
 
-    base = servers_dir().resolve()
-    path = (base / f"{sid}.log").resolve()
-    if path.parent != base or not path.is_file():
-        raise NotFoundError(f"No log for server {sid!r}.", hint="GET /nbdeploy/servers lists running servers.")
-    running = bool(find(sid))
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if offset is not None:
-            start = min(offset, size)
-            f.seek(start)
-            data = f.read(_MAX_LOG_BYTES)
-            return {"id": sid, "text": data.decode("utf-8", "replace"), "offset": start + len(data),
-                    "running": running}
-        f.seek(max(0, size - _MAX_LOG_BYTES))
-        text = f.read().decode("utf-8", "replace")
-    lines = text.splitlines()
-    if tail:
-        lines = lines[-tail:]
-    return {"id": sid, "text": "\n".join(lines), "offset": size, "running": running}
+    return read_log(sid, tail=tail, offset=offset)
 
 
-#: how a client of a server started with auth="key" gets a key (the key itself never goes in a page)
-KEY_HINT = ("Clients send 'Authorization: Bearer KEY'. Create a key in a terminal with "
-            "`nbdeploy keys create NAME` (it is printed once, keep it in $NBDEPLOY_API_KEY); "
-            "`nbdeploy keys list` shows the names, `nbdeploy keys revoke NAME` removes one.")
+def _serve(tag: str, port: int | None, stable: bool = False, auth: str | None = None,
+           report: Callable | None = None) -> dict:
+    from ..serve import server_entry, start
+
+    h = start(tag, port=port, wait=True, stable=stable, auth=auth, progress=report)
+    return server_entry(h)
 
 
-def _serve(tag: str, port: int | None, stable: bool = False, auth: str | None = None) -> dict:
-    from ..serve import start
+def _push(tag: str, ref: str, report: Callable, **kwargs) -> Any:
+    """Build and push the image, reporting the build, then each blob's upload, as progress."""
+    from ..registry import push
 
-    h = start(tag, port=port, wait=True, stable=stable, auth=auth)
-    d = h.to_dict()
-    d["name"] = h.name
-    d["health"] = h.health()
-    d["stable"] = h.stable
-    if h.auth == "key":
-        d["auth_hint"] = KEY_HINT
-    return d
+    sizes: dict[str, int] = {}   # every blob's size, as the uploads reveal them
+    sent: dict[str, int] = {}
+
+    def uploaded(digest: str, done: int, total: int) -> None:
+        sizes[digest], sent[digest] = total, done
+        whole, part = sum(sizes.values()), sum(sent.values())
+        # 0.1 for the build; the uploads take the rest (their total grows as blobs appear)
+        report(0.1 + 0.85 * (part / whole if whole else 0.0),
+               f"uploading {digest[7:19]} ({done / 1e6:.1f} of {total / 1e6:.1f} MB), blob {len(sizes)}")
+
+    report(0.02, f"building the image of {tag}")
+    result = push(tag, ref, progress=uploaded, **kwargs)
+    report(0.97, "manifest written")
+    return result
 
 
 def _stop(sid: str) -> dict:
@@ -442,7 +423,8 @@ class ServeHandler(NbdeployHandler):
                                     expected=["off", "key"], received=repr(auth)[:40])
         full = await self.run(_check_bundle, tag)  # 404 now rather than a failed job later
         job = self.jobs.active("serve", full) or self.jobs.submit(
-            "serve", full, lambda: _serve(full, port, stable, None if auth == "off" else auth))
+            "serve", full, lambda report: _serve(full, port, stable, None if auth == "off" else auth, report),
+            progress=True)
         self.job_reply(job)
 
 
@@ -452,7 +434,6 @@ class PushHandler(NbdeployHandler):
     @_api
     async def post(self, tag: str):
         """Build the bundle's OCI image and push it to ``ref``, as a job (202)."""
-        from ..registry import push
         from ..schema import validate_tag
 
         validate_tag(tag)
@@ -465,7 +446,7 @@ class PushHandler(NbdeployHandler):
         if body.get("base") is not None:  # e.g. a mirror reachable from here; else $NBDEPLOY_BASE_IMAGE
             kwargs["base"] = _check_ref(body["base"], "base")
         full = await self.run(_check_bundle, tag)
-        job = self.jobs.submit("push", full, lambda: push(full, ref, **kwargs))
+        job = self.jobs.submit("push", full, lambda report: _push(full, ref, report, **kwargs), progress=True)
         self.job_reply(job)
 
 
@@ -484,11 +465,13 @@ def _export_target(root: str, path: Any) -> str:
     return str(target)
 
 
-def _export(tag: str, target: str, overwrite: bool, root: str) -> dict:
+def _export(tag: str, target: str, overwrite: bool, root: str, report: Callable | None = None) -> dict:
     from pathlib import Path
 
     from ..export import export_bundle
 
+    if report is not None:
+        report(None, f"writing {Path(target).name}")
     out = export_bundle(tag, target, overwrite=overwrite)
     base = Path(root).expanduser().resolve()
     return {"tag": tag, "path": str(Path(out).resolve().relative_to(base)),
@@ -511,7 +494,8 @@ class ExportHandler(NbdeployHandler):
         if not isinstance(overwrite, bool):
             raise InvalidInputError("overwrite must be true or false.", expected="boolean", received=repr(overwrite))
         full = await self.run(_check_bundle, tag)
-        job = self.jobs.submit("export", full, lambda: _export(full, target, overwrite, root))
+        job = self.jobs.submit("export", full, lambda report: _export(full, target, overwrite, root, report),
+                               progress=True)
         self.job_reply(job)
 
 
