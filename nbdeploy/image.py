@@ -15,7 +15,9 @@ Layers are reproducible: entries sorted, owners and modes normalised, mtimes fix
 gzip header without name or time. Same input, same digest.
 
 Blobs live in a content-addressed store under ``$NBDEPLOY_HOME/cache/blobs`` (default
-``~/.nbdeploy``); :mod:`nbdeploy.registry` pushes them.
+``~/.nbdeploy``); :mod:`nbdeploy.registry` pushes them.  This module does no network I/O:
+the base image comes in as an :class:`OCIImage` (:mod:`nbdeploy.publish` pulls it, and
+:func:`image_from_store` makes it from what the pull left in the store).
 """
 
 from __future__ import annotations
@@ -32,17 +34,26 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable
 
+from . import paths
 from .errors import BundleError, InvalidInputError, NotFoundError
+from .oci import (
+    GZIP_LAYER_TYPES,
+    MT_OCI_CONFIG,
+    MT_OCI_INDEX,
+    MT_OCI_LAYER_GZIP,
+    MT_OCI_LAYER_TAR,
+    MT_OCI_MANIFEST,
+    blob_path,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE = "python:3.11-slim"
 DEFAULT_PLATFORM = "linux/amd64"
 BENTO_PATH = "/home/bentoml/bento"
 BENTOML_HOME = "/home/bentoml"
@@ -51,23 +62,10 @@ PORT = 3000
 BENTO_UID = 1034
 LAYER_FORMAT = 1  # bump when the layer layout changes, to invalidate caches
 
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MT_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-_GZIP_TYPES = {MT_OCI_LAYER_GZIP, "application/vnd.docker.image.rootfs.diff.tar.gzip"}
-
-
-def nbdeploy_home() -> Path:
-    return Path(os.environ.get("NBDEPLOY_HOME") or Path.home() / ".nbdeploy")
-
 
 def blob_store(home: Path | None = None) -> Path:
-    return Path(home or nbdeploy_home()) / "cache" / "blobs"
-
-
-def _blob_path(store: Path, digest: str) -> Path:
-    algo, hexd = digest.split(":", 1)
-    return Path(store) / algo / hexd
+    """The content-addressed blob store: ``HOME/cache/blobs`` (``$NBDEPLOY_HOME`` by default)."""
+    return Path(home or paths.home()) / "cache" / "blobs"
 
 
 # --- layers --------------------------------------------------------------------------------------
@@ -225,7 +223,7 @@ class LayerWriter:
         self._gz.close()
         self._fh.close()
         digest = "sha256:" + self._outer.sha.hexdigest()
-        dest = _blob_path(self.store, digest)
+        dest = blob_path(self.store, digest)
         os.replace(self._tmp, dest)
         return Layer(digest, "sha256:" + self._inner.sha.hexdigest(), self._outer.n, dest,
                      created_by=self.created_by)
@@ -243,7 +241,12 @@ class LayerWriter:
 
 @dataclass
 class OCIImage:
-    """An image whose blobs are all in the local store, ready to push or write as an OCI layout."""
+    """An image whose blobs are all in the local store, ready to push
+    (:func:`nbdeploy.registry.push_image`) or write as an OCI layout.
+
+    ``ref``: where the image came from, pinned (``registry/repo:tag@sha256:...``), when it
+    was pulled; an image built on it records it as its base.
+    """
 
     config: dict
     layers: list[Layer]
@@ -252,6 +255,7 @@ class OCIImage:
     base_layer_digests: tuple[str, ...] = ()
     annotations: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # timings, cache hits
+    ref: str | None = None
 
     @cached_property
     def config_bytes(self) -> bytes:
@@ -291,7 +295,7 @@ class OCIImage:
 
     def blobs(self):
         """(digest, path) of every blob: layers, then the config."""
-        cfg = _blob_path(self.store, self.config_digest)
+        cfg = blob_path(self.store, self.config_digest)
         if not cfg.exists():
             cfg.parent.mkdir(parents=True, exist_ok=True)
             tmp = cfg.with_name(".cfg-" + cfg.name)
@@ -307,7 +311,7 @@ class OCIImage:
         (d / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (d / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
         for digest, path in list(self.blobs()) + [(self.digest, None)]:
-            dest = _blob_path(d / "blobs", digest)
+            dest = blob_path(d / "blobs", digest)
             if dest.exists():
                 continue
             if path is None:
@@ -317,17 +321,11 @@ class OCIImage:
                 os.link(path, dest)
             except OSError:
                 shutil.copyfile(path, dest)
-        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{
+        index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": [{
             "mediaType": MT_OCI_MANIFEST, "digest": self.digest, "size": len(self.manifest_bytes),
             "annotations": {"org.opencontainers.image.ref.name": tag}}]}
         (d / "index.json").write_text(json.dumps(index))
         return d
-
-    def push(self, ref: str, **kwargs):
-        """Push to a registry; see :func:`nbdeploy.registry.push_image`."""
-        from .registry import push_image
-
-        return push_image(self, ref, **kwargs)
 
     def to_dict(self) -> dict:
         return {"digest": self.digest, "config_digest": self.config_digest, "size": self.size,
@@ -386,6 +384,34 @@ def image_from_rootfs(rootfs: str | Path, *, home: Path | None = None, platform:
         "history": [{"created": _iso(created), "created_by": layer.created_by}],
     }
     return OCIImage(config, [layer], store)
+
+
+def image_from_store(config: dict, layers: list[dict], store: str | Path, *, ref: str | None = None) -> OCIImage:
+    """An image whose config and layer blobs are already in ``store`` (as a pull leaves them).
+
+    ``layers``: the manifest's layer descriptors (``mediaType``, ``digest``, ``size``), in order;
+    ``config``: the parsed image config, whose ``rootfs.diff_ids`` pair with them.
+    ``ref``: where it came from, pinned (``registry/repo:tag@sha256:...``).
+    """
+    store = Path(store)
+    diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+    name = ref or "the image"
+    if len(diff_ids) != len(layers):
+        raise BundleError(f"Base image {name} has {len(layers)} layers but {len(diff_ids)} diff_ids.",
+                          hint="Its config and manifest disagree; pick another base image.")
+    out = []
+    for desc, diff_id in zip(layers, diff_ids):
+        mt = desc.get("mediaType", MT_OCI_LAYER_GZIP)
+        if mt not in GZIP_LAYER_TYPES and mt != MT_OCI_LAYER_TAR:
+            raise BundleError(f"Base image layer type {mt} is not supported.",
+                              hint="Use a base image whose layers are tar or tar+gzip.")
+        path = blob_path(store, desc["digest"])
+        if not path.exists():
+            raise NotFoundError(f"Layer {desc['digest'][:19]} of {name} is not in the blob store {store}.",
+                                hint="Pull the image into this store first (nbdeploy.registry.pull).")
+        out.append(Layer(desc["digest"], diff_id, desc["size"], path,
+                         media_type=MT_OCI_LAYER_GZIP if mt in GZIP_LAYER_TYPES else mt))
+    return OCIImage(config, out, store, ref=ref)
 
 
 def bento_dir(bento) -> Path:
@@ -534,7 +560,7 @@ def dependency_layer(requirements: Path, *, store: Path, home: Path, platform: s
     if index_file.exists():
         try:
             d = json.loads(index_file.read_text())
-            path = _blob_path(store, d["digest"])
+            path = blob_path(store, d["digest"])
             if path.exists() and path.stat().st_size == d["size"]:
                 return Layer(d["digest"], d["diff_id"], d["size"], path, created_by=d["created_by"]), True
         except (ValueError, KeyError, OSError):
@@ -612,26 +638,23 @@ def _merge_env(base_env: list[str], extra: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def build_image(bento, *, base: "str | OCIImage | None" = DEFAULT_BASE, platform: str = DEFAULT_PLATFORM,
-                python_version: str | None = None, insecure: bool | None = None, credentials=None,
-                home: str | Path | None = None, source: str | None = None, port: int = PORT,
-                env: dict[str, str] | None = None, labels: dict[str, str] | None = None,
-                pip_args: Iterable[str] = (), base_env_credentials: bool = False) -> OCIImage:
+def build_image(bento, *, base: OCIImage | None, platform: str = DEFAULT_PLATFORM,
+                python_version: str | None = None, home: str | Path | None = None, source: str | None = None,
+                port: int = PORT, env: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+                pip_args: Iterable[str] = ()) -> OCIImage:
     """Build the OCI image of a bento without a daemon.
 
     ``bento``: a tag (``name:version``), a ``bentoml.Bento`` or a built bento directory.
-    ``base``: an image reference pulled from its registry (default ``python:3.11-slim``), an
-    :class:`OCIImage`, or None for an empty base (the image then needs its own Python).
+    ``base``: an :class:`OCIImage` whose blobs are in the store (a pulled one:
+    :func:`nbdeploy.publish.build` pulls a reference, then calls this), or None for an empty
+    base (the image then needs its own Python).
     ``python_version``: the base image's Python, for which wheels are chosen; by default read
     from the base's ``PYTHON_VERSION`` env (official python images set it), else 3.11.
-    ``credentials`` / ``insecure`` are for the base image's registry; the
-    ``NBDEPLOY_REGISTRY_*`` env vars are used for it only if ``base_env_credentials``.
     """
     from ._version import __version__
-    from .registry import pull
 
     t_start = time.perf_counter()
-    home = Path(home) if home else nbdeploy_home()
+    home = Path(home) if home else paths.home()
     store = blob_store(home)
     store.mkdir(parents=True, exist_ok=True)
     bdir = bento_dir(bento)
@@ -651,22 +674,12 @@ def build_image(bento, *, base: "str | OCIImage | None" = DEFAULT_BASE, platform
                              "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
         base_layers: list[Layer] = []
     elif isinstance(base, OCIImage):
-        base_config, base_layers = json.loads(base.config_bytes), list(base.layers)
+        base_config, base_layers, base_ref = json.loads(base.config_bytes), list(base.layers), base.ref
     else:
-        pulled = pull(base, store, platform=platform, insecure=insecure, credentials=credentials,
-                      use_env=base_env_credentials)
-        base_ref = f"{pulled.ref}@{pulled.manifest_digest}" if not pulled.ref.digest else str(pulled.ref)
-        base_config = pulled.config
-        diff_ids = base_config.get("rootfs", {}).get("diff_ids", [])
-        if len(diff_ids) != len(pulled.layers):
-            raise BundleError(f"Base image {base} has {len(pulled.layers)} layers but {len(diff_ids)} diff_ids.")
-        base_layers = []
-        for desc, diff_id in zip(pulled.layers, diff_ids):
-            mt = desc.get("mediaType", MT_OCI_LAYER_GZIP)
-            if mt not in _GZIP_TYPES and mt != "application/vnd.oci.image.layer.v1.tar":
-                raise BundleError(f"Base image layer type {mt} is not supported.")
-            base_layers.append(Layer(desc["digest"], diff_id, desc["size"], _blob_path(store, desc["digest"]),
-                                     media_type=MT_OCI_LAYER_GZIP if mt in _GZIP_TYPES else mt))
+        raise InvalidInputError("build_image takes the base as an OCIImage (or None for an empty base).",
+                                expected="OCIImage or None", received=type(base).__name__,
+                                hint="To build on an image reference, use nbdeploy.publish.build(bento, base=REF), "
+                                     "which pulls it first.")
     info["base_seconds"] = round(time.perf_counter() - t0, 3)
     base_py = next((e.split("=", 1)[1] for e in (base_config.get("config") or {}).get("Env", [])
                     if e.startswith("PYTHON_VERSION=")), None)

@@ -1,7 +1,10 @@
 """A small client for the OCI distribution API: pull a base image, push an image.
 
 No daemon is needed: blobs are plain files in a local content-addressed store
-(see :mod:`nbdeploy.image`), and this module moves them over HTTP.
+(:func:`nbdeploy.oci.blob_path`), and this module moves them over HTTP.  It knows nothing of
+how images are built: :func:`push_image` takes any object with ``blobs()``,
+``manifest_bytes`` and ``manifest_media_type`` (an :class:`nbdeploy.image.OCIImage`).
+The push use case (build, then push) is :mod:`nbdeploy.publish`.
 
 Rules kept on purpose:
 
@@ -27,102 +30,19 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 from urllib.parse import quote, quote_plus, urlencode, urljoin, urlparse
 
 from .errors import InvalidInputError, RegistryError, RegistryUnreachableError
+from .oci import DOCKER_HUB, INDEX_TYPES, MANIFEST_ACCEPT, Reference, blob_path, select_platform
 
 log = logging.getLogger(__name__)
 
-DOCKER_HUB = "registry-1.docker.io"
-_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MT_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-_MANIFEST_ACCEPT = ", ".join([MT_OCI_MANIFEST, MT_OCI_INDEX, MT_DOCKER_MANIFEST, MT_DOCKER_LIST])
-
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
-
-# --- references ---------------------------------------------------------------------------------
-
-_REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A parsed image reference: ``registry/repository[:tag][@digest]``."""
-
-    registry: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @classmethod
-    def parse(cls, ref: str) -> "Reference":
-        """Parse a reference the way docker does (``python:3.11`` is Docker Hub's ``library/python``)."""
-        if not isinstance(ref, str) or not ref.strip():
-            raise InvalidInputError("An image reference must be a non-empty string.",
-                                    hint="Example: registry.example.com/team/model:1.0", received=repr(ref))
-        text = ref.strip()
-        if "://" in text:
-            raise InvalidInputError(f"An image reference has no URL scheme: {text!r}.",
-                                    hint="Drop the 'http://' or 'https://' prefix, e.g. localhost:5000/model:1.0")
-        digest = None
-        if "@" in text:
-            text, digest = text.split("@", 1)
-            if not _DIGEST_RE.match(digest):
-                raise InvalidInputError(f"Invalid digest in image reference {ref!r}.",
-                                        hint="A digest looks like sha256:<64 hex characters>.")
-        first, _, rest = text.partition("/")
-        if rest and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
-            registry, path = first, rest
-        else:
-            registry, path = DOCKER_HUB, text
-        tag = None
-        last = path.rsplit("/", 1)[-1]
-        if ":" in last:
-            path, tag = path.rsplit(":", 1)
-            if not _TAG_RE.match(tag):
-                raise InvalidInputError(f"Invalid tag {tag!r} in image reference {ref!r}.",
-                                        hint="Tags use letters, digits, '_', '.' and '-' (at most 128).")
-        if registry in _HUB_ALIASES:
-            registry = DOCKER_HUB
-            if "/" not in path:
-                path = "library/" + path
-        if not _REPO_RE.match(path):
-            raise InvalidInputError(f"Invalid repository name {path!r} in image reference {ref!r}.",
-                                    hint="Repository names are lowercase letters, digits and separators ('.', '_', '-', '/').")
-        if tag is None and digest is None:
-            tag = "latest"
-        return cls(registry, path, tag, digest)
-
-    @property
-    def reference(self) -> str:
-        """What goes after ``/manifests/``: the digest if pinned, else the tag."""
-        return self.digest or self.tag or "latest"
-
-    @property
-    def name(self) -> str:
-        return f"{self.registry}/{self.repository}"
-
-    def __str__(self) -> str:
-        out = self.name
-        if self.tag:
-            out += f":{self.tag}"
-        if self.digest:
-            out += f"@{self.digest}"
-        return out
 
 
 def is_loopback(host: str) -> bool:
@@ -159,7 +79,7 @@ def _docker_config_path() -> Path:
     return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
 
 
-def resolve_credentials(registry: str, credentials: "Credentials | tuple[str, str] | None" = None, *,
+def resolve_credentials(registry: str, credentials: Credentials | tuple[str, str] | None = None, *,
                         use_env: bool = True) -> Credentials | None:
     """Credentials for ``registry``: explicit, else env vars (if ``use_env``), else docker ``config.json`` ``auths``.
 
@@ -221,7 +141,7 @@ class RegistryClient:
     """Talks to one registry. Handles anonymous, basic and bearer-token auth, and retries."""
 
     def __init__(self, registry: str, *, insecure: bool | None = None,
-                 credentials: "Credentials | tuple[str, str] | None" = None,
+                 credentials: Credentials | tuple[str, str] | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5,
                  verify: bool | str = True, use_env: bool = True):
         import requests
@@ -282,8 +202,9 @@ class RegistryClient:
             return ""
         return scrub(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else "", self._secrets())
 
-    def _auth_for(self, response, scope: str) -> str | None:
-        """Answer a 401 challenge; returns the Authorization header value to use."""
+    def _auth_for(self, response, scope: str) -> tuple[str, bool]:
+        """Answer a 401 challenge: the Authorization header value to use, and whether it holds
+        for every scope (basic auth) rather than only for ``scope`` (a bearer token)."""
         header = response.headers.get("WWW-Authenticate", "")
         scheme, params = _parse_challenge(header)
         if scheme == "basic":
@@ -291,7 +212,7 @@ class RegistryClient:
                 raise RegistryError(f"Registry {self.registry} requires a login.",
                                     hint=_LOGIN_HINT.format(registry=self.registry))
             raw = f"{self.credentials.username}:{self.credentials.password}".encode()
-            return "Basic " + base64.b64encode(raw).decode()
+            return "Basic " + base64.b64encode(raw).decode(), True
         if scheme == "bearer":
             realm = params.get("realm")
             if not realm:
@@ -325,7 +246,7 @@ class RegistryClient:
             token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
             if not isinstance(token, str) or not token or any(ch in token for ch in "\r\n"):
                 raise RegistryError(f"Token service of {self.registry} returned no usable token.")
-            return f"Bearer {token}"
+            return f"Bearer {token}", False
         raise RegistryError(f"Registry {self.registry} asks for an unsupported auth scheme {scheme!r}.")
 
     def _send(self, method: str, url: str, *, data=None, headers=None, stream=False,
@@ -381,8 +302,8 @@ class RegistryClient:
                                 "asks for a login; nbdeploy sends credentials only to the registry itself.")
         if resp.status_code == 401:
             resp.close()
-            token = self._auth_for(resp, scope)
-            if token.startswith("Basic"):
+            token, every_scope = self._auth_for(resp, scope)
+            if every_scope:
                 self._auth_header = token
             else:
                 self._scope_tokens[scope] = token
@@ -412,7 +333,7 @@ class RegistryClient:
         if resp.status_code != 200:
             raise RegistryError(f"{self.base}/v2/ answered HTTP {resp.status_code}; is this an OCI registry?")
 
-    def get_manifest(self, repo: str, reference: str, *, accept: str = _MANIFEST_ACCEPT) -> tuple[bytes, str, str]:
+    def get_manifest(self, repo: str, reference: str, *, accept: str = MANIFEST_ACCEPT) -> tuple[bytes, str, str]:
         """Return (raw bytes, media type, digest) of a manifest or index; NotFound -> RegistryError."""
         resp = self.request("GET", f"/v2/{repo}/manifests/{reference}", scope=f"repository:{repo}:pull",
                             headers={"Accept": accept})
@@ -433,7 +354,7 @@ class RegistryClient:
     def manifest_exists(self, repo: str, reference: str) -> str | None:
         """Digest of the manifest a tag points at, or None."""
         resp = self.request("HEAD", f"/v2/{repo}/manifests/{reference}", scope=f"repository:{repo}:pull",
-                            headers={"Accept": _MANIFEST_ACCEPT})
+                            headers={"Accept": MANIFEST_ACCEPT})
         if resp.status_code == 200:
             return resp.headers.get("Docker-Content-Digest") or "unknown"
         return None
@@ -617,21 +538,6 @@ class PulledImage:
     layers: list[dict]  # descriptors: mediaType, digest, size (blobs are in the store)
 
 
-def select_platform(index: dict, platform: str = "linux/amd64") -> dict:
-    """Pick the manifest descriptor for ``os/arch[/variant]`` from an index / manifest list."""
-    want = platform.split("/")
-    for desc in index.get("manifests", []):
-        p = desc.get("platform") or {}
-        if [p.get("os"), p.get("architecture")] != want[:2]:
-            continue
-        if len(want) > 2 and p.get("variant") and p["variant"] != want[2]:
-            continue
-        return desc
-    found = sorted({f"{(d.get('platform') or {}).get('os')}/{(d.get('platform') or {}).get('architecture')}"
-                    for d in index.get("manifests", [])})
-    raise RegistryError(f"The base image has no {platform} variant.", hint=f"It offers: {', '.join(found) or 'none'}.")
-
-
 def pull(ref: str | Reference, blob_store: Path, *, platform: str = "linux/amd64",
          insecure: bool | None = None, credentials=None, use_env: bool = False,
          client: RegistryClient | None = None) -> PulledImage:
@@ -640,7 +546,7 @@ def pull(ref: str | Reference, blob_store: Path, *, platform: str = "linux/amd64
     c = client or RegistryClient(r.registry, insecure=insecure, credentials=credentials, use_env=use_env)
     raw, media, digest = c.get_manifest(r.repository, r.reference)
     manifest = json.loads(raw)
-    if media in (MT_OCI_INDEX, MT_DOCKER_LIST) or "manifests" in manifest:
+    if media in INDEX_TYPES or "manifests" in manifest:
         desc = select_platform(manifest, platform)
         raw, media, digest = c.get_manifest(r.repository, desc["digest"])
         manifest = json.loads(raw)
@@ -649,13 +555,13 @@ def pull(ref: str | Reference, blob_store: Path, *, platform: str = "linux/amd64
                             hint="Use a base image published with a Docker v2 or OCI manifest.")
     store = Path(blob_store)
     cfg_digest = manifest["config"]["digest"]
-    cfg_path = c.get_blob(r.repository, cfg_digest, store / cfg_digest.replace(":", "/"))
+    cfg_path = c.get_blob(r.repository, cfg_digest, blob_path(store, cfg_digest))
     config = json.loads(cfg_path.read_bytes())
     for layer in manifest["layers"]:
         mt = layer.get("mediaType", "")
         if "zstd" in mt or "foreign" in mt or "nondistributable" in mt:
             raise RegistryError(f"Base image layer type {mt} is not supported.")
-        c.get_blob(r.repository, layer["digest"], store / layer["digest"].replace(":", "/"))
+        c.get_blob(r.repository, layer["digest"], blob_path(store, layer["digest"]))
     cfg_platform = f"{config.get('os')}/{config.get('architecture')}"
     if cfg_platform != "/".join(platform.split("/")[:2]):
         raise RegistryError(f"Base image {r} is {cfg_platform}, not {platform}.",
@@ -753,81 +659,3 @@ def push_image(image, ref: str | Reference, *, insecure: bool | None = None, cre
         raise RegistryError(f"The registry stored manifest {digest}, expected {want}.")
     return PushResult(f"{r.registry}/{r.repository}:{tag}", digest, tuple(uploaded), tuple(skipped), nbytes,
                       time.perf_counter() - t0)
-
-
-# --- local builders (bentoml containerize) --------------------------------------------------------
-
-LOCAL_BUILDERS = ("docker", "podman", "buildah")
-
-
-def detect_builder() -> str | None:
-    """The first local container builder on PATH, or None."""
-    for name in LOCAL_BUILDERS:
-        if shutil.which(name):
-            return name
-    return None
-
-
-def containerize(tag: str, ref: str, *, builder: str | None = None, push: bool = True) -> str:
-    """Build with ``bentoml containerize`` using a local builder (docker/podman/buildah).
-
-    Returns the image reference. Needs the builder to reach the base image's registry.
-    """
-    import subprocess
-    import sys
-
-    name = builder or detect_builder()
-    if not name:
-        raise RegistryError("No local container builder (docker, podman, buildah) was found.",
-                            hint="Use the daemonless builder instead: push(..., builder='oci').")
-    if name not in LOCAL_BUILDERS:
-        raise InvalidInputError(f"Unknown builder {name!r}.", expected=list(LOCAL_BUILDERS), received=name)
-    cmd = [sys.executable, "-m", "bentoml", "containerize", str(tag), "--backend", name, "-t", ref]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RegistryError(f"bentoml containerize with {name} failed (exit {proc.returncode}).",
-                            hint=scrub(proc.stderr[-2000:], limit=600))
-    if push:
-        pcmd = [name, "push", ref] if name != "buildah" else ["buildah", "push", ref, f"docker://{ref}"]
-        proc = subprocess.run(pcmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RegistryError(f"{name} push {ref} failed (exit {proc.returncode}).",
-                                hint=scrub(proc.stderr[-2000:], limit=600))
-    return ref
-
-
-# --- the one call front ends use ------------------------------------------------------------------
-
-def push(bento, ref: str, *, builder: str = "oci", base: "str | None" = None, insecure: bool | None = None,
-         credentials=None, chunk_size: int | None = None,
-         progress: Callable[[str, int, int], None] | None = None, **build_kwargs) -> PushResult:
-    """Build the image of ``bento`` and push it to ``ref``; returns where it landed (``ref@sha256:...``).
-
-    ``builder``: ``"oci"`` (default) builds without a daemon (:func:`nbdeploy.image.build_image`);
-    ``"bentoml"`` runs ``bentoml containerize`` with a detected local builder, or name one
-    (``"docker"``, ``"podman"``, ``"buildah"``); ``"auto"`` uses a local builder when one exists.
-    ``base``: the base image with Python; default ``$NBDEPLOY_BASE_IMAGE``, else
-    ``python:3.11-slim`` from Docker Hub (set the variable where Docker Hub is out of reach).
-    ``insecure`` and ``credentials`` apply to the target registry and to the base image's.
-    """
-    r = Reference.parse(ref)
-    if builder == "auto":
-        builder = "bentoml" if detect_builder() else "oci"
-    if builder in ("bentoml",) + LOCAL_BUILDERS:
-        t0 = time.perf_counter()
-        target = f"{r.name}:{r.tag or 'latest'}"
-        containerize(str(bento), target, builder=None if builder == "bentoml" else builder)
-        c = RegistryClient(r.registry, insecure=insecure, credentials=credentials)
-        digest = c.manifest_exists(r.repository, r.tag or "latest") or "unknown"
-        return PushResult(target, digest, (), (), 0, time.perf_counter() - t0)
-    if builder != "oci":
-        raise InvalidInputError(f"Unknown builder {builder!r}.", expected=["oci", "bentoml", "auto", *LOCAL_BUILDERS],
-                                received=builder)
-    from .image import DEFAULT_BASE, build_image
-
-    base = base or os.environ.get("NBDEPLOY_BASE_IMAGE", "").strip() or DEFAULT_BASE
-    # Target credentials go to the base's registry only when it is the same registry.
-    same = isinstance(base, str) and Reference.parse(base).registry == r.registry
-    image = build_image(bento, base=base, insecure=insecure if same else None,
-                        credentials=credentials if same else None, base_env_credentials=same, **build_kwargs)
-    return push_image(image, r, insecure=insecure, credentials=credentials, chunk_size=chunk_size, progress=progress)
