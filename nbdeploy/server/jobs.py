@@ -1,5 +1,9 @@
-"""Long actions (serve, stop, push) as jobs: the handler answers 202 + a job id at once,
+"""Long actions (serve, stop, push, export) as jobs: the handler answers 202 + a job id at once,
 the work runs in a thread pool, and the client polls ``GET /nbdeploy/jobs/{id}``.
+
+A job started with ``progress=True`` hands its callable a reporter ``report(fraction, message)``
+(``fraction`` in 0..1, or ``None`` when unknown); the job's ``progress`` field carries the
+latest report, so that a front end draws a bar with its step, sees it end, or shows the error.
 
 Nothing here runs on the event loop except bookkeeping, so a slow ``bentoml serve`` start
 or a registry push never blocks Jupyter.
@@ -12,9 +16,10 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import NbdeployError, http_status
 
@@ -34,6 +39,20 @@ class Job:
     result: Any = None
     error: dict | None = None
     http_status: int | None = None  # what the action would have answered had it been synchronous
+    fraction: float | None = None   # progress 0..1 (None: not known yet)
+    message: str = ""               # the step in progress, e.g. "uploading sha256:ab12… (3.1 of 40 MB)"
+    updated: float | None = None    # when progress was last reported
+
+    def report(self, fraction: float | None, message: str = "") -> None:
+        """Record progress; a fraction never goes back (a later, smaller one keeps the larger)."""
+        if fraction is not None:
+            fraction = min(max(float(fraction), 0.0), 1.0)
+            if self.fraction is not None:
+                fraction = max(fraction, self.fraction)
+            self.fraction = fraction
+        if message:
+            self.message = str(message)[:300]
+        self.updated = time.time()
 
     @property
     def done(self) -> bool:
@@ -42,7 +61,8 @@ class Job:
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "target": self.target, "status": self.status,
                 "created": self.created, "started": self.started, "finished": self.finished,
-                "result": self.result, "error": self.error, "http_status": self.http_status}
+                "result": self.result, "error": self.error, "http_status": self.http_status,
+                "progress": {"fraction": self.fraction, "message": self.message, "updated": self.updated}}
 
 
 class JobManager:
@@ -56,19 +76,22 @@ class JobManager:
         self._lock = threading.Lock()
         self.log = log
 
-    def submit(self, kind: str, target: str, fn: Callable[[], Any]) -> Job:
+    def submit(self, kind: str, target: str, fn: Callable[..., Any], *, progress: bool = False) -> Job:
+        """Run ``fn()`` as a job; with ``progress=True`` it is called as ``fn(job.report)``."""
         job = Job(id=uuid.uuid4().hex, kind=kind, target=target)
         with self._lock:
             self._jobs[job.id] = job
             self._trim()
-        self.executor.submit(self._run, job, fn)
+        self.executor.submit(self._run, job, fn, progress)
         return job
 
-    def _run(self, job: Job, fn: Callable[[], Any]) -> None:
+    def _run(self, job: Job, fn: Callable[..., Any], progress: bool = False) -> None:
         job.status, job.started = "running", time.time()
+        job.report(0.0 if progress else None, f"{job.kind} started")
         try:
-            result = fn()
+            result = fn(job.report) if progress else fn()
             job.result = result.to_dict() if hasattr(result, "to_dict") else result
+            job.report(1.0, "done")
             job.status, job.http_status = "done", 200
         except Exception as exc:  # the job records the failure; the server keeps going
             job.http_status = http_status(exc)

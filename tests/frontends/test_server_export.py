@@ -39,6 +39,8 @@ async def test_export_job_writes_an_archive_under_the_root(jp_fetch, jp_root_dir
     assert r.code == 202
     done = await _wait_job(jp_fetch, json.loads(r.body))
     assert done["status"] == "done" and done["kind"] == "export", done
+    # the job's progress ends: a full bar, "done"
+    assert done["progress"]["fraction"] == 1.0 and done["progress"]["message"] == "done", done
     assert done["result"]["path"] == "exports/model.bento" and done["result"]["tag"] == tag
     archive = jp_root_dir / "exports" / "model.bento"
     assert archive.stat().st_size == done["result"]["size_bytes"] > 1000
@@ -49,6 +51,7 @@ async def test_export_job_writes_an_archive_under_the_root(jp_fetch, jp_root_dir
                        body=json.dumps({"path": "exports/model.bento"}))
     failed = await _wait_job(jp_fetch, json.loads(r.body))
     assert failed["status"] == "failed" and "already exists" in failed["error"]["message"]
+    assert failed["progress"]["message"].startswith("writing model.bento"), failed   # where it stopped
     r = await jp_fetch("nbdeploy", "bundles", tag, "export", method="POST",
                        body=json.dumps({"path": "exports/model.bento", "overwrite": True}))
     assert (await _wait_job(jp_fetch, json.loads(r.body)))["status"] == "done"

@@ -74,15 +74,26 @@ def raw_fetch(http_server_client, jp_base_url, jp_auth_header):
     return fetch
 
 
-async def _wait_job(jp_fetch, job: dict, timeout: float = 120.0) -> dict:
+async def _wait_job(jp_fetch, job: dict, timeout: float = 120.0, seen: list | None = None) -> dict:
+    """Poll a job to its end; ``seen`` collects every progress report polled on the way."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
         j = _json(await jp_fetch("nbdeploy", "jobs", job["id"]))
+        if seen is not None:
+            seen.append(j["progress"])
         if j["status"] in ("done", "failed"):
             return j
         await asyncio.sleep(0.3)
     raise AssertionError(f"job {job} did not finish in {timeout} s")
+
+
+def _assert_progress_ends(seen: list, done: dict) -> None:
+    """Fractions only go forward, and a finished job's bar is full with the message 'done'."""
+    fractions = [p["fraction"] for p in seen if p["fraction"] is not None]
+    assert fractions == sorted(fractions), seen
+    assert all(0.0 <= f <= 1.0 for f in fractions), seen
+    assert done["progress"]["fraction"] == 1.0 and done["progress"]["message"] == "done", done
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -319,8 +330,13 @@ async def test_push_job_pushes_to_a_real_registry(jp_fetch, bundle, registry, ba
     r = await jp_fetch("nbdeploy", "bundles", bundle, "push", method="POST",
                        body=json.dumps({"ref": ref, "base": base_image_ref}))
     assert r.code == 202
-    done = await _wait_job(jp_fetch, _json(r), timeout=300)
+    seen: list = []
+    done = await _wait_job(jp_fetch, _json(r), timeout=300, seen=seen)
     assert done["status"] == "done" and done["kind"] == "push", done
+    _assert_progress_ends(seen, done)
+    # the steps were reported as they ran: the build, then the blob uploads (or the manifest)
+    messages = [p["message"] for p in seen]
+    assert any(m.startswith(("building the image", "uploading", "manifest")) for m in messages), messages
     pinned = done["result"]["pinned"]
     assert pinned == f"{ref}@{done['result']['digest']}"
     assert_pushed(registry, ref, done["result"]["digest"], base=base_image_ref)
@@ -336,6 +352,8 @@ async def test_push_job_to_an_unreachable_registry_fails_with_502(jp_fetch, bund
                        body=json.dumps({"ref": ref, "base": base_image_ref}))
     failed = await _wait_job(jp_fetch, _json(r), timeout=300)
     assert failed["status"] == "failed" and failed["http_status"] == 502, failed
+    # a failed job's bar stops where it was: never full, never "done"
+    assert failed["progress"]["fraction"] < 1.0 and failed["progress"]["message"] != "done", failed
     err = failed["error"]
     assert err["error"] == "RegistryUnreachableError" and err["message"].startswith("Cannot reach registry 127.0.0.1:")
     assert "Check the registry address" in err["hint"] and "Traceback" not in json.dumps(failed)
@@ -355,8 +373,13 @@ async def test_serve_logs_stop_delete_end_to_end(jp_fetch, bundle):
     t = asyncio.get_running_loop().time()
     await jp_fetch("nbdeploy", "info")
     assert asyncio.get_running_loop().time() - t < 2
-    done = await _wait_job(jp_fetch, job)
+    seen: list = []
+    done = await _wait_job(jp_fetch, job, seen=seen)
     assert done["status"] == "done", done
+    _assert_progress_ends(seen, done)
+    # while it started, the job said what it was waiting for
+    assert any(p["message"].startswith(("starting bentoml serve", "waiting for http://127.0.0.1:"))
+               for p in seen), seen
     sid = done["result"]["id"]
     assert done["result"]["health"] == "ready" and done["result"]["url"].startswith("http://127.0.0.1:")
     try:
@@ -397,8 +420,9 @@ async def test_serve_logs_stop_delete_end_to_end(jp_fetch, bundle):
 @pytest.mark.slow
 async def test_failed_job_reports_error(jp_fetch, bundle):
     """A job whose core call fails is 'failed' with the error's JSON and status, not a 500."""
-    from nbdeploy.serve import free_port
     import socket
+
+    from nbdeploy.serve import free_port
 
     port = free_port()
     s = socket.socket()
@@ -451,7 +475,7 @@ def test_openapi_documents_every_route():
 
 
 def test_openapi_is_valid():
-    import openapi_spec_validator as validator   # a test dependency: missing is a failure
+    import openapi_spec_validator as validator  # a test dependency: missing is a failure
     import yaml
 
     spec = yaml.safe_load((Path(__import__("nbdeploy.server").server.__file__).parent / "openapi.yaml").read_text())
@@ -459,7 +483,7 @@ def test_openapi_is_valid():
 
 
 async def test_responses_match_openapi_schemas(jp_fetch, raw_fetch, bundle):
-    import openapi_schema_validator as oas       # comes with openapi-spec-validator
+    import openapi_schema_validator as oas  # comes with openapi-spec-validator
     import yaml
 
     spec = yaml.safe_load((Path(__import__("nbdeploy.server").server.__file__).parent / "openapi.yaml").read_text())
