@@ -12,8 +12,9 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -329,7 +330,7 @@ def benchmark(converted, *, variants: dict[str, Any] | None = None, device: str 
         say(0.05 + 0.95 * i / len(plan), f"timing {entry.variant} at batch {b}")
         target = min(POINT_TARGET_S, remaining / (len(plan) - i))
         try:
-            pt = measure(lambda: fn(batches[b]), b, target_s=target, deadline=deadline)
+            pt = measure(lambda fn=fn, Xb=batches[b]: fn(Xb), b, target_s=target, deadline=deadline)
         except Exception as exc:
             entry.error = f"batch {b}: {type(exc).__name__}: {exc}"
             continue
@@ -373,7 +374,7 @@ def thread_probe(model_bytes: bytes, spec: dict, X: np.ndarray, *, provider: str
             break
         sess, _ = create_session(model_bytes, provider, threads=n)
         run = _session_runner(sess, spec)
-        pt = measure(lambda: run(Xb), batch_size, target_s=target_s, deadline=deadline)
+        pt = measure(lambda run=run: run(Xb), batch_size, target_s=target_s, deadline=deadline)
         if pt is not None:
             out[n] = pt.p50_ms
     return out
@@ -396,6 +397,7 @@ def serving_hints(report: BenchReport, variant: str, provider: str = "CPUExecuti
         return hints
     pts = sorted(entry.points, key=lambda p: p.batch_size)
     one = entry.point(1)
+    hints["row_p50_ms"] = one.p50_ms     # what one row costs alone (serving_policy reads it)
     gains = {p.batch_size: one.per_row_us / p.per_row_us for p in pts if p.batch_size in (16, 64)}
     b = hints["batching"]
     if gains and max(gains.values()) >= 2.0:
@@ -423,3 +425,76 @@ def serving_hints(report: BenchReport, variant: str, provider: str = "CPUExecuti
                                                          f"{single:.3f} ms at the serving batch")
         hints["thread_probe_ms"] = {str(k): v for k, v in probe.items()}
     return hints
+
+
+# --- serving policy --------------------------------------------------------------------------------
+
+#: below this p50 for one row, the HTTP stack dominates a request: a batcher's thread hop and
+#: extra intra-op threads would cost more than they save
+CHEAP_ROW_MS = 0.2
+
+_WHY_CHEAP_BATCH = ("the benchmark favours batches, but one row takes under 0.2 ms, so the HTTP "
+                    "stack dominates and a batcher would only add a thread hop")
+_WHY_CHEAP_THREADS = ("1: rows are served as they come and one row takes under 0.2 ms, so more "
+                      "threads would only compete with the HTTP event loop")
+_WHY_ONE_WORKER = ("one worker per replica: drift statistics live in the worker, and on a small "
+                   "machine a second worker competes with onnxruntime's threads; scale out with "
+                   "replicas (nbdeploy k8s)")
+_WHY_NO_ACCESS_LOG = "off: BentoML's per-request log line costs more than a tree model's prediction"
+
+
+def row_too_cheap_to_batch(hints: dict) -> bool:
+    """The benchmark favours batches, but one row costs under CHEAP_ROW_MS: the HTTP stack then
+    dominates and a batcher's thread hop would cost more than it saves."""
+    if not (hints.get("batching") or {}).get("enabled"):
+        return False
+    one = hints.get("row_p50_ms")
+    return one is not None and one < CHEAP_ROW_MS
+
+
+def serving_policy(hints: dict, *, device: str = "cpu", allow_cpu_fallback: bool = False,
+                   overrides: dict | None = None):
+    """The served bundle's ServeConfig from :func:`serving_hints` (``{}`` when nothing was
+    measured), then ``overrides`` (ServeConfig fields); returns ``(config, reasons)``, the reasons
+    in words for the model card (see :func:`serving_reasons`)."""
+    import dataclasses
+
+    from .bundle import ServeConfig
+
+    batching = hints.get("batching") or {}
+    cheap = row_too_cheap_to_batch(hints)
+    # Rows served one request at a time gain nothing from more intra-op threads, which would
+    # only compete with the HTTP event loop for the cores.
+    config = ServeConfig(device=device, threads=1 if cheap else (hints.get("threads") or 1),
+                         allow_cpu_fallback=allow_cpu_fallback,
+                         batching={"max_batch_size": int(batching.get("max_batch_size", 64)),
+                                   "max_latency_ms": float(batching.get("max_latency_ms", 2.0))}
+                         if batching.get("enabled") and not cheap else None)
+    if overrides:
+        known = {f.name for f in dataclasses.fields(ServeConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise InvalidInputError(f"Unknown serving option(s) {unknown}.",
+                                    hint=f"Known: {sorted(known)}.", expected=sorted(known),
+                                    received=unknown)
+        config = dataclasses.replace(config, **overrides)
+    return config, serving_reasons(hints, config)
+
+
+def serving_reasons(hints: dict, config: Any) -> dict:
+    """Why ``config`` serves the way it does, given the :func:`serving_hints` it came from."""
+    batching = hints.get("batching") or {}
+    cheap = row_too_cheap_to_batch(hints)
+    if config.batching:
+        why_batch = batching.get("reason", "requested")
+    elif cheap:
+        why_batch = _WHY_CHEAP_BATCH
+    else:
+        why_batch = batching.get("reason", "no benchmark: rows are served as they come")
+    return {
+        "threads": _WHY_CHEAP_THREADS if cheap and config.threads == 1
+        else hints.get("threads_reason", "default"),
+        "batching": why_batch,
+        "workers": _WHY_ONE_WORKER,
+        "access_log": _WHY_NO_ACCESS_LOG if not config.access_log else "on",
+    }

@@ -12,17 +12,17 @@ import re
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ._version import __version__
 from .errors import InvalidInputError, NbdeployError
 from .verify import Tolerance
+from .vocab import QUANTIZE_CHOICES, STEPS, check_quantize, parse_explain
 
-STEPS = ("detect", "convert", "verify", "benchmark", "quantize", "explain", "bundle", "serve", "push")
-QUANTIZE_CHOICES = ("auto", "none", "int8-dynamic", "int8-static", "fp16")
-EXPLAIN_METHODS = ("shap", "lime")
+__all__ = ["Deployment", "StepEvent", "deploy", "default_name", "load", "STEPS", "QUANTIZE_CHOICES"]
 
 
 @dataclass
@@ -49,19 +49,6 @@ def default_name(model: Any) -> str:
     return name[:63]
 
 
-def _parse_explain(explain: Any) -> tuple[str, ...]:
-    if explain in (None, False, "none", "", ()):
-        return ()
-    items = explain.split(",") if isinstance(explain, str) else list(explain)
-    items = tuple(i.strip().lower() for i in items if str(i).strip())
-    bad = [i for i in items if i not in EXPLAIN_METHODS]
-    if bad:
-        raise InvalidInputError(f"Unknown explanation method(s) {bad}.",
-                                hint="Use explain='shap', 'lime', 'shap,lime' or 'none'.",
-                                expected=list(EXPLAIN_METHODS), received=bad)
-    return items
-
-
 class Deployment:
     """A model on its way to (or in) production.  Create it with :func:`nbdeploy.deploy`."""
 
@@ -76,10 +63,7 @@ class Deployment:
                  progress: Callable[[StepEvent], None] | Iterable[Callable] | None = None):
         from .schema import validate_name
 
-        if quantize not in QUANTIZE_CHOICES:
-            raise InvalidInputError(f"Unknown quantize option {quantize!r}.",
-                                    hint=f"Use one of {', '.join(QUANTIZE_CHOICES)}.",
-                                    expected=list(QUANTIZE_CHOICES), received=quantize)
+        check_quantize(quantize)
         if device not in ("cpu", "cuda"):
             raise InvalidInputError(f"Unknown device {device!r}.", hint="Use device='cpu' or 'cuda'.",
                                     expected=["cpu", "cuda"], received=device)
@@ -89,7 +73,7 @@ class Deployment:
         self.name = validate_name(name) if name is not None else default_name(model)
         self.task = task
         self.quantize = quantize
-        self.explain_methods = _parse_explain(explain)
+        self.explain_methods = parse_explain(explain)
         self.device = device
         self.allow_cpu_fallback = allow_cpu_fallback
         self.tolerance = tolerance or Tolerance()
@@ -116,6 +100,9 @@ class Deployment:
         self.error: NbdeployError | None = None
         self.error_traceback: str | None = None
         self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        #: execution count of the notebook cell whose output shows this deployment's live view
+        #: (set by %deploy), so that displaying it again in that cell does not repeat the view
+        self.shown_in_cell: int | None = None
 
     # -- events ------------------------------------------------------------------------------
     def add_listener(self, fn: Callable[[StepEvent], None]) -> None:
@@ -154,11 +141,15 @@ class Deployment:
             raise err from exc
         self._emit(StepEvent(step, "done", time.perf_counter() - t0, summary or ""))
 
-    def _skip(self, step: str, why: str) -> None:
-        self._emit(StepEvent(step, "skipped", 0.0, why))
+    def mark_skipped(self, step: str, reason: str) -> None:
+        """Record that ``step`` does not run here, and why (e.g. serve: "not requested")."""
+        if step not in self.steps:
+            raise InvalidInputError(f"Unknown step {step!r}.", hint=f"Steps: {', '.join(STEPS)}.",
+                                    expected=list(STEPS), received=step)
+        self._emit(StepEvent(step, "skipped", 0.0, reason))
 
     # -- the pipeline ------------------------------------------------------------------------
-    def run(self, *, build: bool = True) -> "Deployment":
+    def run(self, *, build: bool = True) -> Deployment:
         """Run every step up to and including the bundle."""
         self._run_step("detect", self._detect)
         self._run_step("convert", self._convert)
@@ -168,16 +159,16 @@ class Deployment:
         if self.explain_methods and spec.get("input_shape") and int(spec["n_features"]) > 1024:
             # per-pixel SHAP/LIME over thousands of inputs is out of any budget; the bundle's
             # /explain gives occlusion attributions on the ONNX model instead (runtime/images.py)
-            self._skip("explain", f"image model with {spec['n_features']} inputs: /explain serves "
+            self.mark_skipped("explain", f"image model with {spec['n_features']} inputs: /explain serves "
                                   "occlusion attributions")
         elif self.explain_methods:
             self._run_step("explain", self._explain)
         else:
-            self._skip("explain", "explain='none'")
+            self.mark_skipped("explain", "explain='none'")
         if build:
             self._run_step("bundle", self._bundle)
         else:
-            self._skip("bundle", "build=False")
+            self.mark_skipped("bundle", "build=False")
         return self
 
     def _detect(self, progress) -> str:
@@ -255,64 +246,21 @@ class Deployment:
     def _hints(self) -> dict:
         return (self.optimized.serving if self.optimized is not None else None) or {}
 
-    def _row_too_cheap_to_batch(self) -> bool:
-        """The benchmark favours batches, but one row costs under 0.2 ms: the HTTP stack then
-        dominates and a batcher's thread hop would cost more than it saves."""
-        if not (self._hints().get("batching") or {}).get("enabled"):
-            return False
-        entry = self.optimized.benchmark.entry(self.chosen_variant)
-        one = entry.point(1) if entry is not None else None
-        return one is not None and one.p50_ms < 0.2
-
     def serve_config(self):
-        from .bundle import ServeConfig
+        """How the bundle serves (a bundle.ServeConfig): the benchmark's serving hints through
+        :func:`nbdeploy.benchmark.serving_policy`, then the ``serving=`` overrides."""
+        from .benchmark import serving_policy
 
-        hints = self._hints()
-        batching = hints.get("batching") or {}
-        cheap = self._row_too_cheap_to_batch()
-        # Rows served one request at a time gain nothing from more intra-op threads, which
-        # would only compete with the HTTP event loop for the cores.
-        config = ServeConfig(device=self.device, threads=1 if cheap else (hints.get("threads") or 1),
-                             allow_cpu_fallback=self.allow_cpu_fallback,
-                             batching={"max_batch_size": int(batching.get("max_batch_size", 64)),
-                                       "max_latency_ms": float(batching.get("max_latency_ms", 2.0))}
-                             if batching.get("enabled") and not cheap else None)
-        if self.serving_overrides:
-            import dataclasses
-
-            known = {f.name for f in dataclasses.fields(ServeConfig)}
-            unknown = sorted(set(self.serving_overrides) - known)
-            if unknown:
-                raise InvalidInputError(f"Unknown serving option(s) {unknown}.",
-                                        hint=f"Known: {sorted(known)}.", expected=sorted(known),
-                                        received=unknown)
-            config = dataclasses.replace(config, **self.serving_overrides)
+        config, _ = serving_policy(self._hints(), device=self.device,
+                                   allow_cpu_fallback=self.allow_cpu_fallback,
+                                   overrides=self.serving_overrides)
         return config
 
     def serving_reasons(self, config) -> dict:
         """Why the bundle serves the way it does, in words, for the model card."""
-        hints = self._hints()
-        batching = hints.get("batching") or {}
-        cheap = self._row_too_cheap_to_batch()
-        if config.batching:
-            why_batch = batching.get("reason", "requested")
-        elif cheap:
-            why_batch = ("the benchmark favours batches, but one row takes under 0.2 ms, so the "
-                         "HTTP stack dominates and a batcher would only add a thread hop")
-        else:
-            why_batch = batching.get("reason", "no benchmark: rows are served as they come")
-        return {
-            "threads": ("1: rows are served as they come and one row takes under 0.2 ms, so more "
-                        "threads would only compete with the HTTP event loop"
-                        if cheap and config.threads == 1
-                        else hints.get("threads_reason", "default")),
-            "batching": why_batch,
-            "workers": "one worker per replica: drift statistics live in the worker, and on a "
-                       "small machine a second worker competes with onnxruntime's threads; "
-                       "scale out with replicas (nbdeploy k8s)",
-            "access_log": "off: BentoML's per-request log line costs more than a tree model's "
-                          "prediction" if not config.access_log else "on",
-        }
+        from .benchmark import serving_reasons
+
+        return serving_reasons(self._hints(), config)
 
     def _bundle(self, progress) -> str:
         from . import bundle as _bundle
@@ -355,7 +303,7 @@ class Deployment:
     def _explain_requirements(self) -> list[str] | None:
         reqs = self.explanation.requirements() if self.explanation is not None else None
         if self.converted is not None and self.converted.spec.get("preprocess"):
-            from importlib.metadata import version   # image bundles decode files with Pillow
+            from importlib.metadata import version  # image bundles decode files with Pillow
 
             reqs = list(reqs or []) + [f"pillow=={version('pillow')}"]
         return reqs
@@ -593,11 +541,11 @@ def deploy(model: Any, sample: Any, *, labels: Any = None, name: str | None = No
     if serve:
         d.serve(port=port)
     else:
-        d._skip("serve", "not requested")
+        d.mark_skipped("serve", "not requested")
     if push:
         d.push(push)
     else:
-        d._skip("push", "not requested")
+        d.mark_skipped("push", "not requested")
     return d
 
 
