@@ -101,7 +101,7 @@ class Registry:
               addr: {self.host}
             """) + auth)
 
-    def start(self) -> "Registry":
+    def start(self) -> Registry:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(["docker-registry", "serve", str(self.root / "config.yml")],
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=self.root)
@@ -250,12 +250,13 @@ def base_rootfs():
 def base_image_ref(registry, base_rootfs, nbdeploy_home):
     """The debootstrap root file system as a one-layer OCI image, pushed to the session registry."""
     from nbdeploy.image import image_from_rootfs
+    from nbdeploy.registry import push_image
 
     img = image_from_rootfs(base_rootfs, home=nbdeploy_home, compresslevel=1,
                             env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                                  "LANG": "C.UTF-8"}, cmd=["python3"])
     ref = f"{registry.host}/base/bookworm-python3:3.11"
-    img.push(ref)
+    push_image(img, ref)
     return ref
 
 

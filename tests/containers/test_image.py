@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from nbdeploy.errors import BundleError, InvalidInputError
-from nbdeploy.image import LayerWriter, OCIImage, build_image, image_from_rootfs
-
+from nbdeploy.image import LayerWriter, build_image, image_from_rootfs
+from nbdeploy.publish import build
 
 
 def _tree(root: Path) -> Path:
@@ -171,19 +171,19 @@ def test_sdist_with_native_code_is_a_clear_error(bentos, tmp_path):
 @pytest.mark.slow
 def test_build_reproducible_and_dependency_layer_reused(bentos, base_image_ref, nbdeploy_home, tmp_path):
     t0 = time.perf_counter()
-    a = build_image(bentos["v1"], base=base_image_ref, home=nbdeploy_home, source="https://example.com/nb.ipynb")
+    a = build(bentos["v1"], base=base_image_ref, home=nbdeploy_home, source="https://example.com/nb.ipynb")
     first = time.perf_counter() - t0
-    b = build_image(bentos["v1"], base=base_image_ref, home=nbdeploy_home, source="https://example.com/nb.ipynb")
+    b = build(bentos["v1"], base=base_image_ref, home=nbdeploy_home, source="https://example.com/nb.ipynb")
     assert a.digest == b.digest and a.manifest_bytes == b.manifest_bytes
     assert b.info["deps_cached"] is True
     # Only the model/service changed: the same dependency layer, a different bento layer.
-    c = build_image(bentos["v2"], base=base_image_ref, home=nbdeploy_home)
+    c = build(bentos["v2"], base=base_image_ref, home=nbdeploy_home)
     assert c.info["deps_cached"] is True
     assert c.layers[-2].digest == a.layers[-2].digest
     assert c.layers[-1].digest != a.layers[-1].digest
     assert c.digest != a.digest
     # The dependency layer is rebuilt byte-identically from scratch (empty cache).
-    d = build_image(bentos["v1"], base=base_image_ref, home=tmp_path / "cold",
+    d = build(bentos["v1"], base=base_image_ref, home=tmp_path / "cold",
                     source="https://example.com/nb.ipynb")
     assert d.info["deps_cached"] is False and d.digest == a.digest
     print(f"\n[image] first build {first:.1f}s, cached {b.info['build_seconds']:.2f}s, "
@@ -192,7 +192,7 @@ def test_build_reproducible_and_dependency_layer_reused(bentos, base_image_ref, 
 
 @pytest.mark.slow
 def test_image_config(bentos, base_image_ref, nbdeploy_home):
-    img = build_image(bentos["v1"], base=base_image_ref, home=nbdeploy_home, source="https://example.com/nb.ipynb")
+    img = build(bentos["v1"], base=base_image_ref, home=nbdeploy_home, source="https://example.com/nb.ipynb")
     cfg = img.config["config"]
     assert cfg["Entrypoint"][:4] == ["python3", "-m", "bentoml", "serve"]
     assert cfg["ExposedPorts"] == {"3000/tcp": {}}
@@ -217,7 +217,7 @@ def test_end_to_end_push_pull_run_predict(bentos, base_image_ref, nbdeploy_home,
 
     need_tools("skopeo", "umoci")
     need_root()
-    from nbdeploy.registry import push
+    from nbdeploy.publish import push
 
     t0 = time.perf_counter()
     result = push(bentos["v2"], f"{registry.host}/models/tiny:v2", base=base_image_ref, home=nbdeploy_home)
@@ -274,7 +274,7 @@ def test_nbdeploy_bundle_image_runs_and_predicts(iris_bundle, base_image_ref, nb
 
     need_tools("skopeo", "umoci")
     need_root()
-    from nbdeploy.registry import push
+    from nbdeploy.publish import push
 
     path, model, X = iris_bundle
     t0 = time.perf_counter()

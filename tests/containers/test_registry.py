@@ -14,11 +14,9 @@ import pytest
 
 from nbdeploy.errors import InvalidInputError, RegistryError
 from nbdeploy.image import OCIImage, image_from_rootfs
-from nbdeploy.registry import (
-    MT_OCI_INDEX, Reference, RegistryClient, is_loopback, pull, push, push_image,
-    resolve_credentials, select_platform,
-)
-
+from nbdeploy.oci import MT_OCI_INDEX, Reference
+from nbdeploy.publish import push
+from nbdeploy.registry import RegistryClient, is_loopback, pull, push_image, resolve_credentials
 
 
 def small_image(tmp_path, mb: int = 0, name: str = "img") -> OCIImage:
@@ -32,24 +30,6 @@ def small_image(tmp_path, mb: int = 0, name: str = "img") -> OCIImage:
 
 
 # --- pure logic ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("text, expected", [
-    ("python:3.11-slim", ("registry-1.docker.io", "library/python", "3.11-slim", None)),
-    ("docker.io/team/model", ("registry-1.docker.io", "team/model", "latest", None)),
-    ("localhost:5000/m:1", ("localhost:5000", "m", "1", None)),
-    ("127.0.0.1:5000/a/b/c:v2", ("127.0.0.1:5000", "a/b/c", "v2", None)),
-    ("ghcr.io/o/r@sha256:" + "a" * 64, ("ghcr.io", "o/r", None, "sha256:" + "a" * 64)),
-])
-def test_reference_parsing(text, expected):
-    r = Reference.parse(text)
-    assert (r.registry, r.repository, r.tag, r.digest) == expected
-
-
-@pytest.mark.parametrize("bad", ["", "http://x.io/a:b", "Reg.io/UPPER:tag", "x.io/a:b@sha256:short", "a:b c"])
-def test_bad_references(bad):
-    with pytest.raises(InvalidInputError):
-        Reference.parse(bad)
-
 
 def test_https_by_default_http_only_for_loopback_or_insecure():
     assert RegistryClient("registry.example.com").base == "https://registry.example.com"
@@ -79,16 +59,6 @@ def test_credentials_from_env_and_docker_config(tmp_path, monkeypatch):
     assert resolve_credentials("reg.example.com").username == "envuser"
     assert resolve_credentials("reg.example.com", use_env=False).username == "bob"
     assert resolve_credentials("x", ("u", "p")).password == "p"
-
-
-def test_select_platform():
-    index = {"manifests": [
-        {"digest": "sha256:arm", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
-        {"digest": "sha256:amd", "platform": {"os": "linux", "architecture": "amd64"}}]}
-    assert select_platform(index)["digest"] == "sha256:amd"
-    assert select_platform(index, "linux/arm64")["digest"] == "sha256:arm"
-    with pytest.raises(RegistryError, match="s390x"):
-        select_platform(index, "linux/s390x")
 
 
 # --- against a real registry ---------------------------------------------------------------------
@@ -219,9 +189,9 @@ def test_push_bento_with_env_credentials_leaks_nothing(auth_registry, bentos, ba
     result = push(bentos["v1"], f"{reg.host}/team/tiny:v1", base=base_image_ref, home=nbdeploy_home)
     assert result.pinned.startswith(f"{reg.host}/team/tiny:v1@sha256:")
     assert len(result.uploaded) == 4  # base layer (other registry: no mount), deps, bento, config
-    from nbdeploy.image import build_image
+    from nbdeploy.publish import build
 
-    img = build_image(bentos["v1"], base=base_image_ref, home=nbdeploy_home)
+    img = build(bentos["v1"], base=base_image_ref, home=nbdeploy_home)
     assert img.digest == result.digest
     secret = reg.password.encode()
     assert secret not in img.config_bytes and secret not in img.manifest_bytes
@@ -256,7 +226,7 @@ def test_bearer_token_auth(token_registry, tmp_path, monkeypatch, caplog):
 
 def test_containerize_needs_a_local_builder(tmp_path, monkeypatch):
     """builder='bentoml' is explicit; without docker/podman/buildah it says what to do instead."""
-    from nbdeploy.registry import containerize, detect_builder
+    from nbdeploy.publish import containerize, detect_builder
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no builder on PATH
     assert detect_builder() is None
