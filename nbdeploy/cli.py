@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import NbdeployError
-from .formatting import size as _size
 
 
 def _print_event(ev) -> None:
@@ -26,25 +25,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .serve import list_servers
-    from .store import list_bundles
-
-    bundles = list_bundles(args.name)
-    servers = list_servers()
     if args.json:
-        print(json.dumps({"bundles": [b.to_dict() for b in bundles],
-                          "servers": [s.to_dict() for s in servers]}, indent=1))
+        from .serve import list_servers
+        from .store import list_bundles
+
+        print(json.dumps({"bundles": [b.to_dict() for b in list_bundles(args.name)],
+                          "servers": [s.to_dict() for s in list_servers()]}, indent=1))
         return 0
-    print(f"{'BUNDLE':<45} {'CREATED':<26} {'VARIANT':<13} {'SIZE':>9}")
-    for b in bundles:
-        print(f"{b.tag:<45} {b.created[:25]:<26} {b.variant or '-':<13} {_size(b.size_bytes):>9}")
-    if not bundles:
-        print("(no bundles yet: try `nbdeploy demo`)")
-    print(f"\n{'SERVER':<30} {'TAG':<45} {'URL':<28} HEALTH")
-    for s in servers:
-        print(f"{s.id:<30} {s.tag:<45} {s.url:<28} {s.health()}")
-    if not servers:
-        print("(no running servers)")
+    from .listing import list_tables, render_text
+
+    print(render_text(list_tables(args.name, build_hint="`nbdeploy demo`")))
     return 0
 
 

@@ -19,9 +19,8 @@ from typing import Any
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from .errors import NbdeployError
-from .formatting import size as _size
+from .vocab import QUANTIZE_CHOICES
 
-QUANTIZE_CHOICES = ("auto", "none", "int8-dynamic", "int8-static", "fp16")
 SUBCOMMANDS = ("list", "status", "stop", "logs", "traceback", "last", "score")
 
 EXAMPLES = """\
@@ -103,7 +102,7 @@ def build_parser() -> _Parser:
                    help="auto (default: the fastest variant within tolerance), none, int8-dynamic, "
                         "int8-static or fp16")
     p.add_argument("--explain", "-e", default="shap,lime", metavar="METHODS",
-                   help="shap,lime (default), shap, lime or none")
+                   help="shap,lime (default), shap, lime, tree, permutation or none")
     p.add_argument("--preprocess", metavar="EXPR", default=None,
                    help="image models: an nbdeploy.ImagePreprocess from the notebook (name or expression)")
     p.add_argument("--tokenizer", metavar="TOK", default=None,
@@ -135,6 +134,8 @@ def build_sub_parser(command: str) -> _Parser:
     p = _Parser(prog=f"deploy {command}", allow_abbrev=False)
     if command in ("status", "stop", "logs"):
         p.add_argument("name", metavar="NAME", help="bundle name, tag or server id")
+    if command == "list":
+        p.add_argument("name", metavar="NAME", nargs="?", help="only this bundle's versions")
     if command == "logs":
         p.add_argument("--tail", type=int, default=100, metavar="N", help="last N lines (default 100)")
     if command == "score":
@@ -396,7 +397,7 @@ class DeployMagics(Magics):
 
             view = DeployWidget(d)
             self.last_widget = view
-            d._nbdeploy_shown_in = getattr(self.shell, "execution_count", None)
+            d.shown_in_cell = getattr(self.shell, "execution_count", None)
             handle = display(view, display_id=True)
         else:
             d.add_listener(TextProgress())
@@ -432,51 +433,22 @@ class DeployMagics(Magics):
 
     # -- subcommands -----------------------------------------------------------------------------
     def _cmd_list(self, args) -> None:
-        from .serve import list_servers
-        from .store import list_bundles
+        from .listing import list_tables
 
-        bundles = list_bundles()
-        servers = list_servers()
-        if not bundles:
-            print("No nbdeploy bundles yet. Build one with %deploy model --sample X_test")
-        else:
-            print(f"{'TAG':<48} {'FRAMEWORK':<10} {'TASK':<11} {'VARIANT':<13} CREATED")
-            for b in bundles:
-                print(f"{b.tag:<48} {b.framework or '':<10} {b.task or '':<11} "
-                      f"{b.variant or '':<13} {b.created[:19]}")
-        print()
-        if not servers:
-            print("No servers running.")
-        else:
-            print(f"{'SERVER':<32} {'URL':<28} {'PID':<8} TAG")
-            for h in servers:
-                print(f"{h.id:<32} {h.url:<28} {h.pid:<8} {h.tag}")
+        _show(list_tables(_unquote(args.name), build_hint="%deploy model --sample X_test"))
 
     def _cmd_status(self, args) -> None:
-        from .serve import find
+        from .listing import status_tables
         from .store import list_bundles
 
         name = _unquote(args.name)
-        servers = find(name)
-        bundle_name = name.split(":")[0]
-        try:
-            bundles = [b for b in list_bundles(bundle_name) if ":" not in name or b.tag == name]
-        except Exception:   # BentoML raises its own NotFound for an unknown name
-            bundles = []
-        if not bundles and not servers:
+        tables = status_tables(name)
+        if tables is None:
             known = sorted({b.name for b in list_bundles()})
             raise ArgumentError(f"%deploy status: no bundle or server named {name!r}.",
                                 hint=f"Known bundles: {', '.join(known) or 'none'} "
                                      "(%deploy list shows everything).")
-        for b in bundles[:5]:
-            print(f"{b.tag}  {b.framework or ''} {b.task or ''} variant={b.variant}  "
-                  f"created {b.created[:19]}  {_size(b.size_bytes)}  {b.path}")
-        if len(bundles) > 5:
-            print(f"… and {len(bundles) - 5} older versions")
-        if not servers:
-            print(f"not serving (start with: d.serve() or `bentoml serve {bundles[0].tag}`)")
-        for h in servers:
-            print(f"server {h.id}: {h.health()} at {h.url} (pid {h.pid}, {h.tag})")
+        _show(tables)
 
     def _cmd_stop(self, args) -> None:
         from .errors import NotFoundError
@@ -523,18 +495,27 @@ class DeployMagics(Magics):
         return self.last
 
 
+def _show(tables) -> None:
+    """A listing as an HTML table in Jupyter (fits a narrow pane), as text in a terminal."""
+    from IPython.display import display
+
+    from .listing import mimebundle
+
+    display(mimebundle(tables), raw=True)
+
+
 def _display_deployment(shell):
     """Show a Deployment as its live widget in Jupyter -- once per cell: the cell that ran
     ``%deploy`` already shows it, so its Out[] stays empty instead of repeating it."""
 
     def show(d) -> None:
-        if getattr(d, "_nbdeploy_shown_in", None) == getattr(shell, "execution_count", -1):
+        if d.shown_in_cell == getattr(shell, "execution_count", -1):
             return
         from IPython.display import display
 
         from .widget import widget_for
 
-        d._nbdeploy_shown_in = getattr(shell, "execution_count", None)
+        d.shown_in_cell = getattr(shell, "execution_count", None)
         display(widget_for(d))
 
     return show
