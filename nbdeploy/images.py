@@ -13,8 +13,9 @@ bundle with Pillow and numpy (no torchvision).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,7 @@ class ImagePreprocess:
         for name, v in (("mean", d["mean"]), ("std", d["std"])):
             if len(v) not in (1, channels):
                 raise InvalidInputError(f"{name} has {len(v)} values for {channels} channel(s).",
-                                        hint=f"Give one value or one per channel.",
+                                        hint="Give one value or one per channel.",
                                         expected=channels, received=len(v))
         if any(s == 0 for s in d["std"]):
             raise InvalidInputError("std must not be 0.", hint="Use the training std per channel.")

@@ -216,7 +216,7 @@ class DriftMonitor:
         self.image = baseline.get("image")   # image models: statistics per image (runtime/images.py)
 
     @classmethod
-    def from_bundle(cls, model_dir: str | Path) -> "DriftMonitor | TableDriftMonitor | None":
+    def from_bundle(cls, model_dir: str | Path) -> DriftMonitor | TableDriftMonitor | None:
         """The bundle's monitor: per column for table-mode baselines, per feature otherwise."""
         path = Path(model_dir) / "baseline.json"
         if not path.is_file():

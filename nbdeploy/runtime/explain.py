@@ -51,8 +51,9 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -354,7 +355,7 @@ class TableCodec:
                         for p in self.pools]
 
     @classmethod
-    def build(cls, columns: list[dict], X: np.ndarray | None = None) -> "TableCodec":
+    def build(cls, columns: list[dict], X: np.ndarray | None = None) -> TableCodec:
         """From the spec's ``columns`` (name, kind, categories) and sample rows ``X``."""
         out = []
         for j, c in enumerate(columns):
@@ -377,10 +378,10 @@ class TableCodec:
                             for n, k, p in zip(self.names, self.kinds, self.pools)]}
 
     @classmethod
-    def from_json(cls, cfg: dict) -> "TableCodec":
+    def from_json(cls, cfg: dict) -> TableCodec:
         return cls(cfg["columns"])
 
-    def for_rows(self, X: np.ndarray) -> "TableCodec":
+    def for_rows(self, X: np.ndarray) -> TableCodec:
         """A copy whose pools also hold every string of ``X`` (for one request)."""
         extra = []
         for j, p in enumerate(self.pools):
@@ -630,7 +631,7 @@ class ServeExplainer:
     # -- construction -----------------------------------------------------------------
     @classmethod
     def from_bundle(cls, model_dir: str | Path, onnx_model: Any, config: dict | None = None
-                    ) -> "ServeExplainer":
+                    ) -> ServeExplainer:
         """Load ``model_dir/explain/`` (JSON + npy/npz, never pickle).
 
         ``config`` is the bundle's config.json; its ``explain_budget`` dict overrides the

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .validation import F32_MAX, ClientError
+from .clienterror import F32_MAX, ClientError
 
 #: formats a bundle decodes (Pillow's plugins for anything else are never consulted)
 FORMATS = ("PNG", "JPEG")
@@ -54,7 +54,7 @@ def parse_body(body: dict, *, spec: dict, max_rows: int, key: str = "inputs") ->
     rows = body[key]
     if not isinstance(rows, list) or not rows:
         raise ClientError(400, f"{key!r} must be a non-empty list of arrays of shape {list(shape)}.",
-                          hint=f"Wrap a single input in a list: [input].", expected="list",
+                          hint="Wrap a single input in a list: [input].", expected="list",
                           received=type(rows).__name__ if not isinstance(rows, list) else 0)
     if len(rows) > max_rows:
         raise ClientError(400, f"Too many inputs in one request: {len(rows)} > the limit of {max_rows}.",

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .validation import ClientError
+from .clienterror import ClientError
 
 #: characters of one text accepted at /predict (tokenization of megabytes blocks a worker)
 MAX_TEXT_CHARS = 100_000
@@ -178,8 +178,9 @@ class TextExplainer:
             if options.get(key) is not None:
                 try:
                     v = cast(options[key])
-                except (TypeError, ValueError):
-                    raise ClientError(400, f"{key!r} must be a number.", received=str(options[key])[:40])
+                except (TypeError, ValueError) as exc:
+                    raise ClientError(400, f"{key!r} must be a number.",
+                                      received=str(options[key])[:40]) from exc
                 limit = cast(self.budget[key]) * 10
                 if not 0 < v <= limit:
                     raise ClientError(400, f"{key!r} must be in (0, {limit}].", expected=f"<= {limit}",
