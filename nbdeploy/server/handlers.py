@@ -200,6 +200,64 @@ def _plot_bytes(tag: str, plot: str) -> bytes:
     return p.read_bytes()
 
 
+def _example_row(src) -> tuple[bool, list] | None:
+    """(is_table, one example row) for a bundle's snippets: each numeric feature's median from
+    the drift baseline (0 without one), a categorical column's first category.  ``None`` for
+    inputs that are not rows of features (text, images)."""
+    import json as _json
+
+    spec = _json.loads((src / "model" / "spec.json").read_text(encoding="utf-8"))
+    mode = spec.get("input_mode")
+    if mode not in ("tensor", "table"):
+        return None
+    medians: dict = {}
+    try:
+        base = _json.loads((src / "model" / "baseline.json").read_text(encoding="utf-8"))
+        for name, edges in zip(base.get("feature_names", []), base.get("edges", [])):
+            if edges:
+                medians[name] = float(f"{edges[len(edges) // 2]:.4g}")
+    except (OSError, ValueError, TypeError):
+        pass
+    if mode == "tensor":
+        names = spec.get("feature_names") or [f"f{i}" for i in range(int(spec.get("n_features") or 0))]
+        return False, [medians.get(n, 0.0) for n in names]
+    row = []
+    for col in spec.get("columns") or []:
+        if col.get("kind") == "numeric":
+            row.append(medians.get(col["name"], 0.0))
+        else:
+            row.append((col.get("categories") or [""])[0])
+    return True, row
+
+
+def _snippets(tag: str) -> dict:
+    """curl and Python calls of the bundle's ``/predict`` (the widget's snippets, report.snippets),
+    aimed at its running server if there is one, with an example row built from its schema."""
+    from types import SimpleNamespace
+
+    from ..report import snippets
+    from ..serve import find
+    from ..store import bundle_dir, get
+
+    tag = str(get(tag).tag)
+    example = _example_row(bundle_dir(tag))
+    running = [h for h in find(tag) if h.tag == tag]
+    server = running[0] if running else None
+    if example is None:
+        return {"tag": tag, "url": server.url if server else None, "curl": None, "python": None}
+    is_table, row = example
+    spec_cols = []
+    if is_table:
+        import json as _json
+
+        spec_cols = _json.loads((bundle_dir(tag) / "model" / "spec.json").read_text(encoding="utf-8"))["columns"]
+    d = SimpleNamespace(tag=tag, server=server,
+                        converted=SimpleNamespace(is_table=is_table, columns=spec_cols, X=[row]))
+    snips = snippets(d, server.url if server else None)
+    return {"tag": tag, "url": server.url if server else None,
+            "curl": snips.get("curl"), "python": snips.get("python")}
+
+
 def _check_bundle(tag: str) -> str:
     from ..store import get
 
@@ -382,6 +440,19 @@ class ReportHtmlHandler(NbdeployHandler):
 
         validate_tag(tag)
         self.reply(await self.run(_report_html, tag))
+
+
+class SnippetsHandler(NbdeployHandler):
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self, tag: str):
+        """Ready-to-run curl and Python calls of the bundle's /predict (its running server's URL,
+        or the default with a `bentoml serve` line first)."""
+        from ..schema import validate_tag
+
+        validate_tag(tag)
+        self.reply(await self.run(_snippets, tag))
 
 
 class PlotHandler(NbdeployHandler):
@@ -637,6 +708,7 @@ ROUTES: list[tuple[str, type[NbdeployHandler]]] = [
     (f"bundles/{_SEG}/report", ReportHandler),
     (f"bundles/{_SEG}/report.html", ReportHtmlHandler),
     (f"bundles/{_SEG}/plots/{_SEG}", PlotHandler),
+    (f"bundles/{_SEG}/snippets", SnippetsHandler),
     (f"bundles/{_SEG}/serve", ServeHandler),
     (f"bundles/{_SEG}/push", PushHandler),
     (f"bundles/{_SEG}/export", ExportHandler),

@@ -9,6 +9,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from conftest import http
 from tornado.httpclient import HTTPClientError
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -386,6 +387,16 @@ async def test_serve_logs_stop_delete_end_to_end(jp_fetch, bundle):
         servers = _json(await jp_fetch("nbdeploy", "servers"))["servers"]
         mine = [s for s in servers if s["id"] == sid]
         assert mine and mine[0]["health"] == "ready" and mine[0]["tag"] == bundle
+
+        # the snippets aim at this server, and their request is one it answers
+        snips = _json(await jp_fetch("nbdeploy", "bundles", bundle, "snippets"))
+        assert snips["url"] == done["result"]["url"] and "bentoml serve" not in snips["curl"], snips
+        assert snips["curl"].startswith(f"curl -X POST {snips['url']}/predict"), snips
+        body = snips["curl"].split("-d '", 1)[1].rsplit("'", 1)[0]
+        assert f"json={body}" in snips["python"], snips
+        answer = http("POST", snips["url"] + "/predict", data=body.encode(),
+                      headers={"Content-Type": "application/json"})
+        assert answer[0] == 200 and len(answer[1]["predictions"]) == 1, answer
 
         logs = _json(await jp_fetch("nbdeploy", "servers", sid, "logs", params={"tail": "50"}))
         assert logs["running"] is True and logs["offset"] > 0 and logs["text"]
