@@ -9,6 +9,7 @@ what such a test can observe.  ``xfail`` is not a skip and is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -117,6 +118,25 @@ def regression_data():
 
     X, y = make_regression(n_samples=300, n_features=8, noise=0.5, random_state=0)
     return X.astype(np.float32), y
+
+
+@contextlib.contextmanager
+def deployed_and_served(models: dict, sample, *, prefix: str):
+    """Deploy each ``{name: fitted model}`` on ``sample`` with defaults (as a user would) and serve
+    it; yields ``{name: (model, deployment, server)}`` and stops every server afterwards."""
+    import nbdeploy
+
+    out, servers = {}, []
+    try:
+        for name, model in models.items():
+            d = nbdeploy.deploy(model, sample, name=f"{prefix}-{name}")
+            server = d.serve()
+            servers.append(server)
+            out[name] = (model, d, server)
+        yield out
+    finally:
+        for s in servers:
+            s.stop()
 
 
 def http(method: str, url: str, body=None, *, headers=None, data: bytes | None = None,

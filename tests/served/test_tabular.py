@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import deployed_and_served
 
 import nbdeploy
 from nbdeploy.errors import ConversionError, InvalidInputError
@@ -126,18 +127,10 @@ MODELS = {"ct-logreg": (_lr_pipeline, "classifier"), "ct-forest": (_rf_pipeline,
 def served_models(customers):
     """Each model trained on the DataFrame, deployed with defaults, served by `bentoml serve`."""
     train, y_train, s_train, test, *_ = customers
-    out, servers = {}, []
-    try:
-        for name, (make, task) in MODELS.items():
-            model = make().fit(train, y_train if task == "classifier" else s_train)
-            d = nbdeploy.deploy(model, test, name=f"tab-{name}")
-            server = d.serve()
-            servers.append(server)
-            out[name] = (model, d, server)
+    models = {name: make().fit(train, y_train if task == "classifier" else s_train)
+              for name, (make, task) in MODELS.items()}
+    with deployed_and_served(models, test, prefix="tab") as out:
         yield out
-    finally:
-        for s in servers:
-            s.stop()
 
 
 # --- served: records in, the native model's answers out ------------------------------------------

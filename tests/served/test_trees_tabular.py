@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import deployed_and_served
 
 import nbdeploy
 from nbdeploy.convert import convert
@@ -224,18 +225,8 @@ def test_hgb_categorical_inside_a_pipeline_is_a_bounded_error(frames):
 
 @pytest.fixture(scope="module")
 def served_hgb(frames):
-    _, _, _, test = frames
-    out, servers = {}, []
-    try:
-        for name, model in _hgb_models(frames).items():
-            d = nbdeploy.deploy(model, test, name=f"trees-{name}")      # defaults, as a user would
-            server = d.serve()
-            servers.append(server)
-            out[name] = (model, d, server)
+    with deployed_and_served(_hgb_models(frames), frames[3], prefix="trees") as out:
         yield out
-    finally:
-        for s in servers:
-            s.stop()
 
 
 @pytest.mark.slow
@@ -371,19 +362,9 @@ def test_boosters_with_early_stopping_use_the_best_iteration(frames):
 
 @pytest.fixture(scope="module")
 def served_boosters(frames):
-    _, _, _, test = frames
-    out, servers = {}, []
-    try:
-        for name in ("lgbm-binary", "xgb-regression"):
-            model = _booster(name, frames)
-            d = nbdeploy.deploy(model, test, name=f"trees-{name}")      # defaults, as a user would
-            server = d.serve()
-            servers.append(server)
-            out[name] = (model, d, server)
+    models = {name: _booster(name, frames) for name in ("lgbm-binary", "xgb-regression")}
+    with deployed_and_served(models, frames[3], prefix="trees") as out:
         yield out
-    finally:
-        for s in servers:
-            s.stop()
 
 
 @pytest.mark.slow
