@@ -5,10 +5,10 @@ served ONNX variant), so the notebook shows what ``/explain`` answers."""
 
 from __future__ import annotations
 
-import html
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -66,22 +66,9 @@ class TextExplainReport:
         return [path]
 
     def _repr_html_(self) -> str:
+        from .plots import token_html
+
         return "".join(token_html(r) for r in self.rows[:10] if "tokens" in r)
-
-
-def token_html(row: dict) -> str:
-    """The text with each token coloured by its contribution (red raises the class, blue lowers)."""
-    tokens = row.get("tokens") or []
-    scale = max([abs(t["value"]) for t in tokens] + [1e-12])
-    parts = []
-    for t in tokens:
-        a = min(1.0, abs(t["value"]) / scale)
-        rgb = "220,40,40" if t["value"] > 0 else "40,90,220"
-        parts.append(f'<span title="{t["value"]:+.4f}" style="background:rgba({rgb},{a:.2f});'
-                     f'padding:0 1px;border-radius:2px">{html.escape(str(t["token"]))}</span>')
-    head = html.escape(f'{row.get("label")} (p={row.get("output", float("nan")):.3f}, '
-                       f'{row.get("method", "shap")})')
-    return f'<div style="margin:4px 0"><b>{head}</b>: {" ".join(parts)}</div>'
 
 
 def explain_text(converted: Any, *, onnx_model: Any = None, methods: Any = ("shap", "lime"),

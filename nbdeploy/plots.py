@@ -254,6 +254,22 @@ def explanation_html(report: Any, max_features: int = 10) -> str:
             + (f"<ul>{notes}</ul>" if notes else "") + "</div>")
 
 
+def token_html(row: dict) -> str:
+    """The text with each token coloured by its contribution (red raises the class, blue lowers)."""
+    esc = html.escape
+    tokens = row.get("tokens") or []
+    scale = max([abs(t["value"]) for t in tokens] + [1e-12])
+    parts = []
+    for t in tokens:
+        a = min(1.0, abs(t["value"]) / scale)
+        rgb = "220,40,40" if t["value"] > 0 else "40,90,220"
+        parts.append(f'<span title="{t["value"]:+.4f}" style="background:rgba({rgb},{a:.2f});'
+                     f'padding:0 1px;border-radius:2px">{esc(str(t["token"]))}</span>')
+    head = esc(f'{row.get("label")} (p={row.get("output", float("nan")):.3f}, '
+               f'{row.get("method", "shap")})')
+    return f'<div style="margin:4px 0"><b>{head}</b>: {" ".join(parts)}</div>'
+
+
 # ---------------------------------------------------------------------------------------
 # benchmark and quantization (nbdeploy.optimize.OptimizeResult)
 # ---------------------------------------------------------------------------------------
@@ -316,4 +332,4 @@ def save_optimize_plots(res: Any, directory: str | Path) -> list[Path]:
 __all__ = ["new_figure", "png_bytes", "png_width", "save_figures", "figures_of", "figure_title",
            "numeric_view", "cell_label", "shap_importance_figure", "shap_summary_figure",
            "explanation_row_figure", "explanation_figures", "explanation_html", "optimize_figures",
-           "save_optimize_plots", "require_matplotlib"]
+           "save_optimize_plots", "require_matplotlib", "token_html"]

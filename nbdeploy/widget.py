@@ -12,7 +12,6 @@ Every piece of state a test may want is a plain attribute: ``step_rows``, ``tabs
 from __future__ import annotations
 
 import html
-import io
 import json
 import time
 import traceback
@@ -23,9 +22,9 @@ import ipywidgets as W
 
 from .errors import NbdeployError
 from .formatting import duration
+from .plots import figure_title, figures_of, png_bytes, png_width
+from .vocab import STEPS
 
-STEP_NAMES = ("detect", "convert", "verify", "benchmark", "quantize", "explain", "bundle", "serve",
-              "push")
 ICONS = {"pending": ("○", "#999"), "running": ("◐", "#1f6feb"), "done": ("✔", "#1a7f37"),
          "failed": ("✘", "#cf222e"), "skipped": ("–", "#999"),
          "not requested": ("–", "#999"), "not run": ("–", "#bbb")}
@@ -52,36 +51,40 @@ def error_html(err: BaseException) -> str:
     return out
 
 
-def figure_png(fig: Any) -> bytes:
-    """PNG bytes of a matplotlib figure (closed afterwards so notebooks don't show it twice)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    try:
-        import sys
-
-        plt = sys.modules.get("matplotlib.pyplot")
-        if plt is not None:
-            plt.close(fig)
-    except Exception:  # pragma: no cover
-        pass
-    return buf.getvalue()
+# Copies the button's data-text.  The Clipboard API needs a secure context (https, localhost);
+# elsewhere a hidden textarea and execCommand("copy") do it.  Single quotes only: it lives in
+# a double-quoted attribute.
+_COPY_JS = ("var b=this,t=b.dataset.text;"
+            "function ok(){b.textContent='Copied';setTimeout(function(){b.textContent='Copy'},1500)}"
+            "function old(){var a=document.createElement('textarea');a.value=t;"
+            "a.style.position='fixed';a.style.opacity='0';document.body.appendChild(a);a.select();"
+            "try{document.execCommand('copy');ok()}catch(e){b.textContent='Select the text to copy'}"
+            "document.body.removeChild(a)}"
+            "if(navigator.clipboard&&window.isSecureContext){navigator.clipboard.writeText(t).then(ok,old)}"
+            "else{old()}")
 
 
-def _figures(result: Any) -> list:
-    fn = getattr(result, "figures", None)
-    if not callable(fn):
-        return []
-    figs = fn()
-    if isinstance(figs, dict):
-        figs = list(figs.values())
-    return list(figs or [])
+def copy_button(text: str, title: str = "Copy to the clipboard") -> str:
+    """A small HTML button that copies ``text`` to the clipboard when clicked.
+
+    ipywidgets has no clipboard API, but its HTML widget renders its value as is (ipywidgets 8's
+    HTMLView sets ``innerHTML``, unsanitised), so an inline ``onclick`` runs in JupyterLab and
+    Notebook 7.  The text travels in ``data-text`` (HTML-escaped; newlines kept)."""
+    return (f"<button type='button' class='nbd-copy' title='{_esc(title)}' "
+            f"data-text=\"{_esc(text, quote=True)}\" onclick=\"{_esc(_COPY_JS, quote=True)}\" "
+            "style='margin-left:8px;font-size:0.85em;padding:0 8px;cursor:pointer'>Copy</button>")
+
+
+def server_links(url: str) -> str:
+    """The server's address and its API docs (``/docs``) as links that open in a new tab."""
+    u = _esc(url, quote=True)
+    return (f"<a href='{u}' target='_blank' rel='noopener'>{_esc(url)}</a> · "
+            f"<a href='{u}/docs' target='_blank' rel='noopener'>API docs</a>")
 
 
 def _image(png: bytes) -> W.Image:
     """A PNG at its own pixel size (fonts as drawn, never stretched), at most the cell's width."""
-    import struct
-
-    width = struct.unpack(">I", png[16:20])[0] if png[:8] == b"\x89PNG\r\n\x1a\n" else None
+    width = png_width(png)
     return W.Image(value=png, format="png",
                    layout=W.Layout(width=f"{width}px" if width else None, max_width="100%",
                                    height="auto", align_self="flex-start"))
@@ -101,7 +104,7 @@ def render(obj: Any) -> list[W.Widget]:
     if isinstance(obj, W.Widget):
         return [obj]
     if hasattr(obj, "savefig"):
-        return [_image(figure_png(obj))]
+        return [_image(png_bytes(obj))]
     if isinstance(obj, (bytes, bytearray)) and bytes(obj[:8]) == b"\x89PNG\r\n\x1a\n":
         return [_image(bytes(obj))]
     out: list[W.Widget] = []
@@ -117,7 +120,7 @@ def render(obj: Any) -> list[W.Widget]:
         except (TypeError, ValueError):
             text = repr(data)
         out.append(W.HTML(_pre(text)))
-    for fig in _figures(obj):
+    for fig in figures_of(obj):
         out.extend(render(fig))
     return out
 
@@ -172,8 +175,9 @@ class DeployWidget(W.VBox):
         self._throttle_s = throttle_s
         self._last_fraction_update = 0.0
         self.title = W.HTML("<b>nbdeploy</b>")
-        self.step_rows: dict[str, StepRow] = {s: StepRow(s) for s in STEP_NAMES}
+        self.step_rows: dict[str, StepRow] = {s: StepRow(s) for s in STEPS}
         self.status = W.HTML("")
+        self.link_html = W.HTML("")   # while serving: the address and the API docs, as links
         self._final_status: str | None = None   # what `status` shows once the run has ended
         self.error_html = W.HTML("")
         self.traceback_html = W.HTML("")
@@ -251,12 +255,12 @@ class DeployWidget(W.VBox):
                     self.action_html]),
         ], titles=TAB_TITLES, layout=W.Layout(display="none"))
         super().__init__([self.title, W.VBox([r.box for r in self.step_rows.values()]),
-                          self.status, self.error_html, self.traceback, self.tabs])
+                          self.status, self.link_html, self.error_html, self.traceback, self.tabs])
         if deployment is not None:
             self.attach(deployment)
 
     # -- wiring ----------------------------------------------------------------------------------
-    def attach(self, deployment: Any) -> "DeployWidget":
+    def attach(self, deployment: Any) -> DeployWidget:
         """Listen to ``deployment``'s step events (and show the state it already has)."""
         self.deployment = deployment
         _VIEWS[deployment] = self
@@ -291,7 +295,7 @@ class DeployWidget(W.VBox):
             self._update_server()
 
     # -- after the run -------------------------------------------------------------------------
-    def refresh(self) -> "DeployWidget":
+    def refresh(self) -> DeployWidget:
         """Fill the tabs from the deployment's results (and show its error, if any)."""
         d = self.deployment
         if d is None:
@@ -337,7 +341,7 @@ class DeployWidget(W.VBox):
             self.traceback.selected_index = None
 
     def _fill_summary(self, d: Any) -> None:
-        from .report import wrap, summary_section
+        from .report import summary_section, wrap
 
         self.summary_html.value = wrap(summary_section(d))
 
@@ -348,9 +352,9 @@ class DeployWidget(W.VBox):
             self.benchmark_html.value = f"<i>No benchmark: {_esc(why)}</i>"
             self.quantization_html.value = f"<i>No quantization: {_esc(d.steps['quantize'].summary or why)}</i>"
             return
-        from .report import wrap, benchmark_section, quantization_section
+        from .report import benchmark_section, quantization_section, wrap
 
-        figs = _figures(opt)
+        figs = figures_of(opt)
         variants = getattr(getattr(opt, "quantization", None), "variants", None)
         one_variant = variants is not None and sum(v.status == "ok" for v in variants) < 2
         try:   # the report's tables: one number format everywhere
@@ -366,7 +370,7 @@ class DeployWidget(W.VBox):
                                                    else "")
         bench_imgs, quant_imgs = [], []
         for fig in figs:
-            title = _figure_title(fig).lower()
+            title = figure_title(fig).lower()
             is_bench = "latency" in title or "throughput" in title or not title
             if not is_bench and one_variant:   # one bar compares nothing; the table says why
                 continue
@@ -382,7 +386,7 @@ class DeployWidget(W.VBox):
             self.explanation_html.value = f"<i>No explanation: {_esc(why)}</i>"
             self.explain_button.disabled = True
             return
-        from .report import wrap, explanation_section
+        from .report import explanation_section, wrap
 
         try:
             self.explanation_html.value = wrap(explanation_section(d, {}))
@@ -403,7 +407,7 @@ class DeployWidget(W.VBox):
         if d.tag is None:
             self.bundle_html.value = "<i>No bundle was built.</i>"
             return
-        from .report import wrap, serving_section
+        from .report import serving_section, wrap
 
         self.bundle_html.value = kv_html({"tag": d.tag, "path": d.path,
                                           "serve it yourself": f"bentoml serve {d.tag}"})
@@ -430,11 +434,11 @@ class DeployWidget(W.VBox):
         self.serve_button.disabled = s is not None
         self.stop_button.disabled = s is None
         if s is not None:
-            self.server_html.value = (f"serving at <a href='{_esc(s.url)}' target='_blank'>"
-                                      f"{_esc(s.url)}</a> · <a href='{_esc(s.url)}/docs' "
-                                      f"target='_blank'>API docs</a> (pid {s.pid})")
+            self.server_html.value = f"serving at {server_links(s.url)} (pid {s.pid})"
+            self.link_html.value = f"▶ serving at {server_links(s.url)}"
         else:
             self.server_html.value = "<i>not serving</i>"
+            self.link_html.value = ""
         self._update_rollout(s)
         self._update_snippets(s.url if s is not None else None)
 
@@ -496,8 +500,9 @@ class DeployWidget(W.VBox):
         self.python_snippet = (f"{note}{imp}import requests\n\n"
                                f"r = requests.post(\"{base}/predict\", json={body}{kw}, timeout=30)\n"
                                f"r.raise_for_status()\nprint(r.json())")
-        self.snippets_html.value = ("<b>curl</b>" + _pre(self.curl_snippet) +
-                                    "<b>Python</b>" + _pre(self.python_snippet))
+        self.snippets_html.value = ("<b>curl</b>" + copy_button(self.curl_snippet) + _pre(self.curl_snippet)
+                                    + "<b>Python</b>" + copy_button(self.python_snippet)
+                                    + _pre(self.python_snippet))
 
     def _run_action(self, button: W.Button, busy: str, fn) -> Any:
         """Run a button's action: disable it meanwhile, show errors as message + hint."""
@@ -653,7 +658,7 @@ def rollout_html(state: dict) -> str:
 def row_html(r: dict, max_features: int = 15) -> str:
     """One row's explanation (an ``explain_row`` answer) as a table, largest contributions first."""
     if "tokens" in r:   # a text model: the text with tokens coloured by contribution (issue 21)
-        from .explain_text import token_html
+        from .plots import token_html
 
         return token_html(r)
     names = r.get("feature_names") or []
@@ -676,20 +681,7 @@ def row_html(r: dict, max_features: int = 15) -> str:
             f"{''.join(rows)}</table></div>")
 
 
-def _figure_title(fig: Any) -> str:
-    parts = []
-    try:
-        if getattr(fig, "_suptitle", None) is not None:
-            parts.append(fig._suptitle.get_text())
-        for ax in fig.get_axes():
-            parts.append(ax.get_title())
-            parts.append(ax.get_ylabel())
-    except Exception:
-        pass
-    return " ".join(p for p in parts if p)
-
-
-_VIEWS: "weakref.WeakKeyDictionary[Any, DeployWidget]" = weakref.WeakKeyDictionary()
+_VIEWS: weakref.WeakKeyDictionary[Any, DeployWidget] = weakref.WeakKeyDictionary()
 
 
 def widget_for(deployment: Any) -> DeployWidget:
