@@ -1,7 +1,13 @@
 """Untrusted bundle archives: everything that reads an archive from elsewhere lives here.
 
 A security reviewer can read this one module to know what ``nbdeploy import`` accepts
-(SECURITY.md, "Imported bundles", points here).  The rules:
+(SECURITY.md, "Imported bundles", points here).  Its entry points are :func:`import_bundle`
+(``nbdeploy import``, ``nbdeploy.score`` given an archive), :func:`inspect_archive` (the same
+checks, nothing kept) and :func:`unpack_bundle` (the checks themselves).  An archive is
+unpacked once into a private folder (mode 0700) next to the BentoML store, checked there, and
+only then renamed into the store: each byte is written once, the store never shows a
+half-imported bundle, a refused archive adds nothing, and BentoML's own extraction code never
+sees the archive (CVE-2026-27905 / GHSA-m6w7-qv66-g3mf).  The rules:
 
 * **One stream, read once.**  The file's format is decided from its first bytes.  A tar is
   decompressed as one stream (every gzip member / xz stream / bz2 stream, so a second
@@ -34,6 +40,9 @@ A security reviewer can read this one module to know what ``nbdeploy import`` ac
   signature of the manifest's exact bytes.  With trusted keys given (``--trusted-key``), import
   requires a valid signature by one of them, and then accepts differing code as ``trust``
   does: the author is known.  Without trusted keys a signature proves nothing and is ignored.
+* **ONNX external data stays inside the model folder** (CVE-2024-27318): a tensor whose
+  external-data location is absolute, has ``..`` or names a missing file is refused.
+* **BentoML must accept the folder** (``Bento.validate``) and the tag must be new to the store.
 """
 
 from __future__ import annotations
@@ -52,15 +61,17 @@ import stat
 import string
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import InvalidInputError, NotFoundError
+from .errors import BundleError, InvalidInputError, NotFoundError
 
-__all__ = ["MAX_TOTAL_BYTES", "MAX_MEMBERS", "MANIFEST", "SIGNATURE", "LAYOUT", "unpack_bundle",
+__all__ = ["import_bundle", "inspect_archive", "unpack_bundle", "Unpacked",
+           "MAX_TOTAL_BYTES", "MAX_MEMBERS", "MANIFEST", "SIGNATURE", "LAYOUT",
            "load_private_key", "load_public_key", "signature_bytes",
-           "pickle_reason", "manifest_bytes", "Unpacked"]
+           "pickle_reason", "onnx_external_problems", "manifest_bytes"]
 
 #: the most bytes an archive may unpack to (the one place this limit is defined)
 MAX_TOTAL_BYTES = 16 * 1024 ** 3
@@ -650,16 +661,17 @@ def _first_diff(expected: str, actual: str) -> str:
 def service_difference(text: str, name: str) -> str | None:
     """None when ``text`` is this release's service template filled in for bundle ``name``
     (docstrings and comments aside), else what differs."""
-    from .bundle import TEMPLATES, _class_name
     from ._version import __version__
+    from .bundle import TEMPLATES, class_name
 
     try:
         tree = ast.parse(text)
         cls = next(n for n in tree.body if isinstance(n, ast.ClassDef))
         call = next(d for d in cls.decorator_list if isinstance(d, ast.Call)
                     and ast.unparse(d.func) == "bentoml.service")
-        kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-        values = dict(nbdeploy_version=__version__, name=name, class_name=_class_name(name),
+        # values only; a ``**mapping`` argument is part of the template, compared with it below
+        kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+        values = dict(nbdeploy_version=__version__, name=name, class_name=class_name(name),
                       workers=int(kw["workers"]), description="",
                       **{k: repr(kw[k]) for k in ("resources", "traffic", "logging", "tracing")})
         if kw.get("name") != name:
@@ -686,12 +698,12 @@ def _bentoml_entrypoint() -> Path | None:
 def code_differences(root: Path, files: list[str], name: str, service: str) -> list[tuple[str, str]]:
     """Files that would run and are not this release's (service.py, nbdeploy_runtime/,
     BentoML's entrypoint.sh, the service named in bento.yaml)."""
-    from .bundle import RUNTIME, _class_name
+    from .bundle import RUNTIME, class_name
 
     out: list[tuple[str, str]] = []
-    if service != f"service:{_class_name(name)}":
+    if service != f"service:{class_name(name)}":
         out.append(("bento.yaml", f"names the service {service!r}, not "
-                                  f"'service:{_class_name(name)}'"))
+                                  f"'service:{class_name(name)}'"))
     svc = root / "src" / "service.py"
     if not svc.is_file():
         out.append(("src/service.py", "is missing"))
@@ -872,3 +884,151 @@ def unpack_bundle(path: str | os.PathLike, dest: Path, *, trust: bool = False,
             received=[f for f, _ in diffs])
     result.trusted_differences = [f"{f}: {why}" for f, why in diffs]
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX external data (also used by nbdeploy.portability on bundles in the local store)
+# ---------------------------------------------------------------------------------------------
+def onnx_external_problems(onnx_file: Path, root: Path) -> list[str]:
+    """ONNX tensors stored in external files must stay inside the model folder (CVE-2024-27318)."""
+    try:
+        import onnx
+    except ImportError:
+        return []
+    rel = onnx_file.relative_to(root).as_posix()
+    try:
+        model = onnx.load(str(onnx_file), load_external_data=False)
+    except Exception as exc:
+        return [f"{rel} is not a valid ONNX model ({type(exc).__name__})"]
+    out = []
+    for t in _onnx_tensors(model):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        if not loc or loc.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", loc) \
+                or ".." in split_name(loc):
+            out.append(f"{rel} keeps tensor {t.name!r} in {loc!r}, outside the model folder")
+        elif not (onnx_file.parent / loc).is_file():
+            out.append(f"{rel} needs external data {loc!r}, which the bundle lacks")
+    return out
+
+
+def _onnx_tensors(model) -> Iterator:
+    def graph_tensors(g):
+        yield from g.initializer
+        for n in g.node:
+            for a in n.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("g"):
+                    yield from graph_tensors(a.g)
+                for sub in a.graphs:
+                    yield from graph_tensors(sub)
+
+    yield from graph_tensors(model.graph)
+
+
+def _onnx_problems(root: Path) -> list[str]:
+    model = root / "src" / "model"
+    return [p for f in sorted(model.glob("*.onnx")) for p in onnx_external_problems(f, root)] \
+        if model.is_dir() else []
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points: inspect, import into the store
+# ---------------------------------------------------------------------------------------------
+def inspect_archive(path: str | os.PathLike, *, trust: bool = False,
+                    trusted_keys: list | None = None) -> list[str]:
+    """File names of a bundle archive after every import check passed; raises
+    InvalidInputError naming the first problem.  The archive is unpacked into a private
+    temporary folder, which is deleted again."""
+    import tempfile
+
+    archive = Path(os.fspath(path)).expanduser().absolute()
+    with tempfile.TemporaryDirectory(prefix="nbdeploy-import-") as tmp:
+        u = unpack_bundle(archive, Path(tmp), trust=trust, trusted_keys=trusted_keys)
+        onnx = _onnx_problems(u.root)
+        if onnx:
+            raise InvalidInputError(f"Refusing to import {archive.name}: " + "; ".join(onnx[:5]),
+                                    hint="Nothing was imported.")
+        return u.files
+
+
+def import_bundle(path: str | os.PathLike, *, trust: bool = False,
+                  trusted_keys: list | None = None) -> str:
+    """Import a bundle archive written by ``nbdeploy export`` into the local BentoML store
+    and return its tag.
+
+    The archive is untrusted: it is unpacked once into a private folder and checked there
+    (layout, links, limits, pickles, manifest, code identity, ONNX external data; see this
+    module's docstring), and only that checked folder is handed to BentoML.  ``trust=True``
+    accepts an archive without a manifest and code (``service.py``, ``nbdeploy_runtime/``) that
+    differs from this nbdeploy release's: only for bundles whose author you trust, since serving
+    runs that code.  ``trusted_keys`` (Ed25519 public key files, PEM or ``ssh-ed25519``): the
+    archive must be signed (``export_bundle(..., sign_key=...)``) by one of them; so signed, its
+    code may differ.  Refuses tags already in the store.  A refused archive adds nothing to the
+    store.
+    """
+    import shutil
+
+    import bentoml
+    from bentoml._internal.bento import Bento
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    from .bundle import private_store, store_root
+
+    archive = Path(os.fspath(path)).expanduser().absolute()
+    # unpacked next to the store (same file system), checked there, then renamed into it:
+    # each byte is written once, and the store never shows a half-imported bundle
+    root = store_root()
+    staging = private_store(root)
+    try:
+        dest = staging / "bento"
+        dest.mkdir()
+        u = unpack_bundle(archive, dest, trust=trust, trusted_keys=trusted_keys)
+        onnx = _onnx_problems(dest)
+        if onnx:
+            raise InvalidInputError(f"Refusing to import {archive.name}: " + "; ".join(onnx[:5]),
+                                    hint="Nothing was imported.")
+        for extra in (MANIFEST, SIGNATURE):          # the store keeps the bundle as exported
+            (dest / extra).unlink(missing_ok=True)
+        name, version = u.tag.split(":")
+        final = root / name / version
+        if final.exists():
+            raise InvalidInputError(f"{u.tag} is already in the BentoML store.",
+                                    hint=f"Delete it first (`nbdeploy delete {u.tag}`) to import "
+                                         "this archive again.")
+        try:
+            Bento.from_path(str(dest)).validate()
+        except Exception as exc:
+            raise InvalidInputError(f"BentoML does not accept {archive.name}: {type(exc).__name__}: "
+                                    f"{str(exc)[:300]}", hint="Nothing was imported.") from exc
+        if u.trusted_differences:
+            import warnings
+
+            who = f"signed by trusted key {u.signed_by}" if u.signed_by else "trusted"
+            warnings.warn(f"Importing {u.tag} with code that differs from this nbdeploy "
+                          f"release's ({who}): " + "; ".join(u.trusted_differences[:8]),
+                          stacklevel=2)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(dest, 0o755)
+        try:
+            os.rename(dest, final)       # fails if the version appeared meanwhile
+        except OSError as exc:
+            raise BundleError(f"Could not add {u.tag} to the BentoML store: {exc}",
+                              hint="Nothing was added; check that the store is writable.") from exc
+        store = BentoMLContainer.bento_store.get()
+        latest = root / name / "latest"
+        try:
+            newest = not latest.exists() or \
+                store.get(u.tag).creation_time >= store.get(name).creation_time
+        except Exception:   # noqa: BLE001 (a dangling 'latest' is replaced)
+            newest = True
+        if newest:
+            tmp_latest = latest.with_name(f".latest-{version}")
+            tmp_latest.write_text(version, encoding="utf-8")
+            os.replace(tmp_latest, latest)
+        return str(bentoml.get(u.tag).tag)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -2,8 +2,10 @@
 
 A bundle is a plain folder: ``service.py`` (from ``templates/``), ``nbdeploy_runtime/`` (a
 copy of :mod:`nbdeploy.runtime`), ``model/`` (ONNX + JSON + .npy), ``plots/`` (PNG) and a
-pinned ``requirements.txt``.  Nothing in it is pickled.  The bento is built from a staging
-folder and only appears in the store once BentoML has finished writing it.
+pinned ``requirements.txt``, pinned from :data:`DEPENDENCIES` (what the served code may import,
+and when; :mod:`nbdeploy.portability` checks finished bundles against the same list).  Nothing in
+it is pickled.  The bento is built from a staging folder and only appears in the store once
+BentoML has finished writing it.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import secrets
 import shutil
 import string
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata as _md
 from pathlib import Path
-from typing import Callable
 
 from ._version import __version__
 from .errors import BundleError
@@ -42,11 +44,103 @@ def new_version() -> str:
     return now.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def requirements(*, device: str = "cpu", explain: bool = False,
-                 extra: list[str] | None = None) -> list[str]:
-    """Pinned requirements of the served bundle: only what its code imports.
+@dataclass(frozen=True)
+class Dependency:
+    """One module the served bundle's code may import, and the distribution that provides it."""
 
-    ``extra`` (e.g. from ``ExplainReport.requirements()``) replaces the generic explanation set.
+    module: str                 # top-level import name in service.py / nbdeploy_runtime/
+    dists: tuple[str, ...]      # distributions providing it; the first is the one pinned
+    when: str                   # ALWAYS, IF_INSTALLED, one of FEATURES or several joined by "+"
+
+    def needed(self, serves: set[str] | frozenset[str]) -> bool:
+        """Whether a bundle serving ``serves`` (:data:`FEATURES`) needs this module."""
+        if self.when in (ALWAYS, IF_INSTALLED):
+            return self.when == ALWAYS
+        return set(self.when.split("+")) <= set(serves)
+
+
+ALWAYS = "always"
+#: pinned when installed where the bundle is built; imported only if turned on where it is served
+IF_INSTALLED = "if-installed"
+#: what a bundle serves beyond predictions, each needing its own packages
+#: ("shap": TreeSHAP, per-token or image SHAP; "lime": LIME; "image": image files; "text": raw text)
+FEATURES = ("shap", "lime", "image", "text")
+
+#: Everything the served bundle (service.py and nbdeploy_runtime/) may import: the one list
+#: that :func:`requirements` pins from and :mod:`nbdeploy.portability` checks against.
+DEPENDENCIES: tuple[Dependency, ...] = (
+    Dependency("bentoml", ("bentoml",), ALWAYS),
+    Dependency("onnxruntime", ("onnxruntime", "onnxruntime-gpu"), ALWAYS),
+    Dependency("numpy", ("numpy",), ALWAYS),
+    # come with bentoml (its own dependencies): never pinned on their own
+    *(Dependency(m, ("bentoml",), ALWAYS)
+      for m in ("starlette", "anyio", "pydantic", "uvicorn", "yaml", "attr", "h11", "httpx")),
+    # uvicorn picks these up by itself: C HTTP parsing and event loop (~2x fewer CPU per request)
+    Dependency("uvloop", ("uvloop",), IF_INSTALLED),
+    Dependency("httptools", ("httptools",), IF_INSTALLED),
+    # runtime/auth.py verifies OIDC tokens with joserfc, if turned on where the bundle is deployed
+    Dependency("joserfc", ("joserfc",), IF_INSTALLED),
+    Dependency("cryptography", ("cryptography",), IF_INSTALLED),
+    # imported lazily, only for the explanations and the kind of input the bundle serves
+    Dependency("shap", ("shap",), "shap"),
+    Dependency("lime", ("lime",), "lime"),
+    Dependency("sklearn", ("scikit-learn",), "lime"),
+    Dependency("scipy", ("scipy",), "lime"),
+    Dependency("PIL", ("pillow",), "image"),
+    Dependency("skimage", ("scikit-image",), "lime+image"),    # lime_image's superpixels
+    Dependency("tokenizers", ("tokenizers",), "text"),
+)
+
+
+def dists_of(module: str) -> tuple[str, ...]:
+    """The distributions that provide top-level module ``module`` (its own name if unlisted)."""
+    return next((d.dists for d in DEPENDENCIES if d.module == module), (module,))
+
+
+def features(spec: dict | None, explain_config: dict | None) -> set[str]:
+    """The :data:`FEATURES` a bundle serves, from its spec and its explanation config: shap for
+    TreeSHAP, per-token and image SHAP (model-agnostic tabular SHAP is numpy), lime for LIME, image
+    for models fed image files (``preprocess``), text for models fed raw text."""
+    out: set[str] = set()
+    if explain_config is not None:
+        kind, methods = explain_config.get("kind"), explain_config.get("methods") or ()
+        if kind in ("tree", "text") or (kind == "image" and "shap" in methods):
+            out.add("shap")
+        if "lime" in methods:
+            out.add("lime")
+    spec = spec or {}
+    if spec.get("preprocess"):
+        out.add("image")
+    if spec.get("input_mode") == "text" or spec.get("text"):
+        out.add("text")
+    return out
+
+
+def bundle_features(src: Path) -> set[str]:
+    """:func:`features` of a bundle's ``src`` folder (``model/spec.json`` and
+    ``model/explain/explain_config.json``); a file that does not parse counts as every
+    feature it could enable, so that nothing it might need goes unchecked."""
+    def read(path: Path, everything: set[str]) -> tuple[dict | None, set[str]]:
+        if not path.is_file():
+            return None, set()
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return None, everything
+        return (doc, set()) if isinstance(doc, dict) else (None, everything)
+
+    spec, bad_spec = read(src / "model" / "spec.json", {"image", "text"})
+    ecfg, bad_ecfg = read(src / "model" / "explain" / "explain_config.json", {"shap", "lime"})
+    return features(spec, ecfg) | bad_spec | bad_ecfg
+
+
+def requirements(*, device: str = "cpu", explain: bool = False, extra: list[str] | None = None,
+                 serves: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Pinned requirements of the served bundle: only what its code imports (:data:`DEPENDENCIES`).
+
+    ``serves``: the :data:`FEATURES` the bundle serves (:func:`bundle_features`); ``explain``
+    adds every explanation feature (shap and lime).  ``extra`` (e.g. from
+    ``ExplainReport.requirements()``) adds pins for distributions not already listed.
     """
     ort = "onnxruntime-gpu" if device == "cuda" else "onnxruntime"
     # onnxruntime-gpu releases mirror onnxruntime's versions: without a GPU build in the
@@ -57,23 +151,18 @@ def requirements(*, device: str = "cpu", explain: bool = False,
     if missing:
         raise BundleError(f"Cannot pin the bundle's requirements: {missing} not installed here.",
                           hint="pip install " + " ".join(missing))
-    reqs = [f"bentoml=={_version_of('bentoml')}", f"{ort}=={ort_version}",
-            f"numpy=={_version_of('numpy')}"]
-    # uvicorn picks these up by itself: C HTTP parsing and event loop (~2x fewer CPU per request)
-    for dist in ("uvloop", "httptools"):
-        if _version_of(dist):
-            reqs.append(f"{dist}=={_version_of(dist)}")
-    # runtime/auth.py verifies OIDC tokens with joserfc, if turned on where the bundle is deployed
-    for dist in ("joserfc", "cryptography"):
-        if _version_of(dist):
-            reqs.append(f"{dist}=={_version_of(dist)}")
+    wanted = set(serves) | ({"shap", "lime"} if explain and extra is None else set())
+    pins: dict[str, str] = {}
+    for dep in DEPENDENCIES:
+        dist = ort if dep.module == "onnxruntime" else dep.dists[0]
+        if dist in pins:
+            continue
+        version = ort_version if dep.module == "onnxruntime" else _version_of(dist)
+        if version and (dep.needed(wanted) or dep.when == IF_INSTALLED):
+            pins[dist] = f"{dist}=={version}"
+    reqs = list(pins.values())
     if extra is not None:
         reqs.extend(r for r in extra if r.split("==")[0] not in {q.split("==")[0] for q in reqs})
-    elif explain:
-        for dist in ("shap", "lime", "scikit-learn", "scipy"):
-            v = _version_of(dist)
-            if v:
-                reqs.append(f"{dist}=={v}")
     return reqs
 
 
@@ -131,7 +220,8 @@ class BundleInfo:
         return {"tag": self.tag, "path": self.path, "name": self.name, "version": self.version}
 
 
-def _class_name(name: str) -> str:
+def class_name(name: str) -> str:
+    """The Python class name of bundle ``name``'s service (``service:CLASS`` in bento.yaml)."""
     parts = [p for p in "".join(c if c.isalnum() else " " for c in name).split() if p]
     cls = "".join(p[:1].upper() + p[1:] for p in parts) or "Model"
     if cls[0].isdigit():
@@ -147,7 +237,7 @@ def render_service(name: str, config: ServeConfig, description: str) -> str:
         traffic["max_concurrency"] = config.max_concurrency
     return tmpl.substitute(
         nbdeploy_version=__version__, name=name, workers=int(config.workers),
-        resources=repr(resources), traffic=repr(traffic), class_name=_class_name(name),
+        resources=repr(resources), traffic=repr(traffic), class_name=class_name(name),
         logging=repr({"access": {"enabled": bool(config.access_log)}}),
         tracing=repr({} if config.tracing else {"excluded_urls": MODEL_ROUTES}),
         description=description.replace('"""', "'''"))
@@ -177,11 +267,11 @@ def stage(ctx: Path, *, name: str, onnx_bytes: bytes, spec: dict, metadata: dict
         (ctx / "plots").mkdir()
         for p in plots:
             shutil.copyfile(p, ctx / "plots" / Path(p).name)
-    explain = (model_dir / "explain").is_dir()
+    # pinned from what the staged files say the bundle serves: the same judgement the
+    # portability check (nbdeploy.portability) makes of the finished bundle
     (ctx / "requirements.txt").write_text(
-        "\n".join(requirements(device=config.device, explain=explain, extra=extra_requirements)
-                  + ([f"tokenizers=={_version_of('tokenizers')}"] if text else [])) + "\n",
-        encoding="utf-8")
+        "\n".join(requirements(device=config.device, extra=extra_requirements,
+                               serves=bundle_features(ctx))) + "\n", encoding="utf-8")
     (ctx / "service.py").write_text(render_service(name, config, metadata.get("description", "")),
                                     encoding="utf-8")
     return ["service.py", "requirements.txt", "nbdeploy_runtime/*.py", "model/**", "plots/*.png"]
@@ -221,11 +311,11 @@ def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
         import bentoml
         from bentoml._internal.bento import BentoStore
 
-        store_root = _store_root()
-        private = _private_store(store_root)
+        root = store_root()
+        private = private_store(root)
         try:
             bentoml.bentos.build(
-                service=f"service:{_class_name(name)}", name=name, version=version,
+                service=f"service:{class_name(name)}", name=name, version=version,
                 build_ctx=str(ctx), include=include,
                 description=metadata.get("description"),
                 labels={"created-by": "nbdeploy", "nbdeploy-version": __version__,
@@ -237,10 +327,10 @@ def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
             )
             # the finished bento enters the real store in one rename (same filesystem): a
             # killed or failing build never leaves a half-written folder under its name
-            final = store_root / name / version
+            final = root / name / version
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(private / name / version, final)
-            latest = store_root / name / "latest"
+            latest = root / name / "latest"
             tmp_latest = latest.with_name(f".latest-{version}")
             tmp_latest.write_text(version, encoding="utf-8")
             os.replace(tmp_latest, latest)
@@ -255,13 +345,13 @@ def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
     return BundleInfo(tag=str(bento.tag), path=str(bento.path), name=name, version=version)
 
 
-def _store_root() -> Path:
+def store_root() -> Path:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     return Path(BentoMLContainer.bento_store.get()._path)
 
 
-def _private_store(store_root: Path, stale_after_s: float = 6 * 3600) -> Path:
+def private_store(store_root: Path, stale_after_s: float = 6 * 3600) -> Path:
     """A private BentoML store next to the real one (same filesystem, so the final rename is
     atomic), outside the folder `bentoml list` reads; leftovers of killed builds are swept."""
     import time

@@ -28,8 +28,9 @@ import numpy as np
 import pytest
 
 import nbdeploy
+from nbdeploy.archive import import_bundle
 from nbdeploy.errors import InvalidInputError
-from nbdeploy.export import check_bundle, import_bundle
+from nbdeploy.portability import check_bundle
 
 MANIFEST = "nbdeploy-manifest.json"
 
@@ -172,7 +173,6 @@ class _Marker:
 # ---------------------------------------------------------------------------------------------
 def test_default_logistic_regression_bundle_exports_imports_and_serves_natively(base, breast_cancer):
     import bentoml
-
     from conftest import http
 
     d, archive = base
@@ -377,7 +377,7 @@ def test_zip_bomb_is_refused_with_bounded_memory(base, tmp_path):
     assert bomb.stat().st_size < 8 * 1024 ** 2
     script = (
         "import json, resource, sys\n"
-        "from nbdeploy.export import import_bundle\n"
+        "from nbdeploy.archive import import_bundle\n"
         "from nbdeploy.errors import InvalidInputError\n"
         "import yaml, numpy, bentoml\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
@@ -484,7 +484,8 @@ def test_genuine_archive_still_imports_in_every_format(base, tmp_path):
     """The control: what the tests above refuse is the attack, not the format."""
     import bentoml
 
-    from nbdeploy.export import export_bundle, inspect_archive
+    from nbdeploy.archive import inspect_archive
+    from nbdeploy.export import export_bundle
 
     d, archive = base
     for suffix in (".tar.gz", ".zip", ".tar"):

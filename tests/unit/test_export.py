@@ -24,8 +24,10 @@ import numpy as np
 import pytest
 
 import nbdeploy
+from nbdeploy.archive import import_bundle, inspect_archive
 from nbdeploy.errors import BundleError, InvalidInputError
-from nbdeploy.export import check_bundle, export_bundle, import_bundle, inspect_archive
+from nbdeploy.export import export_bundle
+from nbdeploy.portability import check_bundle
 
 
 @pytest.fixture(scope="module")
