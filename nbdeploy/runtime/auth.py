@@ -1,4 +1,5 @@
-"""Access control for a served bundle: API keys or OIDC/JWT bearer tokens, and rate limits.
+"""Access control for a served bundle: API keys or OIDC/JWT bearer tokens, rate limits, and
+the paths of its TLS certificate (HTTPS, see :func:`tls_paths`).
 
 One pure ASGI middleware (:class:`AuthMiddleware`) in front of everything the bundle answers:
 under ``bentoml serve`` it is added to the BentoML service (so it also guards BentoML's own
@@ -29,6 +30,12 @@ sit in the bundle's ``model/config.json`` under ``"auth"`` (the environment wins
 ``NBDEPLOY_AUTH_METRICS``      ``protected`` (default when auth is on) or ``open``
 ``NBDEPLOY_RATE_LIMIT``        ``N/s``, ``N/min`` or ``N/h`` per key, token subject or (with auth
                                off) client address; off by default.  Over it: 429 + Retry-After
+``NBDEPLOY_TLS_CERT``          PEM certificate (chain) file: the server speaks HTTPS only, with
+``NBDEPLOY_TLS_KEY``           this PEM private key (both or neither; default: plain HTTP).  The
+                               files are checked at start: a missing, unreadable or mismatched
+                               one stops the server instead of serving plain HTTP.  Under
+                               ``bentoml serve`` they become the service's ``ssl`` config
+                               (BentoML's ``--ssl-certfile/--ssl-keyfile`` still win).
 =============================  ==============================================================
 
 Keys are kept only as salted SHA-256 digests (``nbd-sha256$SALT$DIGEST``; a plain key given
@@ -460,6 +467,11 @@ _guard: Guard | None = None
 _guard_lock = threading.Lock()
 
 
+def current_guard() -> Guard | None:
+    """The guard this process made (by :func:`guard`), or None before the first request."""
+    return _guard
+
+
 def guard(config: dict | None = None) -> Guard:
     """The process's guard, made on first use from the environment (+ ``config``)."""
     global _guard
@@ -481,6 +493,61 @@ def _install_sighup(g: Guard) -> None:
 
 def prometheus() -> str:
     return _guard.prometheus() if _guard is not None else ""
+
+
+TLS_CERT_ENV, TLS_KEY_ENV = "NBDEPLOY_TLS_CERT", "NBDEPLOY_TLS_KEY"
+
+
+class TLSConfigError(RuntimeError):
+    """The HTTPS settings are unusable: the server must not start (rather than serve plain HTTP).
+    Not a ValueError: BentoML's loader reads a ValueError raised while it loads a bento by tag
+    as "not a tag" and would show its own message instead of this one."""
+
+
+def tls_paths(env=None) -> tuple[str, str] | None:
+    """(certificate, key) absolute paths from ``NBDEPLOY_TLS_CERT`` / ``NBDEPLOY_TLS_KEY``, or
+    None (plain HTTP) when neither is set.  Only paths: the files stay where the deployment
+    mounted them (a Kubernetes ``kubernetes.io/tls`` Secret, ``docker run -v``), never in the
+    bundle or the image.  Raises :class:`TLSConfigError` when one is set without the other, or
+    the pair cannot serve TLS (missing, unreadable, not PEM, key not the certificate's), so a
+    server told to speak HTTPS never falls back to plain HTTP."""
+    env = os.environ if env is None else env
+    cert, key = (str(env.get(v) or "").strip() for v in (TLS_CERT_ENV, TLS_KEY_ENV))
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        missing, given = (TLS_KEY_ENV, TLS_CERT_ENV) if cert else (TLS_CERT_ENV, TLS_KEY_ENV)
+        raise TLSConfigError(f"HTTPS: {given} is set but {missing} is not. Expected both (a PEM "
+                              f"certificate and its private key) or neither (plain HTTP); set {missing}.")
+    cert, key = os.path.abspath(cert), os.path.abspath(key)
+    for var, path in ((TLS_CERT_ENV, cert), (TLS_KEY_ENV, key)):
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            raise TLSConfigError(f"HTTPS: {var}={path} cannot be read ({exc.strerror or exc}). Expected a "
+                                  f"PEM file readable by this server's user (uid {os.getuid()}); mount it "
+                                  f"there, or unset {TLS_CERT_ENV} and {TLS_KEY_ENV} for plain HTTP.") from None
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        raise TLSConfigError(f"HTTPS: {TLS_CERT_ENV}={cert} and {TLS_KEY_ENV}={key} are not a PEM "
+                              f"certificate and its unencrypted private key ({exc}). Expected e.g. the "
+                              f"tls.crt and tls.key of a kubernetes.io/tls Secret.") from None
+    return cert, key
+
+
+def tls_service_config(env=None) -> dict:
+    """``{"ssl": {...}}`` for ``@bentoml.service(**...)`` when :func:`tls_paths` names files,
+    else ``{}``: stock ``bentoml serve`` then serves HTTPS only on its port (its
+    ``serve_http`` takes ``ssl_certfile``/``ssl_keyfile`` from this config unless given on the
+    command line)."""
+    paths = tls_paths(env)
+    if paths is None:
+        return {}
+    return {"ssl": {"enabled": True, "certfile": paths[0], "keyfile": paths[1]}}
 
 
 async def _send_json(send, status: int, body: dict, headers: list) -> None:

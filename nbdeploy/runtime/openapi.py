@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 F32_MAX = 3.4028234663852886e38
 
 
@@ -152,7 +151,7 @@ def _declare_security(doc: dict, err_resp: dict, config: dict | None) -> None:
     environment + config.json, see auth.py) enforces them; nothing when access control is off."""
     from . import auth
 
-    g = auth._guard
+    g = auth.current_guard()
     if g is None:  # no middleware in this process (yet): read the same settings it would
         try:
             g = auth.Guard(config=config)

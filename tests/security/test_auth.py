@@ -222,7 +222,7 @@ def test_openapi_declares_what_the_guard_enforces(monkeypatch, jwks):
                           "/livez": {"get": {"security": [], "responses": {}}}}}
 
     def declared(guard):
-        monkeypatch.setattr(auth, "_guard", guard)
+        monkeypatch.setattr(auth, "current_guard", lambda: guard)
         d = doc()
         _declare_security(d, {"description": "Client error"}, None)
         return d, d["paths"]["/predict"]["post"]["responses"], d["paths"]["/metadata"]["get"]
@@ -256,13 +256,14 @@ def test_rate_limiter_token_bucket():
 
 # -- served: bentoml serve with HTTPS + API keys + rate limits ----------------------------------
 
-def _tls_files(d: Path) -> tuple[Path, Path, Path]:
+def tls_files(d: Path) -> tuple[Path, Path, Path]:
     """A CA, and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -304,7 +305,7 @@ def secure(ref_deployment, tmp_path_factory):
     from nbdeploy import keys, serve
 
     d = tmp_path_factory.mktemp("secure")
-    ca, cert, key = _tls_files(d)
+    ca, cert, key = tls_files(d)
     kf = d / "api_keys"
     issued = {name: keys.create(name, kf) for name in ("main", "rotated", "flood")}
     h = serve.start(ref_deployment.tag, tls_cert=str(cert), tls_key=str(key),
