@@ -120,6 +120,44 @@ def regression_data():
     return X.astype(np.float32), y
 
 
+def customers(n: int, seed: int):
+    """A small customer table as users have them: numbers and a string column, ~10 % missing."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"age": rng.normal(40, 10, n).round(),
+                       "city": rng.choice(["Oslo", "Bergen", "Paris", "Lima"], n),
+                       "income": rng.lognormal(10, 0.4, n).round(-2)})
+    df.loc[rng.random(n) < 0.1, "age"] = np.nan
+    df.loc[rng.random(n) < 0.1, "city"] = np.nan
+    y = np.where((np.nan_to_num(df["age"], nan=40) > 42) ^ (df["city"] == "Lima"), "churn", "stay")
+    return df, y
+
+
+@pytest.fixture(scope="session")
+def customer_table():
+    """(pipeline, deployment): impute + one-hot + LogisticRegression on ``customers``, deployed
+    in table mode (explain and quantize off: the batch-scoring tests need only predictions)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    import nbdeploy
+
+    X, y = customers(600, 1)
+    pre = ColumnTransformer([
+        ("num", SimpleImputer(strategy="median"), ["age", "income"]),
+        ("city", make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
+                               OneHotEncoder(handle_unknown="ignore")), ["city"])])
+    model = make_pipeline(pre, LogisticRegression(max_iter=500)).fit(X, y)
+    d = nbdeploy.deploy(model, customers(200, 2)[0], name="customer-table", explain="none",
+                        quantize="none")
+    assert d.chosen_spec.get("input_mode") == "table"
+    return model, d
+
+
 @contextlib.contextmanager
 def deployed_and_served(models: dict, sample, *, prefix: str):
     """Deploy each ``{name: fitted model}`` on ``sample`` with defaults (as a user would) and serve

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import customers
 
 import nbdeploy
 from nbdeploy.errors import InvalidInputError
@@ -209,46 +210,16 @@ def test_exported_archive(rf_bundle, rf_model, breast_cancer, tmp_path):
 
 # --- a table model: strings and missing values (issue 16 contract) ---------------------------------
 
-CITIES = ["Oslo", "Bergen", "Paris", "Lima"]
-
-
-def _customers(n, seed):
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    df = pd.DataFrame({"age": rng.normal(40, 10, n).round(), "city": rng.choice(CITIES, n),
-                       "income": rng.lognormal(10, 0.4, n).round(-2)})
-    df.loc[rng.random(n) < 0.1, "age"] = np.nan
-    df.loc[rng.random(n) < 0.1, "city"] = np.nan
-    y = np.where((np.nan_to_num(df["age"], nan=40) > 42) ^ (df["city"] == "Lima"), "churn", "stay")
-    return df, y
-
-
 @pytest.fixture(scope="module")
-def table_model():
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder
-
-    X, y = _customers(600, 1)
-    pre = ColumnTransformer([
-        ("num", SimpleImputer(strategy="median"), ["age", "income"]),
-        ("city", make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
-                               OneHotEncoder(handle_unknown="ignore")), ["city"])])
-    model = make_pipeline(pre, LogisticRegression(max_iter=500)).fit(X, y)
-    X_test, _ = _customers(200, 2)
-    d = nbdeploy.deploy(model, X_test, name="score-table", explain="none", quantize="none")
-    assert d.chosen_spec.get("input_mode") == "table"
-    return model, d
+def table_model(customer_table):
+    return customer_table
 
 
 def test_table_bundle_csv_with_strings_and_missing_values(table_model, tmp_path):
     import pandas as pd
 
     model, d = table_model
-    X, _ = _customers(500, 3)
+    X, _ = customers(500, 3)
     csv = tmp_path / "customers.csv"
     X.to_csv(csv, index=False)
     res = nbdeploy.score(d.tag, csv, output=tmp_path / "s.parquet", batch_size=128, progress=False)

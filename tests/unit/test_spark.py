@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import customers
 
 import nbdeploy
 
@@ -133,36 +134,11 @@ def test_bad_row_fails_the_job_with_the_served_message(spark, ref_deployment, br
         nbspark.score(sdf.drop("mean texture"), ref_deployment.tag)
 
 
-def _customers(n, seed):
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    df = pd.DataFrame({"age": rng.normal(40, 10, n).round(),
-                       "city": rng.choice(["Oslo", "Bergen", "Paris", "Lima"], n),
-                       "income": rng.lognormal(10, 0.4, n).round(-2)})
-    df.loc[rng.random(n) < 0.1, "age"] = np.nan
-    df.loc[rng.random(n) < 0.1, "city"] = np.nan
-    y = np.where((np.nan_to_num(df["age"], nan=40) > 42) ^ (df["city"] == "Lima"), "churn", "stay")
-    return df, y
-
-
-def test_table_bundle_on_spark_with_strings_and_nulls(spark):
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder
-
+def test_table_bundle_on_spark_with_strings_and_nulls(spark, customer_table):
     import nbdeploy.spark as nbspark
 
-    X, y = _customers(500, 1)
-    pre = ColumnTransformer([
-        ("num", SimpleImputer(strategy="median"), ["age", "income"]),
-        ("city", make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
-                               OneHotEncoder(handle_unknown="ignore")), ["city"])])
-    model = make_pipeline(pre, LogisticRegression(max_iter=1000)).fit(X, y)
-    Xt, _ = _customers(120, 5)
-    d = nbdeploy.deploy(model, Xt, name="spark-table", explain="none", quantize="none")
+    model, d = customer_table
+    Xt, _ = customers(120, 5)
     sdf = spark.createDataFrame(Xt.assign(k=np.arange(len(Xt))).astype({"city": object})
                                 .replace({np.nan: None}))
     predict = nbspark.predict_udf(spark, d.tag, probabilities=True)
