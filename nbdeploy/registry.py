@@ -259,8 +259,11 @@ class RegistryClient:
             if attempt and rewind is not None:
                 data = rewind()
             try:
+                # verify per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override
+                # a session's verify (psf/requests#3829), which would drop a CA given here
                 resp = self.session.request(method, url, data=data, headers=headers, stream=stream,
-                                            auth=auth, timeout=self.timeout, allow_redirects=True)
+                                            auth=auth, timeout=self.timeout, allow_redirects=True,
+                                            verify=self.session.verify)
             except requests.exceptions.SSLError as exc:
                 raise RegistryError(
                     f"TLS error talking to {self.registry}: {type(exc).__name__}.",
