@@ -9,6 +9,13 @@ Secret holds the salted key digests (never a key) and is mounted read-only into 
 rereads it when Kubernetes updates it (rotation without a restart); with OIDC, the issuer,
 audience and JWKS URL are plain env.  ``ingress_host`` adds an ``networking.k8s.io/v1`` Ingress,
 with TLS from ``tls_secret`` (an existing ``kubernetes.io/tls`` Secret, e.g. cert-manager's).
+
+HTTPS in the pod itself (``pod_tls_secret``, end-to-end TLS): an existing ``kubernetes.io/tls``
+Secret is mounted read-only at ``/etc/nbdeploy/tls`` and ``NBDEPLOY_TLS_CERT``/``_KEY`` name its
+``tls.crt``/``tls.key``, which the bundle's ``service.py`` hands to ``bentoml serve`` (the image's
+entrypoint, unchanged): the container port then speaks HTTPS only, so the probes use
+``scheme: HTTPS``, the Service port is ``https`` (443) and the Ingress talks HTTPS to it.  The
+certificate is read at start: after renewing it, restart the pods (``kubectl rollout restart``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from .errors import InvalidInputError
 
 PORT = 3000
 KEYS_MOUNT = "/etc/nbdeploy/keys"
+TLS_MOUNT = "/etc/nbdeploy/tls"
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
 
@@ -53,7 +62,8 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
                   rate_limit: str | None = None, ingress_host: str | None = None,
                   tls_secret: str | None = None, ingress_class: str | None = None,
                   drain_s: int = 10, canary_tag: str | None = None, canary_image: str | None = None,
-                  canary_weight: int = 10, gateway: str | None = None) -> list[dict]:
+                  canary_weight: int = 10, gateway: str | None = None,
+                  pod_tls_secret: str | None = None) -> list[dict]:
     """Manifests (as dicts) that run ``image`` (the bento ``tag``) on Kubernetes.
 
     ``auth="key"``: a Secret ``NAME-api-keys`` with ``key_hashes`` (lines of an ``nbdeploy keys``
@@ -61,6 +71,8 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
     ``auth="oidc"``: ``oidc={"issuer", "audience", "jwks_url"?, "scopes"?}`` as env.
     ``rate_limit``: e.g. ``"100/min"`` per key or token subject.  ``ingress_host`` (+
     ``tls_secret``, ``ingress_class``): an Ingress to the Service, HTTPS with that certificate.
+    ``pod_tls_secret``: a ``kubernetes.io/tls`` Secret mounted into the pod, so that the bundle
+    itself serves HTTPS only (probes over HTTPS, Service port ``https`` 443; see the module doc).
 
     ``gpu``: True or a count adds an ``nvidia.com/gpu`` limit. ``image`` should be pinned
     (``ref@sha256:...``, as :func:`nbdeploy.registry.push` returns) so rollouts are exact.
@@ -100,6 +112,16 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
             raise InvalidInputError("canary_weight is a percentage between 1 and 99.", received=canary_weight)
         if not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", gateway):
             raise InvalidInputError(f"Invalid Gateway name {gateway[:80]!r}.")
+        if pod_tls_secret:
+            raise InvalidInputError("A canary through a Gateway cannot reach pods that serve HTTPS "
+                                    "(that needs a BackendTLSPolicy, which is not generated).",
+                                    hint="Drop pod_tls_secret and terminate TLS at the Gateway, or "
+                                         "roll out without a canary.")
+    if pod_tls_secret is not None and (not isinstance(pod_tls_secret, str)
+                                       or not _SECRET_NAME.match(pod_tls_secret)):
+        raise InvalidInputError(f"Invalid Secret name {str(pod_tls_secret)[:80]!r}.",
+                                hint="pod_tls_secret: the name of a kubernetes.io/tls Secret in the same "
+                                     "namespace (tls.crt and tls.key).")
     app = name or k8s_name(tag)
     if not re.match(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", app):
         raise InvalidInputError(f"Invalid Kubernetes name {app!r}.",
@@ -118,14 +140,15 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
         limits["memory"] = _quantity(memory_limit, "memory_limit")
     if gpu:
         limits["nvidia.com/gpu"] = int(gpu)
+    port_name = "https" if pod_tls_secret else "http"
     probe = lambda path, delay, period, fails: {  # noqa: E731
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": port_name, **({"scheme": "HTTPS"} if pod_tls_secret else {})},
         "initialDelaySeconds": delay, "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": fails}
     container = {
         "name": "bento",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
         "env": [{"name": "BENTOML_PORT", "value": str(port)}]
                + [{"name": k, "value": str(v)} for k, v in sorted((env or {}).items())],
         "resources": {"requests": requests, **({"limits": limits} if limits else {})},
@@ -144,6 +167,13 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
                       "securityContext": {"runAsUser": 1034, "runAsGroup": 1034, "fsGroup": 1034}}
     extra = _auth_parts(app, meta, container, pod_spec, auth=auth, key_hashes=key_hashes, oidc=oidc,
                         rate_limit=rate_limit)
+    if pod_tls_secret:
+        # the Secret's directory (no subPath), read-only, readable by the image's group (fsGroup)
+        container["env"] += [{"name": "NBDEPLOY_TLS_CERT", "value": f"{TLS_MOUNT}/tls.crt"},
+                             {"name": "NBDEPLOY_TLS_KEY", "value": f"{TLS_MOUNT}/tls.key"}]
+        container.setdefault("volumeMounts", []).append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
+        pod_spec.setdefault("volumes", []).append(
+            {"name": "tls", "secret": {"secretName": pod_tls_secret, "defaultMode": 0o440}})
     if gpu:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     deployment = {
@@ -161,7 +191,8 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
     service = {
         "apiVersion": "v1", "kind": "Service", "metadata": copy.deepcopy(meta),
         "spec": {"type": service_type, "selector": {"app.kubernetes.io/name": app},
-                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+                 "ports": [{"name": port_name, "port": 443 if pod_tls_secret else 80, "targetPort": port_name,
+                            "protocol": "TCP"}]},
     }
     hpa = {
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": copy.deepcopy(meta),
@@ -178,7 +209,7 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
     }
     out = [*extra, deployment, service, hpa]
     if ingress_host or tls_secret or ingress_class:
-        out.append(_ingress(app, meta, ingress_host, tls_secret, ingress_class))
+        out.append(_ingress(app, meta, ingress_host, tls_secret, ingress_class, backend_https=bool(pod_tls_secret)))
     out.append(pdb)
     if canary_image:
         out += _canary(app, deployment, service, meta, canary_tag or tag, canary_image, canary_weight, gateway,
@@ -280,22 +311,24 @@ def _auth_parts(app: str, meta: dict, container: dict, pod_spec: dict, *, auth, 
 
 
 def _ingress(app: str, meta: dict, host: str | None, tls_secret: str | None,
-             ingress_class: str | None) -> dict:
+             ingress_class: str | None, *, backend_https: bool = False) -> dict:
     if not host or not _HOST.match(str(host)) or len(str(host)) > 253:
         raise InvalidInputError(f"An Ingress needs a DNS host name, not {str(host)[:80]!r}.",
                                 hint="e.g. ingress_host='model.example.com'.")
-    if tls_secret is not None and not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", str(tls_secret)):
+    if tls_secret is not None and not _SECRET_NAME.match(str(tls_secret)):
         raise InvalidInputError(f"Invalid Secret name {str(tls_secret)[:80]!r}.",
                                 hint="The name of a kubernetes.io/tls Secret in the same namespace.")
     spec: dict = {"rules": [{"host": host, "http": {"paths": [{
         "path": "/", "pathType": "Prefix",
-        "backend": {"service": {"name": app, "port": {"name": "http"}}}}]}}]}
+        "backend": {"service": {"name": app, "port": {"name": "https" if backend_https else "http"}}}}]}}]}
     if ingress_class:
         spec["ingressClassName"] = str(ingress_class)
     if tls_secret:
         spec["tls"] = [{"hosts": [host], "secretName": tls_secret}]
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": copy.deepcopy(meta),
-            "spec": spec}
+    imeta = copy.deepcopy(meta)
+    if backend_https:  # the pods speak HTTPS only; ingress-nginx's way to say so (others: see their docs)
+        imeta["annotations"] = {"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS"}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": imeta, "spec": spec}
 
 
 def to_yaml(manifests: list[dict]) -> str:

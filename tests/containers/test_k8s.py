@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
 from nbdeploy.errors import InvalidInputError
 from nbdeploy.k8s import k8s_manifests, k8s_name, to_yaml, write_manifests
-
 
 IMAGE = "registry.example.com/team/iris:v3@sha256:" + "ab" * 32
 K8S_VERSIONS = ["1.29.0", "1.33.0"]
@@ -98,7 +99,7 @@ def test_bundle_needs_gpu(tmp_path):
     for d, device in ((cpu, "cpu"), (gpu, "cuda")):
         (d / "src" / "model").mkdir(parents=True)
         (d / "bento.yaml").write_text("name: m\nversion: v1\nservices:\n- name: S\n  config: {}\n")
-        (d / "src" / "model" / "config.json").write_text('{"device": "%s"}' % device)
+        (d / "src" / "model" / "config.json").write_text(json.dumps({"device": device}))
     assert bundle_needs_gpu(cpu) is False and bundle_needs_gpu(gpu) is True
     (cpu / "bento.yaml").write_text("name: m\nservices:\n- name: S\n  config: {resources: {gpu: 1}}\n")
     assert bundle_needs_gpu(cpu) is True
@@ -136,6 +137,57 @@ def test_keys_secret_and_tls_ingress_validate(kv, version, tmp_path):
     backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == by["Service"]["metadata"]["name"]
     assert backend["port"]["name"] == by["Service"]["spec"]["ports"][0]["name"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_pod_tls_secret_mounts_the_certificate_and_probes_over_https(kv, version, tmp_path):
+    """pod_tls_secret: the bundle itself serves HTTPS (tests/security/test_tls_image.py runs the
+    image with exactly this mount and env); probes, Service and Ingress follow the port."""
+    from nbdeploy import keys
+
+    kf = tmp_path / "api_keys"
+    keys.create("ci", kf)
+    ms = k8s_manifests("Iris_Model:v3", IMAGE, namespace="ml", auth="key", key_hashes=kf.read_text().splitlines(),
+                       ingress_host="iris.example.com", tls_secret="iris-tls", pod_tls_secret="iris-pod-tls")
+    for m in ms:
+        kv.validate(m, version, strict=True)
+    by = _by_kind(ms)
+    pod = by["Deployment"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["NBDEPLOY_TLS_CERT"] == "/etc/nbdeploy/tls/tls.crt"
+    assert env["NBDEPLOY_TLS_KEY"] == "/etc/nbdeploy/tls/tls.key"
+    assert env["NBDEPLOY_AUTH"] == "key"                       # the keys' Secret is still mounted too
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert set(mounts) == set(vols) == {"api-keys", "tls"}
+    assert mounts["tls"] == {"name": "tls", "mountPath": "/etc/nbdeploy/tls", "readOnly": True}
+    assert vols["tls"]["secret"] == {"secretName": "iris-pod-tls", "defaultMode": 0o440}
+    assert c["ports"] == [{"name": "https", "containerPort": 3000, "protocol": "TCP"}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS" and c[probe]["httpGet"]["port"] == "https", probe
+    assert by["Service"]["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}]
+    ing = by["Ingress"]
+    assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"] == {"name": "https"}
+    assert ing["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS"}
+    assert ing["spec"]["tls"] == [{"hosts": ["iris.example.com"], "secretName": "iris-tls"}]
+    text = to_yaml(ms)
+    assert "BEGIN" not in text and "tls.key" in text         # a path to the key, never a key
+
+    plain = _by_kind(k8s_manifests("Iris_Model:v3", IMAGE))   # the default: plain HTTP, as before
+    pc = plain["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert "scheme" not in pc["readinessProbe"]["httpGet"] and pc["ports"][0]["name"] == "http"
+    assert not any(e["name"].startswith("NBDEPLOY_TLS") for e in pc["env"]) and "volumes" not in \
+        plain["Deployment"]["spec"]["template"]["spec"]
+    assert plain["Service"]["spec"]["ports"][0]["port"] == 80
+
+
+def test_pod_tls_secret_refusals():
+    for bad in ("Bad Name", "", "-x", "a" * 300, 3):
+        with pytest.raises(InvalidInputError, match="Secret name"):
+            k8s_manifests("tiny:v1", IMAGE, pod_tls_secret=bad)
+    with pytest.raises(InvalidInputError, match="BackendTLSPolicy"):
+        k8s_manifests("tiny:v1", IMAGE, pod_tls_secret="t", canary_image=IMAGE, gateway="gw")
 
 
 def test_oidc_env_and_refusals(kv):
