@@ -34,10 +34,18 @@ def magics(ip):
 
 
 def run(ip, line: str):
-    """Run ``%deploy line``; returns (result, stdout, stderr)."""
+    """Run ``%deploy line``; returns (result, stdout + the text of what it displayed, stderr)."""
+    result, out, err, _ = run_shown(ip, line)
+    return result, out, err
+
+
+def run_shown(ip, line: str):
+    """Run ``%deploy line``; also returns the HTML it displayed (tables: list, status)."""
     with capture_output() as cap:
         result = ip.run_line_magic("deploy", line)
-    return result, cap.stdout, cap.stderr
+    text = "".join(o.data.get("text/plain", "") + "\n" for o in cap.outputs)
+    shown_html = "".join(o.data.get("text/html", "") for o in cap.outputs)
+    return result, cap.stdout + text, cap.stderr, shown_html
 
 
 def test_deploy_returns_the_deployment_with_text_progress(ip):
@@ -77,10 +85,16 @@ def test_serve_then_list_status_logs_stop(ip):
         native = ip.user_ns["model"].predict(np.asarray(X3(ip))).tolist()
         assert answer["predictions"] == native
 
-        _, out, _ = run(ip, "list")
+        _, out, _, shown = run_shown(ip, "list")
         assert d.tag in out and url in out
-        _, out, _ = run(ip, "status served-iris")
+        # the notebook gets a table (it fits a narrow pane: the tag may break after "name:")
+        assert "<table" in shown and f"href='{url}'" in shown
+        assert d.tag.replace(":", ":<wbr>") in shown
+        _, out, _, shown = run_shown(ip, "status served-iris")
         assert d.tag in out and "ready" in out and url in out
+        assert "<table" in shown and "Versions of served-iris" in shown and ">ready<" in shown
+        _, out, _ = run(ip, "list served-iris")       # one name's versions and servers
+        assert d.tag in out and url in out
         _, out, _ = run(ip, "logs served-iris --tail 20")
         assert out.strip()
     finally:
