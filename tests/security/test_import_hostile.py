@@ -17,6 +17,7 @@ import lzma
 import os
 import pickle
 import pickletools
+import secrets
 import subprocess
 import sys
 import tarfile
@@ -28,7 +29,7 @@ import numpy as np
 import pytest
 
 import nbdeploy
-from nbdeploy.archive import import_bundle
+from nbdeploy.archive import import_bundle, inspect_archive
 from nbdeploy.errors import InvalidInputError
 from nbdeploy.portability import check_bundle
 
@@ -484,7 +485,6 @@ def test_genuine_archive_still_imports_in_every_format(base, tmp_path):
     """The control: what the tests above refuse is the attack, not the format."""
     import bentoml
 
-    from nbdeploy.archive import inspect_archive
     from nbdeploy.export import export_bundle
 
     d, archive = base
@@ -591,3 +591,160 @@ def test_sparse_member_is_refused(tmp_path):
     with tarfile.open(archive) as t:
         assert t.getmember("model.onnx").issparse()
     _refused(archive, tmp_path, "model.onnx", "sparse")
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile archives (CVE-2026-27905 and friends), built member by member: refused,
+# nothing written anywhere (moved from tests/unit/test_export.py)
+# ---------------------------------------------------------------------------------------------
+BENTO_YAML = (b"service: service:X\nname: evil\nversion: v1\nbentoml_version: 1.4.0\n"
+              b"labels:\n  created-by: nbdeploy\n")
+
+
+def _evil_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w:xz") -> Path:
+    with tarfile.open(path, mode) as tar:
+        for info, data in [(tarfile.TarInfo("./bento.yaml"), BENTO_YAML)] + members:
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return path
+
+
+def _ti(name: str, kind=tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    t = tarfile.TarInfo(name)
+    t.type, t.linkname, t.mode = kind, linkname, 0o644
+    return t
+
+
+def _hostile(case: str, token: str, outside: Path) -> tuple[list, str]:
+    """Members for one attack and the member name the error must name."""
+    esc = f"escape-{token}.txt"
+    if case == "dotdot":
+        return [(_ti(f"../{esc}"), b"x"), (_ti(f"src/../../../{esc}"), b"x")], f"../{esc}"
+    if case == "absolute":
+        return [(_ti(str(outside / esc)), b"x")], str(outside / esc)
+    if case == "symlink-etc-passwd":
+        return [(_ti("src/passwd", tarfile.SYMTYPE, "/etc/passwd"), None)], "src/passwd"
+    if case == "symlink-outside-then-write-through":
+        return [(_ti("src/out", tarfile.SYMTYPE, str(outside)), None),
+                (_ti(f"src/out/{esc}"), b"x")], "src/out"
+    if case == "symlink-relative-escape":
+        return [(_ti("src/up", tarfile.SYMTYPE, "../../.."), None), (_ti(f"src/up/{esc}"), b"x")], "src/up"
+    if case == "symlink-chain":
+        return [(_ti("y", tarfile.SYMTYPE, "."), None), (_ti("x", tarfile.SYMTYPE, "y/.."), None),
+                (_ti(f"x/{esc}"), b"x")], "'y'"
+    if case == "hardlink-outside":
+        return [(_ti("src/hl", tarfile.LNKTYPE, "/etc/passwd"), None)], "src/hl"
+    if case == "device-file":
+        return [(_ti("src/null", tarfile.CHRTYPE), None)], "src/null"
+    if case == "pkl-file":
+        return [(_ti("src/model/model.pkl"), pickle.dumps({"w": [1, 2]}))], "src/model/model.pkl"
+    if case == "pickle-header-under-another-name":
+        payload = pickle.dumps(_Marker(str(outside / f"pwned-{token}")), protocol=4)
+        return [(_ti("src/model/weights.bin"), payload)], "src/model/weights.bin"
+    if case == "joblib-file":
+        return [(_ti("src/model/m.joblib"), b"\x80\x03}q\x00.")], "src/model/m.joblib"
+    raise AssertionError(case)
+
+
+HOSTILE = ["dotdot", "absolute", "symlink-etc-passwd", "symlink-outside-then-write-through",
+           "symlink-relative-escape", "symlink-chain", "hardlink-outside", "device-file", "pkl-file",
+           "pickle-header-under-another-name", "joblib-file"]
+
+
+def _snapshot(*folders: Path) -> set[str]:
+    out = set()
+    for f in folders:
+        out |= {str(p) for p in f.rglob("*")} if f.is_dir() else set()
+    return out
+
+
+def _store_tags() -> set[str]:
+    import bentoml
+
+    return {str(b.tag) for b in bentoml.bentos.list()}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_tar_is_refused_and_writes_nothing(case, tmp_path, monkeypatch):
+    token = secrets.token_hex(4)
+    outside, work = tmp_path / "outside", tmp_path / "work" / "a" / "b"
+    outside.mkdir()
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)                   # relative escapes would land in tmp_path
+    members, offender = _hostile(case, token, outside)
+    evil = _evil_tar(tmp_path / "evil.bento", members)
+    tags, before = _store_tags(), _snapshot(tmp_path)
+    system_tmp = Path(tempfile.gettempdir())
+    private = tmp_path.parent / f"private-tmp-{token}"      # other runs share the system's
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    with pytest.raises(InvalidInputError) as e:
+        import_bundle(evil)
+    assert offender in e.value.message, e.value.message
+    assert "Refusing to import" in e.value.message and e.value.hint
+    assert _snapshot(tmp_path) == before
+    assert not any(token in p for p in _snapshot(tmp_path))
+    assert not [p for p in system_tmp.glob(f"*{token}*") if p != private]
+    assert list(private.iterdir()) == []                     # the import's folder is gone
+    assert _store_tags() == tags
+
+
+def test_hostile_zip_and_npy_are_refused(tmp_path):
+    def z(name: str, data: bytes, *, symlink: bool = False) -> Path:
+        p = tmp_path / f"{secrets.token_hex(3)}.zip"
+        with zipfile.ZipFile(p, "w") as zf:
+            zf.writestr("bento.yaml", BENTO_YAML)
+            info = zipfile.ZipInfo(name)
+            if symlink:
+                info.external_attr = (0o120777 << 16)
+            zf.writestr(info, data)
+        return p
+
+    dup = tmp_path / "dup.zip"
+    with zipfile.ZipFile(dup, "w") as zf:
+        zf.writestr("bento.yaml", BENTO_YAML)
+        zf.writestr("src/service.py", b"print(1)")
+        zf.writestr("./src/service.py", b"print(2)")
+    with pytest.raises(InvalidInputError, match="appears twice"):
+        import_bundle(dup)
+    for archive, offender in [(z("../escape.txt", b"x"), "../escape.txt"),
+                              (z("/abs/escape.txt", b"x"), "/abs/escape.txt"),
+                              (z("src/link", b"/etc/passwd", symlink=True), "src/link"),
+                              (z("src/model/m.pickle", b"x"), "src/model/m.pickle")]:
+        with pytest.raises(InvalidInputError, match="Refusing") as e:
+            import_bundle(archive)
+        assert offender in e.value.message
+    buf = io.BytesIO()
+    np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
+    npz = io.BytesIO()
+    with zipfile.ZipFile(npz, "w") as zf:
+        zf.writestr("arr_0.npy", buf.getvalue())
+    for name, data in [("src/model/a.npy", buf.getvalue()), ("src/model/trees.npz", npz.getvalue())]:
+        evil = _evil_tar(tmp_path / f"{secrets.token_hex(3)}.bento", [(_ti(name), data)])
+        with pytest.raises(InvalidInputError, match="objects") as e:
+            inspect_archive(evil)
+        assert name in e.value.message
+    assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_not_an_archive_or_not_ours(tmp_path):
+    junk = tmp_path / "junk.bento"
+    junk.write_bytes(b"not an archive at all")
+    with pytest.raises(InvalidInputError, match="not a bundle archive"):
+        import_bundle(junk)
+    no_yaml = tmp_path / "noyaml.tar"
+    with tarfile.open(no_yaml, "w") as tar:
+        tar.addfile(_ti("hello.txt", tarfile.REGTYPE), io.BytesIO(b""))
+    with pytest.raises(InvalidInputError, match="no bento.yaml"):
+        import_bundle(no_yaml)
+    theirs = tmp_path / "theirs.bento"
+    with tarfile.open(theirs, "w:xz") as tar:
+        data = BENTO_YAML.replace(b"created-by: nbdeploy", b"owner: someone")
+        info = _ti("bento.yaml")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(InvalidInputError, match="not made by nbdeploy"):
+        import_bundle(theirs)
