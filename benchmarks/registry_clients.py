@@ -29,27 +29,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import shutil
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 import tracemalloc
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from containers.fixtures import TokenService, free_port  # noqa: E402
+from containers.fixtures import Registry, TokenService, make_tls_cert  # noqa: E402
 
 from nbdeploy.oci import MT_OCI_CONFIG, MT_OCI_LAYER_GZIP, MT_OCI_MANIFEST  # noqa: E402
 
@@ -58,80 +54,35 @@ USER = "carol"
 
 # --- a TLS registry with token auth ----------------------------------------------------------------
 
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (also the CA clients trust)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+class TokenRegistry:
+    """docker-registry on 127.0.0.1:PORT trusting a token service (the test suite's ``Registry``
+    and ``TokenService``); with ``tls``, both speak HTTPS only."""
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
-class TlsTokenRegistry:
-    """docker-registry on https://127.0.0.1:PORT trusting an HTTPS token service."""
-
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, *, tls: bool = True):
         root.mkdir(parents=True, exist_ok=True)
-        self.cert, self.key = make_cert(root)
         self.password = "tok-" + os.urandom(8).hex()
         self.tokens = TokenService(root, USER, self.password)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(self.cert, self.key)
-        # the service is already listening: serve TLS on the same socket from now on
-        self.tokens.server.socket = ctx.wrap_socket(self.tokens.server.socket, server_side=True)
-        self.tokens.realm = self.tokens.realm.replace("http://", "https://")
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self.data = root / "data"
-        (root / "config.yml").write_text(textwrap.dedent(f"""\
-            version: 0.1
-            log: {{level: error}}
-            storage:
-              filesystem: {{rootdirectory: {self.data}}}
-              delete: {{enabled: true}}
-            http:
-              addr: {self.host}
-              tls: {{certificate: {self.cert}, key: {self.key}}}
-            auth:
-              token:
-                realm: {self.tokens.realm}
-                service: bench-registry
-                issuer: nbdeploy-test-issuer
-                rootcertbundle: {self.tokens.cert_path}
-            """))
-        self.log = open(root / "registry.log", "wb")
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        ctx = ssl.create_default_context(cafile=str(self.cert))
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"https://{self.host}/v2/", context=ctx, timeout=2)
-                break
-            except urllib.error.HTTPError as e:
-                if e.code == 401:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("docker-registry did not start: " + (root / "registry.log").read_text()[-800:])
-            time.sleep(0.1)
+        cert = key = None
+        if tls:
+            cert, key = make_tls_cert(root / "tls")
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+            # the service is already listening: serve TLS on the same socket from now on
+            self.tokens.server.socket = ctx.wrap_socket(self.tokens.server.socket, server_side=True)
+            self.tokens.realm = self.tokens.realm.replace("http://", "https://")
+        self.tls = tls
+        self.reg = Registry(root / "registry", tls=(cert, key) if tls else None)
+        with open(self.reg.root / "config.yml", "a") as fh:
+            fh.write(textwrap.dedent(f"""\
+                auth:
+                  token:
+                    realm: {self.tokens.realm}
+                    service: bench-registry
+                    issuer: nbdeploy-test-issuer
+                    rootcertbundle: {self.tokens.cert_path}
+                """))
+        self.reg.start()
+        self.host, self.cert, self.data = self.reg.host, cert, self.reg.root / "data"
 
     # oracle: the registry's storage
     def _repo(self, repo: str) -> Path:
@@ -145,9 +96,7 @@ class TlsTokenRegistry:
         return p.read_text().strip() if p.exists() else None
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        self.log.close()
+        self.reg.stop()
         self.tokens.close()
 
 
@@ -157,11 +106,11 @@ class Ours:
     name = "nbdeploy.registry"
     chunked = True
 
-    def __init__(self, reg: TlsTokenRegistry):
+    def __init__(self, reg: TokenRegistry):
         from nbdeploy.registry import RegistryClient
 
-        self.c = RegistryClient(reg.host, insecure=False, credentials=(USER, reg.password), verify=str(reg.cert),
-                                retries=1)
+        self.c = RegistryClient(reg.host, insecure=not reg.tls, credentials=(USER, reg.password),
+                                verify=str(reg.cert) if reg.tls else True, retries=1)
 
     def push_blob(self, repo, path, digest, chunk):
         self.c.upload_blob(repo, path, digest, chunk_size=chunk)
@@ -174,11 +123,12 @@ class Oras:
     name = "oras (ORAS Python SDK)"
     chunked = True
 
-    def __init__(self, reg: TlsTokenRegistry):
+    def __init__(self, reg: TokenRegistry):
         import oras.provider
 
         self.host = reg.host
-        self.c = oras.provider.Registry(hostname=reg.host, tls_verify=str(reg.cert), auth_backend="token")
+        self.c = oras.provider.Registry(hostname=reg.host, insecure=not reg.tls,
+                                        tls_verify=str(reg.cert) if reg.tls else True, auth_backend="token")
         self.c.auth.set_basic_auth(USER, reg.password)
 
     def push_blob(self, repo, path, digest, chunk):
@@ -204,7 +154,7 @@ class OrasPushScopeFirst(Oras):
 
     def push_blob(self, repo, path, digest, chunk):
         if self.c.auth.token is None:
-            self.c.do_request(f"https://{self.host}/v2/{repo}/blobs/uploads/", "POST")
+            self.c.do_request(f"{self.c.prefix}://{self.host}/v2/{repo}/blobs/uploads/", "POST")
         super().push_blob(repo, path, digest, chunk)
 
 
@@ -212,7 +162,7 @@ class Dxf:
     name = "python-dxf"
     chunked = False  # push_blob has no chunked mode: one streamed PUT
 
-    def __init__(self, reg: TlsTokenRegistry):
+    def __init__(self, reg: TokenRegistry):
         import dxf
 
         self.reg = reg
@@ -221,7 +171,7 @@ class Dxf:
     def _client(self, repo):
         pw = self.reg.password
         return self.mod.DXF(self.reg.host, repo, auth=lambda d, resp: d.authenticate(USER, pw, response=resp),
-                            tlsverify=str(self.reg.cert))
+                            insecure=not self.reg.tls, tlsverify=str(self.reg.cert) if self.reg.tls else True)
 
     def push_blob(self, repo, path, digest, chunk):
         if chunk:
@@ -324,6 +274,21 @@ def measure(key, cls, reg, work, mb, runs, chunk) -> dict:
     return row
 
 
+def plain_http(cls, reg, work) -> str:
+    """One 1 MiB push to a loopback registry whose registry and token service speak plain HTTP
+    (how the test suite runs them)."""
+    path, digest = random_blob(work, 1)
+    try:
+        cls(reg).push_blob("bench/plain", path, digest, None)
+        return "yes" if reg.has_blob("bench/plain", digest) else "no (not stored)"
+    except ImportError:
+        return ""
+    except Exception as exc:
+        return f"no ({short(exc)})"
+    finally:
+        path.unlink()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=int, default=50, help="blob size in MiB (default 50)")
@@ -334,7 +299,8 @@ def main() -> None:
         sys.exit("docker-registry is not on PATH (apt-get install docker-registry)")
     with tempfile.TemporaryDirectory(prefix="regbench-") as tmp:
         root = Path(tmp)
-        reg = TlsTokenRegistry(root / "registry")
+        reg = TokenRegistry(root / "tls")
+        plain = TokenRegistry(root / "plain", tls=False)
         work = root / "work"
         work.mkdir()
         try:
@@ -346,14 +312,17 @@ def main() -> None:
             hash_s = time.perf_counter() - t0
             path.unlink()
             rows = [measure(k, cls, reg, work, args.mb, args.runs, args.chunk_mb << 20) for k, cls in CLIENTS]
+            for row, (_, cls) in zip(rows, CLIENTS):
+                row["plain"] = plain_http(cls, plain, work)
         finally:
             reg.close()
+            plain.close()
     print(f"\nRegistry clients against docker-registry over TLS with bearer-token auth; "
           f"{args.mb} MiB random blob, median of {args.runs}, chunks of {args.chunk_mb} MiB; "
           f"sha256 of the blob alone takes {hash_s:.2f} s here.\n")
     cols = [("client", "client"), ("mono", "token auth + monolithic push"),
             ("chunked", "token auth + chunked push"), ("peak_mb", "peak heap MB (mono)"),
-            ("manifest", "OCI manifest pushed byte for byte")]
+            ("manifest", "OCI manifest pushed byte for byte"), ("plain", "token auth, plain-HTTP loopback")]
     print("| " + " | ".join(h for _, h in cols) + " |")
     print("|" + "---|" * len(cols))
     for row in rows:

@@ -56,11 +56,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 20.0, ok=(200, 401)) -> None:
+def wait_http(url: str, timeout: float = 20.0, ok=(200, 401), context=None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, context=context) as r:
                 if r.status in ok:
                     return
         except urllib.error.HTTPError as e:
@@ -73,19 +73,60 @@ def wait_http(url: str, timeout: float = 20.0, ok=(200, 401)) -> None:
         time.sleep(0.1)
 
 
-class Registry:
-    """Debian's docker-registry (Distribution) on 127.0.0.1:<free port>; can be killed and restarted."""
+def make_tls_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate (and key) for the IP address ``host``; it is its own CA."""
+    import datetime
+    import ipaddress
 
-    def __init__(self, root: Path, *, htpasswd: Path | None = None):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class Registry:
+    """Debian's docker-registry (Distribution) on 127.0.0.1:<free port>; can be killed and restarted.
+
+    ``tls``: (certificate, key) to serve HTTPS; ``self.cert`` is then the CA clients trust and
+    ``self.ssl_context`` an ``ssl.SSLContext`` that trusts it.
+    """
+
+    def __init__(self, root: Path, *, htpasswd: Path | None = None, tls: tuple[Path, Path] | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.log_path = self.root / "registry.log"
         self.proc: subprocess.Popen | None = None
+        self.scheme, self.cert, self.ssl_context = "http", None, None
         auth = ""
         if htpasswd:
             auth = f"auth:\n  htpasswd:\n    realm: nbdeploy-test\n    path: {htpasswd}\n"
+        tls_block = ""
+        if tls:
+            import ssl
+
+            self.scheme, self.cert = "https", Path(tls[0])
+            self.ssl_context = ssl.create_default_context(cafile=str(self.cert))
+            tls_block = f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n"
         (self.root / "config.yml").write_text(textwrap.dedent(f"""\
             version: 0.1
             log:
@@ -99,13 +140,13 @@ class Registry:
                 enabled: true
             http:
               addr: {self.host}
-            """) + auth)
+            """) + tls_block + auth)
 
     def start(self) -> Registry:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(["docker-registry", "serve", str(self.root / "config.yml")],
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=self.root)
-        wait_http(f"http://{self.host}/v2/")
+        wait_http(f"{self.scheme}://{self.host}/v2/", context=self.ssl_context)
         return self
 
     def kill(self) -> None:
@@ -138,9 +179,9 @@ class Registry:
         read with a plain HTTP GET, after checking that the body hashes to that digest."""
         import hashlib
 
-        req = urllib.request.Request(f"http://{self.host}/v2/{repo}/manifests/{tag}",
+        req = urllib.request.Request(f"{self.scheme}://{self.host}/v2/{repo}/manifests/{tag}",
                                      headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=self.ssl_context) as r:
             assert r.status == 200
             digest, body = r.headers["Docker-Content-Digest"], r.read()
         assert digest == "sha256:" + hashlib.sha256(body).hexdigest()
@@ -174,6 +215,19 @@ def fresh_registry(tmp_path):
     """A registry of its own for tests that kill it or count uploads."""
     need_tools("docker-registry")
     reg = Registry(tmp_path / "registry").start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def tls_registry(tmp_path):
+    """A registry serving HTTPS with a self-signed certificate (``.cert``, ``.ssl_context``)."""
+    need_tools("docker-registry")
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        need(False, "the 'cryptography' package is needed to make a test certificate (pip install cryptography)")
+    reg = Registry(tmp_path / "registry", tls=make_tls_cert(tmp_path / "tls")).start()
     yield reg
     reg.stop()
 

@@ -237,3 +237,20 @@ def test_containerize_needs_a_local_builder(tmp_path, monkeypatch):
         push("tiny:v1", "127.0.0.1:1/x:1", builder="kaniko")
     with pytest.raises(InvalidInputError):
         containerize("tiny:v1", "127.0.0.1:1/x:1", builder="kaniko")
+
+
+def test_private_ca_is_used_even_with_a_ca_bundle_in_the_environment(tls_registry, tmp_path, monkeypatch):
+    """``verify=CA`` reaches every request: requests would let REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
+    (set in many CI and container images) override a session's verify and fail on the private CA."""
+    reg = tls_registry
+    system = "/etc/ssl/certs/ca-certificates.crt"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", system)
+    monkeypatch.setenv("CURL_CA_BUNDLE", system)
+    img = small_image(tmp_path)
+    ref = f"{reg.host}/tls/model:1"
+    with pytest.raises(RegistryError, match="TLS error") as ei:  # the system CAs do not know it
+        push_image(img, ref, client=RegistryClient(reg.host, insecure=False, retries=1))
+    assert "REQUESTS_CA_BUNDLE" in ei.value.hint
+    result = push_image(img, ref, client=RegistryClient(reg.host, insecure=False, verify=str(reg.cert)))
+    digest, _ = reg.manifest("tls/model", "1")  # read back over HTTPS, outside our client
+    assert result.digest == digest == img.digest
