@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .benchmark import BenchReport, benchmark, resolve_providers, serving_hints, thread_probe
 from .errors import InvalidInputError
-from .quantize import (CHOICES, MIN_CALIBRATION_ROWS, VARIANTS, QuantizeReport, QuantTolerance,
-                       attach_latency, choose, quantize_variants)
+from .quantize import (
+    MIN_CALIBRATION_ROWS,
+    QuantizeReport,
+    QuantTolerance,
+    attach_latency,
+    choose,
+    quantize_variants,
+)
 from .report import kv_table, section
+from .vocab import VARIANTS, check_quantize
 
 MIN_SAMPLE_ROWS = MIN_CALIBRATION_ROWS
 
@@ -123,10 +131,7 @@ def optimize(converted, *, labels=None, quantize: str = "auto", tolerance=None, 
     """
     start = time.perf_counter()
     deadline = start + float(time_budget_s)
-    if quantize not in CHOICES:
-        raise InvalidInputError(f"quantize={quantize!r} is not one of {', '.join(CHOICES)}.",
-                                hint="Use 'auto', 'none', 'int8-dynamic', 'int8-static' or 'fp16'.",
-                                expected=list(CHOICES), received=quantize)
+    check_quantize(quantize)
     n = len(converted.X)
     if n < MIN_SAMPLE_ROWS:
         raise InvalidInputError(

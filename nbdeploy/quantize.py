@@ -11,17 +11,17 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .errors import InvalidInputError
 from .report import section, table
-from .verify import Tolerance, compare
+from .verify import Tolerance, check_labels, compare
+from .vocab import VARIANTS, check_quantize
 
-VARIANTS = ("int8-dynamic", "int8-static", "fp16")
-CHOICES = ("auto", "none", *VARIANTS)
 MIN_CALIBRATION_ROWS = 10
 MAX_CALIBRATION_ROWS = 512
 MAX_VERIFY_ROWS = 5000
@@ -44,7 +44,7 @@ class QuantTolerance:
     relative_error: float = 0.01
 
     @classmethod
-    def of(cls, tolerance: Any, task: str) -> "QuantTolerance":
+    def of(cls, tolerance: Any, task: str) -> QuantTolerance:
         """Accept None, a QuantTolerance, or a number (points for classifiers, fraction for regressors)."""
         if tolerance is None or isinstance(tolerance, Tolerance):
             return cls()
@@ -149,29 +149,15 @@ def applicability(model, variant: str) -> tuple[bool, str]:
 
 # --- building variants -----------------------------------------------------------------------------
 
-def _feeds(X: np.ndarray, spec: dict) -> dict:
-    """The runtime's feeding rule (one 2-D tensor, one [N, 1] column per input, or a table)."""
-    if spec.get("input_mode") == "text":   # issue 21: tokenized as the bundle does
-        from .runtime.text import TextEncoder
-
-        return TextEncoder(spec).feeds(X)
-    if spec.get("input_mode") == "table":
-        from .runtime.columns import table_feeds
-
-        return table_feeds(X, spec["columns"])
-    X = np.asarray(X, dtype=np.float32)
-    names = list(spec.get("input_names") or ["input"])
-    if spec.get("input_mode", "tensor") == "columns":
-        return {n: X[:, i:i + 1] for i, n in enumerate(names)}
-    return {names[0]: X}
-
-
-def _calibration_reader(X: np.ndarray, spec: dict, batch: int = 32):
+def _calibration_reader(X: np.ndarray, spec: dict, dtype=np.float32, batch: int = 32):
+    """The sample in batches, fed as the runtime feeds the graph (``runtime.model.make_feeds``)."""
     from onnxruntime.quantization import CalibrationDataReader
+
+    from .runtime.model import make_feeds
 
     class SampleReader(CalibrationDataReader):
         def __init__(self):
-            self._it = iter([_feeds(X[i:i + batch], spec) for i in range(0, len(X), batch)])
+            self._it = iter([make_feeds(X[i:i + batch], spec, dtype=dtype) for i in range(0, len(X), batch)])
 
         def get_next(self):
             return next(self._it, None)
@@ -206,10 +192,15 @@ def build_variant(model, variant: str, *, spec: dict, calibration: np.ndarray | 
             # per-channel weight scales for convolutions: one scale per output filter keeps the
             # small filters' precision (per-tensor loses it to the largest); cheap at run time
             per_channel = "Conv" in _op_types(model)
-            quantize_static(src, dst, _calibration_reader(calibration, spec), quant_format=QuantFormat.QDQ,
+            first = model.graph.input[0].type.tensor_type.elem_type
+            dtype = np.float64 if first == onnx.TensorProto.DOUBLE else np.float32
+            quantize_static(src, dst, _calibration_reader(calibration, spec, dtype),
+                            quant_format=QuantFormat.QDQ,
                             calibrate_method=CalibrationMethod.MinMax, per_channel=per_channel)
         else:
-            raise InvalidInputError(f"Unknown variant {variant!r}.", expected=list(VARIANTS), received=variant)
+            raise InvalidInputError(f"Unknown variant {variant!r}.",
+                                    hint="Use one of " + ", ".join(VARIANTS) + ".",
+                                    expected=list(VARIANTS), received=variant)
         return onnx.load_model(dst)
 
 
@@ -262,12 +253,9 @@ def quantize_variants(converted, *, variants: tuple[str, ...] = VARIANTS, labels
     spec = converted.spec
     task = spec["task"]
     tol = QuantTolerance.of(tolerance, task)
-    if labels is not None and len(np.asarray(labels).reshape(-1)) != len(X):
-        raise InvalidInputError(f"labels has {len(np.asarray(labels).reshape(-1))} entries but the sample "
-                                f"has {len(X)} rows.", hint="Pass the labels that belong to the sample rows.",
-                                expected=len(X), received=len(np.asarray(labels).reshape(-1)))
+    labels = check_labels(labels, len(X))
     Xv = X[:MAX_VERIFY_ROWS]
-    yv = None if labels is None else np.asarray(labels).reshape(-1)[:MAX_VERIFY_ROWS]
+    yv = None if labels is None else labels[:MAX_VERIFY_ROWS]
     native = converted.adapter.predict(Xv)
     calib = X[:MAX_CALIBRATION_ROWS] if calibration is None else np.asarray(calibration)
     if "int8-static" in variants and len(calib) < MIN_CALIBRATION_ROWS:
@@ -357,10 +345,7 @@ def choose(report: QuantizeReport, bench, *, quantize: str = "auto",
     of the batch-1 latency speed-up and the largest-batch throughput gain over fp32), if that score
     is at least 1.10 and neither side is more than 10% worse; otherwise fp32.
     """
-    if quantize not in CHOICES:
-        raise InvalidInputError(f"quantize={quantize!r} is not one of {', '.join(CHOICES)}.",
-                                hint="Use quantize='auto' to let nbdeploy choose, or 'none' to keep fp32.",
-                                expected=list(CHOICES), received=quantize)
+    check_quantize(quantize)
     if quantize == "none":
         return "fp32", "fp32: quantization turned off (quantize='none')"
     if quantize != "auto":
@@ -412,6 +397,7 @@ def _describe(v: VariantResult, bench, provider: str) -> str:
         parts.append(f"size {v.size_ratio:.0%}")
     parts.append(("accuracy delta " if v.delta_unit == "pt" else "relative error ") + v.delta_text())
     return f"{v.name}: " + ", ".join(parts)
+
 
 
 def __getattr__(name: str):

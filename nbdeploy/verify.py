@@ -56,6 +56,21 @@ class VerifyReport:
         return kv_table({k: v for k, v in self.to_dict().items() if k != "tolerance"})
 
 
+def check_labels(labels, rows: int) -> np.ndarray | None:
+    """``labels`` as a flat array with one entry per sample row (None stays None); raises
+    :class:`InvalidInputError` when the lengths differ."""
+    if labels is None:
+        return None
+    y = np.asarray(labels).reshape(-1)
+    if len(y) != rows:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(f"labels has {len(y)} entries but the sample has {rows} rows.",
+                                hint="Pass the labels that belong to the sample rows, in the same order.",
+                                expected=rows, received=len(y))
+    return y
+
+
 def _labels_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
     if a.dtype.kind in "iuf" and b.dtype.kind in "iuf":
@@ -97,14 +112,8 @@ def compare(task: str, native: dict, candidate: dict, *, labels=None,
         real = flips & ~tie
         rep.mismatched_rows = [int(i) for i in np.where(real)[0][:20]]
         rep.passed = bool(within and 1 - real.mean() >= tolerance.min_label_agreement)
-    if labels is not None:
-        y = np.asarray(labels).reshape(-1)
-        if len(y) != len(a):
-            from .errors import InvalidInputError
-
-            raise InvalidInputError(f"labels has {len(y)} entries but the sample has {len(a)} rows.",
-                                    hint="Pass the labels that belong to the sample rows.",
-                                    expected=len(a), received=len(y))
+    y = check_labels(labels, len(a))
+    if y is not None:
         if task == "classifier":
             rep.metric = "accuracy"
             rep.native_metric = float(_labels_equal(native["label"], y).mean())

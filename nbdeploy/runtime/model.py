@@ -60,6 +60,34 @@ def make_session(model: Any, *, providers: list[str] | None = None, threads: int
     return ort.InferenceSession(model, sess_options=opts, providers=providers)
 
 
+def make_feeds(X: np.ndarray, spec: dict, *, dtype=np.float32, input_names: list[str] | None = None,
+               text=None) -> dict:
+    """How a batch is fed to the graph, for every ``input_mode`` (one rule for the notebook, the
+    quantizer's calibration and the bundle).
+
+    ``tensor``: one 2-D ``dtype`` tensor; ``columns``: one [N, 1] tensor per input name;
+    ``table``: one typed [N, 1] tensor per column (``runtime/columns.table_feeds``); ``text``:
+    token ids from ``text`` (a :class:`~nbdeploy.runtime.text.TextEncoder`, built from ``spec``
+    when not given).  ``input_names`` default to ``spec["input_names"]``, then ``["input"]``.
+    """
+    mode = spec.get("input_mode", "tensor")
+    if mode == "text":
+        if text is None:
+            from .text import TextEncoder
+
+            text = TextEncoder(spec)
+        return text.feeds(X)
+    if mode == "table":
+        from .columns import table_feeds
+
+        return table_feeds(X, spec.get("columns") or [])
+    names = list(input_names or spec.get("input_names") or ["input"])
+    X = np.asarray(X, dtype=dtype)
+    if mode == "columns":
+        return {name: X[:, i:i + 1] for i, name in enumerate(names)}
+    return {names[0]: X}
+
+
 class OnnxModel:
     """An onnxruntime session plus the spec that says what its outputs mean."""
 
@@ -100,16 +128,9 @@ class OnnxModel:
         return list(self.session.get_providers())
 
     def feeds(self, X: np.ndarray) -> dict:
-        if self.text is not None:
-            return self.text.feeds(X)
-        if self.input_mode == "table":
-            from .columns import table_feeds
-
-            return table_feeds(X, self.columns)
-        X = np.asarray(X, dtype=self._in_dtype)
-        if self.input_mode == "columns":
-            return {name: X[:, i:i + 1] for i, name in enumerate(self.input_names)}
-        return {self.input_names[0]: X}
+        """The graph's inputs for the batch ``X`` (see :func:`make_feeds`)."""
+        return make_feeds(X, self.spec, dtype=self._in_dtype, input_names=self.input_names,
+                          text=self.text)
 
     def run(self, X: np.ndarray) -> dict:
         """Return numpy arrays: ``{"label", "probabilities"}`` or ``{"value"}``."""
