@@ -16,8 +16,16 @@ import numpy as np
 
 from .adapters import Adapter, detect
 from .errors import ConversionError, InvalidInputError, NbdeployError, UnsupportedModelError, brief
-from .schema import (ColumnSpec, InputSchema, as_matrix, feature_names_of, infer_columns, is_frame,
-                     non_numeric_columns, table_from_frame)
+from .schema import (
+    ColumnSpec,
+    InputSchema,
+    as_matrix,
+    feature_names_of,
+    infer_columns,
+    is_frame,
+    non_numeric_columns,
+    table_from_frame,
+)
 
 
 @dataclass
@@ -162,6 +170,37 @@ def _rows_with_missing(X: np.ndarray) -> np.ndarray:
     return np.where(_missing_mask(X).any(axis=1))[0]
 
 
+def _convert_text(adapter: Adapter, sample: Any, *, opset: int | None = None) -> ConvertResult:
+    """:func:`convert` for text models (issue 21): the sample is a list/Series of strings."""
+    from .runtime.text import as_texts
+
+    adapter.check_fitted()
+    if isinstance(sample, str) or not hasattr(sample, "__len__"):
+        raise InvalidInputError("The sample of a text model must be a list (or Series) of strings.",
+                                hint="Pass e.g. sample=texts[:200].", expected="list of strings",
+                                received=type(sample).__name__)
+    X = as_texts(sample)
+    if len(X) == 0:
+        raise InvalidInputError("The sample is empty.", hint="Pass at least a few texts.")
+    bad = [i for i, v in enumerate(X[:, 0]) if not isinstance(v, str)]
+    if bad:
+        raise InvalidInputError(f"Sample entry {bad[0]} is not a string: {type(X[bad[0], 0]).__name__}.",
+                                hint="Pass a list of strings.", expected="str",
+                                received=type(X[bad[0], 0]).__name__)
+    try:
+        adapter.predict(X[:2])
+    except Exception as exc:
+        raise InvalidInputError(f"The model could not run on the sample: {exc}",
+                                hint="Pass the tokenizer the model was trained with.") from exc
+    converted = adapter.to_onnx(X, opset=opset)
+    spec = dict(converted.spec)
+    spec.update(n_features=1, dtype="object", feature_names=["text"], columns=[])
+    schema = InputSchema(n_features=1, feature_names=["text"], input_mode="text",
+                         input_names=list(spec["input_names"]), columns=[])
+    return ConvertResult(adapter, converted.onnx_model, spec, schema, X, converted.converter,
+                         list(converted.notes))
+
+
 def convert(model: Any, sample: Any, *, task: str | None = None,
             feature_names: list[str] | None = None, opset: int | None = None,
             adapter: Adapter | None = None, tokenizer: Any = None) -> ConvertResult:
@@ -171,11 +210,9 @@ def convert(model: Any, sample: Any, *, task: str | None = None,
     probes it in a throw-away process, which costs seconds; do it once)."""
     adapter = adapter if adapter is not None else detect(model, task=task)
     if getattr(adapter, "input_kind", None) == "text":   # issue 21: strings + a tokenizer
-        from .adapters.hf_text import convert_text
-
         if tokenizer is not None:
             adapter.tokenizer = tokenizer
-        return convert_text(adapter, sample, opset=opset)
+        return _convert_text(adapter, sample, opset=opset)
     adapter.check_fitted()
     table = bool(non_numeric_columns(sample))
     nd_shape = None

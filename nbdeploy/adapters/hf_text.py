@@ -171,36 +171,3 @@ class HFTextAdapter(Adapter):
                          notes=[f"Texts are tokenized in the bundle with the `tokenizers` package "
                                 f"(tokenizer.json), truncated to {spec['text']['max_length']} tokens "
                                 f"({spec['text']['truncation_side']} side); single texts, not pairs."])
-
-
-def convert_text(adapter: HFTextAdapter, sample: Any, *, opset: int | None = None):
-    """:func:`nbdeploy.convert.convert` for text models: the sample is a list/Series of strings."""
-    from ..convert import ConvertResult
-    from ..runtime.text import as_texts
-    from ..schema import InputSchema
-
-    adapter.check_fitted()
-    if isinstance(sample, str) or not hasattr(sample, "__len__"):
-        raise InvalidInputError("The sample of a text model must be a list (or Series) of strings.",
-                                hint="Pass e.g. sample=texts[:200].", expected="list of strings",
-                                received=type(sample).__name__)
-    X = as_texts(sample)
-    if len(X) == 0:
-        raise InvalidInputError("The sample is empty.", hint="Pass at least a few texts.")
-    bad = [i for i, v in enumerate(X[:, 0]) if not isinstance(v, str)]
-    if bad:
-        raise InvalidInputError(f"Sample entry {bad[0]} is not a string: {type(X[bad[0], 0]).__name__}.",
-                                hint="Pass a list of strings.", expected="str",
-                                received=type(X[bad[0], 0]).__name__)
-    try:
-        adapter.predict(X[:2])
-    except Exception as exc:
-        raise InvalidInputError(f"The model could not run on the sample: {exc}",
-                                hint="Pass the tokenizer the model was trained with.") from exc
-    converted = adapter.to_onnx(X, opset=opset)
-    spec = dict(converted.spec)
-    spec.update(n_features=1, dtype="object", feature_names=["text"], columns=[])
-    schema = InputSchema(n_features=1, feature_names=["text"], input_mode="text",
-                         input_names=list(spec["input_names"]), columns=[])
-    return ConvertResult(adapter, converted.onnx_model, spec, schema, X, converted.converter,
-                         list(converted.notes))

@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, UnsupportedModelError, brief
-from .base import (Converted, SklearnApiAdapter, class_modules, final_estimator, plain_list,
-                   squeeze_value)
+from .base import Converted, SklearnApiAdapter, class_modules, final_estimator, plain_list, squeeze_value
 
 DEFAULT_OPSET = {"": 17, "ai.onnx.ml": 3}
 
@@ -19,13 +18,15 @@ def _register_boosters() -> None:
 
     from skl2onnx import update_registered_converter
 
-    from .hgb import register_skl2onnx_fix  # HistGradientBoosting in a Pipeline (numpy 2 fix)
+    from .skl2onnx_hgb import register_skl2onnx_fix  # HistGradientBoosting in a Pipeline (numpy 2)
     register_skl2onnx_fix()
 
     if "xgboost" in sys.modules:
         from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
         from skl2onnx.common.shape_calculator import (
-            calculate_linear_classifier_output_shapes, calculate_linear_regressor_output_shapes)
+            calculate_linear_classifier_output_shapes,
+            calculate_linear_regressor_output_shapes,
+        )
         from xgboost import XGBClassifier, XGBRegressor
 
         update_registered_converter(XGBClassifier, "XGBoostXGBClassifier",
@@ -37,7 +38,9 @@ def _register_boosters() -> None:
         from lightgbm import LGBMClassifier, LGBMRegressor
         from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
         from skl2onnx.common.shape_calculator import (
-            calculate_linear_classifier_output_shapes, calculate_linear_regressor_output_shapes)
+            calculate_linear_classifier_output_shapes,
+            calculate_linear_regressor_output_shapes,
+        )
 
         update_registered_converter(LGBMClassifier, "LightGbmLGBMClassifier",
                                     calculate_linear_classifier_output_shapes, convert_lightgbm,
@@ -45,8 +48,6 @@ def _register_boosters() -> None:
         update_registered_converter(LGBMRegressor, "LightGbmLGBMRegressor",
                                     calculate_linear_regressor_output_shapes, convert_lightgbm)
 
-
-_final_estimator = final_estimator
 
 _TEXT_VECTORIZERS = ("TfidfVectorizer", "CountVectorizer", "HashingVectorizer")
 _ENCODERS = ("OneHotEncoder", "OrdinalEncoder")
@@ -59,9 +60,9 @@ def _register_string_imputer() -> None:
     import copy
 
     from skl2onnx.common._registration import get_converter, register_converter
+    from skl2onnx.common.data_types import StringTensorType
 
     from ..runtime.columns import MISSING_STRING
-    from skl2onnx.common.data_types import StringTensorType
 
     original = get_converter("SklearnSimpleImputer")._fct
     if getattr(original, "_nbdeploy", False):
@@ -114,7 +115,7 @@ class SklearnAdapter(SklearnApiAdapter):
     def task(self) -> str:
         if self._task:
             return self._task
-        est = _final_estimator(self.model)
+        est = final_estimator(self.model)
         if hasattr(est, "predict_proba") and hasattr(est, "classes_"):
             return "classifier"
         if getattr(est, "_estimator_type", None) == "classifier" or hasattr(est, "classes_"):
@@ -128,7 +129,7 @@ class SklearnAdapter(SklearnApiAdapter):
     def classes(self):
         c = getattr(self.model, "classes_", None)
         if c is None:
-            c = getattr(_final_estimator(self.model), "classes_", None)
+            c = getattr(final_estimator(self.model), "classes_", None)
         return plain_list(c) if c is not None else None
 
     def _uses_named_columns(self) -> bool:
@@ -193,7 +194,7 @@ class SklearnAdapter(SklearnApiAdapter):
         task = self.task()
         options = {}
         if task == "classifier":
-            options = {id(_final_estimator(self.model)): {"zipmap": False}}
+            options = {id(final_estimator(self.model)): {"zipmap": False}}
         if columns is not None:
             return self._table_to_onnx(columns, options, opset)
         columns = self._uses_named_columns()

@@ -80,8 +80,14 @@ def tree_ensemble_node(ens: Ensemble, x: str, y: str):
             leaf = len(leaf_weights)
             leaf_targets.append(tree.target)
             leaf_weights.append(float(nodes[0].value))
-            feats.append(0); modes.append(LEQ); splits.append(0.0); miss.append(0)
-            tnode.append(leaf); tleaf.append(1); fnode.append(leaf); fleaf.append(1)
+            feats.append(0)
+            modes.append(LEQ)
+            splits.append(0.0)
+            miss.append(0)
+            tnode.append(leaf)
+            tleaf.append(1)
+            fnode.append(leaf)
+            fleaf.append(1)
             continue
         # number interior nodes and leaves of this tree in the flat arrays
         interior: dict[int, int] = {}
@@ -95,7 +101,7 @@ def tree_ensemble_node(ens: Ensemble, x: str, y: str):
                 leaf_targets.append(tree.target)
                 leaf_weights.append(float(nd.value))
         roots.append(interior[0])
-        for i, nd in enumerate(nodes):
+        for nd in nodes:
             if not isinstance(nd, Split):
                 continue
             feats.append(int(nd.feature))
@@ -110,9 +116,11 @@ def tree_ensemble_node(ens: Ensemble, x: str, y: str):
                 splits.append(float(nd.threshold))
             for child, ids, is_leaf in ((nd.left, tnode, tleaf), (nd.right, fnode, fleaf)):
                 if isinstance(nodes[child], Leaf):
-                    ids.append(leaves[child]); is_leaf.append(1)
+                    ids.append(leaves[child])
+                    is_leaf.append(1)
                 else:
-                    ids.append(interior[child]); is_leaf.append(0)
+                    ids.append(interior[child])
+                    is_leaf.append(0)
 
     attrs = dict(
         n_targets=int(ens.n_targets), aggregate_function=1, post_transform=0,   # SUM, NONE
