@@ -180,6 +180,23 @@ def _drive(node: str, lab, tag: str, timeout: float = 420, **extra) -> tuple[dic
     return result, detail
 
 
+def assert_progress_ended(seen: list, detail: str) -> None:
+    """A job's progress bar, as the page drew it: states only move forward, fractions never go
+    back, and it ends full ('done', fraction 1)."""
+    assert seen, detail
+    order = {"pending": 0, "running": 1, "done": 2, "failed": 2}
+    states = [p["state"] for p in seen]
+    assert [order[s] for s in states] == sorted(order[s] for s in states), (states, detail)
+    fractions = [float(p["fraction"]) for p in seen if p["fraction"] not in ("", None)]
+    assert fractions == sorted(fractions), (fractions, detail)
+    assert seen[-1]["state"] == "done" and seen[-1]["fraction"] == "1" and seen[-1]["step"] == "done", detail
+
+
+def assert_copied(copy: dict, detail: str) -> None:
+    """A copy button put exactly the snippet's shown text on the clipboard, and said so."""
+    assert copy["shown"] and copy["copied"] == copy["shown"] and copy["label"] == "Copied", detail
+
+
 def test_sidebar_serve_and_stop_in_chromium(browser_tools, browser_bundle, jupyter_lab):
     for old in OUT.glob("nbdeploy-sidebar-*.png"):
         old.unlink()
@@ -187,6 +204,15 @@ def test_sidebar_serve_and_stop_in_chromium(browser_tools, browser_bundle, jupyt
     assert [s["name"] for s in result["steps"]][-1] == "done", detail
     assert result["server_url"].startswith("http://127.0.0.1:"), detail
     assert (OUT / "nbdeploy-sidebar-serving.png").stat().st_size > 10_000
+    # the serve job's progress bar in the sidebar, to its end
+    assert_progress_ended(result["serve_progress"], detail)
+    # the running server's snippets aim at it; copy works through the Clipboard API and through
+    # the fallback (a page whose Clipboard API refuses)
+    assert result["snippets_url"] == result["server_url"], detail
+    assert_copied(result["copy_curl"], detail)
+    assert result["copy_curl"]["shown"].startswith(f"curl -X POST {result['server_url']}/predict"), detail
+    assert_copied(result["copy_python_fallback"], detail)
+    assert f'requests.post("{result["server_url"]}/predict"' in result["copy_python_fallback"]["shown"], detail
     # nothing nbdeploy-related broke in the page
     errors = [e for e in result["console_errors"] if "nbdeploy" in e.lower()]
     assert not errors, detail
@@ -245,5 +271,9 @@ def test_sidebar_push_and_delete_in_chromium(browser_tools, push_bundle, push_en
     with pytest.raises(bentoml.exceptions.NotFound):
         bentoml.bentos.get(push_bundle)
     assert (OUT / "nbdeploy-sidebar-pushed.png").stat().st_size > 10_000
+    # the push job's bar: it ran (with a step) before it ended full
+    progress = result["push_progress"]
+    assert_progress_ended(progress, detail)
+    assert any(p["state"] == "running" for p in progress), detail
     errors = [e for e in result["console_errors"] if "nbdeploy" in e.lower()]
     assert not errors, detail

@@ -15,8 +15,17 @@ import time
 from pathlib import Path
 
 import pytest
-from test_browser import (CHROMIUM, NODE_MODULES, OUT, ROOT, browser_tools,  # noqa: F401 (fixtures)
-                          jupyter_lab, lab_env)
+from test_browser import (  # noqa: F401 (fixtures)
+    CHROMIUM,
+    NODE_MODULES,
+    OUT,
+    ROOT,
+    assert_copied,
+    assert_progress_ended,
+    browser_tools,
+    jupyter_lab,
+    lab_env,
+)
 
 pytestmark = pytest.mark.slow
 DRIVER = ROOT / "tests" / "frontends" / "browser" / "report_tab.js"
@@ -99,6 +108,15 @@ def test_report_tab_in_chromium(browser_tools, two_versions, jupyter_lab):  # no
     # serve / stop from the tab
     assert "ready" in r["serving"] and r["servingUrl"].startswith("http://127.0.0.1:"), detail
     assert r["stopped"].strip() == "not serving" and not find(NAME)
+    # the serve job's bar in the tab ended full
+    assert_progress_ended(r["serveProgress"], detail)
+    # snippets: before serving aimed at the default address after a `bentoml serve` line; while
+    # serving at the server; each copy button puts exactly the shown text on the clipboard
+    assert r["snippetsBefore"].startswith(f"# first: bentoml serve {first}\ncurl -X POST "), detail
+    for copy in (r["copyCurl"], r["copyPythonFallback"]):
+        assert_copied(copy, detail)
+    assert r["copyCurl"]["shown"].startswith(f"curl -X POST {r['servingUrl']}/predict"), detail
+    assert "import requests" in r["copyPythonFallback"]["shown"], detail
     # serve with an API key: the tab and the sidebar say how to get a key; no key in the page
     assert "ready" in r["keyServing"] and "API key required" in r["keyServing"], detail
     assert "nbdeploy keys create NAME" in r["keyServing"] and "nbdeploy keys create" in r["sidebarKeyHint"], detail
@@ -107,6 +125,7 @@ def test_report_tab_in_chromium(browser_tools, two_versions, jupyter_lab):  # no
     archive = Path(str(log)).parent / "root" / "exported" / "report-tab.bento"
     assert r["exported"].startswith("Exported to exported/report-tab.bento ("), detail
     assert archive.is_file() and archive.stat().st_size > 1000, detail
+    assert_progress_ended(r["exportProgress"], detail)
     # delete from the tab
     with pytest.raises(bentoml.exceptions.NotFound):
         bentoml.bentos.get(second)

@@ -3,20 +3,11 @@
 // MODE ("serve", the default: Details opens the report tab, serve, logs, stop, error messages; or "push-delete": the Push
 // button with PUSH_REF typed into its dialog, then the Delete button, cancelled once, then confirmed).
 // Prints one JSON line {ok, steps, console_errors, ...}; exits non-zero on failure.
-const { chromium } = require('playwright-core');
 const path = require('path');
+const { SHOT_DIR, run, openLab, openPanel, copySnippet, watchProgress, progressSeen } = require('./lab');
 
-const LAB_URL = process.env.LAB_URL;
-const TOKEN = process.env.LAB_TOKEN;
 const TAG = process.env.BUNDLE_TAG;
-const SHOT_DIR = process.env.SHOT_DIR || 'test-output';
-const steps = [];
-const consoleErrors = [];
-
-function step(name) {
-  steps.push({ name, t: Date.now() });
-  console.error(`[drive] ${name}`);
-}
+let step;
 
 // The sidebar's message after an action: waits until it reports success or failure.
 async function outcome(page, startsWith, timeout) {
@@ -41,12 +32,20 @@ async function pushAndDelete(page, panel, bundle) {
   step('push: type the image reference');
   await dialog.locator('input').fill(REF);
   await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-push-dialog.png') });
+  await watchProgress(page, 'push');
   await dialog.locator('.jp-Dialog-button.jp-mod-accept').click();
   await dialog.waitFor({ state: 'detached' });
+  step('push: its progress bar shows, then ends');
+  const bar = panel.locator('.nbdeploy-jobs .nbdeploy-progress[data-kind="push"]');
+  await bar.first().waitFor({ state: 'visible', timeout: 60000 });
+  await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-push-progress.png') });
   step('push: wait for the job');
   const pushed = await outcome(page, 'Pushed ', 480000);
+  await panel.locator('.nbdeploy-jobs .nbdeploy-progress[data-kind="push"][data-state="done"]')
+    .waitFor({ state: 'visible', timeout: 30000 });
   await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-pushed.png') });
   if (!/nbdeploy-ok/.test(pushed.cls)) throw new Error(`push failed in the sidebar: ${pushed.text}`);
+  const pushProgress = (await progressSeen(page)).filter(p => p.where === 'sidebar');
 
   step('delete: click Delete, then Cancel');
   await bundle.locator('[data-action="delete"]').click();
@@ -66,7 +65,8 @@ async function pushAndDelete(page, panel, bundle) {
   if (!/nbdeploy-ok/.test(deleted.cls)) throw new Error(`delete failed in the sidebar: ${deleted.text}`);
   await bundle.waitFor({ state: 'detached' });
   await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-deleted.png') });
-  return { pushed_message: pushed.text, delete_question: question, deleted_message: deleted.text };
+  return { pushed_message: pushed.text, delete_question: question, deleted_message: deleted.text,
+    push_progress: pushProgress };
 }
 
 // MODE=canary: SERVER_ID is a stable server of BUNDLE_TAG with a canary CANARY_TAG in progress.
@@ -110,140 +110,112 @@ async function canary(page, panel) {
   return { canary_text: canaryText, promoted_message: promoted.text, tab_rolled_text: rolled };
 }
 
-(async () => {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--disable-dev-shm-usage']
-  });
-  let page;
-  try {
-    // JupyterLab registers a service worker; requests it handles would bypass page.route()
-    const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, serviceWorkers: 'block' });
-    page = await context.newPage();
-    page.on('console', m => { if (m.type() === 'error') consoleErrors.push(m.text()); });
-    page.on('pageerror', e => consoleErrors.push(String(e)));
-    page.setDefaultTimeout(60000);
+run({ name: 'drive', failureShot: 'nbdeploy-sidebar-failure.png' }, async ({ page, step: log, result }) => {
+  step = log;
+  step('open JupyterLab');
+  await openLab(page);
 
-    step('open JupyterLab');
-    await page.goto(`${LAB_URL}lab?token=${TOKEN}`, { waitUntil: 'domcontentloaded' });
-    const tab = page.locator('.jp-SideBar [data-id="nbdeploy-sidebar"]');
-    await tab.waitFor({ state: 'visible', timeout: 120000 });
+  step('open the nbdeploy panel');
+  const panel = await openPanel(page);
 
-    step('open the nbdeploy panel');
-    const panel = page.locator('#nbdeploy-sidebar');
-    if (!(await panel.isVisible())) await tab.click();
-    await panel.waitFor({ state: 'visible' });
+  step('see the bundle');
+  const bundle = panel.locator(`.nbdeploy-bundle[data-tag="${TAG}"]`);
+  await bundle.waitFor({ state: 'visible' });
 
-    step('see the bundle');
-    const bundle = panel.locator(`.nbdeploy-bundle[data-tag="${TAG}"]`);
-    await bundle.waitFor({ state: 'visible' });
+  if (process.env.MODE === 'canary') return canary(page, panel);
+  if (process.env.MODE === 'push-delete') return pushAndDelete(page, panel, bundle);
 
-    if (process.env.MODE === 'canary') {
-      const result = await canary(page, panel);
-      step('done');
-      console.log(JSON.stringify({ ok: true, steps, ...result, console_errors: consoleErrors }));
-      return;
-    }
-
-    if (process.env.MODE === 'push-delete') {
-      const result = await pushAndDelete(page, panel, bundle);
-      step('done');
-      console.log(JSON.stringify({ ok: true, steps, ...result, console_errors: consoleErrors }));
-      return;
-    }
-
-    step('Details opens its report in a tab');
-    await bundle.locator('[data-action="details"]').click();
-    const tabView = page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"]`);
-    await tabView.waitFor({ state: 'visible' });
-    const frame = page.frameLocator(`.nbdeploy-report-tab[data-tag="${TAG}"] iframe`);
-    const report = frame.locator(`.nbd-report[data-tag="${TAG}"]`);
-    await report.waitFor({ state: 'attached', timeout: 60000 });
-    const reportText = await report.innerText();
-    if (!/Verification/.test(reportText) || !/PASS/.test(reportText)) {
-      throw new Error(`report does not show verification: ${reportText.slice(0, 300)}`);
-    }
-    if (await panel.locator('.nbdeploy-report').count()) throw new Error('Details also rendered the report in the sidebar');
-
-    if (process.env.EXPECT_PLOT) {
-      step('see its plot');
-      const img = frame.locator(`img[alt="${process.env.EXPECT_PLOT}"]`);
-      await img.waitFor({ state: 'attached' });
-      const loaded = await img.evaluate(i => i.complete && i.naturalWidth > 0);
-      if (!loaded) throw new Error(`plot ${process.env.EXPECT_PLOT} did not load in the report tab`);
-      await img.scrollIntoViewIfNeeded();
-      await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-report.png') });
-    }
-
-    step('Details again reuses the tab');
-    await bundle.locator('[data-action="details"]').click();
-    await page.waitForTimeout(500);
-    const tabs = await page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"]`).count();
-    if (tabs !== 1) throw new Error(`Details opened ${tabs} tabs for one bundle`);
-
-    step('serve it');
-    await bundle.locator('[data-action="serve"]').click();
-    const ready = panel.locator(`.nbdeploy-server[data-tag="${TAG}"][data-health="ready"]`);
-    await ready.waitFor({ state: 'visible', timeout: 150000 });
-    const serverUrl = await ready.locator('.nbdeploy-url').innerText();
-    const message = await panel.locator('.nbdeploy-message').innerText();
-
-    step('read its log');
-    await ready.locator('[data-action="logs"]').click();
-    const logs = panel.locator('.nbdeploy-logbox pre.nbdeploy-logs');
-    await logs.waitFor({ state: 'visible' });
-    await page.waitForFunction(() => {
-      const pre = document.querySelector('.nbdeploy-logbox pre.nbdeploy-logs');
-      return pre && pre.textContent.trim().length > 0;
-    });
-    await panel.locator('.nbdeploy-logbox [data-action="close"]').click();
-
-    step('screenshot while serving');
-    await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-serving.png') });
-
-    step('stop it');
-    await ready.locator('[data-action="stop"]').click();
-    await panel.locator(`.nbdeploy-server[data-tag="${TAG}"]`).waitFor({ state: 'detached', timeout: 90000 });
-    await panel.locator('.nbdeploy-servers .nbdeploy-empty').waitFor({ state: 'visible' });
-    await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-stopped.png') });
-
-    step('a failing action shows its message, as text');
-    const serveUrl = u => /\/nbdeploy\/bundles\/[^/]+\/serve$/.test(u.pathname);
-    await page.route(serveUrl, route => route.fulfill({
-      status: 400, contentType: 'application/json',
-      body: JSON.stringify({ error: 'InvalidInputError', message: '<img src=x class=injected> boom', hint: 'a hint' })
-    }));
-    await bundle.locator('[data-action="serve"]').click();
-    const msg = panel.locator('.nbdeploy-message.nbdeploy-error');
-    await msg.waitFor({ state: 'visible' });
-    const failText = await msg.innerText();
-    if (!failText.includes('boom') || !failText.includes('a hint')) throw new Error(`failure message: ${failText}`);
-    if (await panel.locator('img.injected').count()) throw new Error('server text was rendered as HTML');
-    await page.unroute(serveUrl);
-
-    step('a missing server extension is explained');
-    const anyNbdeploy = u => u.pathname.includes('/nbdeploy/');
-    await page.route(anyNbdeploy, route => route.fulfill({ status: 404, contentType: 'text/html', body: 'Not Found' }));
-    await panel.locator('[data-action="refresh"]').click();
-    const missing = panel.locator('.nbdeploy-message.nbdeploy-missing');
-    await missing.waitFor({ state: 'visible' });
-    const missingText = await missing.innerText();
-    if (!/server extension is not running/.test(missingText)) throw new Error(`missing message: ${missingText}`);
-    await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-missing-extension.png') });
-    await page.unroute(anyNbdeploy);
-    await panel.locator('[data-action="refresh"]').click();
-    await bundle.waitFor({ state: 'visible' });
-    step('done');
-    console.log(JSON.stringify({ ok: true, steps, server_url: serverUrl, message, console_errors: consoleErrors }));
-  } catch (err) {
-    try {
-      if (page) await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-failure.png') });
-    } catch { /* ignore */ }
-    console.log(JSON.stringify({ ok: false, error: String(err && err.stack || err), steps, console_errors: consoleErrors }));
-    process.exitCode = 1;
-  } finally {
-    await browser.close();
+  step('Details opens its report in a tab');
+  await bundle.locator('[data-action="details"]').click();
+  const tabView = page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"]`);
+  await tabView.waitFor({ state: 'visible' });
+  const frame = page.frameLocator(`.nbdeploy-report-tab[data-tag="${TAG}"] iframe`);
+  const report = frame.locator(`.nbd-report[data-tag="${TAG}"]`);
+  await report.waitFor({ state: 'attached', timeout: 60000 });
+  const reportText = await report.innerText();
+  if (!/Verification/.test(reportText) || !/PASS/.test(reportText)) {
+    throw new Error(`report does not show verification: ${reportText.slice(0, 300)}`);
   }
-})();
+  if (await panel.locator('.nbdeploy-report').count()) throw new Error('Details also rendered the report in the sidebar');
+
+  if (process.env.EXPECT_PLOT) {
+    step('see its plot');
+    const img = frame.locator(`img[alt="${process.env.EXPECT_PLOT}"]`);
+    await img.waitFor({ state: 'attached' });
+    const loaded = await img.evaluate(i => i.complete && i.naturalWidth > 0);
+    if (!loaded) throw new Error(`plot ${process.env.EXPECT_PLOT} did not load in the report tab`);
+    await img.scrollIntoViewIfNeeded();
+    await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-report.png') });
+  }
+
+  step('Details again reuses the tab');
+  await bundle.locator('[data-action="details"]').click();
+  await page.waitForTimeout(500);
+  const tabs = await page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"]`).count();
+  if (tabs !== 1) throw new Error(`Details opened ${tabs} tabs for one bundle`);
+
+  step('serve it');
+  await watchProgress(page, 'serve');
+  await bundle.locator('[data-action="serve"]').click();
+  const ready = panel.locator(`.nbdeploy-server[data-tag="${TAG}"][data-health="ready"]`);
+  await ready.waitFor({ state: 'visible', timeout: 150000 });
+  const serverUrl = await ready.locator('.nbdeploy-url').innerText();
+  const message = await panel.locator('.nbdeploy-message').innerText();
+  await panel.locator('.nbdeploy-jobs .nbdeploy-progress[data-kind="serve"][data-state="done"]')
+    .waitFor({ state: 'visible', timeout: 30000 });
+  result.serve_progress = (await progressSeen(page)).filter(p => p.where === 'sidebar');
+
+  step('copy its snippets: the Clipboard API, then the fallback');
+  await ready.locator('details.nbdeploy-snippets').waitFor({ state: 'attached', timeout: 30000 });
+  result.snippets_url = await ready.locator('details.nbdeploy-snippets').getAttribute('data-url');
+  result.copy_curl = await copySnippet(page, ready, 'curl');
+  result.copy_python_fallback = await copySnippet(page, panel.locator(`.nbdeploy-server[data-tag="${TAG}"]`), 'python', true);
+  await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-snippets.png') });
+
+  step('read its log');
+  await ready.locator('[data-action="logs"]').click();
+  const logs = panel.locator('.nbdeploy-logbox pre.nbdeploy-logs');
+  await logs.waitFor({ state: 'visible' });
+  await page.waitForFunction(() => {
+    const pre = document.querySelector('.nbdeploy-logbox pre.nbdeploy-logs');
+    return pre && pre.textContent.trim().length > 0;
+  });
+  await panel.locator('.nbdeploy-logbox [data-action="close"]').click();
+
+  step('screenshot while serving');
+  await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-serving.png') });
+
+  step('stop it');
+  await ready.locator('[data-action="stop"]').click();
+  await panel.locator(`.nbdeploy-server[data-tag="${TAG}"]`).waitFor({ state: 'detached', timeout: 90000 });
+  await panel.locator('.nbdeploy-servers .nbdeploy-empty').waitFor({ state: 'visible' });
+  await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-stopped.png') });
+
+  step('a failing action shows its message, as text');
+  const serveUrl = u => /\/nbdeploy\/bundles\/[^/]+\/serve$/.test(u.pathname);
+  await page.route(serveUrl, route => route.fulfill({
+    status: 400, contentType: 'application/json',
+    body: JSON.stringify({ error: 'InvalidInputError', message: '<img src=x class=injected> boom', hint: 'a hint' })
+  }));
+  await bundle.locator('[data-action="serve"]').click();
+  const msg = panel.locator('.nbdeploy-message.nbdeploy-error');
+  await msg.waitFor({ state: 'visible' });
+  const failText = await msg.innerText();
+  if (!failText.includes('boom') || !failText.includes('a hint')) throw new Error(`failure message: ${failText}`);
+  if (await panel.locator('img.injected').count()) throw new Error('server text was rendered as HTML');
+  await page.unroute(serveUrl);
+
+  step('a missing server extension is explained');
+  const anyNbdeploy = u => u.pathname.includes('/nbdeploy/');
+  await page.route(anyNbdeploy, route => route.fulfill({ status: 404, contentType: 'text/html', body: 'Not Found' }));
+  await panel.locator('[data-action="refresh"]').click();
+  const missing = panel.locator('.nbdeploy-message.nbdeploy-missing');
+  await missing.waitFor({ state: 'visible' });
+  const missingText = await missing.innerText();
+  if (!/server extension is not running/.test(missingText)) throw new Error(`missing message: ${missingText}`);
+  await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-sidebar-missing-extension.png') });
+  await page.unroute(anyNbdeploy);
+  await panel.locator('[data-action="refresh"]').click();
+  await bundle.waitFor({ state: 'visible' });
+  return { server_url: serverUrl, message };
+});

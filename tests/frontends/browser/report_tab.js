@@ -2,17 +2,11 @@
 // Env: LAB_URL, LAB_TOKEN, BUNDLE_TAG (the bundle to report on), SECOND_TAG (another version of the
 // same name, deleted from its own tab), SHOT_DIR, CHROMIUM.
 // Prints one JSON line {ok, steps, sections, overflow, ...}; exits non-zero on failure.
-const { chromium } = require('playwright-core');
 const path = require('path');
+const { SHOT_DIR, run, openLab, openPanel, copySnippet, watchProgress, progressSeen } = require('./lab');
 
-const LAB_URL = process.env.LAB_URL;
-const TOKEN = process.env.LAB_TOKEN;
 const TAG = process.env.BUNDLE_TAG;
 const SECOND = process.env.SECOND_TAG;
-const SHOT_DIR = process.env.SHOT_DIR || 'test-output';
-const steps = [];
-const consoleErrors = [];
-const step = name => { steps.push({ name, t: Date.now() }); console.error(`[report] ${name}`); };
 const shot = (page, name) => page.screenshot({ path: path.join(SHOT_DIR, `nbdeploy-report-${name}.png`) });
 
 async function openTab(page, panel, tag) {
@@ -56,116 +50,108 @@ function inspect() {
   return out;
 }
 
-(async () => {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--disable-dev-shm-usage']
+run({ name: 'report', viewport: { width: 1400, height: 950 }, failureShot: 'nbdeploy-report-failure.png' },
+  async ({ page, step, result }) => {
+  step('open JupyterLab and the nbdeploy panel');
+  await openLab(page);
+  const panel = await openPanel(page);
+
+  step('open the report tab');
+  const { view, frame } = await openTab(page, panel, TAG);
+  await page.waitForFunction(() => {
+    const f = document.querySelector('.nbdeploy-report-tab iframe');
+    const d = f && f.contentDocument;
+    return d && [...d.images].every(i => i.complete && i.naturalWidth > 0);
   });
-  let page;
-  const result = {};
-  try {
-    const context = await browser.newContext({ viewport: { width: 1400, height: 950 }, serviceWorkers: 'block' });
-    page = await context.newPage();
-    page.on('console', m => { if (m.type() === 'error') consoleErrors.push(m.text()); });
-    page.on('pageerror', e => consoleErrors.push(String(e)));
-    page.setDefaultTimeout(60000);
+  result.first = await frame.locator('body').evaluate(inspect);
+  await shot(page, 'tab');
 
-    step('open JupyterLab and the nbdeploy panel');
-    await page.goto(`${LAB_URL}lab?token=${TOKEN}`, { waitUntil: 'domcontentloaded' });
-    const sideTab = page.locator('.jp-SideBar [data-id="nbdeploy-sidebar"]');
-    await sideTab.waitFor({ state: 'visible', timeout: 120000 });
-    const panel = page.locator('#nbdeploy-sidebar');
-    if (!(await panel.isVisible())) await sideTab.click();
-    await panel.waitFor({ state: 'visible' });
+  step('click a plot for full size, click again to bring it back');
+  const img = frame.locator('.nbd-report img').first();
+  await img.scrollIntoViewIfNeeded();
+  await img.click();
+  result.zoom = await img.evaluate(i => ({ cls: i.className, shown: Math.round(i.getBoundingClientRect().width), natural: i.naturalWidth }));
+  await img.click();
 
-    step('open the report tab');
-    const { view, frame } = await openTab(page, panel, TAG);
-    await page.waitForFunction(() => {
-      const f = document.querySelector('.nbdeploy-report-tab iframe');
-      const d = f && f.contentDocument;
-      return d && [...d.images].every(i => i.complete && i.naturalWidth > 0);
-    });
-    result.first = await frame.locator('body').evaluate(inspect);
-    await shot(page, 'tab');
+  step('scroll to the explanations');
+  await frame.locator('h4', { hasText: 'Explanations' }).scrollIntoViewIfNeeded();
+  await shot(page, 'explanations');
+  await frame.locator('h4', { hasText: 'Versions' }).scrollIntoViewIfNeeded();
+  await shot(page, 'versions');
 
-    step('click a plot for full size, click again to bring it back');
-    const img = frame.locator('.nbd-report img').first();
-    await img.scrollIntoViewIfNeeded();
-    await img.click();
-    result.zoom = await img.evaluate(i => ({ cls: i.className, shown: Math.round(i.getBoundingClientRect().width), natural: i.naturalWidth }));
-    await img.click();
+  step('a second click on Report reuses the tab');
+  await openTab(page, panel, TAG);
+  result.tabsForTag = await page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"]`).count();
 
-    step('scroll to the explanations');
-    await frame.locator('h4', { hasText: 'Explanations' }).scrollIntoViewIfNeeded();
-    await shot(page, 'explanations');
-    await frame.locator('h4', { hasText: 'Versions' }).scrollIntoViewIfNeeded();
-    await shot(page, 'versions');
+  step('its snippets are there before it serves, with copy buttons');
+  const strip = view.locator('.nbdeploy-tab-snippets');
+  await strip.locator('details.nbdeploy-snippets').waitFor({ state: 'attached', timeout: 30000 });
+  result.snippetsBefore = await strip.locator('.nbdeploy-snippet[data-kind="curl"] pre').textContent();
 
-    step('a second click on Report reuses the tab');
-    await openTab(page, panel, TAG);
-    result.tabsForTag = await page.locator(`.nbdeploy-report-tab[data-tag="${TAG}"]`).count();
+  step('serve from the tab; its status and its progress follow');
+  const status = view.locator('.nbdeploy-tab-status');
+  await watchProgress(page, 'serve');
+  await view.locator('[data-action="serve"]').click();
+  await view.locator('.nbdeploy-tab-status .nbdeploy-health-ready').waitFor({ state: 'visible', timeout: 180000 });
+  result.serving = await status.innerText();
+  result.servingUrl = await status.locator('a.nbdeploy-url').getAttribute('href');
+  await view.locator('.nbdeploy-jobs .nbdeploy-progress[data-kind="serve"][data-state="done"]')
+    .waitFor({ state: 'visible', timeout: 30000 });
+  result.serveProgress = (await progressSeen(page)).filter(p => p.where === 'tab');
+  await shot(page, 'serving');
 
-    step('serve from the tab; its status follows');
-    const status = view.locator('.nbdeploy-tab-status');
-    await view.locator('[data-action="serve"]').click();
-    await view.locator('.nbdeploy-tab-status .nbdeploy-health-ready').waitFor({ state: 'visible', timeout: 180000 });
-    result.serving = await status.innerText();
-    result.servingUrl = await status.locator('a.nbdeploy-url').getAttribute('href');
-    await shot(page, 'serving');
+  step('copy the snippets, now aimed at the server: the Clipboard API, then the fallback');
+  await strip.locator(`details.nbdeploy-snippets[data-url="${result.servingUrl}"]`).waitFor({ state: 'attached', timeout: 30000 });
+  result.copyCurl = await copySnippet(page, strip, 'curl');
+  result.copyPythonFallback = await copySnippet(page, strip, 'python', true);
+  await shot(page, 'snippets');
 
-    step('stop from the tab');
-    await view.locator('[data-action="stop"]').click();
-    await page.waitForFunction(tag => {
-      const s = document.querySelector(`.nbdeploy-report-tab[data-tag="${tag}"] .nbdeploy-tab-status`);
-      return s && s.textContent.trim() === 'not serving';
-    }, TAG, { timeout: 90000 });
-    result.stopped = await status.innerText();
+  step('stop from the tab');
+  await view.locator('[data-action="stop"]').click();
+  await page.waitForFunction(tag => {
+    const s = document.querySelector(`.nbdeploy-report-tab[data-tag="${tag}"] .nbdeploy-tab-status`);
+    return s && s.textContent.trim() === 'not serving';
+  }, TAG, { timeout: 90000 });
+  result.stopped = await status.innerText();
 
-    step('serve with an API key from the tab; it says how to get a key');
-    await view.locator('[data-action="serve-key"]').click();
-    await view.locator('.nbdeploy-tab-status .nbdeploy-health-ready').waitFor({ state: 'visible', timeout: 180000 });
-    result.keyServing = await status.innerText();
-    result.keyServingUrl = await status.locator('a.nbdeploy-url').getAttribute('href');
-    result.sidebarKeyHint = await panel.locator(`.nbdeploy-server[data-tag="${TAG}"] .nbdeploy-auth-hint`).innerText();
-    await shot(page, 'serving-key');
-    await view.locator('[data-action="stop"]').click();
-    await page.waitForFunction(tag => {
-      const s = document.querySelector(`.nbdeploy-report-tab[data-tag="${tag}"] .nbdeploy-tab-status`);
-      return s && s.textContent.trim() === 'not serving';
-    }, TAG, { timeout: 90000 });
+  step('serve with an API key from the tab; it says how to get a key');
+  await view.locator('[data-action="serve-key"]').click();
+  await view.locator('.nbdeploy-tab-status .nbdeploy-health-ready').waitFor({ state: 'visible', timeout: 180000 });
+  result.keyServing = await status.innerText();
+  result.keyServingUrl = await status.locator('a.nbdeploy-url').getAttribute('href');
+  result.sidebarKeyHint = await panel.locator(`.nbdeploy-server[data-tag="${TAG}"] .nbdeploy-auth-hint`).innerText();
+  await shot(page, 'serving-key');
+  await view.locator('[data-action="stop"]').click();
+  await page.waitForFunction(tag => {
+    const s = document.querySelector(`.nbdeploy-report-tab[data-tag="${tag}"] .nbdeploy-tab-status`);
+    return s && s.textContent.trim() === 'not serving';
+  }, TAG, { timeout: 90000 });
 
-    step('export from the tab');
-    await view.locator('[data-action="export"]').click();
-    const exportDialog = page.locator('.jp-Dialog');
-    await exportDialog.waitFor({ state: 'visible' });
-    await exportDialog.locator('input').fill('exported/report-tab.bento');
-    await exportDialog.locator('.jp-Dialog-button.jp-mod-accept').click();
-    await exportDialog.waitFor({ state: 'detached' });
-    await page.waitForFunction(tag => {
-      const s = document.querySelector(`.nbdeploy-report-tab[data-tag="${tag}"] .nbdeploy-tab-status`);
-      return s && (/^Exported to /.test(s.textContent) || s.classList.contains('nbdeploy-error'));
-    }, TAG, { timeout: 120000 });
-    result.exported = await status.innerText();
-    await shot(page, 'exported');
+  step('export from the tab; a progress bar follows it to its end');
+  await watchProgress(page, 'export');
+  await view.locator('[data-action="export"]').click();
+  const exportDialog = page.locator('.jp-Dialog');
+  await exportDialog.waitFor({ state: 'visible' });
+  await exportDialog.locator('input').fill('exported/report-tab.bento');
+  await exportDialog.locator('.jp-Dialog-button.jp-mod-accept').click();
+  await exportDialog.waitFor({ state: 'detached' });
+  await page.waitForFunction(tag => {
+    const s = document.querySelector(`.nbdeploy-report-tab[data-tag="${tag}"] .nbdeploy-tab-status`);
+    return s && (/^Exported to /.test(s.textContent) || s.classList.contains('nbdeploy-error'));
+  }, TAG, { timeout: 120000 });
+  result.exported = await status.innerText();
+  await view.locator('.nbdeploy-jobs .nbdeploy-progress[data-kind="export"][data-state="done"]')
+    .waitFor({ state: 'visible', timeout: 30000 });
+  result.exportProgress = (await progressSeen(page)).filter(p => p.where === 'tab');
+  await shot(page, 'exported');
 
-    step('delete the other version from its own tab');
-    const second = await openTab(page, panel, SECOND);
-    await second.view.locator('[data-action="delete"]').click();
-    const dialog = page.locator('.jp-Dialog');
-    await dialog.waitFor({ state: 'visible' });
-    await dialog.locator('.jp-Dialog-button.jp-mod-warn').click();
-    await page.locator(`.nbdeploy-report-tab[data-tag="${SECOND}"]`).waitFor({ state: 'detached', timeout: 60000 });
-    await panel.locator(`.nbdeploy-bundle[data-tag="${SECOND}"]`).waitFor({ state: 'detached', timeout: 60000 });
-    await shot(page, 'after-delete');
-    step('done');
-    console.log(JSON.stringify({ ok: true, steps, ...result, console_errors: consoleErrors }));
-  } catch (err) {
-    try { if (page) await shot(page, 'failure'); } catch { /* ignore */ }
-    console.log(JSON.stringify({ ok: false, error: String(err && err.stack || err), steps, ...result, console_errors: consoleErrors }));
-    process.exitCode = 1;
-  } finally {
-    await browser.close();
-  }
-})();
+  step('delete the other version from its own tab');
+  const second = await openTab(page, panel, SECOND);
+  await second.view.locator('[data-action="delete"]').click();
+  const dialog = page.locator('.jp-Dialog');
+  await dialog.waitFor({ state: 'visible' });
+  await dialog.locator('.jp-Dialog-button.jp-mod-warn').click();
+  await page.locator(`.nbdeploy-report-tab[data-tag="${SECOND}"]`).waitFor({ state: 'detached', timeout: 60000 });
+  await panel.locator(`.nbdeploy-bundle[data-tag="${SECOND}"]`).waitFor({ state: 'detached', timeout: 60000 });
+  await shot(page, 'after-delete');
+});

@@ -2,113 +2,80 @@
 // Env: LAB_URL, LAB_TOKEN, NOTEBOOK (path under the lab's root), SHOT_DIR, CHROMIUM.
 // Runs every cell, then checks the step rows, the tabs, Serve/Stop and the explain-row picker,
 // saves the notebook, and screenshots each state.  Prints one JSON line; exits non-zero on failure.
-const { chromium } = require('playwright-core');
-const path = require('path');
+const { run, openLab } = require('./lab');
 
-const LAB_URL = process.env.LAB_URL;
-const TOKEN = process.env.LAB_TOKEN;
 const NOTEBOOK = process.env.NOTEBOOK;
-const SHOT_DIR = process.env.SHOT_DIR || 'test-output';
-const steps = [];
-const consoleErrors = [];
-const step = name => { steps.push({ name, t: Date.now() }); console.error(`[widget] ${name}`); };
 
-(async () => {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--disable-dev-shm-usage']
-  });
-  let page;
-  const result = {};
-  const shot = async (name, locator) => {
-    const file = path.join(SHOT_DIR, `nbdeploy-widget-${name}.png`);
-    if (locator) await locator.screenshot({ path: file }); else await page.screenshot({ path: file });
-  };
-  try {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 1500 }, serviceWorkers: 'block' });
-    page = await context.newPage();
-    page.on('console', m => { if (m.type() === 'error') consoleErrors.push(m.text()); });
-    page.on('pageerror', e => consoleErrors.push(String(e)));
-    page.setDefaultTimeout(60000);
+run({ name: 'widget', viewport: { width: 1280, height: 1500 }, failureShot: 'nbdeploy-widget-failure.png' },
+  async ({ page, step, result, shot: screenshot }) => {
+  const shot = (name, locator) => screenshot(`nbdeploy-widget-${name}.png`, locator);
+  step('open the notebook');
+  await openLab(page, `lab/tree/${NOTEBOOK}`);
+  const nb = page.locator('.jp-NotebookPanel');
+  await nb.waitFor({ state: 'visible', timeout: 120000 });
+  await page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor({ timeout: 120000 }).catch(() => {});
+  const kernelDialog = page.locator('.jp-Dialog .jp-Dialog-button.jp-mod-accept');
+  if (await kernelDialog.isVisible().catch(() => false)) await kernelDialog.click();
+  await page.locator('.jp-Notebook-ExecutionIndicator, .jp-KernelStatus').first().waitFor({ timeout: 60000 }).catch(() => {});
+  await page.waitForFunction(() => /Idle/.test(document.body.innerText), null, { timeout: 120000 }).catch(() => {});
+  await page.waitForTimeout(1000);   // kernel connected
 
-    step('open the notebook');
-    await page.goto(`${LAB_URL}lab/tree/${NOTEBOOK}?token=${TOKEN}`, { waitUntil: 'domcontentloaded' });
-    const nb = page.locator('.jp-NotebookPanel');
-    await nb.waitFor({ state: 'visible', timeout: 120000 });
-    await page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor({ timeout: 120000 }).catch(() => {});
-    const kernelDialog = page.locator('.jp-Dialog .jp-Dialog-button.jp-mod-accept');
-    if (await kernelDialog.isVisible().catch(() => false)) await kernelDialog.click();
-    await page.locator('.jp-Notebook-ExecutionIndicator, .jp-KernelStatus').first().waitFor({ timeout: 60000 }).catch(() => {});
-    await page.waitForFunction(() => /Idle/.test(document.body.innerText), null, { timeout: 120000 }).catch(() => {});
-    await page.waitForTimeout(1000);   // kernel connected
+  step('run all cells');
+  await page.locator('.lm-MenuBar-itemLabel', { hasText: /^Run$/ }).click();
+  await page.locator('.lm-Menu-itemLabel', { hasText: /^Run All Cells$/ }).click();
 
-    step('run all cells');
-    await page.locator('.lm-MenuBar-itemLabel', { hasText: /^Run$/ }).click();
-    await page.locator('.lm-Menu-itemLabel', { hasText: /^Run All Cells$/ }).click();
+  step('the widget appears with live step rows');
+  const widget = page.locator('.jp-OutputArea-output .widget-vbox').filter({ hasText: 'nbdeploy' }).first();
+  await widget.waitFor({ state: 'visible', timeout: 120000 });
+  await page.locator('.jp-OutputArea-output span[title="running"]').first().waitFor({ state: 'visible', timeout: 120000 })
+    .then(async () => { result.sawRunning = true; await shot('running'); }).catch(() => { result.sawRunning = false; });
 
-    step('the widget appears with live step rows');
-    const widget = page.locator('.jp-OutputArea-output .widget-vbox').filter({ hasText: 'nbdeploy' }).first();
-    await widget.waitFor({ state: 'visible', timeout: 120000 });
-    await page.locator('.jp-OutputArea-output span[title="running"]').first().waitFor({ state: 'visible', timeout: 120000 })
-      .then(async () => { result.sawRunning = true; await shot('running'); }).catch(() => { result.sawRunning = false; });
+  step('the run ends: built, tabs shown');
+  await widget.locator('text=✔ built').waitFor({ state: 'visible', timeout: 300000 });
+  const tabBar = widget.locator('.lm-TabBar-tab');
+  await tabBar.first().waitFor({ state: 'visible' });
+  result.tabs = await tabBar.allInnerTexts();
+  result.rowStates = await widget.locator('span[title]').evaluateAll(
+    spans => spans.map(s => s.getAttribute('title')).filter(t => ['done', 'running', 'pending', 'failed', 'skipped', 'not requested'].includes(t)));
+  await widget.scrollIntoViewIfNeeded();
+  await shot('summary', widget);
 
-    step('the run ends: built, tabs shown');
-    await widget.locator('text=✔ built').waitFor({ state: 'visible', timeout: 300000 });
-    const tabBar = widget.locator('.lm-TabBar-tab');
-    await tabBar.first().waitFor({ state: 'visible' });
-    result.tabs = await tabBar.allInnerTexts();
-    result.rowStates = await widget.locator('span[title]').evaluateAll(
-      spans => spans.map(s => s.getAttribute('title')).filter(t => ['done', 'running', 'pending', 'failed', 'skipped', 'not requested'].includes(t)));
-    await widget.scrollIntoViewIfNeeded();
-    await shot('summary', widget);
-
-    for (const [i, name] of [[1, 'benchmark'], [2, 'quantization'], [3, 'explanations'], [4, 'bundle']]) {
-      step(`open the ${name} tab`);
-      await tabBar.nth(i).click();
-      await page.waitForTimeout(400);
-      const panel = widget.locator('.widget-tab-contents > .lm-Widget:not(.lm-mod-hidden)').first();
-      result[`${name}Text`] = (await panel.innerText()).slice(0, 4000);
-      result[`${name}Width`] = await panel.evaluate(p => ({ scroll: p.scrollWidth, client: p.clientWidth }));
-      await shot(name, widget);
-    }
-
-    step('explain a row with the picker at the top of Explanations');
-    await tabBar.nth(3).click();
-    const explainTab = widget.locator('.widget-tab-contents > .lm-Widget:not(.lm-mod-hidden)').first();
-    const rowInput = explainTab.locator('.widget-inline-hbox').filter({ hasText: 'row' }).locator('input').first();
-    await rowInput.fill('3');
-    await rowInput.press('Enter');
-    await explainTab.locator('button', { hasText: 'Explain row' }).click();
-    await explainTab.locator('text=SHAP, row 3').first().waitFor({ state: 'visible', timeout: 120000 });
-    result.explainRow = (await explainTab.innerText()).slice(0, 600);
-    await shot('explain-row', widget);
-
-    step('Serve from the Bundle tab');
-    await tabBar.nth(4).click();
-    const bundleTab = widget.locator('.widget-tab-contents > .lm-Widget:not(.lm-mod-hidden)').first();
-    await bundleTab.locator('button', { hasText: /^Serve$/ }).click();
-    await bundleTab.locator('text=serving at').first().waitFor({ state: 'visible', timeout: 180000 });
-    result.serving = await bundleTab.locator('a[href^="http://127.0.0.1:"]').first().getAttribute('href');
-    await shot('serving', widget);
-
-    step('Stop');
-    await bundleTab.locator('button', { hasText: /^Stop$/ }).click();
-    await bundleTab.locator('text=not serving').first().waitFor({ state: 'visible', timeout: 90000 });
-    await shot('stopped', widget);
-
-    step('save the notebook');
-    await nb.click({ position: { x: 5, y: 5 } }).catch(() => {});
-    await page.keyboard.press('Control+s');
-    await page.waitForTimeout(2500);
-    step('done');
-    console.log(JSON.stringify({ ok: true, steps, ...result, console_errors: consoleErrors }));
-  } catch (err) {
-    try { if (page) await page.screenshot({ path: path.join(SHOT_DIR, 'nbdeploy-widget-failure.png') }); } catch { /* ignore */ }
-    console.log(JSON.stringify({ ok: false, error: String(err && err.stack || err), steps, ...result, console_errors: consoleErrors }));
-    process.exitCode = 1;
-  } finally {
-    await browser.close();
+  for (const [i, name] of [[1, 'benchmark'], [2, 'quantization'], [3, 'explanations'], [4, 'bundle']]) {
+    step(`open the ${name} tab`);
+    await tabBar.nth(i).click();
+    await page.waitForTimeout(400);
+    const panel = widget.locator('.widget-tab-contents > .lm-Widget:not(.lm-mod-hidden)').first();
+    result[`${name}Text`] = (await panel.innerText()).slice(0, 4000);
+    result[`${name}Width`] = await panel.evaluate(p => ({ scroll: p.scrollWidth, client: p.clientWidth }));
+    await shot(name, widget);
   }
-})();
+
+  step('explain a row with the picker at the top of Explanations');
+  await tabBar.nth(3).click();
+  const explainTab = widget.locator('.widget-tab-contents > .lm-Widget:not(.lm-mod-hidden)').first();
+  const rowInput = explainTab.locator('.widget-inline-hbox').filter({ hasText: 'row' }).locator('input').first();
+  await rowInput.fill('3');
+  await rowInput.press('Enter');
+  await explainTab.locator('button', { hasText: 'Explain row' }).click();
+  await explainTab.locator('text=SHAP, row 3').first().waitFor({ state: 'visible', timeout: 120000 });
+  result.explainRow = (await explainTab.innerText()).slice(0, 600);
+  await shot('explain-row', widget);
+
+  step('Serve from the Bundle tab');
+  await tabBar.nth(4).click();
+  const bundleTab = widget.locator('.widget-tab-contents > .lm-Widget:not(.lm-mod-hidden)').first();
+  await bundleTab.locator('button', { hasText: /^Serve$/ }).click();
+  await bundleTab.locator('text=serving at').first().waitFor({ state: 'visible', timeout: 180000 });
+  result.serving = await bundleTab.locator('a[href^="http://127.0.0.1:"]').first().getAttribute('href');
+  await shot('serving', widget);
+
+  step('Stop');
+  await bundleTab.locator('button', { hasText: /^Stop$/ }).click();
+  await bundleTab.locator('text=not serving').first().waitFor({ state: 'visible', timeout: 90000 });
+  await shot('stopped', widget);
+
+  step('save the notebook');
+  await nb.click({ position: { x: 5, y: 5 } }).catch(() => {});
+  await page.keyboard.press('Control+s');
+  await page.waitForTimeout(2500);
+});
