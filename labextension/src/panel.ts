@@ -22,6 +22,7 @@ export class NbdeployPanel extends Widget {
   private logTimer: number | undefined;
   private busy = new Set<string>();
   private shownBundles = '';
+  private shownServers = '';
   private openTab: ((tag: string) => void) | null;
   private jobs = new JobsView();
   private jobTimer: number | undefined;
@@ -130,6 +131,7 @@ export class NbdeployPanel extends Widget {
       this.available = false;
       this.serversBox.replaceChildren();
       this.bundlesBox.replaceChildren();
+      this.shownServers = '';
       this.detailBox.replaceChildren();
       window.clearInterval(this.logTimer);
       this.fail('nbdeploy unavailable', err);
@@ -174,6 +176,10 @@ export class NbdeployPanel extends Widget {
 
   private renderServers(servers: IServer[], rollouts: Map<string, IRollout> = new Map(),
     snippets: Map<string, ISnippets | null> = new Map()): void {
+    // keep the DOM (an open snippet, focus, a "Copied" note) while nothing changed
+    const key = JSON.stringify([servers, [...rollouts], [...snippets]]);
+    if (key === this.shownServers) return;
+    this.shownServers = key;
     if (!servers.length) {
       this.serversBox.replaceChildren(el('div', { class: 'nbdeploy-empty' }, 'No server running.'));
       return;

@@ -323,6 +323,12 @@ export class JobsView {
     if (known && (known.job.status === 'done' || known.job.status === 'failed') && j.status !== known.job.status) {
       return;
     }
+    // two polls in flight may answer out of order: keep the newer report
+    const was = known?.job.progress?.updated ?? null;
+    const now = j.progress?.updated ?? null;
+    if (known && j.status === known.job.status && was !== null && now !== null && now < was) {
+      return;
+    }
     this.jobs.set(j.id, { job: j, seen: known?.seen ?? Date.now() });
     if ((j.status === 'done' || j.status === 'failed') && !(known && known.job.status === j.status)) {
       this.jobs.get(j.id)!.seen = Date.now();

@@ -20,6 +20,7 @@ export class ReportView extends Widget {
   private status: HTMLElement;
   private frame: HTMLIFrameElement;
   private timer: number | undefined;
+  private jobTimer: number | undefined;
   private busy = false;
   private servers: IServer[] = [];
   private serveBtn: HTMLButtonElement;
@@ -59,17 +60,33 @@ export class ReportView extends Widget {
   protected onAfterAttach(): void {
     void this.load();
     void this.poll();
-    // live status: the bundle's servers every 3 s while the tab is open
+    // live status: the bundle's servers every 3 s while the tab is open; a job started
+    // elsewhere (the sidebar) every second while it runs
     this.timer = window.setInterval(() => void this.poll(), 3000);
+    this.jobTimer = window.setInterval(() => {
+      if (this.jobs.active()) void this.pollJobs();
+    }, 1000);
   }
 
   protected onBeforeDetach(): void {
     window.clearInterval(this.timer);
+    window.clearInterval(this.jobTimer);
   }
 
   dispose(): void {
     window.clearInterval(this.timer);
+    window.clearInterval(this.jobTimer);
     super.dispose();
+  }
+
+  private async pollJobs(): Promise<void> {
+    try {
+      const { jobs } = await api<{ jobs: IJob[] }>(['jobs']);
+      const mine = new Set(this.servers.filter(s => s.tag === this.tag).map(s => s.id));
+      this.jobs.merge(jobs, j => j.target === this.tag || mine.has(j.target));
+    } catch {
+      /* transient; the next tick retries */
+    }
   }
 
   private say(text: string, kind: 'info' | 'error' | 'ok' = 'info', hint?: string): void {
@@ -162,7 +179,7 @@ export class ReportView extends Widget {
     const url = ready ? ready.url : '';
     if (url === this.snippetsFor) return;
     const open = !!this.snippetsEl.querySelector('details[open]');
-    const snips = snippetsBox(await api<ISnippets>(['bundles', this.tag, 'snippets']), open || !!url);
+    const snips = snippetsBox(await api<ISnippets>(['bundles', this.tag, 'snippets']), open);
     this.snippetsFor = url;
     this.snippetsEl.replaceChildren(...(snips ? [snips] : []));
   }

@@ -87,7 +87,7 @@ class JobManager:
 
     def _run(self, job: Job, fn: Callable[..., Any], progress: bool = False) -> None:
         job.status, job.started = "running", time.time()
-        job.report(0.0 if progress else None, f"{job.kind} started")
+        job.report(None, f"{job.kind} started")
         try:
             result = fn(job.report) if progress else fn()
             job.result = result.to_dict() if hasattr(result, "to_dict") else result
