@@ -16,6 +16,7 @@ import numpy as np
 
 from .adapters import Adapter, detect
 from .errors import ConversionError, InvalidInputError, NbdeployError, UnsupportedModelError, brief
+from .runtime.spec import ModelSpec
 from .schema import (
     ColumnSpec,
     InputSchema,
@@ -34,7 +35,7 @@ class ConvertResult:
 
     adapter: Adapter
     onnx_model: Any                  # onnx.ModelProto
-    spec: dict                       # how the runtime feeds and reads the graph
+    spec: ModelSpec                  # how the runtime feeds and reads the graph (runtime/spec.py)
     schema: InputSchema
     X: np.ndarray                    # the sample: a float32 matrix, or an object table (table models)
     converter: str
@@ -193,7 +194,7 @@ def _convert_text(adapter: Adapter, sample: Any, *, opset: int | None = None) ->
         raise InvalidInputError(f"The model could not run on the sample: {exc}",
                                 hint="Pass the tokenizer the model was trained with.") from exc
     converted = adapter.to_onnx(X, opset=opset)
-    spec = dict(converted.spec)
+    spec: ModelSpec = dict(converted.spec)
     spec.update(n_features=1, dtype="object", feature_names=["text"], columns=[])
     schema = InputSchema(n_features=1, feature_names=["text"], input_mode="text",
                          input_names=list(spec["input_names"]), columns=[])
@@ -270,7 +271,7 @@ def convert(model: Any, sample: Any, *, task: str | None = None,
             hint="The converter does not support this model or one of its settings; see the "
                  "README's list of supported models, or export to ONNX yourself and pass the "
                  ".onnx path.") from exc
-    spec = dict(converted.spec)
+    spec: ModelSpec = dict(converted.spec)
     spec.update(n_features=int(X.shape[1]), dtype="float32", feature_names=names)
     if not table and nd_shape is not None:
         from .images import flat_input, guess_layout

@@ -1,32 +1,12 @@
 """Run an ONNX model and normalise its outputs (used in the notebook and in the bundle).
 
-A *spec* (plain JSON, stored in the bundle as ``model/spec.json``) says how to
-feed the graph and read its outputs::
-
-    {"task": "classifier" | "regressor",
-     "input_mode": "tensor" | "columns",     # one 2-D input, or one [N,1] input per feature
-     "input_names": ["input"],
-     "n_features": 30, "dtype": "float32", "feature_names": [...],
-     "classes": [0, 1] | null,                # class labels for classifiers
-     "outputs": {"label": "label", "probabilities": "probabilities"} | {"value": "variable"},
-     "postprocess": "none" | "softmax" | "sigmoid"}
-
-Table mode (issue 16; the contract the tabular, explain/drift and booster work share):
-models fit on pandas DataFrames with string/categorical/text columns or missing values use
-``"input_mode": "table"`` and ``"columns"``: a list, in the model's column order, of
-``{"name", "kind": "numeric"|"categorical"|"text"|"boolean", "dtype" (the sample's pandas
-dtype), "nullable": bool, "categories": [str, ...] | None, "onnx_input": graph input name,
-"onnx_type": "float"|"double"|"int64"|"string"|"bool"}``; ``feature_names`` are the column
-names and ``n_features`` their number.  A batch for such a model, in the notebook and in the
-bundle, is a 2-D numpy *object* array [N, n_columns] in that order: numeric/boolean cells are
-floats (NaN = missing), categorical/text cells are ``str`` or ``None`` (missing).  Row slicing,
-``len`` and ``.shape`` work as for float matrices.  :meth:`OnnxModel.feeds` builds one [N, 1]
-feed per column with its ``onnx_type``.  Column helpers shared by validation, explain and drift
-(records -> table, table <-> float encoding: categorical -> index into ``categories``, unseen ->
-len(categories), missing -> NaN) live in ``runtime/columns.py``; the core-side schema
-(``ColumnSpec``, ``infer_columns(df)``) in ``nbdeploy/schema.py``.  Missing values are accepted
-wherever the native model accepts them (decided by running the native model, recorded per
-column as ``nullable``).
+A *spec* (plain JSON, stored in the bundle as ``model/spec.json``) says how to feed the graph
+and read its outputs: the task, the input mode (tensor, columns, table, text), input names,
+classes, output names, post-processing, and for N-D, image and text models their shape,
+preprocessing and tokenizer.  Its keys, what each means and which input modes use it are
+defined once, in ``runtime/spec.py`` (:class:`~nbdeploy.runtime.spec.ModelSpec`).
+:func:`make_feeds` is the one rule that turns a batch into the graph's inputs;
+:class:`OnnxModel` runs the graph and returns ``{"label", "probabilities"}`` or ``{"value"}``.
 """
 
 from __future__ import annotations
@@ -35,6 +15,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from .spec import ModelSpec
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -60,7 +42,7 @@ def make_session(model: Any, *, providers: list[str] | None = None, threads: int
     return ort.InferenceSession(model, sess_options=opts, providers=providers)
 
 
-def make_feeds(X: np.ndarray, spec: dict, *, dtype=np.float32, input_names: list[str] | None = None,
+def make_feeds(X: np.ndarray, spec: ModelSpec, *, dtype=np.float32, input_names: list[str] | None = None,
                text=None) -> dict:
     """How a batch is fed to the graph, for every ``input_mode`` (one rule for the notebook, the
     quantizer's calibration and the bundle).
@@ -91,7 +73,7 @@ def make_feeds(X: np.ndarray, spec: dict, *, dtype=np.float32, input_names: list
 class OnnxModel:
     """An onnxruntime session plus the spec that says what its outputs mean."""
 
-    def __init__(self, model: Any, spec: dict, *, providers: list[str] | None = None,
+    def __init__(self, model: Any, spec: ModelSpec, *, providers: list[str] | None = None,
                  threads: int | None = None, session=None):
         self.spec = spec
         self.session = session if session is not None else make_session(
