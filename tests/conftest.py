@@ -120,6 +120,20 @@ def regression_data():
     return X.astype(np.float32), y
 
 
+def read_until_close(sock) -> bytes:
+    """Everything a server sends on a raw socket until it closes (a reset ends it too)."""
+    data = b""
+    while True:
+        try:
+            part = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not part:
+            break
+        data += part
+    return data
+
+
 def customers(n: int, seed: int):
     """A small customer table as users have them: numbers and a string column, ~10 % missing."""
     import pandas as pd

@@ -10,6 +10,7 @@ import socket
 
 import pytest
 import schemathesis  # a test dependency (pyproject [test]): missing is an error, never a skip
+from conftest import read_until_close
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
@@ -115,15 +116,7 @@ def _raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict
                 s.sendall(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server may answer 413 and close before reading everything
-        data = b""
-        while True:
-            try:
-                part = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not part:
-                break
-            data += part
+        data = read_until_close(s)
     head, _, payload = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     if b"transfer-encoding: chunked" in head.lower():

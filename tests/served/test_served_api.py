@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from conftest import http
+from conftest import http, read_until_close
 
 pytestmark = pytest.mark.slow
 
@@ -93,15 +92,7 @@ def _declared_too_big(url: str, headers: dict) -> tuple[int, bytes]:
     with socket.create_connection((u.hostname, u.port), timeout=30) as s:
         s.sendall(f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nConnection: close\r\n{head}\r\n".encode()
                   + b'{"inputs": [' + b"[1.0]," * 1000)
-        data = b""
-        while True:
-            try:
-                part = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not part:
-                break
-            data += part
+        data = read_until_close(s)
     return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
 
 
