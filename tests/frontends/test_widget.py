@@ -7,9 +7,26 @@ import urllib.error
 
 import numpy as np
 import pytest
-
 from conftest import http
 
+
+def copied(snippets_html: str) -> list[str]:
+    """What each copy button of the snippets copies: its data-text, as the browser decodes it."""
+    from html.parser import HTMLParser
+
+    class Buttons(HTMLParser):
+        texts: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "button" and "nbd-copy" in (a.get("class") or ""):
+                assert "navigator.clipboard.writeText(t)" in a["onclick"]   # copies data-text
+                self.texts.append(a["data-text"])
+
+    parser = Buttons()
+    parser.texts = []
+    parser.feed(snippets_html)
+    return parser.texts
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +88,10 @@ def test_tabs_are_populated(built):
     assert "curl -X POST" in w.curl_snippet and "/predict" in w.curl_snippet
     assert "requests.post(" in w.python_snippet
     assert "5.1" in w.curl_snippet                       # a real row of the sample
+    # a copy button beside each snippet copies exactly that snippet, newlines and quotes kept
+    assert copied(w.snippets_html.value) == [w.curl_snippet, w.python_snippet]
+    assert "\n" in w.curl_snippet and "'" in w.curl_snippet and '"' in w.python_snippet
+    assert w.link_html.value == ""                       # not serving: no address to click
     assert not w.serve_button.disabled and w.stop_button.disabled
 
 
@@ -84,6 +105,19 @@ def test_serve_and_stop_buttons_drive_a_real_server(built, iris):
         assert w.step_rows["serve"].state == "done" and url in w.step_rows["serve"].summary
         assert w.serve_button.disabled and not w.stop_button.disabled
         assert url in w.server_html.value and url in w.curl_snippet and url in w.python_snippet
+        # the address, its API docs and OpenAPI document are links under the status line (issue 23)
+        links = {text: href for href, text in
+                 re.findall(r"<a href='([^']+)'[^>]*>([^<]+)</a>", w.link_html.value)}
+        assert links == {url: url, "API docs": url + "/", "OpenAPI": url + "/nbdeploy/openapi.json"}
+        assert links == {text: href for href, text in
+                         re.findall(r"<a href='([^']+)'[^>]*>([^<]+)</a>", w.server_html.value)}
+        import urllib.request
+
+        with urllib.request.urlopen(links["API docs"], timeout=10) as r:   # Swagger UI
+            assert r.status == 200 and "text/html" in r.headers["content-type"]
+        status, spec = http("GET", links["OpenAPI"])
+        assert status == 200 and "/predict" in spec["paths"]
+        assert copied(w.snippets_html.value) == [w.curl_snippet, w.python_snippet]
         status, answer = http("POST", url + "/predict", {"inputs": X[:5].tolist()})
         assert status == 200
         assert answer["predictions"] == model.predict(X[:5]).tolist()
@@ -96,7 +130,7 @@ def test_serve_and_stop_buttons_drive_a_real_server(built, iris):
         urllib.request.urlopen(url + "/livez", timeout=2)
     assert not w.serve_button.disabled and w.stop_button.disabled
     assert "stopped" in w.action_html.value
-    assert "not serving" in w.server_html.value
+    assert "not serving" in w.server_html.value and w.link_html.value == ""
     assert "built" in w.status.value                     # not stuck at "serve…"
 
 
@@ -288,11 +322,12 @@ def test_export_button_writes_a_real_archive(built, tmp_path):
 def test_bundle_tab_shows_a_canary_and_its_promote_and_rollback_buttons_work(iris):
     """A stable server with a canary in progress: the Bundle tab shows the version serving, the
     canary's share and comparison; Promote and Rollback drive the real server."""
+    from sklearn.linear_model import LogisticRegression
+
     import nbdeploy
     from nbdeploy import serve
     from nbdeploy.pipeline import Deployment
     from nbdeploy.widget import DeployWidget
-    from sklearn.linear_model import LogisticRegression
 
     model, X, y = iris
     d = Deployment(model, X[:50], labels=y[:50], name="widget-canary", quantize="none", explain="none",

@@ -82,7 +82,7 @@ def converted_lr(mixed_lr):
     return _convert(mixed_lr[2], mixed_lr[0])
 
 
-def native_tree_shap_per_column(pipe, frame: "pd.DataFrame") -> np.ndarray:
+def native_tree_shap_per_column(pipe, frame: pd.DataFrame) -> np.ndarray:
     """The oracle for tree pipelines: shap.TreeExplainer on the native trees over sklearn's own
     preprocessing, one-hot columns summed by their sklearn names ("cat__city_Oslo" -> city)."""
     import shap
@@ -103,7 +103,7 @@ def native_p1(pipe, rows) -> np.ndarray:
     return pipe.predict_proba(rows)[:, 1]
 
 
-def exact_shapley(f, x: "pd.Series", background: "pd.DataFrame") -> np.ndarray:
+def exact_shapley(f, x: pd.Series, background: pd.DataFrame) -> np.ndarray:
     """Shapley values of v(S) = mean_b f(x_S, b_~S), by enumerating every coalition."""
     cols = list(background.columns)
     M = len(cols)
@@ -139,6 +139,25 @@ def test_tree_pipeline_gets_exact_treeshap_summed_per_column(mixed, converted):
     recon = rep.base_values[1] + rep.shap_values[:, :, 1].sum(axis=1)
     np.testing.assert_allclose(recon, native_p1(pipe, df), atol=1e-6)
     assert any("summed into its original column" in n for n in rep.notes)
+
+
+@pytest.mark.parametrize("nesting", ["final step", "whole pipeline"])
+def test_nested_pipelines_get_the_same_treeshap_per_column(mixed, nesting):
+    """The trees are found through nested pipelines (adapters.base.final_estimator, issue 24):
+    a pipeline whose last step is a pipeline, or a pipeline inside a one-step pipeline, gets
+    the same exact TreeSHAP per column as the flat one."""
+    from sklearn.pipeline import Pipeline
+
+    from nbdeploy.explain import explain
+
+    df, _, pipe = mixed
+    nested = (Pipeline([("pre", pipe[0]), ("inner", Pipeline([("clf", pipe[-1])]))])
+              if nesting == "final step" else Pipeline([("outer", pipe)]))
+    rep = explain(_convert(nested, df), methods="shap")
+    assert rep.explainer == "tree" and rep.output_space == "probability", rep.notes
+    np.testing.assert_allclose(rep.shap_values[:, :, 1], native_tree_shap_per_column(pipe, df), atol=1e-6)
+    recon = rep.base_values[1] + rep.shap_values[:, :, 1].sum(axis=1)
+    np.testing.assert_allclose(recon, native_p1(pipe, df), atol=1e-6)
 
 
 def test_shap_per_original_column_is_additive_against_the_native_model(mixed_lr, converted_lr):
@@ -520,7 +539,7 @@ def served_lr(mixed_lr):
     server.stop()
 
 
-def records(frame: "pd.DataFrame") -> list[dict]:
+def records(frame: pd.DataFrame) -> list[dict]:
     out = []
     for rec in frame.to_dict(orient="records"):
         out.append({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in rec.items()})

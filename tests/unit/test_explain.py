@@ -334,3 +334,50 @@ def test_requirements_name_what_the_bundle_imports(cls_data):
     lin = explain(convert(LogisticRegression().fit(X, y), X), methods=("shap", "lime"), max_rows=2,
                   max_background=10)
     assert [r.split("==")[0] for r in lin.requirements()] == ["lime", "scikit-learn", "scipy"]
+
+
+def test_plan_chooses_the_path_before_computing_anything(cls_data):
+    """explain()'s planning step: route, SHAP path, rows and notes, from the model and options."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from nbdeploy.explain import DEFAULT_ROWS, plan_explanation
+
+    X, y = cls_data
+    rf = convert(RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y), X)
+    p = plan_explanation(rf)
+    assert (p.route, p.mode, p.methods, p.try_tree, p.notes) == ("tabular", "auto", ["shap", "lime"], True, [])
+    assert p.rows("tree") == DEFAULT_ROWS["tree"] and p.rows("agnostic") == DEFAULT_ROWS["agnostic"]
+    assert plan_explanation(rf, max_rows=7).rows("tree") == 7
+    p = plan_explanation(rf, methods="permutation")
+    assert p.mode == "agnostic" and not p.try_tree and "TreeSHAP ('tree') would be exact" in p.notes[0]
+    assert explain(rf, methods="permutation", max_rows=3, max_background=10).explainer != "tree"
+
+    lr = convert(LogisticRegression(max_iter=300).fit(X, y), X)
+    p = plan_explanation(lr, methods=("tree", "lime"))
+    assert p.mode == "tree" and not p.try_tree and "LinearExplainer" in p.notes[0]
+    piped = convert(make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=3)).fit(X, y), X)
+    p = plan_explanation(piped)
+    assert not p.try_tree and "TreeSHAP not used" in p.notes[0] and "pipeline ends in a tree" in p.notes[0]
+    with pytest.raises(InvalidInputError, match="max_background"):
+        plan_explanation(rf, max_background=0)
+
+
+def test_methods_are_the_vocabulary_words(cls_data):
+    """Every word vocab lists is accepted with its SHAP flavour; the error names exactly them."""
+    from sklearn.linear_model import LogisticRegression
+
+    from nbdeploy import vocab
+    from nbdeploy.explain import plan_explanation
+
+    X, y = cls_data
+    c = convert(LogisticRegression(max_iter=300).fit(X, y), X)
+    for word in (*vocab.SHAP_MODES, *vocab.EXPLAIN_METHODS):
+        p = plan_explanation(c, methods=word.upper())
+        assert p.mode == vocab.SHAP_MODES.get(word, "auto"), word
+        assert p.methods == (["shap", "lime"] if word == "lime" else ["shap"]), word
+    with pytest.raises(InvalidInputError) as err:
+        plan_explanation(c, methods="shap, anchors")
+    assert err.value.expected == sorted(set(vocab.SHAP_MODES) | set(vocab.EXPLAIN_METHODS))
