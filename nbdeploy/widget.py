@@ -76,10 +76,16 @@ def copy_button(text: str, title: str = "Copy to the clipboard") -> str:
 
 
 def server_links(url: str) -> str:
-    """The server's address and its API docs (``/docs``) as links that open in a new tab."""
-    u = _esc(url, quote=True)
-    return (f"<a href='{u}' target='_blank' rel='noopener'>{_esc(url)}</a> · "
-            f"<a href='{u}/docs' target='_blank' rel='noopener'>API docs</a>")
+    """The server's address, its API docs and its OpenAPI document as links (new tab).
+
+    Under ``bentoml serve`` (BentoML 1.4) the API docs (Swagger UI) are the server's root page;
+    ``/docs`` answers 404.  nbdeploy's own document of its routes (``POST /predict``,
+    ``/explain``...) is ``/nbdeploy/openapi.json``."""
+    base = url.rstrip("/")
+    u = _esc(base, quote=True)
+    return (f"<a href='{u}' target='_blank' rel='noopener'>{_esc(base)}</a> · "
+            f"<a href='{u}/' target='_blank' rel='noopener'>API docs</a> · "
+            f"<a href='{u}/nbdeploy/openapi.json' target='_blank' rel='noopener'>OpenAPI</a>")
 
 
 def _image(png: bytes) -> W.Image:
