@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import re
+import subprocess
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 from IPython.utils.capture import capture_output
-
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +151,42 @@ def assert_one_line_error(result, out, err, *must_contain):
 def test_mistakes_are_one_line_with_a_hint(ip, line, must_contain):
     result, out, err = run(ip, line)
     assert_one_line_error(result, out, err, *must_contain)
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def test_list_table_fits_a_narrow_pane(ip, tmp_path):
+    """Issue 23: `%deploy list` was fixed-width text that wrapped in a narrow pane.  Laid out by
+    a real Chromium in a 280 px wide output area, its HTML tables stay within the pane."""
+    from conftest import IN_CI
+
+    if not Path(CHROMIUM).exists():
+        if IN_CI:
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing")
+    d, _, err = run(ip, "model --sample X[:30] --name narrow-pane-iris --quantize none --explain none "
+                        "--budget 1")
+    assert d is not None, err
+    _, text, _, shown = run_shown(ip, "list")
+    assert d.tag in text and "<table" in shown
+    assert max(len(ln) for ln in text.splitlines()) > 60     # as text it would wrap at 280 px
+    page = tmp_path / "list.html"
+    page.write_text(
+        "<html><body style='margin:0;font-family:sans-serif'><div id=pane style='width:280px'>"
+        f"{shown}</div><script>const p = document.getElementById('pane');"
+        "const w = [...p.querySelectorAll('table')].map(t => t.getBoundingClientRect().right);"
+        "document.body.setAttribute('data-layout', JSON.stringify({tables: w, scroll: p.scrollWidth}));"
+        "</script></body></html>", encoding="utf-8")
+    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        "--window-size=800,600", "--dump-dom", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-layout="([^"]*)"', r.stdout)
+    assert m, r.stderr[-2000:]
+    layout = json.loads(html.unescape(m.group(1)))
+    assert layout["tables"] and max(layout["tables"]) <= 280, layout
+    assert layout["scroll"] <= 280, layout
 
 
 def test_a_busy_port_fails_before_building(ip):

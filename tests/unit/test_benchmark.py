@@ -129,6 +129,7 @@ def test_serving_hints_batching_rule():
     pays = serving_hints(_report({1: 100.0, 16: 10.0, 64: 3.0, 256: 2.6, 1024: 2.5}), "fp32")
     b = pays["batching"]
     assert b["enabled"] and b["max_batch_size"] == 64 and b["max_latency_ms"] >= 10
+    assert pays["row_p50_ms"] == pytest.approx(0.1)      # one row alone: read by serving_policy
     flat = serving_hints(_report({1: 10.0, 16: 9.0, 64: 8.5}), "fp32")
     assert not flat["batching"]["enabled"] and flat["batching"]["max_batch_size"] == 1
     assert "barely" in flat["batching"]["reason"]

@@ -38,3 +38,60 @@ def test_numbers_keep_a_few_digits_and_no_exponent_in_the_usual_range():
     assert F.number(3.14159) == "3.14" and F.number(1412474.2) == "1 412 474"
     assert F.number(0) == "0" and F.number(7) == "7" and F.number(True) == "yes"
     assert "e" in F.number(1.2e-4)          # tiny differences keep their exponent
+
+
+# --- listing: the one table behind `nbdeploy list` and `%deploy list/status` ----------------------
+
+def _bundles(n: int = 2):
+    from nbdeploy.store import BundleSummary
+
+    return [BundleSummary(name="churn", version=f"2026120{i}-101500-abcdef", tag=f"churn:2026120{i}-101500-abcdef",
+                          created=f"2026-12-0{i}T10:15:00.123456+00:00", path=f"/store/churn/{i}",
+                          size_bytes=866_000 * i, variant="int8-dynamic" if i % 2 else None,
+                          framework="sklearn", task="classifier") for i in range(1, n + 1)]
+
+
+def _servers():
+    from nbdeploy.serve import ServerHandle
+
+    return [ServerHandle(id="churn-3000-ab12", tag="churn:20261201-101500-abcdef", host="127.0.0.1",
+                         port=3000, pid=4242, log_path="/tmp/log", started=0.0)]
+
+
+def test_listing_rows_use_the_shared_number_format():
+    from nbdeploy.listing import bundle_table, server_table
+
+    t = bundle_table(_bundles())
+    assert t.columns == ("BUNDLE", "FRAMEWORK", "TASK", "VARIANT", "SIZE", "CREATED")
+    assert t.rows[0] == ("churn:20261201-101500-abcdef", "sklearn", "classifier", "int8-dynamic",
+                         F.size(866_000), "2026-12-01 10:15:00")
+    assert t.rows[1][3] == "-"                      # no variant recorded
+    s = server_table(_servers(), health=False)
+    assert s.rows == [("churn-3000-ab12", "churn:20261201-101500-abcdef", "http://127.0.0.1:3000", "4242")]
+
+
+def test_listing_text_is_aligned_and_says_when_empty():
+    from nbdeploy.listing import Table, bundle_table, render_text
+
+    t = bundle_table(_bundles())
+    lines = t.text().splitlines()
+    assert lines[0].split() == ["BUNDLE", "FRAMEWORK", "TASK", "VARIANT", "SIZE", "CREATED"]
+    # SIZE is right-aligned: every line ends its size where the header ends "SIZE"
+    sizes = ["SIZE"] + [r[4] for r in t.rows]
+    assert len({ln.index(f" {v}  ") + len(v) + 1 for ln, v in zip(lines, sizes)}) == 1
+    assert {r[4] for r in t.rows} == {"846 KiB", "1.65 MiB"}
+    assert Table("Servers", ("SERVER",), empty="No servers running.").text() == "No servers running."
+    out = render_text([bundle_table([], empty="nothing yet"), Table("x", ("A",), [("1",)], note="… more")])
+    assert out == "nothing yet\n\nA\n1\n… more"
+
+
+def test_listing_html_escapes_links_urls_and_lets_tags_break():
+    from nbdeploy.listing import Table, mimebundle, server_table
+
+    bundle = mimebundle([server_table(_servers(), health=False),
+                         Table("Odd <names>", ("BUNDLE",), [("<b>x</b>:1",)])])
+    html, text = bundle["text/html"], bundle["text/plain"]
+    assert "<table" in html and "<a href='http://127.0.0.1:3000'" in html
+    assert "churn:<wbr>20261201-101500-abcdef" in html      # breaks after "name:" when narrow
+    assert "<b>x" not in html and "&lt;b&gt;x&lt;/b&gt;:<wbr>1" in html and "Odd &lt;names&gt;" in html
+    assert "http://127.0.0.1:3000" in text and text.endswith("<b>x</b>:1")   # plain text, as is
