@@ -496,6 +496,14 @@ def prometheus() -> str:
 
 
 TLS_CERT_ENV, TLS_KEY_ENV = "NBDEPLOY_TLS_CERT", "NBDEPLOY_TLS_KEY"
+# TLS 1.2 suites of Mozilla's "intermediate" profile (forward secrecy, AEAD only; TLS 1.3 suites
+# are not affected by this string).  BentoML's and uvicorn's default, "TLSv1", offers only
+# CBC-SHA1 suites for TLS 1.2, which current clients (Python's default context: !SHA1) reject,
+# leaving them TLS 1.3 or nothing; without a TLS 1.0/1.1 suite here, those versions cannot be
+# negotiated whatever the image's OpenSSL configuration says.
+TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+               "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+               "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384")
 
 
 class TLSConfigError(RuntimeError):
@@ -542,12 +550,12 @@ def tls_paths(env=None) -> tuple[str, str] | None:
 def tls_service_config(env=None) -> dict:
     """``{"ssl": {...}}`` for ``@bentoml.service(**...)`` when :func:`tls_paths` names files,
     else ``{}``: stock ``bentoml serve`` then serves HTTPS only on its port (its
-    ``serve_http`` takes ``ssl_certfile``/``ssl_keyfile`` from this config unless given on the
-    command line)."""
+    ``serve_http`` takes ``ssl_certfile``/``ssl_keyfile``/``ssl_ciphers`` from this config
+    unless given on the command line): TLS 1.3, and TLS 1.2 with :data:`TLS_CIPHERS`."""
     paths = tls_paths(env)
     if paths is None:
         return {}
-    return {"ssl": {"enabled": True, "certfile": paths[0], "keyfile": paths[1]}}
+    return {"ssl": {"enabled": True, "certfile": paths[0], "keyfile": paths[1], "ciphers": TLS_CIPHERS}}
 
 
 async def _send_json(send, status: int, body: dict, headers: list) -> None:

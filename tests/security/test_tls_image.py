@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -67,6 +68,27 @@ def _plain_http_refused(port: int) -> None:
     assert got is None, f"plain HTTP answered {got} on the HTTPS port"
 
 
+def _tls_versions(port: int, ca: Path) -> dict[str, str]:
+    """The version each client negotiates with the server: one that offers only TLS 1.3, one
+    that offers at most 1.2, and one that offers only 1.0/1.1 (its own security level lowered so
+    that it really offers them; the server must refuse)."""
+    got = {}
+    for label, lo, hi in (("1.3", ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3),
+                          ("1.2", ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2),
+                          ("1.0-1.1", ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)):
+        c = ssl.create_default_context(cafile=str(ca))
+        if label == "1.0-1.1":
+            c.set_ciphers("DEFAULT:@SECLEVEL=0")
+        c.minimum_version, c.maximum_version = lo, hi
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    c.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                got[label] = tls.version()
+        except (ssl.SSLError, OSError) as exc:
+            got[label] = f"refused ({type(exc).__name__})"
+    return got
+
+
 def _stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -93,7 +115,8 @@ def test_tls_paths_default_is_plain_http_and_bad_settings_refuse_to_start(tmp_pa
     assert auth.tls_paths({}) is None and auth.tls_service_config({}) == {}   # the default: plain HTTP
     ok = {"NBDEPLOY_TLS_CERT": str(cert), "NBDEPLOY_TLS_KEY": str(key)}
     assert auth.tls_paths(ok) == (str(cert), str(key))
-    assert auth.tls_service_config(ok) == {"ssl": {"enabled": True, "certfile": str(cert), "keyfile": str(key)}}
+    assert auth.tls_service_config(ok) == {"ssl": {"enabled": True, "certfile": str(cert), "keyfile": str(key),
+                                                   "ciphers": auth.TLS_CIPHERS}}
     with pytest.raises(auth.TLSConfigError, match="NBDEPLOY_TLS_KEY is not"):
         auth.tls_paths({"NBDEPLOY_TLS_CERT": str(cert)})
     with pytest.raises(auth.TLSConfigError, match="NBDEPLOY_TLS_CERT is not"):
@@ -136,7 +159,10 @@ def test_stock_bentoml_serve_speaks_https_from_the_environment(ref_deployment, r
             _get(f"https://127.0.0.1:{port}/readyz", ssl.create_default_context())
         assert isinstance(e.value.reason, ssl.SSLCertVerificationError)
         _plain_http_refused(port)
-        print(f"\n[tls] bentoml serve: HTTPS ready after {ready_s:.1f} s")
+        versions = _tls_versions(port, ca)
+        assert versions["1.3"] == "TLSv1.3" and versions["1.2"] == "TLSv1.2", versions
+        assert versions["1.0-1.1"].startswith("refused"), versions
+        print(f"\n[tls] bentoml serve: HTTPS ready after {ready_s:.1f} s; {versions}")
     finally:
         _stop(proc)
 
@@ -181,7 +207,7 @@ def test_pushed_image_serves_https_with_a_mounted_certificate(ref_deployment, rf
 
     need_tools("skopeo", "umoci")
     need_root()
-    from nbdeploy.registry import push
+    from nbdeploy.publish import push
 
     ca, cert, key = tls_files(tmp_path)
     ctx = ssl.create_default_context(cafile=str(ca))
@@ -218,7 +244,10 @@ def test_pushed_image_serves_https_with_a_mounted_certificate(ref_deployment, rf
         status, meta = _get(f"https://127.0.0.1:{port}/metadata", ctx)
         assert status == 200
         _plain_http_refused(port)
-    print(f"\n[tls] image (uid {uid}): HTTPS ready after {ready_s:.1f} s")
+        versions = _tls_versions(port, ca)   # the image's own Python and OpenSSL
+        assert versions["1.3"] == "TLSv1.3" and versions["1.2"] == "TLSv1.2", versions
+        assert versions["1.0-1.1"].startswith("refused"), versions
+    print(f"\n[tls] image (uid {uid}): HTTPS ready after {ready_s:.1f} s; {versions}")
 
     # the key and the certificate are nowhere in the image (layers, config, manifest) or /metadata
     key_body = "".join(key.read_text().splitlines()[1:-1])
