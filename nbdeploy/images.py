@@ -147,9 +147,15 @@ def stat_names(spec: dict) -> list[str]:
 
 
 def write_image_baseline(model_dir, X: np.ndarray, spec: dict):
-    """Drift for images: PSI over per-image channel means/stds and brightness (not per pixel),
-    against the sample.  The served monitor computes the same statistics (``"image"`` key)."""
+    """The image bundle's build-time artefacts (the pipeline calls this once ``model.onnx`` and
+    ``spec.json`` are in ``model_dir``):
+
+    * drift: PSI over per-image channel means/stds and brightness (not per pixel), against the
+      sample; the served monitor computes the same statistics (``"image"`` key);
+    * the report's heat map: :func:`write_image_explanation` on the sample's first image (a
+      failure there only leaves the report without it)."""
     import json
+    import logging
     from pathlib import Path
 
     from .drift import baseline
@@ -159,7 +165,70 @@ def write_image_baseline(model_dir, X: np.ndarray, spec: dict):
     base["image"] = {"input_shape": spec["input_shape"], "layout": spec.get("layout")}
     path = Path(model_dir) / "baseline.json"
     path.write_text(json.dumps(base), encoding="utf-8")
+    if (Path(model_dir) / "model.onnx").is_file():
+        try:
+            write_image_explanation(model_dir, X, spec)
+        except Exception as exc:   # the heat map is a bonus: the bundle is complete without it
+            logging.getLogger(__name__).warning("image explanation not stored: %s", exc)
     return path
+
+
+#: the report's heat map, in the bundle's ``model/`` folder: arrays as JSON, the overlay as PNG
+EXPLANATION_JSON = "image_explanation.json"
+EXPLANATION_PNG = "image_explanation.png"
+TOP_CLASSES = 3
+
+
+def write_image_explanation(model_dir, X: np.ndarray, spec: dict, *, index: int = 0,
+                            top: int = TOP_CLASSES) -> dict:
+    """Occlusion attributions of the bundle's own ``model.onnx`` (the code ``/explain`` runs) on
+    sample image ``index``, stored for the report: ``image_explanation.json`` (the image in model
+    units, the attribution map [H, W], the explained class, the top classes and their scores)
+    and ``image_explanation.png`` (the overlay).  JSON and PNG only, never pickle."""
+    import base64
+    import json
+    from pathlib import Path
+
+    from .runtime.images import item_shape, occlusion, spatial_dims
+    from .runtime.model import OnnxModel
+
+    model_dir = Path(model_dir)
+    if (model_dir / "spec.json").is_file():    # the bundle's own spec (its class names)
+        spec = json.loads((model_dir / "spec.json").read_text(encoding="utf-8"))
+    model = OnnxModel(str(model_dir / "model.onnx"), spec, threads=1)
+    row = np.asarray(X, dtype=np.float32).reshape(len(X), -1)[index:index + 1]
+    res = occlusion(model, row, spec, {"overlay": True})
+    shape, layout = item_shape(spec), spec.get("layout") or "NCHW"
+    a = np.asarray(res["attributions"][0], dtype=np.float64).reshape(shape)
+    if len(shape) == 3:      # per-pixel map: the channels' shares summed back
+        a = a.sum(axis=0 if layout == "NCHW" else 2)
+    scores = model.output_matrix(row)[0]
+    classes = spec.get("classes")
+    order = np.argsort(-scores)[:top]
+    out = {"method": "occlusion", "sample_index": int(index), "patch": res["patch"],
+           "baseline": res["baseline"], "shape": res["shape"], "layout": layout,
+           "spatial": list(spatial_dims(shape, layout)), "image": np.round(row[0], 7).tolist(),
+           "attribution": np.round(a, 9).tolist(), "explained_output": res["explained_output"][0],
+           "output": res["outputs"][0], "base_value": res["base_values"][0],
+           "output_space": "probability" if spec.get("task") == "classifier" else "value",
+           "top_classes": [{"label": classes[k] if classes is not None else int(k),
+                            "score": float(scores[k])} for k in order],
+           "png": EXPLANATION_PNG}
+    (model_dir / EXPLANATION_PNG).write_bytes(base64.b64decode(res["overlay_png"][0]))
+    (model_dir / EXPLANATION_JSON).write_text(json.dumps(out, default=str), encoding="utf-8")
+    return out
+
+
+def read_image_explanation(model_dir) -> tuple[dict, bytes] | None:
+    """The stored heat map of a bundle (``model/``), or None when it has none."""
+    import json
+    from pathlib import Path
+
+    folder = Path(model_dir)
+    js, png = folder / EXPLANATION_JSON, folder / EXPLANATION_PNG
+    if not (js.is_file() and png.is_file()):
+        return None
+    return json.loads(js.read_text(encoding="utf-8")), png.read_bytes()
 
 
 def explain_image(deployment, images: np.ndarray, *, patch: int | None = None, baseline: float = 0.0,
@@ -204,3 +273,50 @@ def heatmap_figure(result: dict, images: np.ndarray, *, max_images: int = 4):
     fig.suptitle("occlusion attributions (red: for the class)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def named_classes(names: Any, classes: Sequence | None, model: Any = None) -> list | None:
+    """Class names for a classifier whose outputs are indices 0..k-1 (PyTorch, Keras CNNs):
+    ``names`` given by the user (a list in output order, or an ``id2label`` dict {index: name}),
+    else the model's own ``config.id2label`` (Hugging Face-like models); None when there are
+    none.  ``classes`` is the converted spec's class list (its length is the number of outputs).
+    The served ``/predict`` then answers with these names (``spec["classes"]``)."""
+    if classes is None:
+        if names is not None:
+            raise InvalidInputError("class_names were given for a model that is not a classifier.",
+                                    hint="Pass class_names only for classifiers (or task='classifier').",
+                                    expected="a classifier", received="no classes")
+        return None
+    k = len(classes)
+    source = "class_names"
+    if names is None:
+        id2label = getattr(getattr(model, "config", None), "id2label", None)
+        if not isinstance(id2label, dict) or not id2label:
+            return None
+        names, source = id2label, "model.config.id2label"
+    if isinstance(names, dict):
+        try:
+            by_index = {int(i): v for i, v in names.items()}
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"{source} keys must be class indices 0..{k - 1}.",
+                                    hint="Use {0: 'cat', 1: 'dog', ...}.", expected="int keys",
+                                    received=sorted(map(str, names))[:5]) from exc
+        if sorted(by_index) != list(range(k)):
+            raise InvalidInputError(f"{source} must name every output 0..{k - 1} once; got keys "
+                                    f"{sorted(by_index)[:10]}.",
+                                    hint=f"The model has {k} outputs.", expected=k, received=len(by_index))
+        names = [by_index[i] for i in range(k)]
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) and not hasattr(names, "tolist"):
+        raise InvalidInputError(f"{source} must be a list of names in output order.",
+                                hint="Use class_names=['cat', 'dog', ...].", expected="list",
+                                received=type(names).__name__)
+    names = list(names.tolist() if hasattr(names, "tolist") else names)
+    if len(names) != k:
+        raise InvalidInputError(f"{source} has {len(names)} names; the model has {k} outputs.",
+                                hint="Give one name per output, in output order.", expected=k,
+                                received=len(names))
+    out = [n if isinstance(n, (int, float)) and not isinstance(n, bool) else str(n) for n in names]
+    if len(set(map(str, out))) != k:
+        raise InvalidInputError(f"{source} has duplicate names.", hint="Give every class its own name.",
+                                expected="unique names", received=out[:10])
+    return out

@@ -141,6 +141,43 @@ def img_tag(png: bytes, alt: str) -> str:
             f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
 
 
+def image_explanation_html(model_dir: Any) -> str:
+    """The heat map an image bundle stores at build time (``model/image_explanation.*``, see
+    :func:`nbdeploy.images.write_image_explanation`): the overlay over the sample image and its
+    top classes; "" when the bundle has none."""
+    from . import formatting as F
+
+    try:
+        from .images import read_image_explanation
+
+        stored = read_image_explanation(model_dir) if model_dir is not None else None
+    except (OSError, ValueError):
+        return ""
+    if stored is None:
+        return ""
+    info, png = stored
+    space = info.get("output_space", "probability")
+    rows = [[c["label"], F.number(c["score"])] for c in info.get("top_classes") or []]
+    h, w = (info.get("spatial") or [0, 0])[:2]
+    return ("<div class='nbd-image-explanation'><div><b>Heat map</b> (occlusion on the bundle's model, "
+            f"sample image {_e(info.get('sample_index', 0))}, {_e(h)}x{_e(w)} pixels, patch "
+            f"{_e(info.get('patch'))}): red pixels raise the score of <b>{_e(info.get('explained_output'))}</b> "
+            f"({_e(F.number(info.get('output')))}), blue ones lower it</div>"
+            + img_tag(png, f"heat map: occlusion attributions for {info.get('explained_output')}")
+            + _tbl(rows, ["top classes", space], numeric=(1,)) + "</div>")
+
+
+def _bundle_model_dir(tag: str | None) -> Any:
+    if not tag:
+        return None
+    try:
+        from .store import bundle_dir
+
+        return bundle_dir(tag) / "model"
+    except Exception:   # not a bundle of this store (a report rendered elsewhere)
+        return None
+
+
 def step_state(d: Any, ev: Any) -> str:
     """A step's state as a reader should see it: serve/push never asked for are 'not requested'."""
     if ev.state == "pending" and ev.step in ("serve", "push") and d.tag is not None:
@@ -283,10 +320,12 @@ def explanation_section(d: Any, plots: dict) -> str:
     from . import formatting as F
 
     ex = d.explanation
+    heat = image_explanation_html(_bundle_model_dir(d.tag)) if (d.converted is not None and (
+        d.converted.spec.get("input_shape") or [])[2:]) else ""   # image bundles (issue 22)
     if ex is None:
         ev = d.steps.get("explain")
         why = "not requested" if ev is not None and ev.state == "skipped" else (ev.summary if ev else "")
-        return section("Explanations", f"<p class='nbd-note'>No explanation: {_e(why or 'not run')}</p>")
+        return section("Explanations", heat or f"<p class='nbd-note'>No explanation: {_e(why or 'not run')}</p>")
     imp = ex.global_importance()[:10]
     top = imp[0]["mean_abs_shap"] if imp and imp[0]["mean_abs_shap"] > 0 else 1.0
     bars = "".join(
@@ -305,7 +344,7 @@ def explanation_section(d: Any, plots: dict) -> str:
                       ("lime_row_0", "LIME, row 0")):
         if name in plots:
             out += img_tag(plots[name], alt)
-    return section("Explanations", out)
+    return section("Explanations", heat + out)
 
 
 def serving_section(d: Any) -> str:
@@ -496,6 +535,7 @@ def card_html(tag: str, card: dict, plots: dict | None = None,
         parts.append(section("Quantization", body))
 
     ex = card.get("explain") or {}
+    heat = image_explanation_html(_bundle_model_dir(tag))    # image bundles (issue 22)
     if ex:
         imp = (ex.get("global_importance") or [])[:10]
         top = imp[0]["mean_abs_shap"] if imp and imp[0]["mean_abs_shap"] > 0 else 1.0
@@ -512,9 +552,9 @@ def card_html(tag: str, card: dict, plots: dict | None = None,
         for prefix in ("shap_summary", "shap_row_", "lime_row_"):   # the overview, then one row
             for name in sorted(n for n in plots if n.startswith(prefix)):
                 body += img_tag(plots[name], name)
-        parts.append(section("Explanations", body))
+        parts.append(section("Explanations", heat + body))
     else:
-        parts.append(section("Explanations", "<p class='nbd-note'>Not requested for this bundle.</p>"))
+        parts.append(section("Explanations", heat or "<p class='nbd-note'>Not requested for this bundle.</p>"))
 
     serving = card.get("serving") or {}
     if serving:

@@ -637,6 +637,11 @@ class ServeExplainer:
         ``config`` is the bundle's config.json; its ``explain_budget`` dict overrides the
         budget written at build time.
         """
+        shape = (getattr(onnx_model, "spec", None) or {}).get("input_shape")
+        if shape and len(shape) > 2:   # image / N-D bundles: SHAP with an image masker (runtime/images.py)
+            from .images import ImageExplainer
+
+            return ImageExplainer(onnx_model, (config or {}).get("explain_budget"))
         folder = Path(model_dir) / EXPLAIN_DIR
         cfg_path = folder / CONFIG_FILE
         if not cfg_path.is_file():

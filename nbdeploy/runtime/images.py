@@ -35,7 +35,7 @@ def is_nd(spec: dict | None) -> bool:
     return bool(shape) and len(shape) > 2
 
 
-def _shape(spec: dict) -> tuple:
+def item_shape(spec: dict) -> tuple:
     return tuple(int(d) for d in spec["input_shape"][1:])
 
 
@@ -43,7 +43,7 @@ def parse_body(body: dict, *, spec: dict, max_rows: int, key: str = "inputs") ->
     """A validated float32 matrix [N, prod(shape)] from ``inputs`` (N-D arrays) or ``images``."""
     if "images" in body and spec.get("preprocess"):
         return parse_images(body["images"], spec=spec, max_rows=max_rows)
-    shape = _shape(spec)
+    shape = item_shape(spec)
     n = int(np.prod(shape))
     if key not in body:
         fields = "'inputs' or 'images'" if spec.get("preprocess") else "'inputs'"
@@ -210,7 +210,7 @@ def multipart_images(raw: bytes, content_type: str) -> dict:
 
 def image_stats(X: np.ndarray, spec: dict) -> np.ndarray:
     """Per-image statistics for drift: per-channel mean and std, and brightness: [N, 2C + 1]."""
-    shape = _shape(spec)
+    shape = item_shape(spec)
     layout = spec.get("layout") or "NCHW"
     x = X.reshape((len(X),) + shape)
     axes = (2, 3) if layout == "NCHW" and len(shape) == 3 else (1, 2) if len(shape) == 3 else tuple(range(1, x.ndim))
@@ -224,7 +224,7 @@ MAX_EXPLAIN_IMAGES = 4
 MAX_OCCLUSION_PATCHES = 1024
 
 
-def _spatial(shape: tuple, layout: str) -> tuple[int, int]:
+def spatial_dims(shape: tuple, layout: str) -> tuple[int, int]:
     if len(shape) == 3:
         return (shape[1], shape[2]) if layout == "NCHW" else (shape[0], shape[1])
     return shape[0], shape[1]          # [T, F]: time x features
@@ -236,13 +236,13 @@ def occlusion(model, X: np.ndarray, spec: dict, options: dict | None = None) -> 
     explained class's score is spread over the square's pixels.  Returns arrays of the image's
     shape (``input_shape[1:]``); one batched onnxruntime call per image."""
     options = options or {}
-    shape = _shape(spec)
+    shape = item_shape(spec)
     layout = spec.get("layout") or "NCHW"
     if len(X) > MAX_EXPLAIN_IMAGES:
         raise ClientError(413, f"Too many images to explain: {len(X)} > the limit of {MAX_EXPLAIN_IMAGES}.",
                           hint=f"Send at most {MAX_EXPLAIN_IMAGES} images per /explain request.",
                           expected=f"<= {MAX_EXPLAIN_IMAGES}", received=len(X))
-    h, w = _spatial(shape, layout)
+    h, w = spatial_dims(shape, layout)
     patch = options.get("patch", max(1, min(h, w) // 8))
     if isinstance(patch, bool) or not isinstance(patch, int) or not 1 <= patch <= max(h, w):
         raise ClientError(400, f"'patch' must be an integer from 1 to {max(h, w)}.",
@@ -280,7 +280,7 @@ def occlusion(model, X: np.ndarray, spec: dict, options: dict | None = None) -> 
         for c, (i, j) in enumerate(cells):
             region = attr[i:i + patch, j:j + patch]
             region += (out[n, k] - scores_b[c]) / region.size
-        full = _broadcast(attr, shape, layout)
+        full = broadcast_map(attr, shape, layout)
         attributions.append(np.round(full, 7).tolist())
         explained.append(classes[k] if classes is not None else k)
         scores.append(float(out[n, k]))
@@ -302,7 +302,7 @@ def _fill(img: np.ndarray, i: int, j: int, p: int, layout: str, value: float) ->
         img[i:i + p, j:j + p] = value
 
 
-def _broadcast(attr: np.ndarray, shape: tuple, layout: str) -> np.ndarray:
+def broadcast_map(attr: np.ndarray, shape: tuple, layout: str) -> np.ndarray:
     """Per-pixel attributions [H, W] -> the input's shape (split evenly over channels)."""
     if len(shape) == 3:
         c = shape[0] if layout == "NCHW" else shape[2]
@@ -331,3 +331,218 @@ def overlay_png(img: np.ndarray, attr: np.ndarray, layout: str, scale: int = 0) 
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# --- SHAP (and LIME) for images: model-agnostic, on the ONNX model --------------------------------
+#: defaults of the image explainer's budget; the bundle's ``explain_budget`` overrides them
+IMAGE_BUDGET = {"max_evals": 1000, "max_evals_limit": 20000, "time_budget_s": 20.0,
+                "lime_samples": 500, "max_lime_samples": 5000, "warmup_wait_s": 15.0}
+
+
+_SHAP_READY = None      # threading.Event, set once shap's numba code is compiled in this process
+_SHAP_ERROR: list = []
+
+
+def _warm_shap(ready) -> None:
+    """Compile shap's partition code (numba, 15-40 s on a small CPU, once per process) on a
+    4x4 image, so that requests do not wait for it past the server's timeout."""
+    try:
+        import shap
+
+        masker = shap.maskers.Image(0.0, (4, 4, 1))
+        shap.explainers.Partition(lambda x: np.asarray(x).reshape(len(x), -1)[:, :2] * 1.0, masker)(
+            np.ones((1, 4, 4, 1)), max_evals=40, batch_size=16, outputs=[0], silent=True)
+    except Exception as exc:   # reported on the request
+        _SHAP_ERROR.append(exc)
+    finally:
+        ready.set()
+
+
+def start_shap_warmup():
+    """Start compiling shap's image code in a background thread (idempotent); the event."""
+    global _SHAP_READY
+    if _SHAP_READY is None:
+        import threading
+
+        _SHAP_READY = threading.Event()
+        threading.Thread(target=_warm_shap, args=(_SHAP_READY,), name="nbdeploy-image-shap-warmup",
+                         daemon=True).start()
+    return _SHAP_READY
+
+
+class ImageExplainer:
+    """``/explain`` with ``"method": "shap"`` (or ``"lime"``) for image bundles.
+
+    SHAP: ``shap.explainers.Partition`` with ``shap.maskers.Image`` over the served ONNX model;
+    hidden pixels take ``baseline`` (model-input units, 0 unless the request says otherwise),
+    the same as occlusion.  Partition (Owen) values are additive: for every image the
+    attributions sum to ``f(image) - f(fully masked image)`` for the explained class, and the
+    response's ``base_values`` is ``f(fully masked image)``.  ``max_evals`` is bounded by the
+    time budget: one timed model call sets how many evaluations fit.  LIME:
+    ``lime.lime_image`` (needs scikit-image for its superpixels) where installed."""
+
+    kind = "image"
+
+    def __init__(self, model, budget: dict | None = None):
+        self.model = model
+        self.spec = model.spec
+        self.shape = item_shape(self.spec)
+        self.layout = self.spec.get("layout") or "NCHW"
+        self.budget = dict(IMAGE_BUDGET, **{k: v for k, v in (budget or {}).items() if k in IMAGE_BUDGET})
+        classes = self.spec.get("classes")
+        self.class_names = [str(c) for c in classes] if classes is not None else []
+        self.max_rows = MAX_EXPLAIN_IMAGES
+        import importlib.util
+
+        if importlib.util.find_spec("shap") is not None:   # compile it before the first request needs it
+            start_shap_warmup()
+
+    # the masker's view: [H, W, C] whatever the model's layout
+    def _hwc(self, X: np.ndarray) -> np.ndarray:
+        x = X.reshape((len(X),) + self.shape)
+        if len(self.shape) == 2:
+            return x[..., None]
+        return x.transpose(0, 2, 3, 1) if self.layout == "NCHW" else x
+
+    def _from_hwc(self, x: np.ndarray) -> np.ndarray:
+        if len(self.shape) == 2:
+            x = x[..., 0]
+        elif self.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
+
+    def _f(self, x_hwc: np.ndarray) -> np.ndarray:
+        return self.model.output_matrix(self._from_hwc(np.asarray(x_hwc)))
+
+    def _class(self, out: np.ndarray, request) -> int:
+        if request in (None, "auto"):
+            return int(out.argmax())
+        classes = self.spec.get("classes")
+        if classes is not None and request in classes:
+            return list(classes).index(request)
+        if isinstance(request, int) and not isinstance(request, bool) and 0 <= request < len(out):
+            return request
+        raise ClientError(400, f"Unknown output {request!r}.", hint="Use 'auto', a class label or index.",
+                          expected=["auto"] + self.class_names, received=repr(request)[:40])
+
+    def _int(self, options: dict, key: str, low: int, high: int) -> int | None:
+        v = options.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ClientError(400, f"{key!r} must be an integer.", expected="integer", received=repr(v)[:40])
+        if not low <= v <= high:
+            raise ClientError(413 if v > high else 400, f"{key!r} must be from {low} to {high}; got {v}.",
+                              hint=f"Send {key} <= {high}.", expected=f"{low}..{high}", received=v)
+        return v
+
+    def explain(self, X: np.ndarray, method: str = "shap", options: dict | None = None) -> dict:
+        import time
+
+        options = options or {}
+        if method not in ("shap", "lime"):
+            raise ClientError(400, f"Unknown explanation method {method!r} for an image model.",
+                              hint='Send "method": "occlusion", "shap" or "lime".',
+                              expected=["occlusion", "shap", "lime"], received=repr(method)[:40])
+        if len(X) > self.max_rows:
+            raise ClientError(413, f"Too many images to explain: {len(X)} > the limit of {self.max_rows}.",
+                              hint=f"Send at most {self.max_rows} images per /explain request.",
+                              expected=f"<= {self.max_rows}", received=len(X))
+        baseline = options.get("baseline", 0.0)
+        if isinstance(baseline, bool) or not isinstance(baseline, (int, float)) or not np.isfinite(baseline):
+            raise ClientError(400, "'baseline' must be a finite number.", expected="number",
+                              received=repr(baseline)[:40])
+        t0 = time.perf_counter()
+        out = self.model.output_matrix(X)
+        per_eval = max(time.perf_counter() - t0, 1e-4) / len(X)
+        ks = [self._class(out[n], options.get("output", "auto")) for n in range(len(X))]
+        if method == "lime":
+            return self._lime(X, out, ks, options, baseline)
+        return self._shap(X, out, ks, options, float(baseline), per_eval)
+
+    def _shap(self, X, out, ks, options, baseline, per_eval) -> dict:
+        import time
+
+        try:
+            import shap
+        except ImportError as exc:
+            raise ClientError(501, "SHAP for images needs the 'shap' package in this bundle.",
+                              hint='Use "method": "occlusion", or rebuild with explain="shap".') from exc
+        requested = self._int(options, "max_evals", 10, int(self.budget["max_evals_limit"]))
+        if not start_shap_warmup().wait(float(self.budget["warmup_wait_s"])):
+            raise ClientError(503, "SHAP for images is still starting: shap compiles its partition code "
+                                   "once per server process (about 15-40 s on a small CPU).",
+                              hint="Retry in a few seconds, or send \"method\": \"occlusion\" meanwhile.",
+                              expected="a warm explainer", received="warming up")
+        if _SHAP_ERROR:
+            raise ClientError(501, f"SHAP for images cannot run in this bundle: {_SHAP_ERROR[0]}.",
+                              hint='Use "method": "occlusion".')
+        fit = int(float(self.budget["time_budget_s"]) / max(per_eval, 1e-6) / max(len(X), 1))
+        max_evals = min(requested or int(self.budget["max_evals"]), max(fit, 10))
+        hwc = self._hwc(X)
+        masker = shap.maskers.Image(baseline, hwc.shape[1:])
+        explainer = shap.explainers.Partition(self._f, masker)
+        t0 = time.perf_counter()
+        attributions, bases, totals = [], [], []
+        for n, k in enumerate(ks):
+            ex = explainer(hwc[n:n + 1], max_evals=max_evals, batch_size=64, outputs=[k], silent=True)
+            v = np.asarray(ex.values, dtype=np.float64)[0, ..., 0]        # [H, W, C]
+            attributions.append(np.round(self._from_hwc(v[None]).reshape(self.shape), 9).tolist())
+            bases.append(float(np.asarray(ex.base_values).reshape(-1)[0]))
+            totals.append(float(v.sum()))
+        classes = self.spec.get("classes")
+        return {"method": "shap", "explainer": "partition", "masker": "image", "shape": list(self.shape),
+                "layout": self.layout, "baseline": baseline, "max_evals": int(max_evals),
+                "explained_output": [classes[k] if classes is not None else k for k in ks],
+                "outputs": [float(out[n, k]) for n, k in enumerate(ks)], "base_values": bases,
+                "attribution_sums": totals, "attributions": attributions,
+                "seconds": round(time.perf_counter() - t0, 3),
+                "notes": ["Partition SHAP (Owen values) over the pixels with an image masker; hidden "
+                          f"pixels are {baseline} in model units; attributions sum to output - base_value."]}
+
+    def _lime(self, X, out, ks, options, baseline) -> dict:
+        try:
+            from lime import lime_image
+        except ImportError as exc:   # lime_image imports scikit-image for its superpixels
+            raise ClientError(501, "LIME for images needs 'lime' and 'scikit-image' in this bundle.",
+                              hint='Use "method": "occlusion" or "shap".') from exc
+        num_samples = self._int(options, "num_samples", 10, int(self.budget["max_lime_samples"])) \
+            or int(self.budget["lime_samples"])
+        seed = options.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+            raise ClientError(400, "'seed' must be an integer from 0 to 2**32-1.", received=repr(seed)[:40])
+        from skimage.segmentation import slic
+
+        hwc = self._hwc(X).astype(np.float64)
+        h, w = hwc.shape[1:3]
+
+        def segment(img):     # superpixels of about 4x4 pixels (8x8 digits: 4 of them)
+            lo, hi = float(img.min()), float(img.max())
+            norm = (img - lo) / (hi - lo) if hi > lo else img * 0
+            n_seg = max(4, h * w // 16)
+            if norm.shape[-1] == 1:
+                return slic(norm[..., 0], n_segments=n_seg, compactness=0.1, start_label=0, channel_axis=None)
+            return slic(norm, n_segments=n_seg, compactness=10, start_label=0, channel_axis=-1)
+
+        def predict(batch):       # lime hands RGB-like [n, H, W, C] images
+            return self._f(np.asarray(batch, dtype=np.float32))
+
+        explainer = lime_image.LimeImageExplainer(random_state=seed)
+        attributions, scores = [], []
+        for n, k in enumerate(ks):
+            e = explainer.explain_instance(hwc[n], predict, labels=(k,), top_labels=None, hide_color=baseline,
+                                           num_samples=num_samples, segmentation_fn=segment,
+                                           batch_size=64, random_seed=seed)
+            a = np.zeros((h, w))
+            for seg, weight in e.local_exp[k]:
+                a[e.segments == seg] = weight
+            attributions.append(np.round(broadcast_map(a, self.shape, self.layout), 9).tolist())
+            scores.append(float(e.score[k]) if isinstance(e.score, dict) else float(e.score))
+        classes = self.spec.get("classes")
+        return {"method": "lime", "explainer": "lime_image", "shape": list(self.shape), "layout": self.layout,
+                "baseline": baseline, "num_samples": num_samples, "seed": seed,
+                "explained_output": [classes[k] if classes is not None else k for k in ks],
+                "outputs": [float(out[n, k]) for n, k in enumerate(ks)], "scores": scores,
+                "attributions": attributions,
+                "notes": ["LIME over superpixels (SLIC): each superpixel's weight in a local linear "
+                          "model, spread over its pixels (split evenly over channels)."]}
