@@ -307,46 +307,50 @@ export function progressRow(j: IJob): HTMLElement {
   return row;
 }
 
-/** The jobs a view follows, drawn as progress rows; a finished one stays ``keepMs`` so that its
- * end is seen. */
+/** The jobs a view follows, drawn as progress rows; a finished one stays a while so that its
+ * end is seen: ``doneMs`` when it worked, ``failedMs`` (longer: its error and hint) when not. */
 export class JobsView {
   readonly node: HTMLElement;
   private jobs = new Map<string, { job: IJob; seen: number }>();
+  private gone = new Set<string>(); // shown and timed out: not shown again
 
-  constructor(private keepMs = 60000) {
+  constructor(private doneMs = 10000, private failedMs = 60000) {
     this.node = el('div', { class: 'nbdeploy-jobs', 'aria-live': 'polite' });
   }
 
-  update(j: IJob): void {
+  update(j: IJob, endedAt?: number): void {
+    if (this.gone.has(j.id)) return;
     const known = this.jobs.get(j.id);
+    const ended = (x: IJob) => x.status === 'done' || x.status === 'failed';
     // a job only moves forward: never let an older poll undo its end
-    if (known && (known.job.status === 'done' || known.job.status === 'failed') && j.status !== known.job.status) {
-      return;
-    }
+    if (known && ended(known.job) && j.status !== known.job.status) return;
     // two polls in flight may answer out of order: keep the newer report
     const was = known?.job.progress?.updated ?? null;
     const now = j.progress?.updated ?? null;
-    if (known && j.status === known.job.status && was !== null && now !== null && now < was) {
-      return;
-    }
-    this.jobs.set(j.id, { job: j, seen: known?.seen ?? Date.now() });
-    if ((j.status === 'done' || j.status === 'failed') && !(known && known.job.status === j.status)) {
-      this.jobs.get(j.id)!.seen = Date.now();
+    if (known && j.status === known.job.status && was !== null && now !== null && now < was) return;
+    // ``seen``: when its end was first seen (how long a finished row stays counts from there)
+    const seen = known && ended(known.job) ? known.seen : ended(j) ? endedAt ?? Date.now() : Date.now();
+    this.jobs.set(j.id, { job: j, seen });
+    this.render();
+  }
+
+  /** Jobs listed by the server (GET jobs): the ones still running, and recent ends. */
+  merge(all: IJob[], keep: (j: IJob) => boolean): void {
+    for (const j of all) {
+      if (!keep(j) || this.gone.has(j.id)) continue;
+      if ((j.status === 'done' || j.status === 'failed') && !this.jobs.has(j.id)) {
+        const endedAt = (j.finished ?? 0) * 1000;
+        if (Date.now() - endedAt > this.keepFor(j)) continue;   // ended before this view looked
+        this.update(j, endedAt);
+      } else {
+        this.update(j);
+      }
     }
     this.render();
   }
 
-  /** Jobs listed by the server (GET jobs): the ones still running, and ends not yet shown. */
-  merge(all: IJob[], keep: (j: IJob) => boolean): void {
-    for (const j of all) {
-      if (!keep(j)) continue;
-      const ended = j.status === 'done' || j.status === 'failed';
-      if (ended && !this.jobs.has(j.id) && (!j.finished || Date.now() / 1000 - j.finished > this.keepMs / 1000)) {
-        continue;
-      }
-      this.update(j);
-    }
-    this.render();
+  private keepFor(j: IJob): number {
+    return j.status === 'done' ? this.doneMs : j.status === 'failed' ? this.failedMs : Infinity;
   }
 
   active(): boolean {
@@ -356,7 +360,10 @@ export class JobsView {
   private render(): void {
     const now = Date.now();
     for (const [id, { job, seen }] of this.jobs) {
-      if ((job.status === 'done' || job.status === 'failed') && now - seen > this.keepMs) this.jobs.delete(id);
+      if (now - seen > this.keepFor(job)) {
+        this.jobs.delete(id);
+        this.gone.add(id);
+      }
     }
     const rows = [...this.jobs.values()].sort((a, b) => a.job.created - b.job.created).map(({ job }) => progressRow(job));
     this.node.replaceChildren(...rows);

@@ -21,6 +21,8 @@ export class ReportView extends Widget {
   private frame: HTMLIFrameElement;
   private timer: number | undefined;
   private jobTimer: number | undefined;
+  private polling: Promise<void> = Promise.resolve();
+  private pollQueued = false;
   private busy = false;
   private servers: IServer[] = [];
   private serveBtn: HTMLButtonElement;
@@ -158,7 +160,19 @@ export class ReportView extends Widget {
     await this.job(label, ['servers', s.id, op], {});
   }
 
-  private async poll(): Promise<void> {
+  /** One poll at a time, in order (a poll after an action must not be overtaken by an older
+   * one that still saw the server it stopped); at most one waits behind the running one. */
+  private poll(): Promise<void> {
+    if (this.pollQueued) return this.polling;
+    this.pollQueued = true;
+    this.polling = this.polling.then(() => {
+      this.pollQueued = false;
+      return this.pollOnce();
+    });
+    return this.polling;
+  }
+
+  private async pollOnce(): Promise<void> {
     try {
       const [{ servers }, { jobs }] = await Promise.all([
         api<{ servers: IServer[] }>(['servers']), api<{ jobs: IJob[] }>(['jobs'])]);

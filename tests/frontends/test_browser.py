@@ -181,15 +181,17 @@ def _drive(node: str, lab, tag: str, timeout: float = 420, **extra) -> tuple[dic
 
 
 def assert_progress_ended(seen: list, detail: str) -> None:
-    """A job's progress bar, as the page drew it: states only move forward, fractions never go
-    back, and it ends full ('done', fraction 1)."""
-    assert seen, detail
+    """One job's progress bar as the page drew it (each place it was drawn): states only move
+    forward, fractions never go back, and it ends full ('done', fraction 1)."""
+    assert seen and len({p["job"] for p in seen}) == 1, (seen, detail)
     order = {"pending": 0, "running": 1, "done": 2, "failed": 2}
-    states = [p["state"] for p in seen]
-    assert [order[s] for s in states] == sorted(order[s] for s in states), (states, detail)
-    fractions = [float(p["fraction"]) for p in seen if p["fraction"] not in ("", None)]
-    assert fractions == sorted(fractions), (fractions, detail)
-    assert seen[-1]["state"] == "done" and seen[-1]["fraction"] == "1" and seen[-1]["step"] == "done", detail
+    for where in {p["where"] for p in seen}:
+        bar = [p for p in seen if p["where"] == where]
+        states = [p["state"] for p in bar]
+        assert [order[s] for s in states] == sorted(order[s] for s in states), (bar, detail)
+        fractions = [float(p["fraction"]) for p in bar if p["fraction"] not in ("", None)]
+        assert fractions == sorted(fractions), (bar, detail)
+        assert bar[-1]["state"] == "done" and bar[-1]["fraction"] == "1" and bar[-1]["step"] == "done", (bar, detail)
 
 
 def assert_copied(copy: dict, detail: str) -> None:

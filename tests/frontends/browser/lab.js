@@ -102,22 +102,33 @@ async function copySnippet(page, box, kind, fallback = false) {
 }
 
 /**
- * Record every state the progress bars of ``kind`` jobs go through (a MutationObserver in the
- * page), from now on.  ``progressSeen(page)`` returns them: [{state, fraction, step}, ...].
+ * Record every state the progress bars of ``kind`` jobs started from now on go through (a
+ * MutationObserver in the page; bars of jobs already shown are left out).  ``progressSeen(page)``
+ * returns them in order: [{job, where: 'sidebar' | 'tab', state, fraction, step}, ...].
  */
 async function watchProgress(page, kind) {
   await page.evaluate(k => {
+    if (window.__nbdObserver) window.__nbdObserver.disconnect();
+    const bars = () => document.querySelectorAll(`.nbdeploy-progress[data-kind="${k}"]`);
+    const old = new Set([...bars()].map(p => p.getAttribute('data-job')));
+    const last = new Map();
     window.__nbdProgress = [];
     const note = () => {
-      for (const p of document.querySelectorAll(`.nbdeploy-progress[data-kind="${k}"]`)) {
-        const s = { state: p.getAttribute('data-state'), fraction: p.getAttribute('data-fraction'),
-          step: (p.querySelector('.nbdeploy-progress-step') || {}).textContent, where:
-          p.closest('#nbdeploy-sidebar') ? 'sidebar' : p.closest('.nbdeploy-report-tab') ? 'tab' : 'other' };
-        const last = window.__nbdProgress[window.__nbdProgress.length - 1];
-        if (!last || JSON.stringify(last) !== JSON.stringify(s)) window.__nbdProgress.push(s);
+      for (const p of bars()) {
+        const job = p.getAttribute('data-job');
+        if (old.has(job)) continue;
+        const where = p.closest('#nbdeploy-sidebar') ? 'sidebar' : p.closest('.nbdeploy-report-tab') ? 'tab' : 'other';
+        const s = { job, where, state: p.getAttribute('data-state'), fraction: p.getAttribute('data-fraction'),
+          step: (p.querySelector('.nbdeploy-progress-step') || {}).textContent };
+        const key = `${where} ${job}`;
+        if (last.get(key) !== JSON.stringify(s)) {
+          last.set(key, JSON.stringify(s));
+          window.__nbdProgress.push(s);
+        }
       }
     };
-    new MutationObserver(note).observe(document.body, { subtree: true, childList: true, attributes: true });
+    window.__nbdObserver = new MutationObserver(note);
+    window.__nbdObserver.observe(document.body, { subtree: true, childList: true, attributes: true });
   }, kind);
 }
 
