@@ -231,20 +231,31 @@ def read_image_explanation(model_dir) -> tuple[dict, bytes] | None:
     return json.loads(js.read_text(encoding="utf-8")), png.read_bytes()
 
 
-def explain_image(deployment, images: np.ndarray, *, patch: int | None = None, baseline: float = 0.0,
-                  output: Any = "auto", overlay: bool = False) -> dict:
-    """Occlusion attributions in the notebook, computed as the bundle's ``/explain`` does (same
-    code, same ONNX model): ``images`` are model inputs [N, *input_shape] (or flat rows)."""
-    from .runtime.images import occlusion
+def explain_image(deployment, images: np.ndarray, *, method: str = "occlusion", patch: int | None = None,
+                  baseline: float = 0.0, output: Any = "auto", overlay: bool = False,
+                  max_evals: int | None = None, num_samples: int | None = None) -> dict:
+    """Image attributions in the notebook, computed as the bundle's ``/explain`` does (same code,
+    same ONNX model): ``images`` are model inputs [N, *input_shape] (or flat rows).  ``method``:
+    "occlusion" (``patch``), "shap" (partition explainer with an image masker, ``max_evals``;
+    attributions sum to ``outputs - base_values``) or "lime" (superpixels, ``num_samples``)."""
     from .runtime.model import OnnxModel
 
     spec = deployment.chosen_spec
     X = np.asarray(images, dtype=np.float32).reshape(len(images), -1)
     model = OnnxModel(deployment.chosen_model.SerializeToString(), spec)
     options = {"baseline": baseline, "output": output, "overlay": overlay}
-    if patch is not None:
-        options["patch"] = patch
-    return occlusion(model, X, spec, options)
+    for key, value in (("patch", patch), ("max_evals", max_evals), ("num_samples", num_samples)):
+        if value is not None:
+            options[key] = value
+    if method == "occlusion":
+        from .runtime.images import occlusion
+
+        return occlusion(model, X, spec, options)
+    from .runtime.images import ImageExplainer
+
+    ex = ImageExplainer(model)
+    ex.budget["warmup_wait_s"] = 600.0     # the notebook waits for shap's one-time compilation
+    return ex.explain(X, method, options)
 
 
 def heatmap_figure(result: dict, images: np.ndarray, *, max_images: int = 4):
@@ -270,7 +281,7 @@ def heatmap_figure(result: dict, images: np.ndarray, *, max_images: int = 4):
         axes[1, i].imshow(a, cmap="bwr", vmin=-lim, vmax=lim)
         for ax in axes[:, i]:
             ax.set_axis_off()
-    fig.suptitle("occlusion attributions (red: for the class)", fontsize=10)
+    fig.suptitle(f"{result.get('method', 'occlusion')} attributions (red: for the class)", fontsize=10)
     fig.tight_layout()
     return fig
 
