@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError, missing
-from .vocab import EXPLAIN_METHODS, SHAP_MODES
+from .vocab import EXPLAIN_CHOICES, EXPLAIN_METHODS, parse_explain, shap_mode
 
 DEFAULT_ROWS = {"tree": 500, "agnostic": 50}
 KMEANS_POOL = 5000          # rows fed to k-means for the background summary
@@ -298,26 +298,15 @@ class ExplainReport:
 # planning: which route, which SHAP algorithm, how many rows
 # ---------------------------------------------------------------------------------------
 def _parse_methods(methods: Any) -> tuple[str, list[str]]:
-    """``(SHAP flavour, served methods)`` from "shap", "tree", "permutation", "lime", ...
-    (the words of :data:`nbdeploy.vocab.SHAP_MODES` and :data:`nbdeploy.vocab.EXPLAIN_METHODS`)."""
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    methods = [str(m).lower() for m in methods]
-    allowed = set(SHAP_MODES) | set(EXPLAIN_METHODS)
-    unknown = [m for m in methods if m not in allowed]
-    if unknown or not methods:
-        raise InvalidInputError(f"Unknown explanation method(s) {unknown or methods}.",
+    """``(SHAP flavour, served methods)`` from "shap", "tree", "permutation", "lime", ...: the
+    words :func:`nbdeploy.vocab.parse_explain` accepts (the same as ``deploy(explain=...)``)."""
+    words = parse_explain(methods)
+    if not words:
+        raise InvalidInputError("No explanation method given.",
                                 hint="Use 'shap' (automatic), 'tree', 'permutation' and/or 'lime'.",
-                                expected=sorted(allowed), received=methods)
-    modes = {SHAP_MODES[m] for m in methods if m in SHAP_MODES}
-    if len(modes) > 1:
-        modes.discard("auto")
-    if len(modes) > 1:
-        raise InvalidInputError("Ask for one SHAP flavour at a time ('tree' or 'permutation').",
-                                received=methods)
-    mode = modes.pop() if modes else "auto"
-    served = ["shap"] + [m for m in EXPLAIN_METHODS if m != "shap" and m in methods]
-    return mode, served
+                                expected=list(EXPLAIN_CHOICES), received=methods)
+    served = ["shap"] + [m for m in EXPLAIN_METHODS if m != "shap" and m in words]
+    return shap_mode(words), served
 
 
 @dataclass
@@ -648,4 +637,4 @@ def _finish(serve, config: dict, *, rows, phi, base, outputs, algo, task, names,
     return rep
 
 
-__all__ = ["ExplainReport", "ExplainPlan", "explain", "lime_stats", "plan_explanation", "SHAP_MODES"]
+__all__ = ["ExplainReport", "ExplainPlan", "explain", "lime_stats", "plan_explanation"]

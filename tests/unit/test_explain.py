@@ -380,4 +380,8 @@ def test_methods_are_the_vocabulary_words(cls_data):
         assert p.methods == (["shap", "lime"] if word == "lime" else ["shap"]), word
     with pytest.raises(InvalidInputError) as err:
         plan_explanation(c, methods="shap, anchors")
-    assert err.value.expected == sorted(set(vocab.SHAP_MODES) | set(vocab.EXPLAIN_METHODS))
+    assert set(err.value.expected) == {*vocab.SHAP_MODES, *vocab.EXPLAIN_METHODS, "none"}
+    assert err.value.received == ["anchors"]
+    for nothing in ("none", "", ()):                     # explain() needs a method to compute
+        with pytest.raises(InvalidInputError, match="No explanation method"):
+            plan_explanation(c, methods=nothing)
