@@ -236,6 +236,17 @@ def ref_deployment(rf_model, breast_cancer):
                            quantize="none")
 
 
+@pytest.fixture(scope="session")
+def ref_explained(rf_model, breast_cancer):
+    """The same RandomForest deployed once with SHAP and LIME (no quantization), for the tests
+    of explanations over HTTP, BentoML's client, Spark and the hardened API."""
+    import nbdeploy
+
+    _, X_test, _, y_test = breast_cancer
+    return nbdeploy.deploy(rf_model, X_test, labels=y_test, name="ref-explained", explain="shap,lime",
+                           quantize="none")
+
+
 @pytest.fixture(scope="module")
 def ref_server(ref_deployment):
     """``ref_deployment`` served by stock ``bentoml serve`` on a free loopback port, shared by

@@ -16,7 +16,6 @@ import urllib.parse
 
 import pytest
 
-import nbdeploy
 from nbdeploy.runtime.jsonlimits import MAX_JSON_DEPTH
 from nbdeploy.runtime.timeouts import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_HEADER_BYTES
 
@@ -24,12 +23,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def served(rf_model, breast_cancer):
-    _, X_test, _, y_test = breast_cancer
-    d = nbdeploy.deploy(rf_model, X_test, labels=y_test, name="hardening-api", explain="shap,lime",
-                        quantize="none")
-    server = d.serve()
-    yield server, X_test.values
+def served(ref_explained, breast_cancer):
+    server = ref_explained.serve()
+    yield server, breast_cancer[1].values
     server.stop()
 
 
@@ -101,7 +97,7 @@ def _closed_after(sock: socket.socket, trickle: bytes | None, limit: float) -> f
             data = sock.recv(4096)
             if data == b"":
                 return time.monotonic() - t0
-        except socket.timeout:
+        except TimeoutError:
             continue
         except (ConnectionResetError, BrokenPipeError):
             return time.monotonic() - t0
@@ -176,7 +172,7 @@ def test_slow_body_is_cut_off_by_the_request_timeout(served):
             try:
                 s.sendall(b" ")
                 answer = s.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except (BrokenPipeError, ConnectionResetError):
                 break

@@ -10,17 +10,14 @@ import asyncio
 import numpy as np
 import pytest
 
-import nbdeploy
 from nbdeploy import serve
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def explain_deployment(rf_model, breast_cancer):
-    _, X_test, _, y_test = breast_cancer
-    return nbdeploy.deploy(rf_model, X_test, labels=y_test, name="client-test", explain="shap",
-                           quantize="none")
+def explain_deployment(ref_explained):
+    return ref_explained
 
 
 @pytest.fixture(scope="module", params=["bentoml", "direct"])

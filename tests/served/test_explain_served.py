@@ -7,17 +7,14 @@ import re
 import numpy as np
 import pytest
 
-import nbdeploy
-
 pytestmark = pytest.mark.slow
 NUM = r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
 
 
 @pytest.fixture(scope="module")
-def served(rf_model, breast_cancer):
-    _, X_test, _, y_test = breast_cancer
-    d = nbdeploy.deploy(rf_model, X_test, labels=y_test, name="explain-test", explain="shap,lime",
-                        quantize="none")
+def served(ref_explained, breast_cancer):
+    X_test = breast_cancer[1]
+    d = ref_explained
     server = d.serve()
     yield d, server, X_test
     server.stop()

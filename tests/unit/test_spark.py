@@ -39,10 +39,8 @@ def spark():
 
 
 @pytest.fixture(scope="module")
-def shap_bundle(rf_model, breast_cancer):
-    _, X_test, _, y_test = breast_cancer
-    return nbdeploy.deploy(rf_model, X_test, labels=y_test, name="spark-rf", explain="shap",
-                           quantize="none")
+def shap_bundle(ref_explained):
+    return ref_explained
 
 
 def _decided(P):
