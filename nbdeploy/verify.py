@@ -105,8 +105,10 @@ def compare(task: str, native: dict, candidate: dict, *, labels=None,
         eq = _labels_equal(native["label"], candidate["label"])
         rep.label_agreement = float(eq.mean())
         # A flip where the native top-2 probabilities are (nearly) tied is rounding, not a bug.
+        # "Nearly" is bounded by the tolerance: a graph whose probabilities are off by far more
+        # than rounding must not have its flips excused as ties.
         top2 = np.sort(a, axis=1)[:, -2:] if a.shape[1] > 1 else np.hstack([1 - a, a])
-        tie = (top2[:, 1] - top2[:, 0]) <= max(2 * max_abs, 1e-6)
+        tie = (top2[:, 1] - top2[:, 0]) <= max(2 * min(max_abs, tolerance.proba_atol), 1e-6)
         flips = ~eq
         rep.near_ties = int((flips & tie).sum())
         real = flips & ~tie
