@@ -578,22 +578,28 @@ class DeployWidget(W.VBox):
                             f"<b>row {i}, {_esc(str(method))}</b>")]
             if not isinstance(result, dict):
                 parts.extend(render(result))
-            parts.extend(self._row_figure(i, method))
+            parts.extend(self._row_figure(i, method, result))
             self.row_output.children = parts
         else:  # the error went to the Bundle tab's message line; show it here too
             self.row_output.children = [W.HTML(self.action_html.value)]
             self.action_html.value = ""
 
 
-    def _row_figure(self, i: int, method: str) -> list[W.Widget]:
-        """The explanation's own plot of row ``i`` for ``method`` (if it draws one)."""
+    def _row_figure(self, i: int, method: str, result: Any = None) -> list[W.Widget]:
+        """The plot of row ``i`` for ``method``: drawn straight from its answer when it is a
+        tabular SHAP/LIME row (plots.explanation_row_figure), else the explanation's own."""
+        if isinstance(result, dict) and "contributions" in result and "tokens" not in result:
+            from .plots import explanation_row_figure
+
+            try:
+                return render(explanation_row_figure(result))
+            except (KeyError, TypeError, IndexError, ValueError):
+                pass   # an answer of another shape: ask the explanation for its figure
         fn = getattr(self.deployment.explanation, "figures", None)
         if not callable(fn):
             return []
         try:
             figs = fn(row=i)
-        except TypeError:
-            return []
         except Exception:
             return []
         if not isinstance(figs, dict):

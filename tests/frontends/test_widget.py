@@ -295,6 +295,7 @@ def test_real_results_fill_benchmark_quantization_and_explanation_tabs(iris):
         w.explain_button.click()
         assert w.row_result["row"] == 3 and w.row_result["method"] == method, w.row_output.children
         assert f"{method.upper()}, row 3" in w.row_output.children[0].value
+        assert w.row_output.children[1].value[:4] == b"\x89PNG"   # its bars, drawn by plots.py
     w.row_picker.max = 10_000                     # an out-of-range row is a message, not a crash
     w.row_picker.value = 9_999
     w.explain_button.click()
