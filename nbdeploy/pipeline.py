@@ -454,7 +454,9 @@ class Deployment:
 
         from .report import deployment_html
 
-        view = getattr(sys.modules.get("nbdeploy.widget"), "_VIEWS", {}).get(self)
+        # the live view's snippets when there is one (widget.view_of, public); else the report's
+        view_of = getattr(sys.modules.get("nbdeploy.widget"), "view_of", None)
+        view = view_of(self) if view_of is not None else None
         snips = ({"curl": view.curl_snippet, "python": view.python_snippet}
                  if view is not None and view.curl_snippet else None)
         return deployment_html(self, snippets=snips)
