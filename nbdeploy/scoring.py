@@ -86,9 +86,9 @@ def resolve_bundle(bundle: Any) -> tuple[str, Path]:
 
 
 def _import_archive(path: Path) -> str:
-    """Import an archive (checked by :func:`nbdeploy.export.import_bundle`); an archive whose
+    """Import an archive (checked by :func:`nbdeploy.archive.import_bundle`); an archive whose
     tag is already in the store is scored with the stored bundle of that tag."""
-    from .export import import_bundle
+    from .archive import import_bundle
 
     try:
         return import_bundle(path)
