@@ -530,7 +530,7 @@ def _explain_table(converted: Any, p: ExplainPlan, onnx_model: Any,
     docstring); the rows are the object table of the table contract.  TreeSHAP per column
     comes from :mod:`nbdeploy.explain_tree`; otherwise each column is one model-agnostic player."""
     from . import explain_tree
-    from .runtime.explain import ServeExplainer, TableCodec, lime_table_stats
+    from .runtime.explain import ServeExplainer, lime_table_stats
     from .runtime.model import OnnxModel
 
     spec = converted.spec
@@ -548,15 +548,7 @@ def _explain_table(converted: Any, p: ExplainPlan, onnx_model: Any,
     timings: dict = {}
     t0 = time.perf_counter()
 
-    # categorical pools: the model's categories plus the whole sample's; text: the background's
-    rng = np.random.default_rng(p.seed)
-    k = p.max_background
-    pick = np.sort(rng.choice(len(X_all), k, replace=False)) if len(X_all) > k else np.arange(len(X_all))
-    bg_rows = X_all[pick]
-    codec = TableCodec.build(columns, X_all)
-    codec = TableCodec([dict(c, pool=[t for t in dict.fromkeys(v for v in bg_rows[:, j]
-                                                               if isinstance(v, str))])
-                        if c["kind"] == "text" else c for j, c in enumerate(codec.to_json()["columns"])])
+    codec, bg_rows = _table_background(X_all, columns, p)
     config = dict(_base_config(p, task, names, classes), table=codec.to_json())
     width = onnx.output_matrix(X_all[:1]).shape[1]
 
@@ -572,21 +564,8 @@ def _explain_table(converted: Any, p: ExplainPlan, onnx_model: Any,
             notes=notes)
         config.update(tree_config)
     else:
-        if any(c.get("kind") == "text" for c in columns):
-            notes.append("Text columns are explained as a whole (one contribution per column), "
-                         "not per token.")
-        bg = codec.encode(bg_rows)
-        artifacts.update(background=bg, weights=np.full(len(bg), 1.0 / len(bg)))
-        config.update(kind="agnostic", background_rows=int(len(bg)))
-        if task == "classifier":
-            config["output_space"] = "probability"
-            config["output_names"] = [str(c) for c in classes] if classes is not None else \
-                [str(i) for i in range(width)]
-        else:
-            config["output_space"] = "value"
-            config["output_names"] = ["value"] if width == 1 else [f"value_{i}" for i in range(width)]
-        notes.append("Explained per original column with model-agnostic SHAP over the ONNX graph "
-                     "(its preprocessing included): each column is one player.")
+        agnostic, artifacts = _agnostic_table(codec, bg_rows, columns, task, classes, width, notes)
+        config.update(agnostic)
     if "lime" in p.methods:
         report(0.02, "LIME: column statistics")
         config["lime"] = {"discretizer": "quartile",
@@ -611,6 +590,42 @@ def _explain_table(converted: Any, p: ExplainPlan, onnx_model: Any,
     return _finish(serve, config, rows=rows, phi=phi, base=base, outputs=outputs, algo=algo,
                    task=task, names=names, methods=p.methods, seed=p.seed, agreement=agreement,
                    notes=notes, timings=timings, artifacts=artifacts, t0=t0, report=report)
+
+
+def _table_background(X_all: np.ndarray, columns: list[dict], p: ExplainPlan) -> tuple:
+    """The table's codec and a seeded subsample of rows as background.  Categorical pools: the
+    model's categories plus the whole sample's; text pools: the background's texts."""
+    from .runtime.explain import TableCodec
+
+    rng = np.random.default_rng(p.seed)
+    k = p.max_background
+    pick = np.sort(rng.choice(len(X_all), k, replace=False)) if len(X_all) > k else np.arange(len(X_all))
+    bg_rows = X_all[pick]
+    codec = TableCodec.build(columns, X_all)
+    codec = TableCodec([dict(c, pool=[t for t in dict.fromkeys(v for v in bg_rows[:, j]
+                                                               if isinstance(v, str))])
+                        if c["kind"] == "text" else c for j, c in enumerate(codec.to_json()["columns"])])
+    return codec, bg_rows
+
+
+def _agnostic_table(codec: Any, bg_rows: np.ndarray, columns: list[dict], task: str, classes: Any,
+                    width: int, notes: list[str]) -> tuple[dict, dict]:
+    """Model-agnostic SHAP per column: the encoded background, uniform weights, config entries."""
+    if any(c.get("kind") == "text" for c in columns):
+        notes.append("Text columns are explained as a whole (one contribution per column), "
+                     "not per token.")
+    bg = codec.encode(bg_rows)
+    config: dict = {"kind": "agnostic", "background_rows": int(len(bg))}
+    if task == "classifier":
+        config["output_space"] = "probability"
+        config["output_names"] = [str(c) for c in classes] if classes is not None else \
+            [str(i) for i in range(width)]
+    else:
+        config["output_space"] = "value"
+        config["output_names"] = ["value"] if width == 1 else [f"value_{i}" for i in range(width)]
+    notes.append("Explained per original column with model-agnostic SHAP over the ONNX graph "
+                 "(its preprocessing included): each column is one player.")
+    return config, {"background": bg, "weights": np.full(len(bg), 1.0 / len(bg))}
 
 
 def _finish(serve, config: dict, *, rows, phi, base, outputs, algo, task, names, methods, seed,
