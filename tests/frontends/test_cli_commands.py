@@ -98,6 +98,27 @@ def test_list_json_matches_the_store_and_the_running_servers(ref_deployment, ref
     assert out.returncode == 0 and json.loads(out.stdout)["bundles"] == []
 
 
+def test_list_text_is_the_shared_table(ref_deployment, ref_server):
+    """`nbdeploy list NAME` prints the rows %deploy list shows (nbdeploy.listing): one line per
+    version with its size in the shared format, and this name's servers with their health."""
+    from nbdeploy.formatting import size
+
+    versions = {b["tag"]: b for b in json.loads(cli("list", "ref-rf", "--json").stdout)["bundles"]}
+    out = cli("list", "ref-rf")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["BUNDLE", "FRAMEWORK", "TASK", "VARIANT", "SIZE", "CREATED"]
+    rows = {ln.split()[0]: ln for ln in lines[1:len(versions) + 1]}
+    assert set(rows) == set(versions) == bentoml_versions("ref-rf")
+    row = rows[ref_deployment.tag]
+    assert f" {size(versions[ref_deployment.tag]['size_bytes'])} " in row and "sklearn" in row
+    server_lines = [ln for ln in lines if ln.startswith(ref_server.id)]
+    assert len(server_lines) == 1
+    assert server_lines[0].split()[1:] == [ref_deployment.tag, ref_server.url, str(ref_server.pid), "ready"]
+    assert all(ln.split()[1].startswith("ref-rf:") for ln in lines[lines.index(next(
+        ln for ln in lines if ln.startswith("SERVER"))) + 1:] if ln.strip())
+
+
 def _predict(url: str, rows: np.ndarray, post) -> np.ndarray:
     status, body = post(url + "/predict", {"inputs": rows.tolist()})
     assert status == 200, body
