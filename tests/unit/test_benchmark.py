@@ -7,8 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from nbdeploy.benchmark import (BenchEntry, BenchPoint, BenchReport, benchmark, native_call,
-                                resolve_providers, serving_hints, tile_rows)
+from nbdeploy.benchmark import (
+    BenchEntry,
+    BenchPoint,
+    BenchReport,
+    benchmark,
+    native_call,
+    resolve_providers,
+    serving_hints,
+    tile_rows,
+)
 from nbdeploy.convert import convert
 from nbdeploy.errors import InvalidInputError
 
