@@ -1,5 +1,11 @@
 """explain: SHAP and LIME for a converted model, in the notebook and for the served bundle.
 
+How the code is laid out: :func:`plan_explanation` validates the options and decides the route
+(numeric rows, DataFrame table, text), the SHAP path and the rows (:class:`ExplainPlan`); the
+tree path (TreeSHAP) lives in :mod:`nbdeploy.explain_tree`, the model-agnostic path here; both
+end in an :class:`ExplainReport`, which holds numbers (``to_dict``) and draws nothing itself:
+its figures and HTML come from :mod:`nbdeploy.plots`.
+
 Which SHAP explainer
 --------------------
 * **Tree ensembles** (scikit-learn forests, extra-trees, decision trees, gradient boosting,
