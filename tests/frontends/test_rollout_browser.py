@@ -12,8 +12,7 @@ import time
 import urllib.request
 
 import pytest
-from test_browser import (OUT, _drive, browser_tools,  # noqa: F401 (fixtures)
-                          jupyter_lab, lab_env)
+from test_browser import OUT, _drive, browser_tools, jupyter_lab, lab_env  # noqa: F401 (fixtures)
 
 import nbdeploy
 from nbdeploy import serve
@@ -59,7 +58,7 @@ def canary_server(ref_copy, breast_cancer):
             s.stop()
 
 
-def test_sidebar_canary_promote_and_rollback_in_chromium(browser_tools, canary_server, jupyter_lab):
+def test_sidebar_canary_promote_and_rollback_in_chromium(browser_tools, canary_server, jupyter_lab):  # noqa: F811
     h, v1, v2, answers = canary_server
     result, detail = _drive(browser_tools, jupyter_lab, v1, MODE="canary", SERVER_ID=h.id, CANARY_TAG=v2)
     assert [s["name"] for s in result["steps"]][-1] == "done", detail

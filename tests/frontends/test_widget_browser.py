@@ -14,8 +14,7 @@ import subprocess
 
 import nbformat
 import pytest
-from test_browser import (CHROMIUM, NODE_MODULES, OUT, ROOT, browser_tools,  # noqa: F401 (fixtures)
-                          jupyter_lab, lab_env)
+from test_browser import CHROMIUM, NODE_MODULES, OUT, ROOT, browser_tools, jupyter_lab, lab_env  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 DRIVER = ROOT / "tests" / "frontends" / "browser" / "widget_lab.js"
