@@ -177,7 +177,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .registry import push
+    from .publish import push
 
     result = push(args.tag, args.ref, builder=args.builder, base=args.base,
                   insecure=True if args.insecure else None)
@@ -219,7 +219,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from .export import import_bundle
+    from .archive import import_bundle
 
     print(f"imported {import_bundle(args.path, trust=args.trust, trusted_keys=args.trusted_key)}")
     return 0

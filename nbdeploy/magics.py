@@ -362,7 +362,7 @@ class DeployMagics(Magics):
                                      f"--base {args.base}")
         push_ref, base = _unquote(args.push), _unquote(args.base)
         if push_ref:   # a malformed reference fails here, not after a minute of building
-            from .registry import Reference
+            from .oci import Reference
 
             for ref in (push_ref, base):
                 if ref:

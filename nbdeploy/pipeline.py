@@ -363,7 +363,7 @@ class Deployment:
         Returns a PushResult; ``str(result)`` is ``ref@sha256:...``.  Options go to
         :func:`nbdeploy.registry.push` (``base``, ``insecure``, ``credentials``, ``builder``).
         """
-        from .registry import push as _push
+        from .publish import push as _push
 
         self._require_bundle()
         t0 = time.perf_counter()
