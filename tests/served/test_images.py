@@ -17,10 +17,10 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 torch = pytest.importorskip("torch")
+from conftest import http  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import nbdeploy  # noqa: E402
-from conftest import http  # noqa: E402
 
 # PNG pixels are digits * 15 (0..240, exact in uint8); the model's input is digits / 16, so the
 # bundle's preprocessing is x / 255 / (240 / 255)
@@ -123,7 +123,7 @@ def test_torch_cnn_deployed_and_served(torch_cnn, post, get):
     spec = d.chosen_spec
     assert spec["input_shape"] == [None, 1, 8, 8] and spec["layout"] == "NCHW"
     assert d.verify_report.passed
-    from nbdeploy.report import summary_section     # what the widget and the report show
+    from nbdeploy.report import summary_section  # what the widget and the report show
     summary = summary_section(d)
     assert "[&#x27;N&#x27;, 1, 8, 8] NCHW" in summary or "['N', 1, 8, 8] NCHW" in summary, summary
     with open(os.path.join(str(d.path), "env", "python", "requirements.txt")) as f:
