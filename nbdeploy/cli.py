@@ -201,7 +201,8 @@ def cmd_k8s(args) -> int:
                               min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                               gpu=bundle_needs_gpu(bento), auth=args.auth, key_hashes=hashes,
                               oidc=oidc, rate_limit=args.rate_limit, ingress_host=args.ingress_host,
-                              tls_secret=args.tls_secret, drain_s=args.drain_s,
+                              tls_secret=args.tls_secret, pod_tls_secret=args.pod_tls_secret,
+                              drain_s=args.drain_s,
                               canary_image=args.canary_image, canary_tag=args.canary_tag,
                               canary_weight=args.canary_weight, gateway=args.gateway)
     if args.output:
@@ -346,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rate-limit", default=None, help="e.g. 100/min per key or token subject")
     s.add_argument("--ingress-host", default=None, help="add an Ingress for this host name")
     s.add_argument("--tls-secret", default=None, help="kubernetes.io/tls Secret for the Ingress (HTTPS)")
+    s.add_argument("--pod-tls-secret", default=None,
+                   help="kubernetes.io/tls Secret mounted into the pod: the bundle serves HTTPS itself")
     s.add_argument("--drain-s", type=int, default=10, help="preStop pause before a pod stops (seconds)")
     s.add_argument("--canary-image", default=None, help="a canary Deployment of this image, behind --gateway")
     s.add_argument("--canary-tag", default=None, help="the canary image's bundle tag (recorded on its pods)")

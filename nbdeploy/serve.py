@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .errors import InvalidInputError, NotFoundError, ServeError
 from .paths import servers_dir
+from .runtime.auth import TLS_CIPHERS
 from .schema import validate_tag
 
 ENGINES = ("bentoml", "direct")
@@ -333,7 +334,10 @@ def _spawn_bentoml(tag: str, host: str, port: int, log_path: Path, env: dict | N
         # the bundle's own runtime (nbdeploy_runtime in src/), not this nbdeploy's copy
         return _spawn([sys.executable, "-m", "nbdeploy_runtime.engine", "--host", host,
                        "--port", str(port), "--tag", tag, *ssl_args], log_path, env, cwd=str(src))
-    return _spawn([*bentoml_executable(), "serve", tag, "--host", host, "--port", str(port), *ssl_args],
+    # BentoML's default cipher string offers TLS 1.2 clients only CBC-SHA1 suites: pass ours
+    ciphers = ["--ssl-ciphers", TLS_CIPHERS] if tls else []
+    return _spawn([*bentoml_executable(), "serve", tag, "--host", host, "--port", str(port), *ssl_args,
+                   *ciphers],
                   log_path, env)
 
 

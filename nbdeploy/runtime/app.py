@@ -418,7 +418,7 @@ def build_app(runtime: Runtime, *, direct: bool = False, metrics=None):
             return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
         async def schema(request: Request) -> Response:
-            from .engine import client_schema
+            from .clientschema import client_schema
 
             return JSONResponse(client_schema(runtime))
 

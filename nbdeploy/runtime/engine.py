@@ -95,34 +95,6 @@ def exec_if_requested(root: Path) -> None:
                                "--port", str(port), *tls], env)
 
 
-def client_schema(runtime) -> dict:
-    """``/schema.json`` as BentoML's clients read it: the service's two typed endpoints (the
-    same parameters as the ``@bentoml.api`` methods of the generated ``service.py``)."""
-    cell = {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}], "nullable": True}
-    rows = {"type": "array", "title": "Inputs",  # oneOf: BentoML's client passes rows through as they are
-            "items": {"oneOf": [{"type": "array", "items": cell, "description": "values in feature order"},
-                                {"type": "object", "additionalProperties": cell,
-                                 "description": "values by feature name"}]}}
-
-    def opt(kind: str, title: str) -> dict:
-        return {"anyOf": [{"type": kind}, {"type": "null"}], "default": None, "title": title}
-
-    out = {"additionalProperties": True, "type": "object"}
-    explain = {"properties": {"inputs": rows,
-                              "method": {"default": "shap", "title": "Method", "type": "string"},
-                              "output": {"anyOf": [{"type": "integer"}, {"type": "string"},
-                                                   {"type": "null"}], "default": None, "title": "Output"},
-                              "seed": opt("integer", "Seed"), "max_evals": opt("integer", "Max Evals"),
-                              "num_samples": opt("integer", "Num Samples")},
-               "required": ["inputs"], "title": "Input", "type": "object"}
-    predict = {"properties": {"inputs": rows}, "required": ["inputs"], "title": "Input", "type": "object"}
-    meta = _read_json(runtime.model_dir / "metadata.json")
-    return {"name": meta.get("name", "nbdeploy"), "type": "service",
-            "description": meta.get("description", ""),
-            "routes": [{"name": n, "route": f"/api/{n}", "batchable": False, "input": i, "output": out,
-                        "is_task": False} for n, i in (("predict", predict), ("explain", explain))]}
-
-
 def _read_json(path: Path) -> dict:
     import json
 
@@ -140,6 +112,7 @@ def serve(root: Path, host: str, port: int, *, backlog: int = 2048,
     import uvicorn
 
     from .app import Runtime, build_app
+    from .auth import TLS_CIPHERS
     from .metrics import Metrics
     from .timeouts import install_header_limits
 
@@ -151,7 +124,8 @@ def serve(root: Path, host: str, port: int, *, backlog: int = 2048,
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             backlog=backlog, timeout_keep_alive=timeout_keep_alive,
                             server_header=False, lifespan="on",
-                            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)  # HTTPS only
+                            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,  # HTTPS only
+                            ssl_ciphers=TLS_CIPHERS if ssl_certfile else "TLSv1")
     server = uvicorn.Server(config)
     # requests in flight = uvicorn's request tasks, including those waiting for the loop
     runtime.pending = lambda: len(server.server_state.tasks)
@@ -184,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ssl-keyfile", default=None, help="PEM private key of --ssl-certfile")
     ap.add_argument("--tag", default=None, help="only recorded on the command line, to find the process")
     args = ap.parse_args(argv)
+    if args.ssl_certfile is None and args.ssl_keyfile is None:
+        # the same certificate variables as the generated service.py under `bentoml serve`
+        from .auth import tls_paths
+
+        args.ssl_certfile, args.ssl_keyfile = tls_paths() or (None, None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = Path(args.root) if args.root else Path(__file__).resolve().parent.parent
     return serve(root, args.host, args.port, backlog=args.backlog,

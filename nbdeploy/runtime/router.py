@@ -46,7 +46,7 @@ MODEL_ROUTES = ("/predict", "/api/predict", "/explain", "/api/explain")
 COMPARE_EVERY = 4
 COMPARE_MAX_BYTES = 1 << 20
 #: every Version still in memory (routed to or not): a swapped-out version must leave it
-_ALIVE: "weakref.WeakSet[Version]" = weakref.WeakSet()
+_ALIVE: weakref.WeakSet[Version] = weakref.WeakSet()
 
 
 def _runtime_package(src: Path):

@@ -292,7 +292,7 @@ def _serve(tag: str, port: int | None, stable: bool = False, auth: str | None = 
 
 def _push(tag: str, ref: str, report: Callable, **kwargs) -> Any:
     """Build and push the image, reporting the build, then each blob's upload, as progress."""
-    from ..registry import push
+    from ..publish import push
 
     sizes: dict[str, int] = {}   # every blob's size, as the uploads reveal them
     sent: dict[str, int] = {}
@@ -349,7 +349,7 @@ def _check_ref(ref: Any, field: str = "ref") -> str:
     if not isinstance(ref, str) or not ref.strip():
         raise InvalidInputError(f"Give an image reference as {field!r}, e.g. \"127.0.0.1:5000/model:1\".",
                                 expected="string", received=type(ref).__name__)
-    from ..registry import Reference
+    from ..oci import Reference
 
     Reference.parse(ref)  # raises InvalidInputError on a malformed reference
     return ref

@@ -30,7 +30,7 @@ async def _wait_job(jp_fetch, job: dict, timeout: float = 120.0) -> dict:
 
 
 async def test_export_job_writes_an_archive_under_the_root(jp_fetch, jp_root_dir, ref_deployment):
-    from nbdeploy.export import inspect_archive
+    from nbdeploy.archive import inspect_archive
 
     tag = ref_deployment.tag
     (jp_root_dir / "exports").mkdir()

@@ -141,13 +141,9 @@ def test_tls_paths_default_is_plain_http_and_bad_settings_refuse_to_start(tmp_pa
 # -- stock `bentoml serve` of a default bundle, the certificate named by the environment ----------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", [
-    "bentoml",
-    # NBDEPLOY_ENGINE=direct: `bentoml serve` hands its process to nbdeploy_runtime.engine, which
-    # reads the same variables once engine.main does (the change to engine.py is the lead's)
-    pytest.param("direct", marks=pytest.mark.xfail(strict=True, reason="engine.py does not read "
-                                                   "NBDEPLOY_TLS_CERT/_KEY yet (issue 19)")),
-])
+# NBDEPLOY_ENGINE=direct: `bentoml serve` hands its process to nbdeploy_runtime.engine, which reads
+# the same variables
+@pytest.mark.parametrize("engine", ["bentoml", "direct"])
 def test_stock_bentoml_serve_speaks_https_from_the_environment(engine, ref_deployment, rf_model, breast_cancer,
                                                                 tmp_path):
     from containers.fixtures import free_port
