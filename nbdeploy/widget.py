@@ -696,6 +696,11 @@ def row_html(r: dict, max_features: int = 15) -> str:
 _VIEWS: weakref.WeakKeyDictionary[Any, DeployWidget] = weakref.WeakKeyDictionary()
 
 
+def view_of(deployment: Any) -> DeployWidget | None:
+    """The widget already showing ``deployment``, or None (none is made)."""
+    return _VIEWS.get(deployment)
+
+
 def widget_for(deployment: Any) -> DeployWidget:
     """The widget of ``deployment`` (made, attached and filled on first use)."""
     w = _VIEWS.get(deployment)

@@ -303,7 +303,7 @@ def test_real_results_fill_benchmark_quantization_and_explanation_tabs(iris):
 
 
 def test_export_button_writes_a_real_archive(built, tmp_path):
-    from nbdeploy.export import inspect_archive
+    from nbdeploy.archive import inspect_archive
 
     d, w, _ = built
     target = tmp_path / "widget-test.bento"
