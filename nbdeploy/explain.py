@@ -171,19 +171,11 @@ class ExplainReport:
 
     def requirements(self) -> list[str]:
         """Pinned packages the served bundle needs for these explanations (beyond numpy and
-        onnxruntime): shap for TreeSHAP only; lime (with scikit-learn and scipy, which it
-        imports) for LIME.  Model-agnostic SHAP is plain numpy."""
-        from importlib.metadata import PackageNotFoundError, version
+        onnxruntime), from :data:`nbdeploy.bundle.DEPENDENCIES`: shap for TreeSHAP only; lime
+        (with scikit-learn and scipy, which it imports) for LIME.  Model-agnostic SHAP is numpy."""
+        from .explain_text import explanation_pins
 
-        dists = (["shap"] if self.config.get("kind") == "tree" else []) + (
-            ["lime", "scikit-learn", "scipy"] if "lime" in self.methods else [])
-        out = []
-        for d in dists:
-            try:
-                out.append(f"{d}=={version(d)}")
-            except PackageNotFoundError:  # pragma: no cover
-                out.append(d)
-        return out
+        return explanation_pins(self.config)
 
     def explain_row(self, i: int, method: str = "shap") -> dict:
         """One row's explanation, shaped like a single-row ``POST /explain`` answer."""

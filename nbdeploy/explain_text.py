@@ -15,6 +15,29 @@ import numpy as np
 from .runtime.text import DEFAULT_TEXT_BUDGET
 
 
+def explanation_pins(config: dict) -> list[str]:
+    """``dist==version`` of what serving an explanation ``config`` imports beyond what every
+    bundle has (:func:`nbdeploy.bundle.features` over :data:`nbdeploy.bundle.DEPENDENCIES`);
+    a distribution not installed here is named without a version.  Used by both
+    explanation reports (here so that explain_text imports nothing from explain)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .bundle import ALWAYS, DEPENDENCIES, IF_INSTALLED, features
+
+    serves = features(None, config)
+    out = []
+    for dep in DEPENDENCIES:
+        dist = dep.dists[0]
+        if dep.when in (ALWAYS, IF_INSTALLED) or not dep.needed(serves) or any(
+                r.split("==")[0] == dist for r in out):
+            continue
+        try:
+            out.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:  # pragma: no cover
+            out.append(dist)
+    return out
+
+
 class TextExplainReport:
     """SHAP per token for a few sample texts (LIME on demand), and the bundle's explain config."""
 
@@ -33,15 +56,9 @@ class TextExplainReport:
                 f"{self.seconds:.1f} s" + ("; LIME text on demand" if "lime" in self.methods else ""))
 
     def requirements(self) -> list[str]:
-        from importlib import metadata
-
-        out = []
-        for dist in ("shap",) + (("lime", "scikit-learn", "scipy") if "lime" in self.methods else ()):
-            try:
-                out.append(f"{dist}=={metadata.version(dist)}")
-            except metadata.PackageNotFoundError:
-                pass
-        return out
+        """Pinned packages its served explanations import (shap; lime with scikit-learn and
+        scipy when LIME is served), from :data:`nbdeploy.bundle.DEPENDENCIES`."""
+        return explanation_pins({"kind": "text", "methods": list(self.methods)})
 
     def explain_row(self, i: int, method: str = "shap", **options) -> dict:
         if method == "shap" and not options and i < len(self.rows) and "tokens" in self.rows[i]:

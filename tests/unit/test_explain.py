@@ -334,6 +334,18 @@ def test_requirements_name_what_the_bundle_imports(cls_data):
     lin = explain(convert(LogisticRegression().fit(X, y), X), methods=("shap", "lime"), max_rows=2,
                   max_background=10)
     assert [r.split("==")[0] for r in lin.requirements()] == ["lime", "scikit-learn", "scipy"]
+    # the pins come from the bundle's one list of what served code imports, with versions here
+    from importlib.metadata import version
+
+    from nbdeploy.bundle import DEPENDENCIES
+    from nbdeploy.explain_text import TextExplainReport
+
+    assert tree.requirements() == [f"shap=={version('shap')}"]
+    listed = {d.dists[0] for d in DEPENDENCIES}
+    assert {r.split("==")[0] for r in lin.requirements()} <= listed
+    text = TextExplainReport([], methods=("shap", "lime"), budget={}, explainer=None,
+                             X=np.zeros((0, 1), dtype=object), seconds=0.0)
+    assert [r.split("==")[0] for r in text.requirements()] == ["shap", "lime", "scikit-learn", "scipy"]
 
 
 def test_plan_chooses_the_path_before_computing_anything(cls_data):
