@@ -20,7 +20,6 @@ from nbdeploy.errors import RegistryError
 from nbdeploy.image import image_from_rootfs
 from nbdeploy.registry import push_image
 
-
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
        "proxy-authorization", "proxy-authenticate"}
 

@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
-
 from echo_registry import MARKER, EchoRegistry, assert_clean
+
 from nbdeploy.errors import RegistryError
 from nbdeploy.image import image_from_rootfs
 from nbdeploy.registry import RegistryClient, push_image, scrub
