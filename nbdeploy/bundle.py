@@ -102,14 +102,17 @@ def features(spec: dict | None, explain_config: dict | None) -> set[str]:
     TreeSHAP, per-token and image SHAP (model-agnostic tabular SHAP is numpy), lime for LIME, image
     for models fed image files (``preprocess``), text for models fed raw text."""
     out: set[str] = set()
+    spec = spec or {}
+    # image models: files decoded with Pillow (preprocess), or tensors of rank > 2 (H x W x C)
+    # explained with image SHAP / lime_image at /explain
+    image = bool(spec.get("preprocess")) or len(spec.get("input_shape") or ()) > 2
     if explain_config is not None:
         kind, methods = explain_config.get("kind"), explain_config.get("methods") or ()
-        if kind in ("tree", "text") or (kind == "image" and "shap" in methods):
+        if kind in ("tree", "text") or (image and "shap" in methods):
             out.add("shap")
         if "lime" in methods:
             out.add("lime")
-    spec = spec or {}
-    if spec.get("preprocess"):
+    if image:
         out.add("image")
     if spec.get("input_mode") == "text" or spec.get("text"):
         out.add("text")

@@ -75,7 +75,7 @@ def k8s_manifests(tag: str, image: str, *, name: str | None = None, namespace: s
     itself serves HTTPS only (probes over HTTPS, Service port ``https`` 443; see the module doc).
 
     ``gpu``: True or a count adds an ``nvidia.com/gpu`` limit. ``image`` should be pinned
-    (``ref@sha256:...``, as :func:`nbdeploy.registry.push` returns) so rollouts are exact.
+    (``ref@sha256:...``, as :func:`nbdeploy.publish.push` returns) so rollouts are exact.
 
     Rollouts drop nothing: RollingUpdate with ``maxUnavailable: 0, maxSurge: 1`` (a new pod is
     ready before an old one goes), a ``preStop`` pause of ``drain_s`` seconds (endpoints stop

@@ -60,6 +60,7 @@ class Deployment:
                  feature_names: list[str] | None = None, serving: dict | None = None,
                  tokenizer: Any = None,
                  preprocess: Any = None,
+                 class_names: Any = None,
                  progress: Callable[[StepEvent], None] | Iterable[Callable] | None = None):
         from .schema import validate_name
 
@@ -82,6 +83,7 @@ class Deployment:
         self.feature_names = feature_names
         self.tokenizer = tokenizer      # transformers text classifiers (issue 21)
         self.preprocess = preprocess    # nbdeploy.ImagePreprocess for image models
+        self.class_names = class_names  # names of a classifier's outputs 0..k-1 (or id2label)
         self.serving_overrides = dict(serving or {})
         if progress is None:
             self._listeners: list[Callable] = []
@@ -285,7 +287,15 @@ class Deployment:
                 if self.explanation is not None:
                     self.explanation.write_artifacts(model_dir)
 
+            from .images import named_classes
+
+            spec = self.chosen_spec
+            names = named_classes(self.class_names, spec.get("classes"), self.model)
+            if names is not None:   # /predict answers with names (after verify, which compares indices)
+                spec = dict(spec, classes=names)
             metadata = self.to_dict(include_bundle=False)
+            if names is not None:
+                metadata["classes"] = names
             # The card describes the finished build, not this moment: the bundle step is done
             # once the card is written, and serve/push are later actions, not build steps.
             metadata["steps"] = [dict(e, state="done", summary="", fraction=None)
@@ -295,18 +305,9 @@ class Deployment:
             metadata["description"] = (f"{self.converted.framework} {self.converted.spec['task']} "
                                        f"deployed with nbdeploy {__version__}")
             self.bundle = _bundle.build(name=self.name, onnx_bytes=self.chosen_model.SerializeToString(),
-                                        spec=self.chosen_spec, metadata=metadata, config=config,
-                                        extra=extra, plots=plots,
-                                        extra_requirements=self._explain_requirements())
+                                        spec=spec, metadata=metadata, config=config,
+                                        extra=extra, plots=plots)
         return self.bundle.tag
-
-    def _explain_requirements(self) -> list[str] | None:
-        reqs = self.explanation.requirements() if self.explanation is not None else None
-        if self.converted is not None and self.converted.spec.get("preprocess"):
-            from importlib.metadata import version  # image bundles decode files with Pillow
-
-            reqs = list(reqs or []) + [f"pillow=={version('pillow')}"]
-        return reqs
 
     # -- after the pipeline --------------------------------------------------------------------
     @property
@@ -361,7 +362,7 @@ class Deployment:
         """Build an OCI image of the bundle (no Docker daemon needed) and push it to ``ref``.
 
         Returns a PushResult; ``str(result)`` is ``ref@sha256:...``.  Options go to
-        :func:`nbdeploy.registry.push` (``base``, ``insecure``, ``credentials``, ``builder``).
+        :func:`nbdeploy.publish.push` (``base``, ``insecure``, ``credentials``, ``builder``).
         """
         from .publish import push as _push
 

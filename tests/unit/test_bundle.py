@@ -188,9 +188,11 @@ def test_bundle_with_every_feature_pins_every_lazy_import(tmp_path, onnx_bytes):
     ({"kind": "tree", "methods": ["shap"]}, {}, {"shap"}),
     ({"kind": "text", "methods": ["shap"]}, {"input_mode": "text"}, {"shap", "tokenizers"}),
     ({"kind": "agnostic", "methods": ["shap", "lime"]}, {}, {"lime", "scikit-learn", "scipy"}),
-    ({"kind": "agnostic", "methods": ["shap"]}, {"preprocess": {"size": [8, 8]}}, {"pillow"}),
-    ({"kind": "image", "methods": ["shap", "lime"]}, {"preprocess": {"size": [8, 8]}},
+    # image models: image SHAP (partition explainer) and lime_image at /explain
+    ({"kind": "agnostic", "methods": ["shap"]}, {"preprocess": {"size": [8, 8]}}, {"pillow", "shap"}),
+    ({"kind": "agnostic", "methods": ["shap", "lime"]}, {"input_shape": [None, 1, 8, 8]},
      {"shap", "lime", "scikit-learn", "scipy", "scikit-image", "pillow"}),
+    ({"kind": "agnostic", "methods": ["shap"]}, {"input_shape": [None, 30]}, set()),
 ])
 def test_portability_check_and_requirements_share_one_list(tmp_path, onnx_bytes, explain, spec, needs):
     """What the requirements pin for a bundle is what the check asks of it: drop the pin of a
