@@ -409,7 +409,7 @@ def _explain_tabular(converted: Any, p: ExplainPlan, onnx_model: Any,
                      report: Callable[[float, str], None]) -> ExplainReport:
     """Numeric rows: TreeSHAP on the native trees (:mod:`nbdeploy.explain_tree`) when the plan
     says so and it applies, model-agnostic SHAP over the ONNX variant otherwise."""
-    from . import explain_tree
+    from .explain_tree import check_exported, tabular_tree
     from .runtime.explain import ServeExplainer
     from .runtime.model import OnnxModel
 
@@ -427,7 +427,7 @@ def _explain_tabular(converted: Any, p: ExplainPlan, onnx_model: Any,
     tree = None
     if p.try_tree:
         rows = X_all[:p.rows("tree")]
-        tree = explain_tree.tabular_tree(converted.adapter, spec, onnx, rows, notes, report)
+        tree = tabular_tree(converted.adapter, spec, onnx, rows, notes, report)
     if tree is not None:
         config.update(tree["config"])
         artifacts = dict(tree["artifacts"])
@@ -442,7 +442,7 @@ def _explain_tabular(converted: Any, p: ExplainPlan, onnx_model: Any,
     config = json.loads(json.dumps(config))          # exactly what the bundle will read
 
     if tree is not None:
-        serve, agreement = explain_tree.check_exported(onnx, config, tree, rows, notes, report)
+        serve, agreement = check_exported(onnx, config, tree, rows, notes, report)
         phi, base, outputs, algo = tree["phi"], tree["base"], tree["outputs"], "tree"
     else:
         serve = ServeExplainer(onnx, config, background=artifacts["background"],
@@ -527,7 +527,7 @@ def _explain_table(converted: Any, p: ExplainPlan, onnx_model: Any,
     """Table mode: SHAP/LIME with one feature per original DataFrame column (see the module
     docstring); the rows are the object table of the table contract.  TreeSHAP per column
     comes from :mod:`nbdeploy.explain_tree`; otherwise each column is one model-agnostic player."""
-    from . import explain_tree
+    from .explain_tree import table_tree, table_tree_config, table_tree_values
     from .runtime.explain import ServeExplainer, lime_table_stats
     from .runtime.model import OnnxModel
 
@@ -553,11 +553,11 @@ def _explain_table(converted: Any, p: ExplainPlan, onnx_model: Any,
     tree = None
     if p.try_tree:
         report(0.05, "TreeSHAP: tracing transformed features to columns")
-        tree = explain_tree.table_tree(converted, onnx, names, X_all[:p.rows("tree")], notes,
+        tree = table_tree(converted, onnx, names, X_all[:p.rows("tree")], notes,
                                        asked=p.mode == "tree")
     artifacts: dict = {}
     if tree is not None:
-        tree_config, artifacts = explain_tree.table_tree_config(
+        tree_config, artifacts = table_tree_config(
             converted.adapter, tree, task=task, classes=classes, columns=columns, width=width,
             notes=notes)
         config.update(tree_config)
@@ -577,7 +577,7 @@ def _explain_table(converted: Any, p: ExplainPlan, onnx_model: Any,
     if tree is not None:
         t1 = time.perf_counter()
         rows = X_all[:p.rows("tree")]
-        phi, base, outputs, algo, agreement = explain_tree.table_tree_values(
+        phi, base, outputs, algo, agreement = table_tree_values(
             serve, converted.adapter, tree, rows, n_columns=len(names),
             output_space=config["output_space"], notes=notes)
         timings["shap_s"] = round(time.perf_counter() - t1, 4)
