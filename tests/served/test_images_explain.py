@@ -8,7 +8,6 @@ stock `bentoml serve`."""
 from __future__ import annotations
 
 import base64
-import inspect
 import io
 import os
 import re
@@ -27,14 +26,10 @@ import nbdeploy  # noqa: E402
 STD = 240 / 255          # PNG pixels are digits * 15; the model's input is digits / 16
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 HELD = slice(1400, 1440)
-#: deploy(..., class_names=) is read by pipeline.py (the lead applies it; until then the tests
-#: that need names are skipped and the others run with index labels)
-NAMED = "class_names" in inspect.signature(nbdeploy.Deployment).parameters
-needs_names = pytest.mark.skipif(not NAMED, reason="deploy(class_names=) not in pipeline.py yet")
 
 
 def _name(k: int):
-    return NAMES[k] if NAMED else k
+    return NAMES[k]
 
 
 def _png_b64(pixels: np.ndarray) -> str:
@@ -74,7 +69,7 @@ def torch_served(digits):
         opt.step()
     m.eval()
     d = nbdeploy.deploy(m, X[1200:1400], labels=y[1200:1400], name="torch-cnn-named", explain="none",
-                        quantize="none", **({"class_names": NAMES} if NAMED else {}),
+                        quantize="none", class_names=NAMES,
                         preprocess=nbdeploy.ImagePreprocess(size=8, mode="L", mean=[0.0], std=[STD]))
     server = d.serve()
     try:
@@ -131,7 +126,6 @@ def test_report_shows_the_bundles_heat_map(torch_served):
     assert np.array_equal(np.asarray(_heat_png(live)), np.asarray(png))
 
 
-@needs_names
 def test_predict_answers_with_class_names_torch(torch_served, post):
     d, server, m, X, images = torch_served
     native = m(torch.from_numpy(X[HELD])).argmax(1).numpy()
@@ -189,7 +183,6 @@ def test_image_lime_superpixels(torch_served, post):
     assert ex["explained_output"][0] in [_name(i) for i in range(10)] and np.abs(A).max() > 0
 
 
-@needs_names
 def test_predict_answers_with_id2label_keras(digits, post):
     keras = pytest.importorskip("keras")
     pytest.importorskip("tensorflow")
