@@ -107,6 +107,9 @@ def build_parser() -> _Parser:
                    help="image models: an nbdeploy.ImagePreprocess from the notebook (name or expression)")
     p.add_argument("--tokenizer", metavar="TOK", default=None,
                    help="text models: the transformers tokenizer from the notebook (name or expression)")
+    p.add_argument("--class-names", metavar="EXPR", default=None,
+                   help="classifiers: the names of outputs 0..k-1 (a list or an id2label dict from the "
+                        "notebook); /predict answers with them")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="time budget of the benchmark step (default 20), e.g. --budget 5")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), metavar="DEVICE",
@@ -385,7 +388,9 @@ class DeployMagics(Magics):
                        **({"preprocess": self._resolve(args.preprocess, "--preprocess")}
                           if args.preprocess else {}),
                        **({"tokenizer": self._resolve(args.tokenizer, "--tokenizer")}
-                          if args.tokenizer else {}))
+                          if args.tokenizer else {}),
+                       **({"class_names": self._resolve(args.class_names, "--class-names")}
+                          if args.class_names else {}))
         self.last = d
         self.last_widget = None
         self.deployments.append(d)
