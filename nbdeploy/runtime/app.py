@@ -150,6 +150,10 @@ class Runtime:
             # importing shap/lime takes seconds: do it after readiness, off the request path
             threading.Thread(target=self._warm_explainer, name="nbdeploy-explain-warmup",
                              daemon=True).start()
+        if self.explain_policy == "eager" and len(self.spec.get("input_shape") or ()) > 2:
+            from .images import start_shap_warmup  # image SHAP compiles once per process
+
+            start_shap_warmup()
 
     def _in_flight(self) -> int | None:
         try:
