@@ -43,7 +43,7 @@ def mixed_frame(n: int, seed: int):
 
     rng = np.random.default_rng(seed)
     df = pd.DataFrame({f"x{i}": rng.normal(i, 1 + i, n).round(2) for i in range(5)})
-    for i, (name, values) in enumerate([("city", ["Oslo", "Bergen", "Paris", "Lyon", "Lima"]),
+    for _i, (name, values) in enumerate([("city", ["Oslo", "Bergen", "Paris", "Lyon", "Lima"]),
                                         ("plan", ["basic", "plus", "pro"]),
                                         ("channel", ["web", "app", "phone", "shop"]),
                                         ("region", ["north", "south", "east", "west"])]):
@@ -122,7 +122,7 @@ def main() -> int:
             f.write_text(json.dumps(body))
             wrk(url + "/predict", f, 4, 1)                    # warm-up
         for conns in (1, 16):                                  # interleaved: same machine state
-            for name, url, body in cases:
+            for name, url, _body in cases:
                 f = HERE / f"{name.replace(' ', '-')}.json"
                 results[(name, conns)] = wrk(url + "/predict", f, conns, args.seconds)
         print(f"\n{'case':<18} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")

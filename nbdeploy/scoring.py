@@ -31,9 +31,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .errors import InvalidInputError, NbdeployError, NotFoundError, missing
 
@@ -409,7 +410,7 @@ def _table_rows(feats: Any, columns: list[dict]) -> list[list]:
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
     by_col = []
-    for (_, s), col in zip(feats.items(), columns):
+    for (_, s), _col in zip(feats.items(), columns):
         if is_numeric_dtype(s.dtype) and not is_bool_dtype(s.dtype):
             v = s.to_numpy(dtype=np.float64, na_value=np.nan).tolist()
             by_col.append([None if x != x else x for x in v])
@@ -956,7 +957,7 @@ def score(bundle: Any, data: Any, *, output: str | os.PathLike | None = None,
                                 expected=">= 1", received=repr(threads)[:40])
     scorer = Scorer(model_dir, threads=threads)
     if explain:
-        scorer.explainer   # fail before reading any data when the bundle has no SHAP
+        _ = scorer.explainer   # fail before reading any data when the bundle has no SHAP
     columns = scorer.output_columns(explain=bool(explain))
     source = _open_source(data, scorer, batch_size, keep)
     bar = _Progress(progress, source.total, source.name)

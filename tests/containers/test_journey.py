@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 pytestmark = pytest.mark.slow
 
 
@@ -184,10 +183,9 @@ def test_deploy_magic_push_with_default_options(rf_model, breast_cancer, registr
     import io
     import tarfile
 
+    from containers.fixtures import assert_pushed
     from IPython.testing import globalipapp
     from IPython.utils.capture import capture_output
-
-    from containers.fixtures import assert_pushed
 
     monkeypatch.setenv("NBDEPLOY_BASE_IMAGE", base_image_ref)
     globalipapp.start_ipython()

@@ -11,7 +11,6 @@ import pytest
 import nbdeploy
 
 
-
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nbdeploy.cli", *args], capture_output=True, text=True,
                           env=dict(os.environ, **(env or {})), timeout=600)

@@ -8,9 +8,9 @@ import json
 import os
 
 import pytest
+from echo_registry import MARKER, EchoRegistry, assert_clean
 from tornado.httpclient import HTTPClientError
 
-from echo_registry import MARKER, EchoRegistry, assert_clean
 from nbdeploy.runtime.jsonlimits import MAX_JSON_DEPTH
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]

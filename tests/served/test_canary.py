@@ -74,7 +74,7 @@ class Load:
 def _by_version(results, tags):
     """Versions told apart by the answers themselves (each model's probabilities)."""
     out = []
-    for status, _, body in results:
+    for _status, _, body in results:
         p = np.asarray(body["probabilities"])
         match = [t for t, e in tags.items() if np.allclose(p, e, atol=1e-5)]
         assert len(match) == 1, body

@@ -14,17 +14,24 @@ import time
 
 import pytest
 
+# the served-API checks, unchanged (pytest runs them here with this module's fixtures)
+from test_drift_served import (  # noqa: F401  (a fixture those checks use)
+    sample,
+    test_replaying_the_sample_is_zero_psi,
+    test_shifted_stream_flags_exactly_the_shifted_features,
+)
+from test_served_api import (
+    test_client_mistakes_get_400,
+    test_health_endpoints,
+    test_metadata_is_a_model_card,
+    test_nan_and_bad_json_get_400,
+    test_openapi_document,
+    test_predict_lists_and_records,
+    test_wrong_content_type_and_too_many_rows,
+)
+
 from nbdeploy import serve
 from nbdeploy.errors import InvalidInputError
-
-# the served-API checks, unchanged (pytest runs them here with this module's fixtures)
-from test_drift_served import (sample,  # noqa: F401  (a fixture those checks use)
-                               test_replaying_the_sample_is_zero_psi,
-                               test_shifted_stream_flags_exactly_the_shifted_features)
-from test_served_api import (test_client_mistakes_get_400, test_health_endpoints,
-                             test_metadata_is_a_model_card, test_nan_and_bad_json_get_400,
-                             test_openapi_document, test_predict_lists_and_records,
-                             test_wrong_content_type_and_too_many_rows)
 
 pytestmark = pytest.mark.slow
 

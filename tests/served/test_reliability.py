@@ -532,8 +532,9 @@ def test_build_on_full_disk_fails_cleanly(build_inputs, tmp_path):
 
 def test_build_with_file_size_limit_fails_cleanly(base, build_inputs, store_cleanup):
     """Writes fail with EFBIG (RLIMIT_FSIZE) while the bundle is staged: no root needed."""
-    import bentoml
     import resource
+
+    import bentoml
 
     name = "rel-fsize"
     rc, out = _run_build(build_inputs, name, "v1-old")

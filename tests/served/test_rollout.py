@@ -13,7 +13,6 @@ import nbdeploy
 from nbdeploy import serve
 from nbdeploy.errors import InvalidInputError
 
-
 pytestmark = pytest.mark.slow
 
 
