@@ -281,9 +281,17 @@ def convert(model: Any, sample: Any, *, task: str | None = None,
     if table:
         columns = [ColumnSpec(**c) for c in adapter.columns]
     notes = list(converted.notes)
-    from .verify import probe_columns
+    if nd_shape is None:
+        from .verify import probe_columns
 
-    notes += probe_columns(adapter, converted.onnx_model, spec, X, columns)
+        notes += probe_columns(adapter, converted.onnx_model, spec, X, columns)
+    else:
+        # N-D tensors (images, sequences): a missing value is one pixel or step, not a column a
+        # user leaves empty, and probing every element (150,528 for a 224x224 RGB image) runs
+        # the model on tens of thousands of rows.  A NaN element turns a network's outputs into
+        # NaN, which the probe counts as refused anyway: refuse it without probing.
+        for c in columns:
+            c.nullable = False
     spec["columns"] = [c.to_dict() for c in columns]
     if table:
         adapter.columns = spec["columns"]

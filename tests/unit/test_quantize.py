@@ -281,3 +281,45 @@ def test_cuda_device_without_gpu_is_explicit(mlp):
 
 def test_benchmark_summary(mlp_auto):
     assert "fp32 p50" in mlp_auto[0].benchmark_summary()
+
+
+def test_static_int8_for_convolutions_is_qoperator_per_channel(digits_cnn):
+    """Convolutional graphs: pre-processed, then QLinearConv with one weight scale per filter;
+    onnxruntime's int8 labels agree with fp32 on held-out digits (checked here, not by nbdeploy)."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from nbdeploy.quantize import build_variant
+
+    c, held_out = digits_cnn
+    q = build_variant(c.onnx_model, "int8-static", spec=c.spec, calibration=c.X)
+    ops = {n.op_type for n in q.graph.node}
+    assert "QLinearConv" in ops and "Conv" not in ops, ops
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    w_scales = [inits[n.input[4]] for n in q.graph.node if n.op_type == "QLinearConv"]
+    assert [s.shape for s in w_scales] == [(16,)], "per-channel: one weight scale per output filter"
+    assert {o.domain for o in q.opset_import} <= {"", "com.microsoft", "ai.onnx.ml"}
+    assert c.onnx_model.graph.node[-1].op_type != "QLinearConv"   # the input model is left alone
+    runs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            for m in (c.onnx_model, q)]
+    p32, p8 = (s.run(None, {"input": held_out})[0].argmax(1) for s in runs)
+    assert (p8 == p32).mean() >= 0.97
+
+
+@pytest.fixture(scope="module")
+def digits_cnn():
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    d = load_digits()
+    X = (d.images / 16.0).astype(np.float32)[:, None]
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                      nn.Linear(16 * 16, 10))
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(torch.from_numpy(X[:1200])), torch.from_numpy(d.target[:1200])).backward()
+        opt.step()
+    return convert(m.eval(), X[1200:1400]), X[1400:].reshape(len(X) - 1400, -1)
