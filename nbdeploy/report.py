@@ -115,28 +115,20 @@ def _kv(info: dict) -> str:
     return f"<div class='nbd-scroll'><table>{rows}</table></div>"
 
 
-def png_bytes(fig: Any, dpi: int = 90) -> bytes:
-    """PNG of a matplotlib Figure (pyplot figures are closed afterwards)."""
-    import io
-    import sys
+def png_bytes(fig: Any) -> bytes:
+    """PNG of a matplotlib Figure at the notebook's size (:func:`nbdeploy.plots.png_bytes`)."""
+    from .plots import png_bytes as _png
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt = sys.modules.get("matplotlib.pyplot")
-    if plt is not None:
-        try:
-            plt.close(fig)
-        except Exception:  # pragma: no cover - a Figure made without pyplot
-            pass
-    return buf.getvalue()
+    return _png(fig)
 
 
 def img_tag(png: bytes, alt: str) -> str:
     """An inline PNG shown at its own pixel size (fonts as drawn), never wider than the cell."""
     import base64
-    import struct
 
-    width = struct.unpack(">I", png[16:20])[0] if png[:8] == b"\x89PNG\r\n\x1a\n" else 480
+    from .plots import png_width
+
+    width = png_width(png) or 480
     return (f"<img alt='{_e(alt)}' title='{_e(alt)}' style='width:{width}px' "
             f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
 
@@ -400,7 +392,7 @@ def _bundle_section(d: Any, snips: dict | None) -> str:
     out = _kv(info)
     if server is not None:
         out += (f"<p>serving at <a href='{_e(server.url)}' target='_blank'>{_e(server.url)}</a> · "
-                f"<a href='{_e(server.url)}/docs' target='_blank'>API docs</a></p>")
+                f"<a href='{_e(server.url)}/' target='_blank'>API docs</a></p>")
     if d.pushed is not None:
         out += f"<p>pushed: <code>{_e(d.pushed)}</code></p>"
     snips = snips or snippets(d, server.url if server is not None else None)

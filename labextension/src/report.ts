@@ -130,7 +130,7 @@ export class ReportView extends Widget {
       this.status.replaceChildren(...mine.flatMap(s => [
         el('span', { class: `nbdeploy-health nbdeploy-health-${s.health}` }, s.health), ' at ',
         el('a', { href: s.url, target: '_blank', rel: 'noopener noreferrer', class: 'nbdeploy-url' }, s.url), ' · ',
-        el('a', { href: `${s.url}/docs`, target: '_blank', rel: 'noopener noreferrer' }, 'API docs'), ' ',
+        el('a', { href: `${s.url}/`, target: '_blank', rel: 'noopener noreferrer' }, 'API docs'), ' ',
         s.auth_hint ? el('div', { class: 'nbdeploy-auth-hint' }, `API key required. ${s.auth_hint}`) : '']));
     } else if (!this.status.classList.contains('nbdeploy-error') && !this.keepNote) {
       this.status.className = 'nbdeploy-tab-status';
