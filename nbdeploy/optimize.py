@@ -85,20 +85,15 @@ class OptimizeResult:
 
     def figures(self) -> list:
         """Matplotlib figures: latency vs batch size (log-log), and size / accuracy delta per variant."""
-        return _figures(self)
+        from .plots import optimize_figures
+
+        return optimize_figures(self)
 
     def save_plots(self, directory: str | Path) -> list[Path]:
         """Write the figures as PNG files in ``directory``; returns their paths."""
-        # Figures are built without pyplot: savefig renders with Agg, no window opens, and the
-        # notebook's own matplotlib backend is left alone.
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for name, fig in zip(("benchmark_latency.png", "quantize_size_accuracy.png"), _figures(self)):
-            path = out / name
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-            paths.append(path)
-        return paths
+        from .plots import save_optimize_plots
+
+        return save_optimize_plots(self, directory)
 
 
 def _plain(obj):
@@ -184,50 +179,6 @@ def optimize(converted, *, labels=None, quantize: str = "auto", tolerance=None, 
                           chosen_spec=dict(converted.spec), reason=reason, serving=hints,
                           device=device, provider=provider, elapsed_s=time.perf_counter() - start,
                           notes=notes)
-
-
-def _figures(res: OptimizeResult) -> list:
-    from matplotlib.figure import Figure  # no pyplot state: figures are safe in threads and servers
-
-    fig1 = Figure(figsize=(5.4, 3.4))   # sized for a notebook cell
-    ax = fig1.add_subplot()
-    for e in res.benchmark.entries:
-        if not e.points or e.provider not in ("native", res.provider):
-            continue
-        pts = sorted(e.points, key=lambda p: p.batch_size)
-        label = f"native ({e.note})" if e.variant == "native" and e.note else e.variant
-        ax.plot([p.batch_size for p in pts], [p.p50_ms for p in pts], marker="o", label=label,
-                linestyle="--" if e.variant == "native" else "-")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size (rows)")
-    ax.set_ylabel("p50 latency (ms)")
-    ax.set_title(f"Latency vs batch size on {res.provider.replace('ExecutionProvider', '')}"
-                 + (" (truncated)" if res.truncated else ""))
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.lines:
-        ax.legend()
-
-    fig2 = Figure(figsize=(7.2, 3.0))
-    ax1, ax2 = fig2.subplots(1, 2)
-    vs = [v for v in res.quantization.variants if v.status == "ok"]
-    names = [v.name for v in vs]
-    colors = ["tab:green" if v.name == res.chosen else "tab:blue" for v in vs]
-    ax1.bar(names, [(v.size_bytes or 0) / 2**20 for v in vs], color=colors)
-    ax1.set_ylabel("model size (MiB)")
-    ax1.set_title("Size")
-    unit = "points" if res.quantization.task == "classifier" else "relative error"
-    deltas = [(v.delta or 0.0) * (1 if v.delta_unit == "pt" else 100) for v in vs]
-    ax2.bar(names, deltas, color=colors)
-    limit = res.quantization.tolerance["accuracy_points" if unit == "points" else "relative_error"]
-    ax2.axhline(limit * (1 if unit == "points" else 100), color="tab:red", linestyle="--", label="tolerance")
-    ax2.set_ylabel("accuracy lost (points)" if unit == "points" else "relative error (%)")
-    ax2.set_title("Accuracy delta vs native model")
-    ax2.legend()
-    for a in (ax1, ax2):
-        a.tick_params(axis="x", labelrotation=20)
-    fig2.tight_layout()
-    return [fig1, fig2]
 
 
 __all__ = ["optimize", "OptimizeResult", "QuantTolerance", "MIN_SAMPLE_ROWS"]

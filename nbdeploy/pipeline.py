@@ -208,7 +208,7 @@ class Deployment:
         return self.verify_report.summary()
 
     def _optimize_steps(self) -> None:
-        from .quantize import optimize
+        from .optimize import optimize
 
         def run(progress) -> str:
             kwargs = dict(labels=self.labels, quantize=self.quantize, device=self.device,

@@ -438,13 +438,3 @@ def _describe(v: VariantResult, bench, provider: str) -> str:
         parts.append(f"size {v.size_ratio:.0%}")
     parts.append(("accuracy delta " if v.delta_unit == "pt" else "relative error ") + v.delta_text())
     return f"{v.name}: " + ", ".join(parts)
-
-
-
-def __getattr__(name: str):
-    """``from nbdeploy.quantize import optimize`` works too (the entry point lives in optimize.py)."""
-    if name in ("optimize", "OptimizeResult"):
-        from . import optimize as _optimize
-
-        return getattr(_optimize, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
