@@ -7,6 +7,7 @@ Every front end (magic, widget, CLI, server extension) is a thin layer over this
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
 import re
 import tempfile
@@ -161,8 +162,8 @@ class Deployment:
         if self.explain_methods and spec.get("input_shape") and int(spec["n_features"]) > 1024:
             # per-pixel SHAP/LIME over thousands of inputs is out of any budget; the bundle's
             # /explain gives occlusion attributions on the ONNX model instead (runtime/images.py)
-            self.mark_skipped("explain", f"image model with {spec['n_features']} inputs: /explain serves "
-                                  "occlusion attributions")
+            self.mark_skipped("explain", f"image model with {spec['n_features']} inputs: explained at "
+                                  "serve time (/explain: image SHAP, LIME or occlusion)")
         elif self.explain_methods:
             self._run_step("explain", self._explain)
         else:
@@ -286,6 +287,10 @@ class Deployment:
                                    columns=self.converted.spec.get("columns"))
                 if self.explanation is not None:
                     self.explanation.write_artifacts(model_dir)
+                elif self.explain_methods and len(self.converted.spec.get("input_shape") or ()) > 2:
+                    # a large image model is explained at serve time only (image SHAP, LIME,
+                    # occlusion): record what was asked for, so that the bundle pins what it needs
+                    _write_image_explain_config(model_dir, self.explain_methods)
 
             from .images import named_classes
 
@@ -527,6 +532,17 @@ def _versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def _write_image_explain_config(model_dir: Path, methods: tuple[str, ...]) -> None:
+    """``model/explain/explain_config.json`` of an image bundle explained only at serve time."""
+    from .runtime.explain import CONFIG_FILE, EXPLAIN_DIR
+    from .vocab import SHAP_MODES
+
+    folder = Path(model_dir) / EXPLAIN_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    asked = sorted({"shap" if m in SHAP_MODES else m for m in methods})
+    (folder / CONFIG_FILE).write_text(json.dumps({"kind": "image", "methods": asked}), encoding="utf-8")
 
 
 def deploy(model: Any, sample: Any, *, labels: Any = None, name: str | None = None,

@@ -11,6 +11,7 @@ import struct
 import time
 import uuid
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -337,3 +338,23 @@ def test_image_runtime_units():
     with pytest.raises(Exception) as e:
         ImagePreprocess(size=8, mode="L").check([None, 3, 8, 8])
     assert "shape" in str(e.value)
+
+
+def test_large_image_model_with_default_explanations_pins_what_its_explain_imports(tmp_path):
+    """Over 1,024 inputs the notebook skips per-pixel explanations and the bundle explains at
+    serve time (image SHAP, LIME): its requirements must still pin shap, lime and scikit-image,
+    and the portability check (what another machine would need) must find nothing missing."""
+    from torch import nn
+
+    from nbdeploy.portability import check_bundle
+
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 3, 20, 20), dtype=np.float32)          # 1,200 inputs per image
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                      nn.Linear(16, 3)).eval()
+    d = nbdeploy.deploy(m, X, name="big-image-defaults", quantize="none")    # explain: the default
+    assert d.steps["explain"].state == "skipped"
+    pins = {line.split("==")[0] for line in (Path(d.path) / "src" / "requirements.txt").read_text().split()}
+    assert {"shap", "lime", "scikit-image", "pillow"} <= pins, pins
+    assert check_bundle(d.tag) == []
