@@ -386,7 +386,8 @@ class DeployWidget(W.VBox):
 
     def _fill_explanation(self, d: Any) -> None:
         ex = d.explanation
-        methods = list(getattr(d, "explain_methods", ()) or ())
+        # the report's own methods ("shap", "lime"), not the words asked for ("tree", "permutation")
+        methods = list(getattr(ex, "methods", None) or ["shap"])
         if ex is None:
             why = d.steps["explain"].summary or "not run"
             self.explanation_html.value = f"<i>No explanation: {_esc(why)}</i>"

@@ -302,6 +302,24 @@ def test_real_results_fill_benchmark_quantization_and_explanation_tabs(iris):
     assert "out of range" in w.row_output.children[0].value and not w.explain_button.disabled
 
 
+def test_explain_row_offers_the_reports_methods_when_a_shap_algorithm_was_named(iris):
+    """explain="permutation" names a SHAP algorithm: the row picker offers "shap" (what the
+    report explains with), and explaining a row works."""
+    from nbdeploy.pipeline import Deployment
+    from nbdeploy.widget import DeployWidget
+
+    model, X, y = iris
+    d = Deployment(model, X[::3], name="widget-permutation", quantize="none", explain="permutation",
+                   benchmark_budget_s=1)
+    w = DeployWidget(d)
+    d.run(build=False)
+    w.refresh()
+    assert list(w.method_picker.options) == ["shap"]
+    w.row_picker.value = 2
+    w.explain_button.click()
+    assert w.row_result["row"] == 2 and w.row_result["method"] == "shap", w.row_output.children
+
+
 def test_export_button_writes_a_real_archive(built, tmp_path):
     from nbdeploy.archive import inspect_archive
 
