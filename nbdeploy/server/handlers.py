@@ -207,9 +207,9 @@ def _example_row(src) -> tuple[bool, list] | None:
     import json as _json
 
     spec = _json.loads((src / "model" / "spec.json").read_text(encoding="utf-8"))
-    mode = spec.get("input_mode")
-    if mode not in ("tensor", "table"):
-        return None
+    mode = spec.get("input_mode") or "tensor"
+    if mode not in ("tensor", "columns", "table") or len(spec.get("input_shape") or ()) > 2:
+        return None     # texts, images and N-D tensors: no row of features to show
     medians: dict = {}
     try:
         base = _json.loads((src / "model" / "baseline.json").read_text(encoding="utf-8"))
@@ -218,7 +218,7 @@ def _example_row(src) -> tuple[bool, list] | None:
                 medians[name] = float(f"{edges[len(edges) // 2]:.4g}")
     except (OSError, ValueError, TypeError):
         pass
-    if mode == "tensor":
+    if mode != "table":        # numeric rows, in feature order (by position or by column name)
         names = spec.get("feature_names") or [f"f{i}" for i in range(int(spec.get("n_features") or 0))]
         return False, [medians.get(n, 0.0) for n in names]
     row = []

@@ -510,3 +510,25 @@ async def test_responses_match_openapi_schemas(jp_fetch, raw_fetch, bundle):
     code, body = await raw_fetch("bundles", "no-such", "report")
     assert code == 404
     check("Error", json.loads(body))
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ({"input_mode": "tensor", "n_features": 3}, (False, [0.0, 0.0, 0.0])),
+    ({"input_mode": "columns", "feature_names": ["a", "b"]}, (False, [0.0, 0.0])),
+    ({"feature_names": ["a"]}, (False, [0.0])),                       # older specs: tensor
+    ({"input_mode": "tensor", "n_features": 150528, "input_shape": [None, 3, 224, 224]}, None),
+    ({"input_mode": "text"}, None),
+    ({"input_mode": "table", "columns": [{"name": "age", "kind": "numeric"},
+                                         {"name": "city", "kind": "categorical", "categories": ["Oslo"]}]},
+     (True, [0.0, "Oslo"])),
+])
+def test_snippet_example_row_by_input_kind(tmp_path, spec, expected):
+    """The snippets' example row: numeric rows for tensor and by-name column models, a record
+    for tables, nothing for texts and images (never 150,528 zeros)."""
+    import json
+
+    from nbdeploy.server.handlers import _example_row
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "spec.json").write_text(json.dumps(spec))
+    assert _example_row(tmp_path) == expected
