@@ -24,11 +24,13 @@ from pathlib import Path
 
 from ._version import __version__
 from .errors import BundleError
+from .runtime.auth import TLS_CERT_ENV, TLS_KEY_ENV
 from .schema import validate_name
 
 TEMPLATES = Path(__file__).parent / "templates"
 MODEL_ROUTES = ["/predict", "/explain", "/metadata", "/drift", "/plots"]
 RUNTIME = Path(__file__).parent / "runtime"
+TLS_ENV = (TLS_CERT_ENV, TLS_KEY_ENV)
 
 
 def _version_of(dist: str) -> str | None:
@@ -316,6 +318,9 @@ def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
 
         root = store_root()
         private = private_store(root)
+        # the certificate variables configure a server, not a build: BentoML imports service.py
+        # here and would write their paths into bento.yaml's service config
+        tls_env = {v: os.environ.pop(v) for v in TLS_ENV if v in os.environ}
         try:
             bentoml.bentos.build(
                 service=f"service:{class_name(name)}", name=name, version=version,
@@ -342,6 +347,7 @@ def build(*, name: str, onnx_bytes: bytes, spec: dict, metadata: dict,
                               hint="Nothing was added to the store. Check the message above; "
                                    "`bentoml list` shows the bundles that exist.") from exc
         finally:
+            os.environ.update(tls_env)
             shutil.rmtree(private, ignore_errors=True)
             _forget_service_modules(ctx)
     bento = bentoml.get(tag)

@@ -286,6 +286,17 @@ def _check_engine(engine: str) -> str:
     return engine
 
 
+def _env_tls(env: dict) -> tuple[str, str] | None:
+    """The certificate pair named by ``NBDEPLOY_TLS_CERT``/``_KEY`` in ``env`` (checked), or None."""
+    from .runtime.auth import TLSConfigError, tls_paths
+
+    try:
+        return tls_paths(env)
+    except TLSConfigError as exc:
+        raise InvalidInputError(str(exc), hint="Fix or unset NBDEPLOY_TLS_CERT and NBDEPLOY_TLS_KEY, "
+                                                "or pass --tls-cert/--tls-key.") from None
+
+
 def _check_tls(tls_cert, tls_key) -> tuple[str, str] | None:
     if not tls_cert and not tls_key:
         return None
@@ -365,6 +376,8 @@ def start(tag: str, *, port: int | None = None, host: str = "127.0.0.1", timeout
     _check_engine(engine)
     tls = _check_tls(tls_cert, tls_key)
     env = {**auth_env(auth), **(env or {})}
+    if tls is None:    # NBDEPLOY_TLS_CERT/_KEY in this environment: the server would speak HTTPS
+        tls = _env_tls({**os.environ, **env})
     if tls and stable:
         raise InvalidInputError("A stable address does not serve HTTPS yet.",
                                 hint="Leave out --stable, or terminate TLS in front of it.")

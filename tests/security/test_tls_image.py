@@ -277,3 +277,33 @@ def test_pushed_image_serves_https_with_a_mounted_certificate(ref_deployment, rf
         for s in needles:
             assert s not in data, f"TLS material in {where}"
     assert seen > 1000, seen   # the layers really were read file by file
+
+
+@pytest.mark.slow
+def test_certificate_variables_in_the_notebook_serve_https_locally_and_stay_out_of_builds(
+        rf_model, breast_cancer, tmp_path, monkeypatch):
+    """NBDEPLOY_TLS_CERT/_KEY set where the notebook runs: a local server speaks HTTPS and its
+    handle knows it (https URL, probed over TLS), and a bundle built there records no
+    certificate path (they configure servers, not bundles)."""
+    import nbdeploy
+
+    ca, cert, key = tls_files(tmp_path)
+    monkeypatch.setenv("NBDEPLOY_TLS_CERT", str(cert))
+    monkeypatch.setenv("NBDEPLOY_TLS_KEY", str(key))
+    _, X_test, _, _ = breast_cancer
+    d = nbdeploy.deploy(rf_model, X_test, name="tls-from-env", explain="none", quantize="none")
+    bento_yaml = (Path(d.path) / "bento.yaml").read_text()
+    assert str(cert) not in bento_yaml and str(key) not in bento_yaml
+    server = d.serve()
+    try:
+        assert server.url.startswith("https://"), server.url
+        rows = X_test.iloc[:4]
+        status, body = _get(server.url + "/predict", ssl.create_default_context(cafile=str(ca)),
+                            {"inputs": rows.to_numpy().tolist()})
+        assert status == 200, body[:300]
+        _assert_like_native(body, rf_model, rows)
+    finally:
+        server.stop()
+    monkeypatch.setenv("NBDEPLOY_TLS_KEY", str(tmp_path / "missing.pem"))
+    with pytest.raises(nbdeploy.NbdeployError, match="NBDEPLOY_TLS_KEY"):
+        d.serve()
