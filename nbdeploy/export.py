@@ -21,11 +21,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-# import_bundle / inspect_archive: transitional re-exports (cli.py and scoring.py import them from
-# here until they import them from nbdeploy.archive, their home); remove once they do
 from .archive import MANIFEST, SIGNATURE, load_private_key, manifest_bytes, signature_bytes
-from .archive import import_bundle as import_bundle
-from .archive import inspect_archive as inspect_archive
 from .errors import BundleError, InvalidInputError, NotFoundError
 from .portability import check_bundle
 
