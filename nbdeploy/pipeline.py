@@ -286,6 +286,12 @@ class Deployment:
                     write_baseline(model_dir, self.converted.X, self.converted.schema.feature_names,
                                    columns=self.converted.spec.get("columns"))
                 if self.explanation is not None:
+                    cfg = self.explanation.config
+                    if names is not None and cfg.get("classes") is not None:
+                        # /explain names its outputs (and accepts "output") as /predict does
+                        cfg["classes"] = [str(n) for n in names]
+                        if len(cfg.get("output_names") or ()) == len(names):
+                            cfg["output_names"] = [str(n) for n in names]
                     self.explanation.write_artifacts(model_dir)
                 elif self.explain_methods and len(self.converted.spec.get("input_shape") or ()) > 2:
                     # a large image model is explained at serve time only (image SHAP, LIME,
@@ -297,7 +303,7 @@ class Deployment:
             spec = self.chosen_spec
             names = named_classes(self.class_names, spec.get("classes"), self.model)
             if names is not None:   # /predict answers with names (after verify, which compares indices)
-                spec = dict(spec, classes=names)
+                spec = dict(spec, classes=names, class_values=list(spec["classes"]))
             metadata = self.to_dict(include_bundle=False)
             if names is not None:
                 metadata["classes"] = names

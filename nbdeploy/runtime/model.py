@@ -93,6 +93,10 @@ class OnnxModel:
             self._out_names = [self._value_out]
         self.classes = spec.get("classes")
         self._classes_arr = np.asarray(self.classes) if self.classes is not None else None
+        # class_names over a graph that outputs labels: graph label -> the user's name
+        values = spec.get("class_values")
+        self._label_names = (dict(zip(values, self.classes))
+                             if values is not None and self.classes is not None else None)
         self.postprocess = spec.get("postprocess", "none")
         self.columns = spec.get("columns") or []
         in_type = self.session.get_inputs()[0].type
@@ -135,6 +139,9 @@ class OnnxModel:
                 proba = np.concatenate([1 - proba, proba], axis=1)
             if self._label_out is not None:
                 label = np.asarray(raw[0]).reshape(-1)
+                if self._label_names is not None:
+                    label = np.asarray([self._label_names.get(v.item() if hasattr(v, "item") else v, v)
+                                        for v in label], dtype=object)
             else:
                 idx = proba.argmax(axis=1)
                 label = self._classes_arr[idx] if self._classes_arr is not None else idx

@@ -37,6 +37,10 @@ Keys, with the input modes that use them (``tensor``, ``columns``, ``table``, ``
     feeds the graph from it; in every mode request validation, explanations and drift read it.
 ``classes`` (classifiers)
     Class labels in the order of the probability columns, or None (then labels are indices).
+    With ``deploy(class_names=...)`` these are the user's names.
+``class_values`` (classifiers given ``class_names`` whose graph outputs labels)
+    The labels the graph's label output gives, in the order of ``classes``: the served label
+    is the name at the position of the graph's label.
 ``outputs`` (all)
     Graph output names: ``{"label": ..., "probabilities": ...}`` for classifiers (``label``
     optional: without it the label is the argmax of the probabilities), ``{"value": ...}`` for
@@ -132,6 +136,7 @@ class ModelSpec(_Required, total=False):
     feature_names: list[str] | None
     columns: list[Column]
     classes: list | None
+    class_values: list
     outputs: Outputs
     postprocess: Postprocess
     input_shape: list[int | None]

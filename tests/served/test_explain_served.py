@@ -133,3 +133,30 @@ def test_plot_png_is_served(served, get):
     for bad in ("no_such_plot.png", "..%2Fbentofile.yaml", "%2e%2e%2fservice.py"):
         status, raw = get(server.url + "/plots/" + bad)
         assert status == 404, (bad, status, raw[:200])
+
+
+def test_class_names_name_predictions_and_explanations_alike(post):
+    """deploy(class_names=...) on a classifier: /predict answers with the names, and /explain
+    names its explained output and takes a name as "output" (checked against scikit-learn)."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    import nbdeploy
+
+    X, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(X, y)
+    names = ["setosa", "versicolor", "virginica"]
+    d = nbdeploy.deploy(model, X[::2], name="iris-named", class_names=names, explain="shap",
+                        quantize="none")
+    server = d.serve()
+    try:
+        rows = X[100:106]
+        status, out = post(server.url + "/predict", {"inputs": rows.tolist()})
+        assert status == 200 and out["predictions"] == [names[k] for k in model.predict(rows)], out
+        status, out = post(server.url + "/explain", {"inputs": rows[:1].tolist(), "output": "virginica"})
+        assert status == 200, out
+        assert out["explained_output"] == ["virginica"], out
+        p = model.predict_proba(rows[:1])[0, 2]       # additivity on the named class's probability
+        assert abs(out["base_values"][0] + sum(out["contributions"][0]) - p) < 1e-3, out
+    finally:
+        server.stop()
