@@ -93,10 +93,14 @@ export class NbdeployPanel extends Widget {
     }
   }
 
-  /** A server's snippets (curl / Python aimed at its URL), fetched once per tag and URL. */
+  /** A server's snippets (curl / Python aimed at its URL), fetched once per server process:
+   *  a restart on the same port (another pid, maybe with auth on) fetches them again. */
   private async serverSnippets(s: IServer): Promise<ISnippets | null> {
-    const key = `${s.tag} ${s.url}`;
+    const key = `${s.tag} ${s.url} ${s.pid} ${s.auth ?? 'off'}`;
     if (!this.snippets.has(key)) {
+      for (const k of [...this.snippets.keys()]) {
+        if (k.startsWith(`${s.tag} ${s.url} `)) this.snippets.delete(k); // that server's older process
+      }
       try {
         this.snippets.set(key, await api<ISnippets>(['bundles', s.tag, 'snippets']));
       } catch {
