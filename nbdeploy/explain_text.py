@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .plots import token_html  # noqa: F401  (public here: render one served row, as the example does)
 from .runtime.text import DEFAULT_TEXT_BUDGET
 
 
@@ -83,8 +84,6 @@ class TextExplainReport:
         return [path]
 
     def _repr_html_(self) -> str:
-        from .plots import token_html
-
         return "".join(token_html(r) for r in self.rows[:10] if "tokens" in r)
 
 

@@ -286,7 +286,7 @@ class Deployment:
                     write_baseline(model_dir, self.converted.X, self.converted.schema.feature_names,
                                    columns=self.converted.spec.get("columns"))
                 if self.explanation is not None:
-                    cfg = self.explanation.config
+                    cfg = getattr(self.explanation, "config", None) or {}
                     if names is not None and cfg.get("classes") is not None:
                         # /explain names its outputs (and accepts "output") as /predict does
                         cfg["classes"] = [str(n) for n in names]
