@@ -1,6 +1,7 @@
 """The %deploy widget in a JupyterLab notebook, in a real browser (JupyterLab started here, headless
 Chromium via Playwright: tests/frontends/browser/widget_lab.js): run the notebook, see the step rows and the
-tabs, explain a row with the picker, Serve and Stop from the Bundle tab; then the notebook saved by
+tabs, explain a row with the picker, Serve from the Bundle tab (the API docs and OpenAPI links
+answer; a snippet's copy button fills the clipboard) and Stop; then the notebook saved by
 JupyterLab keeps the report (numbers and plots) and nbconvert's HTML shows it.
 Screenshots: test-output/nbdeploy-widget-*.png.
 """
@@ -79,6 +80,18 @@ def test_widget_in_jupyterlab(browser_tools, jupyter_lab, tmp_path):  # noqa: F8
     assert r["explanationsText"].index("Explain row") < r["explanationsText"].index("mean |SHAP|")
     assert "SHAP, row 3" in r["explainRow"], detail
     assert r["serving"].startswith("http://127.0.0.1:"), detail
+    served = r["serving"].rstrip("/")
+    # the copy button put the served curl call on the clipboard (Clipboard API, permission granted)
+    assert r["copyLabelBefore"] == "Copy" and r["copyLabel"] == "Copied", detail
+    assert r["copyButtons"] == 2, detail                     # curl and Python
+    assert r["copied"].startswith(f"curl -X POST {served}/predict \\\n"), detail
+    assert "-d '{\"inputs\": [[" in r["copied"], detail      # the sample's first row, ready to send
+    # API docs and OpenAPI links while serving; the docs are BentoML's Swagger UI at the root
+    assert r["apiDocsHrefs"] and set(r["apiDocsHrefs"]) == {served + "/"}, detail
+    assert r["apiDocsGet"]["status"] == 200 and r["apiDocsGet"]["swagger"], detail
+    assert "text/html" in r["apiDocsGet"]["type"], detail
+    assert r["openapiHrefs"] and set(r["openapiHrefs"]) == {served + "/nbdeploy/openapi.json"}, detail
+    assert r["openapiGet"]["status"] == 200 and "/predict" in r["openapiGet"]["paths"], detail
     for tab in ("benchmark", "quantization", "explanations", "bundle"):
         w = r[f"{tab}Width"]
         assert w["scroll"] <= w["client"] + 1, (tab, w)       # nothing pushed out sideways

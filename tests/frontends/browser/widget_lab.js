@@ -1,13 +1,14 @@
 // Drive the %deploy widget in a JupyterLab notebook, in headless Chromium (Playwright, Debian's chromium).
 // Env: LAB_URL, LAB_TOKEN, NOTEBOOK (path under the lab's root), SHOT_DIR, CHROMIUM.
-// Runs every cell, then checks the step rows, the tabs, Serve/Stop and the explain-row picker,
+// Runs every cell, then checks the step rows, the tabs, Serve/Stop, the API docs links, a snippet's
+// copy button (read back from the clipboard) and the explain-row picker,
 // saves the notebook, and screenshots each state.  Prints one JSON line; exits non-zero on failure.
 const { run, openLab } = require('./lab');
 
 const NOTEBOOK = process.env.NOTEBOOK;
 
 run({ name: 'widget', viewport: { width: 1280, height: 1500 }, failureShot: 'nbdeploy-widget-failure.png' },
-  async ({ page, step, result, shot: screenshot }) => {
+  async ({ page, context, step, result, shot: screenshot }) => {
   const shot = (name, locator) => screenshot(`nbdeploy-widget-${name}.png`, locator);
   step('open the notebook');
   await openLab(page, `lab/tree/${NOTEBOOK}`);
@@ -67,7 +68,32 @@ run({ name: 'widget', viewport: { width: 1280, height: 1500 }, failureShot: 'nbd
   await bundleTab.locator('button', { hasText: /^Serve$/ }).click();
   await bundleTab.locator('text=serving at').first().waitFor({ state: 'visible', timeout: 180000 });
   result.serving = await bundleTab.locator('a[href^="http://127.0.0.1:"]').first().getAttribute('href');
+
+  step('the API docs and OpenAPI links while serving');
+  const docs = widget.locator('a', { hasText: /^API docs$/ });
+  await docs.first().waitFor({ state: 'visible', timeout: 30000 });
+  result.apiDocsHrefs = await docs.evaluateAll(as => as.map(a => a.getAttribute('href')));
+  result.openapiHrefs = await widget.locator('a', { hasText: /^OpenAPI$/ }).evaluateAll(as => as.map(a => a.getAttribute('href')));
+  // GET them while the server runs (from Node: no CORS), as a click in a new tab would
+  const docsResp = await page.request.get(result.apiDocsHrefs[0]);
+  result.apiDocsGet = { status: docsResp.status(), type: docsResp.headers()['content-type'] || '',
+    swagger: /swagger/i.test(await docsResp.text()) };
+  const openapiResp = await page.request.get(result.openapiHrefs[0]);
+  result.openapiGet = { status: openapiResp.status(), paths: openapiResp.ok() ? Object.keys((await openapiResp.json()).paths || {}) : [] };
+
+  step('copy the curl snippet with its button');
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: new URL(page.url()).origin });
+  // the snippets are re-rendered with the served address: wait for that version of the button
+  const copy = bundleTab.locator(`button.nbd-copy[data-text^="curl -X POST ${result.serving.replace(/\/$/, '')}/predict"]`).first();
+  await copy.waitFor({ state: 'visible', timeout: 30000 });
+  result.copyLabelBefore = await copy.textContent();
+  await copy.click();
+  // the label says so for 1.5 s, then reads "Copy" again: the screenshot is taken inside that time
+  await bundleTab.locator('button.nbd-copy', { hasText: /^Copied$/ }).first().waitFor({ state: 'visible', timeout: 10000 });
+  result.copyLabel = await copy.textContent();
   await shot('serving', widget);
+  result.copied = await page.evaluate(() => navigator.clipboard.readText());
+  result.copyButtons = await bundleTab.locator('button.nbd-copy').count();
 
   step('Stop');
   await bundleTab.locator('button', { hasText: /^Stop$/ }).click();
