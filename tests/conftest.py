@@ -120,6 +120,56 @@ def regression_data():
     return X.astype(np.float32), y
 
 
+@pytest.fixture(scope="session")
+def digits_images():
+    """scikit-learn's 8x8 digits: (images [N, 8, 8] float32 with values 0..16, labels)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.float32), d.target
+
+
+def train_torch_digits_cnn(X, y, *, channels: int = 8, epochs: int = 40, lr: float = 1e-2):
+    """A small PyTorch CNN on ``X`` [N, 1, 8, 8]: conv, ReLU, pool, dense (full-batch Adam, seed 0)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                      nn.Linear(channels * 16, 10))
+    opt = torch.optim.Adam(m.parameters(), lr)
+    Xt, yt = torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(np.asarray(y))
+    for _ in range(epochs):
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(Xt), yt).backward()
+        opt.step()
+    return m.eval()
+
+
+@pytest.fixture(scope="session")
+def torch_digits_cnn(digits_images):
+    """(model, X [N, 1, 8, 8] in 0..1, labels, images): trained on the first 1,200 digits."""
+    images, y = digits_images
+    X = (images / 16.0)[:, None]
+    return train_torch_digits_cnn(X[:1200], y[:1200]), X, y, images
+
+
+@pytest.fixture(scope="session")
+def keras_digits_cnn(digits_images):
+    """(model, X [N, 8, 8, 1] in 0..1, labels, images): a Keras CNN trained on 1,200 digits."""
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("tensorflow")
+    images, y = digits_images
+    X = (images / 16.0)[..., None]
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+                          keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
+                          keras.layers.Dense(10, activation="softmax")])
+    m.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    m.fit(X[:1200], y[:1200], epochs=5, batch_size=64, verbose=0)
+    return m, X, y, images
+
+
 def read_until_close(sock) -> bytes:
     """Everything a server sends on a raw socket until it closes (a reset ends it too)."""
     data = b""

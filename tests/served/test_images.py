@@ -29,11 +29,8 @@ STD = 240 / 255
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return d.images.astype(np.float32), d.target
+def digits(digits_images):
+    return digits_images
 
 
 def _png(pixels: np.ndarray, mode="L", fmt="PNG") -> bytes:
@@ -42,26 +39,9 @@ def _png(pixels: np.ndarray, mode="L", fmt="PNG") -> bytes:
     return buf.getvalue()
 
 
-def _torch_cnn(X, y):
-    torch.manual_seed(0)
-    nn = torch.nn
-    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                      nn.Linear(8 * 16, 10))
-    opt = torch.optim.Adam(m.parameters(), 1e-2)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    for _ in range(40):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(m(Xt), yt).backward()
-        opt.step()
-    return m.eval()
-
-
 @pytest.fixture(scope="module")
-def torch_cnn(digits):
-    images, y = digits
-    X = (images / 16.0)[:, None]                     # [N, 1, 8, 8]
-    m = _torch_cnn(X[:1200], y[:1200])
-    return m, X, y, images
+def torch_cnn(torch_digits_cnn):
+    return torch_digits_cnn
 
 
 def _multipart(files: list[bytes]) -> tuple[bytes, str]:
@@ -186,17 +166,8 @@ def _check_explain(url, m, X, images, *, post_json):
     return A
 
 
-def test_keras_cnn_deployed_and_served(digits, post, get):
-    keras = pytest.importorskip("keras")
-    pytest.importorskip("tensorflow")
-    images, y = digits
-    X = (images / 16.0)[..., None]                   # [N, 8, 8, 1]
-    keras.utils.set_random_seed(0)
-    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-                          keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
-                          keras.layers.Dense(10, activation="softmax")])
-    m.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
-    m.fit(X[:1200], y[:1200], epochs=5, batch_size=64, verbose=0)
+def test_keras_cnn_deployed_and_served(keras_digits_cnn, post, get):
+    m, X, y, images = keras_digits_cnn
     held = slice(1400, 1460)
     native = m.predict(X[held], verbose=0).argmax(axis=1)
     d = nbdeploy.deploy(m, X[1200:1400], labels=y[1200:1400], name="keras-cnn-digits",

@@ -45,29 +45,9 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return d.images.astype(np.float32), d.target
-
-
-@pytest.fixture(scope="module")
-def torch_served(digits):
+def torch_served(torch_digits_cnn):
     """A PyTorch CNN [N, 1, 8, 8] deployed with class names and served."""
-    images, y = digits
-    X = (images / 16.0)[:, None]
-    torch.manual_seed(0)
-    nn = torch.nn
-    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                      nn.Linear(8 * 16, 10))
-    opt = torch.optim.Adam(m.parameters(), 1e-2)
-    Xt, yt = torch.from_numpy(X[:1200]), torch.from_numpy(y[:1200])
-    for _ in range(40):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(m(Xt), yt).backward()
-        opt.step()
-    m.eval()
+    m, X, y, images = torch_digits_cnn
     d = nbdeploy.deploy(m, X[1200:1400], labels=y[1200:1400], name="torch-cnn-named", explain="none",
                         quantize="none", class_names=NAMES,
                         preprocess=nbdeploy.ImagePreprocess(size=8, mode="L", mean=[0.0], std=[STD]))
@@ -183,17 +163,8 @@ def test_image_lime_superpixels(torch_served, post):
     assert ex["explained_output"][0] in [_name(i) for i in range(10)] and np.abs(A).max() > 0
 
 
-def test_predict_answers_with_id2label_keras(digits, post):
-    keras = pytest.importorskip("keras")
-    pytest.importorskip("tensorflow")
-    images, y = digits
-    X = (images / 16.0)[..., None]                   # [N, 8, 8, 1]
-    keras.utils.set_random_seed(0)
-    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-                          keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
-                          keras.layers.Dense(10, activation="softmax")])
-    m.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
-    m.fit(X[:1200], y[:1200], epochs=5, batch_size=64, verbose=0)
+def test_predict_answers_with_id2label_keras(keras_digits_cnn, post):
+    m, X, y, images = keras_digits_cnn
     id2label = {str(i): n.upper() for i, n in enumerate(NAMES)}     # HF-style: string keys
     d = nbdeploy.deploy(m, X[1200:1400], labels=y[1200:1400], name="keras-cnn-named", explain="none",
                         quantize="none", class_names=id2label,

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import train_torch_digits_cnn
 
 from nbdeploy.benchmark import BenchEntry, BenchPoint, BenchReport
 from nbdeploy.convert import convert
@@ -307,19 +308,8 @@ def test_static_int8_for_convolutions_is_qoperator_per_channel(digits_cnn):
 
 
 @pytest.fixture(scope="module")
-def digits_cnn():
-    import torch
-    from sklearn.datasets import load_digits
-    from torch import nn
-
-    d = load_digits()
-    X = (d.images / 16.0).astype(np.float32)[:, None]
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                      nn.Linear(16 * 16, 10))
-    opt = torch.optim.Adam(m.parameters(), 1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        nn.functional.cross_entropy(m(torch.from_numpy(X[:1200])), torch.from_numpy(d.target[:1200])).backward()
-        opt.step()
-    return convert(m.eval(), X[1200:1400]), X[1400:].reshape(len(X) - 1400, -1)
+def digits_cnn(digits_images):
+    images, y = digits_images
+    X = (images / 16.0)[:, None]
+    m = train_torch_digits_cnn(X[:1200], y[:1200], channels=16, epochs=60)
+    return convert(m, X[1200:1400]), X[1400:].reshape(len(X) - 1400, -1)
