@@ -155,7 +155,7 @@ class ExplainReport:
     @property
     def explained_index(self) -> list[int]:
         """Output explained for each row by default (positive class / predicted class / value)."""
-        return self._serve._choose_outputs(self.outputs, None)
+        return self._serve.choose_outputs(self.outputs, None)
 
     def global_importance(self) -> list[dict]:
         """Mean |SHAP| per feature (averaged over rows and outputs), largest first."""

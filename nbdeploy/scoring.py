@@ -302,7 +302,7 @@ class Scorer:
         phis, bases, names = [], [], []
         for lo in range(0, len(X), step):
             phi, base, outputs, _ = ex.shap_values(X[lo:lo + step])
-            idx = np.asarray(ex._choose_outputs(outputs, "auto"))
+            idx = np.asarray(ex.choose_outputs(outputs, "auto"))
             rows = np.arange(len(idx))
             phis.append(phi[rows, :, idx])
             bases.append(np.asarray(base)[idx])

@@ -791,7 +791,7 @@ class ServeExplainer:
         raise ClientError(400, f"Unknown class {request!r} for LIME (it explains one class at a time).",
                           expected=["auto"] + self.class_names, received=repr(request)[:40])
 
-    def _choose_outputs(self, outputs: np.ndarray, request: Any) -> list[int] | None:
+    def choose_outputs(self, outputs: np.ndarray, request: Any) -> list[int] | None:
         """Output index explained for each row; None means all outputs."""
         K = outputs.shape[1]
         if request == "all":
@@ -857,7 +857,7 @@ class ServeExplainer:
                 phi, algo = group_columns(phi_t, self.config["tree_groups"], len(self.feature_names)), "tree"
             else:
                 phi, base, outputs, algo = self.shap_values(X, max_evals=max_evals, seed=seed)
-            idx = self._choose_outputs(outputs, options.get("output"))
+            idx = self.choose_outputs(outputs, options.get("output"))
             body.update(explainer=algo, output_space=self.output_space, output_names=self.output_names)
             if algo == "permutation":
                 body["max_evals"] = int(max_evals or self.budget["max_evals"])
