@@ -259,31 +259,10 @@ def explain_image(deployment, images: np.ndarray, *, method: str = "occlusion", 
 
 
 def heatmap_figure(result: dict, images: np.ndarray, *, max_images: int = 4):
-    """A matplotlib figure: each image beside its attribution heat map (red for the class,
-    blue against), titled with the explained class and its probability."""
-    import matplotlib.pyplot as plt
+    """A figure of each image beside its attribution heat map (:func:`nbdeploy.plots.heatmap_figure`)."""
+    from .plots import heatmap_figure as draw
 
-    n = min(len(result["attributions"]), max_images)
-    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.4), squeeze=False)
-    layout = result.get("layout", "NCHW")
-    for i in range(n):
-        img = np.asarray(images[i], dtype=np.float64).reshape(result["shape"])
-        a = np.asarray(result["attributions"][i], dtype=np.float64).reshape(result["shape"])
-        if img.ndim == 3:
-            ch = 0 if layout == "NCHW" else 2
-            img_show = img.mean(axis=ch)
-            a = a.sum(axis=ch)
-        else:
-            img_show = img
-        lim = float(np.abs(a).max()) or 1.0
-        axes[0, i].imshow(img_show, cmap="gray")
-        axes[0, i].set_title(f"{result['explained_output'][i]} ({result['outputs'][i]:.2f})", fontsize=9)
-        axes[1, i].imshow(a, cmap="bwr", vmin=-lim, vmax=lim)
-        for ax in axes[:, i]:
-            ax.set_axis_off()
-    fig.suptitle(f"{result.get('method', 'occlusion')} attributions (red: for the class)", fontsize=10)
-    fig.tight_layout()
-    return fig
+    return draw(result, images, max_images=max_images)
 
 
 def named_classes(names: Any, classes: Sequence | None, model: Any = None) -> list | None:

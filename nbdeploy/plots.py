@@ -329,7 +329,34 @@ def save_optimize_plots(res: Any, directory: str | Path) -> list[Path]:
     return save_figures(list(zip(OPTIMIZE_PLOT_FILES, optimize_figures(res))), directory)
 
 
-__all__ = ["new_figure", "png_bytes", "png_width", "save_figures", "figures_of", "figure_title",
+def heatmap_figure(result: dict, images: np.ndarray, *, max_images: int = 4):
+    """A matplotlib figure: each image beside its attribution heat map (red for the class,
+    blue against), titled with the explained class and its probability."""
+    n = min(len(result["attributions"]), max_images)
+    fig = new_figure(2.2 * n, 4.4)
+    axes = fig.subplots(2, n, squeeze=False)
+    layout = result.get("layout", "NCHW")
+    for i in range(n):
+        img = np.asarray(images[i], dtype=np.float64).reshape(result["shape"])
+        a = np.asarray(result["attributions"][i], dtype=np.float64).reshape(result["shape"])
+        if img.ndim == 3:
+            ch = 0 if layout == "NCHW" else 2
+            img_show = img.mean(axis=ch)
+            a = a.sum(axis=ch)
+        else:
+            img_show = img
+        lim = float(np.abs(a).max()) or 1.0
+        axes[0, i].imshow(img_show, cmap="gray")
+        axes[0, i].set_title(f"{result['explained_output'][i]} ({result['outputs'][i]:.2f})", fontsize=9)
+        axes[1, i].imshow(a, cmap="bwr", vmin=-lim, vmax=lim)
+        for ax in axes[:, i]:
+            ax.set_axis_off()
+    fig.suptitle(f"{result.get('method', 'occlusion')} attributions (red: for the class)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["heatmap_figure", "new_figure", "png_bytes", "png_width", "save_figures", "figures_of", "figure_title",
            "numeric_view", "cell_label", "shap_importance_figure", "shap_summary_figure",
            "explanation_row_figure", "explanation_figures", "explanation_html", "optimize_figures",
            "save_optimize_plots", "require_matplotlib", "token_html"]
