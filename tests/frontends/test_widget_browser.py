@@ -82,7 +82,7 @@ def test_widget_in_jupyterlab(browser_tools, jupyter_lab, tmp_path):  # noqa: F8
     assert r["serving"].startswith("http://127.0.0.1:"), detail
     served = r["serving"].rstrip("/")
     # the copy button put the served curl call on the clipboard (Clipboard API, permission granted)
-    assert r["copyLabelBefore"] == "Copy" and r["copyLabel"] == "Copied", detail
+    assert r["copyLabelBefore"] == "Copy" and r["copyLabels"][0] == "Copied", detail
     assert r["copyButtons"] == 2, detail                     # curl and Python
     assert r["copied"].startswith(f"curl -X POST {served}/predict \\\n"), detail
     assert "-d '{\"inputs\": [[" in r["copied"], detail      # the sample's first row, ready to send

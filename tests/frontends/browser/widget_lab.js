@@ -87,11 +87,16 @@ run({ name: 'widget', viewport: { width: 1280, height: 1500 }, failureShot: 'nbd
   const copy = bundleTab.locator(`button.nbd-copy[data-text^="curl -X POST ${result.serving.replace(/\/$/, '')}/predict"]`).first();
   await copy.waitFor({ state: 'visible', timeout: 30000 });
   result.copyLabelBefore = await copy.textContent();
+  // every label the button shows after the click ("Copied" for 1.5 s, then "Copy" again)
+  await copy.evaluate(b => {
+    window.__nbdLabels = [];
+    new MutationObserver(() => window.__nbdLabels.push(b.textContent))
+      .observe(b, { childList: true, characterData: true, subtree: true });
+  });
   await copy.click();
-  // the label says so for 1.5 s, then reads "Copy" again: the screenshot is taken inside that time
-  await bundleTab.locator('button.nbd-copy', { hasText: /^Copied$/ }).first().waitFor({ state: 'visible', timeout: 10000 });
-  result.copyLabel = await copy.textContent();
-  await shot('serving', widget);
+  await page.waitForFunction(() => window.__nbdLabels.length > 0, null, { timeout: 10000, polling: 50 });
+  await shot('serving', widget);     // taken at once: most likely still showing "Copied"
+  result.copyLabels = await page.evaluate(() => window.__nbdLabels);
   result.copied = await page.evaluate(() => navigator.clipboard.readText());
   result.copyButtons = await bundleTab.locator('button.nbd-copy').count();
 
