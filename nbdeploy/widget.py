@@ -83,9 +83,10 @@ def server_links(url: str) -> str:
     ``/explain``...) is ``/nbdeploy/openapi.json``."""
     base = url.rstrip("/")
     u = _esc(base, quote=True)
-    return (f"<a href='{u}' target='_blank' rel='noopener'>{_esc(base)}</a> · "
-            f"<a href='{u}/' target='_blank' rel='noopener'>API docs</a> · "
-            f"<a href='{u}/nbdeploy/openapi.json' target='_blank' rel='noopener'>OpenAPI</a>")
+    a = "target='_blank' rel='noopener' style='color:var(--jp-content-link-color,#0969da);text-decoration:underline'"
+    return (f"<a href='{u}' {a}>{_esc(base)}</a> · "
+            f"<a href='{u}/' {a}>API docs</a> · "
+            f"<a href='{u}/nbdeploy/openapi.json' {a}>OpenAPI</a>")
 
 
 def _image(png: bytes) -> W.Image:
