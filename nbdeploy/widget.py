@@ -23,7 +23,7 @@ import ipywidgets as W
 from .errors import NbdeployError
 from .formatting import duration
 from .plots import figure_title, figures_of, png_bytes, png_width
-from .vocab import STEPS
+from .vocab import SHAP_MODES, STEPS
 
 ICONS = {"pending": ("○", "#999"), "running": ("◐", "#1f6feb"), "done": ("✔", "#1a7f37"),
          "failed": ("✘", "#cf222e"), "skipped": ("–", "#999"),
@@ -388,7 +388,8 @@ class DeployWidget(W.VBox):
     def _fill_explanation(self, d: Any) -> None:
         ex = d.explanation
         # the report's own methods ("shap", "lime"), not the words asked for ("tree", "permutation")
-        methods = list(getattr(ex, "methods", None) or ["shap"])
+        asked = dict.fromkeys("shap" if m in SHAP_MODES else m for m in getattr(d, "explain_methods", ()) or ())
+        methods = list(getattr(ex, "methods", None) or asked or ["shap"])
         if ex is None:
             why = d.steps["explain"].summary or "not run"
             self.explanation_html.value = f"<i>No explanation: {_esc(why)}</i>"
