@@ -81,7 +81,7 @@ async def test_serve_with_auth_key_requires_a_key_and_says_how_to_get_one(jp_fet
     r = await jp_fetch("nbdeploy", "bundles", tag, "serve", method="POST", body=json.dumps({"auth": "key"}))
     done = await _wait_job(jp_fetch, json.loads(r.body))
     try:
-        assert done["status"] == "done", done
+        assert done["status"] == "done", (done.get("error"), done.get("progress"))
         s = done["result"]
         assert s["auth"] == "key" and "nbdeploy keys create" in s["auth_hint"]
         listed = [x for x in json.loads((await jp_fetch("nbdeploy", "servers")).body)["servers"]

@@ -376,7 +376,7 @@ async def test_serve_logs_stop_delete_end_to_end(jp_fetch, bundle):
     assert asyncio.get_running_loop().time() - t < 2
     seen: list = []
     done = await _wait_job(jp_fetch, job, seen=seen)
-    assert done["status"] == "done", done
+    assert done["status"] == "done", (done.get("error"), done.get("progress"))
     _assert_progress_ends(seen, done)
     # while it started, the job said what it was waiting for
     assert any(p["message"].startswith(("starting bentoml serve", "waiting for http://127.0.0.1:"))

@@ -78,7 +78,7 @@ async def test_rollout_status_promote_and_rollback_routes(jp_fetch, two_versions
     # start it through the extension, as the sidebar does
     r = await jp_fetch("nbdeploy", "bundles", v1, "serve", method="POST", body=json.dumps({"stable": True}))
     started = await _wait_job(jp_fetch, _json(r))
-    assert started["status"] == "done", started
+    assert started["status"] == "done", (started.get("error"), started.get("progress"))
     sid = started["result"]["id"]
     assert started["result"]["stable"] is True
     try:
