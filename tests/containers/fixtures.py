@@ -41,6 +41,27 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def need_cryptography(purpose: str) -> None:
+    """The ``cryptography`` package, needed to ``purpose`` (a test dependency)."""
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        need(False, f"the 'cryptography' package is needed to {purpose} (pip install cryptography)")
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a process started with ``start_new_session=True`` and its children: SIGTERM to the
+    group, SIGKILL if it is still there after ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def need_tools(*names: str) -> None:
     missing = [n for n in names if not shutil.which(n)]
     need(not missing, f"missing system tools: {', '.join(missing)}")
@@ -223,10 +244,7 @@ def fresh_registry(tmp_path):
 def tls_registry(tmp_path):
     """A registry serving HTTPS with a self-signed certificate (``.cert``, ``.ssl_context``)."""
     need_tools("docker-registry")
-    try:
-        import cryptography  # noqa: F401
-    except ImportError:
-        need(False, "the 'cryptography' package is needed to make a test certificate (pip install cryptography)")
+    need_cryptography("make a test certificate")
     reg = Registry(tmp_path / "registry", tls=make_tls_cert(tmp_path / "tls")).start()
     yield reg
     reg.stop()
@@ -393,14 +411,7 @@ def run_bundle(bundle: Path, *, port: int, log_path: Path):
         try:
             yield p
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+            stop_group(p, timeout=20)
     finally:
         for target in reversed(mounts):
             subprocess.run(["umount", "-l", str(target)], check=False)
@@ -501,10 +512,7 @@ class TokenService:
 def token_registry(tmp_path):
     """A registry with bearer-token auth (like Docker Hub or GHCR); user ``carol``."""
     need_tools("docker-registry")
-    try:
-        import cryptography  # noqa: F401
-    except ImportError:
-        need(False, "the 'cryptography' package is needed to sign test tokens (pip install cryptography)")
+    need_cryptography("sign test tokens")
     password = "tok-" + os.urandom(8).hex()
     svc = TokenService(tmp_path, "carol", password, anonymous_pull=True)
     reg = Registry(tmp_path / "registry")

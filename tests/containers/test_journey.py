@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -79,7 +78,7 @@ def _nbdeploy_cli() -> list[str]:
 
 
 def test_new_user_journey_with_defaults(rf_model, breast_cancer, registry, base_image_ref, tmp_path):
-    from containers.fixtures import free_port, need_root, need_tools, run_bundle, wait_http
+    from containers.fixtures import free_port, need_root, need_tools, run_bundle, stop_group, wait_http
 
     import nbdeploy
 
@@ -132,14 +131,7 @@ def test_new_user_journey_with_defaults(rf_model, breast_cancer, registry, base_
             assert status == 200, f"[serve] /predict answered {status}: {body!r}"[:2000]
             _assert_like_native("serve", body, model, rows)
         finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(30)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
 
         # 5. push to the registry, on the test base image (Docker Hub is out of reach here)
         ref = f"{registry.host}/journey/model:1"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -96,14 +95,9 @@ def _tls_versions(port: int, ca: Path) -> dict[str, str]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    from containers.fixtures import stop_group
+
+    stop_group(proc)
 
 
 def _assert_like_native(body: bytes, model, rows) -> None:
