@@ -607,28 +607,33 @@ class RolloutHandler(NbdeployHandler):
         self.reply(await self.run(_rollout_state, sid))
 
 
-class PromoteHandler(NbdeployHandler):
+class _RolloutJobHandler(NbdeployHandler):
+    """POST: one rollout action on a running server, as a job (202)."""
+
+    kind = ""
+    action: Callable[[str], Any]
+
     @web.authenticated
     @authorized
     @_api
     async def post(self, sid: str):
-        """Make the canary in progress the primary version, as a job (202)."""
         validate_server_id(sid)
         await self.run(_check_server, sid)
-        job = self.jobs.active("promote", sid) or self.jobs.submit("promote", sid, lambda: _promote(sid))
+        act = type(self).action
+        job = self.jobs.active(self.kind, sid) or self.jobs.submit(self.kind, sid, lambda: act(sid))
         self.job_reply(job)
 
 
-class RollbackHandler(NbdeployHandler):
-    @web.authenticated
-    @authorized
-    @_api
-    async def post(self, sid: str):
-        """Stop a canary, or return to the version served before, as a job (202)."""
-        validate_server_id(sid)
-        await self.run(_check_server, sid)
-        job = self.jobs.active("rollback", sid) or self.jobs.submit("rollback", sid, lambda: _rollback(sid))
-        self.job_reply(job)
+class PromoteHandler(_RolloutJobHandler):
+    """Make the canary in progress the primary version."""
+
+    kind, action = "promote", staticmethod(_promote)
+
+
+class RollbackHandler(_RolloutJobHandler):
+    """Stop a canary, or return to the version served before."""
+
+    kind, action = "rollback", staticmethod(_rollback)
 
 
 class LogsHandler(NbdeployHandler):
